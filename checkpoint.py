@@ -1,0 +1,153 @@
+"""
+The one checkpoint format of this repo, and the one loader every script uses (`load_model`).
+
+A checkpoint is a dict saved with torch.save:
+    format, version   'kronygpt', CHECKPOINT_VERSION
+    model_args        GPTConfig as a dict: architecture plus the full Kronecker spec
+    model             state dict (no '_orig_mod.' or 'module.' prefixes)
+    tokenizer         'gpt2', a Hugging Face name/dir, or {'kind': 'char', 'chars': ...}
+    iter_num, best_val_loss, config, optimizer, rng, extra   (training state, optional)
+Writes go to a temporary file in the same directory, are fsynced, then renamed over the target, so a
+crash mid-write leaves the previous checkpoint intact. Loads use weights_only=True.
+"""
+
+import os
+import random
+
+import torch
+
+from configurator import UserError
+from model import GPT, GPTConfig
+
+FORMAT = "kronygpt"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def unwrap(model):
+    """The plain GPT inside DDP and/or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def clean_state_dict(sd):
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("_orig_mod.", "module."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def rng_state():
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file beside `path`, fsync, then rename over `path`."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path, model, tokenizer="gpt2", optimizer=None, iter_num=0, best_val_loss=None,
+                    config=None, rng=None, extra=None):
+    """rng: RNG states to store (train_loop passes one per rank), or None for none."""
+    model = unwrap(model)
+    ckpt = {
+        "format": FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_args": model.config.to_dict(),
+        "model": clean_state_dict(model.state_dict()),
+        "tokenizer": tokenizer,
+        "iter_num": iter_num,
+        "best_val_loss": best_val_loss,
+        "config": config or {},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": rng,
+        "extra": extra or {},
+    }
+    atomic_save(ckpt, path)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """The checkpoint dict at `path`, or a CheckpointError saying what is wrong with the file."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (or out_dir)")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory; pass the checkpoint file inside it (e.g. {path}/last.pt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} could not be read as a checkpoint (truncated or corrupt?): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a KronyGPT checkpoint (no '{FORMAT}' format field); "
+                              f"for a Hugging Face model pass its directory or hub name instead")
+    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has format version {ckpt['version']}, newer than this code's "
+                              f"{CHECKPOINT_VERSION}; update the repo")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, **overrides):
+    args = dict(ckpt["model_args"])
+    args.update(overrides)
+    model = GPT(GPTConfig.from_dict(args))
+    model.load_state_dict(ckpt["model"])
+    model.tokenizer_name = ckpt.get("tokenizer", "gpt2")
+    return model
+
+
+def resolve_checkpoint_path(path):
+    """A training out_dir stands for its best.pt (or last.pt when there is no best)."""
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        for name in ("best.pt", "last.pt"):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+    return path
+
+
+def load_model(init_from, device="cpu", **overrides):
+    """A GPT from anything a script accepts as init_from: a checkpoint file, a training out_dir, a
+    Hugging Face directory or hub name ('gpt2', 'distilgpt2', ...), or 'smollm2-135m' / a .gguf file.
+    overrides (e.g. dropout=0.1) replace model config fields. Sets model.tokenizer_name."""
+    from hf_io import is_pretrained_name, load_pretrained
+    path = resolve_checkpoint_path(str(init_from))
+    if os.path.isfile(path) and not path.endswith(".gguf"):
+        model = model_from_checkpoint(load_checkpoint(path), **overrides)
+    elif is_pretrained_name(path):
+        try:
+            model = load_pretrained(path, **overrides)
+        except OSError as e:
+            raise CheckpointError(f"could not load {path!r} as a Hugging Face model (no local directory of "
+                                  f"that name and the hub is unreachable?): {str(e).splitlines()[0][:200]}") from None
+    else:
+        raise CheckpointError(f"init_from={init_from!r} is neither an existing checkpoint file or directory "
+                              f"nor a known model name; pass a .pt checkpoint, a Hugging Face directory, or "
+                              f"a hub name such as 'gpt2'")
+    return model.to(device)

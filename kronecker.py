@@ -1,0 +1,226 @@
+"""
+Kronecker-factored linear layers and the maths of Kronecker decompositions.
+
+A weight W of shape (out, in) = (m1*m2, n1*n2) is stored as r Kronecker products,
+    W = sum_k s_k * A_k (x) B_k,    A_k: (m1, n1),  B_k: (m2, n2),
+with optional learnable per-factor scalars s_k. torch.kron is row-major:
+    W[i*m2 + k, j*n2 + l] = A[i, j] * B[k, l],
+so for one token x viewed as X of shape (n1, n2), y = W x is A X B^T viewed as (m1, m2).
+That identity lets the layer multiply by the factors without ever building W:
+    B-first ("right"):  T = X B^T, then A T    MACs/token = r * n1*m2 * (n2 + m1)
+    A-first ("left"):   U = A X,   then U B^T  MACs/token = r * m1*n2 * (n1 + m2)
+    materialised:       W = sum A (x) B, then x W^T   MACs/token = m1*m2*n1*n2 (+ building W once)
+The sum over k is folded into the contraction dimension of the second GEMM, so any r costs two
+GEMMs and at most one permute copy. `choose_impl` picks the cheapest of the three; see
+PERF_NOTES in README.md for the measurements behind the threshold.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# factored forms move (N, r*n1*m2) or (N, r*m1*n2) intermediates through memory, which costs more
+# than the MAC count suggests; they are used only when their MACs are below this share of dense.
+# On the 2-core CPU, B-first at 0.50 of dense MACs ran at 0.55x dense (fwd+bwd), and r=2 at 1.0
+# ran at 1.02x, so anything under ~0.8 wins.
+FACTORED_MAX_MAC_RATIO = 0.8
+
+
+# -----------------------------------------------------------------------------
+# shapes
+
+@dataclass(frozen=True)
+class KronShape:
+    """Factor shapes of one Kronecker-factored matrix of shape (m1*m2, n1*n2)."""
+    m1: int
+    n1: int
+    m2: int
+    n2: int
+
+    @property
+    def out_features(self):
+        return self.m1 * self.m2
+
+    @property
+    def in_features(self):
+        return self.n1 * self.n2
+
+    @property
+    def max_rank(self):
+        """Kronecker rank of a generic W: the rank of the rearranged (m1*n1, m2*n2) matrix."""
+        return min(self.m1 * self.n1, self.m2 * self.n2)
+
+    def transposed(self):
+        """The opposite shapes, used by the matrix that maps back (c_proj for c_fc)."""
+        return KronShape(self.n1, self.m1, self.n2, self.m2)
+
+    def params(self, factors, scalars=False):
+        return factors * (self.m1 * self.n1 + self.m2 * self.n2) + (factors if scalars else 0)
+
+    def __str__(self):
+        return f"({self.m1},{self.n1})x({self.m2},{self.n2})"
+
+
+def kron_shape(out_features, in_features, m1, n1):
+    """The KronShape whose first factor is (m1, n1), or a ValueError saying why it cannot be."""
+    if m1 <= 0 or n1 <= 0 or out_features % m1 or in_features % n1:
+        raise ValueError(
+            f"factor shape ({m1},{n1}) does not divide the ({out_features},{in_features}) matrix; "
+            f"m1 must divide {out_features} and n1 must divide {in_features} "
+            f"(run kron_decomp.py --list_shapes to see the valid ones)")
+    return KronShape(m1, n1, out_features // m1, in_features // n1)
+
+
+def divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def all_shapes(out_features, in_features):
+    """Every KronShape for an (out, in) matrix, trivial ones (a 1x1 factor) excluded."""
+    shapes = []
+    for m1 in divisors(out_features):
+        for n1 in divisors(in_features):
+            s = KronShape(m1, n1, out_features // m1, in_features // n1)
+            if (m1, n1) != (1, 1) and (s.m2, s.n2) != (1, 1):
+                shapes.append(s)
+    return shapes
+
+
+# -----------------------------------------------------------------------------
+# cost model
+
+def factored_macs(s, r):
+    """Multiply-accumulates per token of the two factored orders: {'right': .., 'left': ..}."""
+    return {"right": r * s.n1 * s.m2 * (s.n2 + s.m1),   # B-first
+            "left": r * s.m1 * s.n2 * (s.n1 + s.m2)}    # A-first
+
+
+def choose_impl(s, r):
+    """'right' (B-first), 'left' (A-first) or 'materialized', whichever is cheapest."""
+    macs = factored_macs(s, r)
+    best = min(macs, key=macs.get)
+    dense = s.out_features * s.in_features
+    return best if macs[best] < FACTORED_MAX_MAC_RATIO * dense else "materialized"
+
+
+def kron_sum(A, B, scalars=None):
+    """sum_k s_k * kron(A[k], B[k]) as one (m1*m2, n1*n2) matrix, built by a single einsum."""
+    r, m1, n1 = A.shape
+    _, m2, n2 = B.shape
+    if scalars is not None:
+        A = A * scalars.view(r, 1, 1)
+    return torch.einsum("rij,rkl->ikjl", A, B).reshape(m1 * m2, n1 * n2)
+
+
+def kron_matmul(x, A, B, impl):
+    """y = x (sum_k A_k (x) B_k)^T for x of shape (..., n1*n2), without building the matrix
+    unless impl == 'materialized'. A: (r, m1, n1), B: (r, m2, n2)."""
+    r, m1, n1 = A.shape
+    _, m2, n2 = B.shape
+    lead = x.shape[:-1]
+    if impl == "materialized":
+        return F.linear(x, kron_sum(A, B))
+    X = x.reshape(-1, n1, n2)                                   # (N, n1, n2)
+    N = X.shape[0]
+    if impl == "right":
+        # T[n, j, (k, q)] = sum_l X[n, j, l] B_k[q, l]: one GEMM over all tokens
+        T = X.reshape(N * n1, n2) @ B.reshape(r * m2, n2).t()    # (N*n1, r*m2)
+        if m2 == 1:  # T is (N, n1*r) up to order: a single F.linear by [A_1 .. A_r]
+            T = T.view(N, n1, r).transpose(1, 2).reshape(N, r * n1)
+            Y = F.linear(T, A.permute(1, 0, 2).reshape(m1, r * n1))  # (N, m1)
+        else:
+            T = T.view(N, n1, r, m2)
+            T = T.squeeze(2) if r == 1 else T.permute(0, 2, 1, 3).reshape(N, r * n1, m2)
+            Y = torch.matmul(A.permute(1, 0, 2).reshape(m1, r * n1), T)  # (N, m1, m2)
+    else:  # "left"
+        if n2 == 1:  # U = x A^T as one GEMM, then an outer product with the B vectors
+            U = F.linear(x.reshape(N, n1), A.reshape(r * m1, n1)).view(N, 1, r, m1)
+        else:  # transposing X first makes the A product one large GEMM instead of N small ones
+            U = F.linear(X.transpose(1, 2), A.reshape(r * m1, n1)).view(N, n2, r, m1)
+        U = U.permute(0, 3, 2, 1).reshape(N, m1, r * n2)           # U[n, i, (k, l)]
+        # Y[n, i, q] = sum_{k,l} U[n, i, (k, l)] B_k[q, l]
+        Y = U @ B.permute(0, 2, 1).reshape(r * n2, m2)              # (N, m1, m2)
+    return Y.reshape(*lead, m1 * m2)
+
+
+# -----------------------------------------------------------------------------
+# the layer
+
+class KroneckerLinear(nn.Module):
+    """A drop-in for nn.Linear whose weight is sum_k s_k * A[k] (x) B[k] (+ bias).
+
+    Parameters: A (r, m1, n1), B (r, m2, n2), bias (m1*m2,) or None, scalars (r,) or None.
+    impl: 'auto' (cost model), 'right', 'left' or 'materialized'.
+    """
+
+    def __init__(self, shape, factors, bias=True, scalars=False, impl="auto"):
+        super().__init__()
+        if factors < 1:
+            raise ValueError(f"a Kronecker layer needs at least 1 factor, got {factors}")
+        self.shape = shape
+        self.factors = factors
+        self.in_features = shape.in_features
+        self.out_features = shape.out_features
+        self.A = nn.Parameter(torch.empty(factors, shape.m1, shape.n1))
+        self.B = nn.Parameter(torch.empty(factors, shape.m2, shape.n2))
+        self.bias = nn.Parameter(torch.zeros(shape.out_features)) if bias else None
+        self.scalars = nn.Parameter(torch.ones(factors)) if scalars else None
+        self.impl = choose_impl(shape, factors) if impl == "auto" else impl
+        self.reset_parameters()
+
+    def reset_parameters(self, std=0.02):
+        """Random init whose product has the dense init's scale: each entry of W is a sum of r
+        products a*b, so std(a) = std(b) = (std^2 / r)^(1/4) gives std(W) = std."""
+        s = (std ** 2 / self.factors) ** 0.25
+        nn.init.normal_(self.A, std=s)
+        nn.init.normal_(self.B, std=s)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        if self.scalars is not None:
+            nn.init.ones_(self.scalars)
+
+    @property
+    def weight(self):
+        """The materialised (out, in) weight: for export, tests and analysis, not the forward."""
+        return kron_sum(self.A, self.B, self.scalars)
+
+    def forward(self, x):
+        A = self.A if self.scalars is None else self.A * self.scalars.view(-1, 1, 1)
+        y = kron_matmul(x, A, self.B, self.impl)
+        return y if self.bias is None else y + self.bias
+
+    def macs_per_token(self):
+        if self.impl == "materialized":
+            return self.in_features * self.out_features
+        return factored_macs(self.shape, self.factors)[self.impl]
+
+    def extra_repr(self):
+        return (f"{self.shape}, factors={self.factors}, bias={self.bias is not None}, "
+                f"scalars={self.scalars is not None}, impl={self.impl}")
+
+
+# -----------------------------------------------------------------------------
+# nearest Kronecker products (Van Loan & Pitsianis)
+
+def rearrange(W, s):
+    """R(W): the (m1*n1, m2*n2) matrix whose row (i,j) is the flattened block W[i-block, j-block].
+    ||W - sum A_k (x) B_k||_F = ||R(W) - sum vec(A_k) vec(B_k)^T||_F."""
+    return W.reshape(s.m1, s.m2, s.n1, s.n2).permute(0, 2, 1, 3).reshape(s.m1 * s.n1, s.m2 * s.n2)
+
+
+def van_loan(W, s, factors):
+    """Best `factors`-term Kronecker approximation of W in Frobenius norm.
+    Returns A (r, m1, n1), B (r, m2, n2), and all singular values of R(W) (for error analysis)."""
+    if factors > s.max_rank:
+        raise ValueError(
+            f"{factors} factors exceed the maximum Kronecker rank {s.max_rank} of shape {s}; "
+            f"use at most {s.max_rank}")
+    R = rearrange(W.double(), s)
+    U, S, Vh = torch.linalg.svd(R, full_matrices=False)
+    root = S[:factors].sqrt()
+    A = (U[:, :factors] * root).t().reshape(factors, s.m1, s.n1)
+    B = (Vh[:factors] * root[:, None]).reshape(factors, s.m2, s.n2)
+    return A.to(W.dtype), B.to(W.dtype), S.to(W.dtype)

@@ -1,0 +1,353 @@
+"""
+A GPT in one file, nanoGPT-style, whose MLP matrices can be sums of Kronecker products.
+
+One GPT class covers two families, chosen by GPTConfig.arch (as litgpt does):
+  'gpt2'  : LayerNorm, learned positions, GELU MLP (c_fc, c_proj), fused qkv (Hugging Face names kept)
+  'llama' : RMSNorm, rotary positions, SwiGLU MLP (gate_proj, up_proj, down_proj), grouped-query attention
+Any block's MLP can be dense or Kronecker (kron_factors, kron_shape, kron_layers), so progressive
+replacement can mix the two. Loading Hugging Face checkpoints lives in hf_io.py.
+"""
+
+import math
+from dataclasses import dataclass, asdict, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from kronecker import KroneckerLinear, kron_shape
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024        # longest sequence the model sees (size of wpe / the rotary table)
+    vocab_size: int = 50257       # GPT-2's vocabulary; Hugging Face checkpoints are not padded
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True             # biases in linears and LayerNorms (GPT-2 True, Llama False)
+    # -- architecture family
+    arch: str = "gpt2"            # 'gpt2' or 'llama'
+    n_kv_head: int = 0            # key/value heads (grouped-query attention); 0 means n_head
+    head_dim: int = 0             # 0 means n_embd // n_head
+    mlp_hidden: int = 0           # MLP width; 0 means 4 * n_embd
+    activation: str = "gelu_tanh" # GPT-2's 'gelu_new' is the tanh approximation; 'gelu' is exact
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0   # llama only
+    tie_embeddings: bool = True   # lm_head shares wte's weight (counted once in parameter counts)
+    # -- Kronecker MLP: W = sum_k s_k A_k (x) B_k for every MLP matrix of the chosen blocks
+    kron_factors: int = 0         # products per matrix; 0 means every MLP is dense
+    kron_shape: tuple = ()        # (m1, n1) of A for c_fc (gate/up); c_proj (down) uses (n1, m1)
+    kron_layers: tuple = None     # blocks whose MLP is Kronecker; None means all of them
+    kron_scalars: bool = False    # learnable per-factor scalars s_k
+    kron_impl: str = "auto"       # 'auto' (cost model), 'right', 'left' or 'materialized'
+
+    def __post_init__(self):
+        if self.arch not in ("gpt2", "llama"):
+            raise ValueError(f"unknown arch {self.arch!r}; use 'gpt2' or 'llama'")
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.head_dim = self.head_dim or self.n_embd // self.n_head
+        self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
+        self.kron_shape = tuple(self.kron_shape)
+        if self.kron_layers is not None:
+            self.kron_layers = tuple(sorted(set(int(i) for i in self.kron_layers)))
+            bad = [i for i in self.kron_layers if not 0 <= i < self.n_layer]
+            if bad:
+                raise ValueError(f"kron_layers {bad} are outside 0..{self.n_layer - 1}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
+        if self.kron_factors:
+            if len(self.kron_shape) != 2:
+                raise ValueError("kron_factors > 0 needs kron_shape=(m1, n1), the first factor of c_fc")
+            kron_shape(self.mlp_hidden, self.n_embd, *self.kron_shape)  # raises if it does not divide
+
+    def is_kron(self, layer):
+        return self.kron_factors > 0 and (self.kron_layers is None or layer in self.kron_layers)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model_args {sorted(unknown)}; was this saved by a newer version?")
+        return cls(**d)
+
+
+def mlp_linear(config, layer, in_features, out_features, up):
+    """An MLP matrix of block `layer`: dense, or Kronecker with c_fc's shape (up=True) or its opposite."""
+    if not config.is_kron(layer):
+        return nn.Linear(in_features, out_features, bias=config.bias)
+    shape = kron_shape(config.mlp_hidden, config.n_embd, *config.kron_shape)
+    return KroneckerLinear(shape if up else shape.transposed(), config.kron_factors,
+                           bias=config.bias, scalars=config.kron_scalars, impl=config.kron_impl)
+
+
+# -----------------------------------------------------------------------------
+# layers
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def norm(config, dim):
+    if config.arch == "llama":
+        return RMSNorm(dim, config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+def rotary_table(config, device=None):
+    """cos, sin of shape (block_size, head_dim), in Hugging Face Llama's half-split layout."""
+    hd = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd))
+    t = torch.arange(config.block_size, device=device).float()
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x, cos, sin):  # x: (B, nh, T, hs); cos, sin: (T, hs)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class KVCache:
+    """Keys and values of past positions for incremental decoding (sample.py, bench.py)."""
+
+    def __init__(self):
+        self.k, self.v = {}, {}
+        self.pos = 0  # number of positions already cached
+
+    def update(self, layer, k, v):
+        if layer in self.k:
+            k = torch.cat((self.k[layer], k), dim=2)
+            v = torch.cat((self.v[layer], v), dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        q_dim, kv_dim = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.bias)  # q, k, v fused
+        self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+
+    def forward(self, x, rope=None, cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            if T > 1 and cache.pos > 0:
+                raise ValueError("KVCache takes a multi-token prompt only when it is empty")
+            k, v = cache.update(self.layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1,
+            enable_gqa=self.n_kv_head != self.n_head)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GPT-2's MLP: c_proj(gelu(c_fc(x)))."""
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.c_fc = mlp_linear(config, layer, config.n_embd, config.mlp_hidden, up=True)
+        self.c_proj = mlp_linear(config, layer, config.mlp_hidden, config.n_embd, up=False)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+
+
+class SwiGLU(nn.Module):
+    """Llama's MLP: down_proj(silu(gate_proj(x)) * up_proj(x))."""
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.gate_proj = mlp_linear(config, layer, config.n_embd, config.mlp_hidden, up=True)
+        self.up_proj = mlp_linear(config, layer, config.n_embd, config.mlp_hidden, up=True)
+        self.down_proj = mlp_linear(config, layer, config.mlp_hidden, config.n_embd, up=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.ln_1 = norm(config, config.n_embd)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = norm(config, config.n_embd)
+        self.mlp = (SwiGLU if config.arch == "llama" else MLP)(config, layer)
+
+    def forward(self, x, rope=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rope, cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=norm(config, config.n_embd),
+        ))
+        if config.arch == "gpt2":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            cos, sin = rotary_table(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # one tensor, counted once
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith(("c_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, KroneckerLinear):
+            module.reset_parameters(std=0.02)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, all_logits=False, cache=None, hidden=None):
+        """Returns (logits, loss). With targets: logits at every position and the mean cross-entropy
+        (targets of -1 are ignored). Without: the last position's logits, or every position's when
+        all_logits=True. `hidden`, if a list, receives each block's output (B, T, C)."""
+        B, T = idx.size()
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start + T} exceeds block_size {self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.arch == "gpt2":
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = (self.rope_cos[start:start + T].to(x.dtype), self.rope_sin[start:start + T].to(x.dtype))
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rope, cache)
+            if hidden is not None:
+                hidden.append(x)
+        if cache is not None:
+            cache.pos += T
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            return logits, loss
+        logits = self.lm_head(x if all_logits else x[:, [-1], :])
+        return logits, None
+
+    # -- bookkeeping
+
+    def param_counts(self):
+        """Unique parameters (a tied wte/lm_head is one tensor and counted once).
+        embedding: wte + wpe (+ lm_head when untied); mlp: every MLP matrix and bias."""
+        seen, counts = set(), dict(total=0, embedding=0, mlp=0, kronecker_factors=0)
+        for name, p in self.named_parameters():  # named_parameters already yields a shared tensor once
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            n = p.numel()
+            counts["total"] += n
+            if name.startswith(("transformer.wte", "transformer.wpe", "lm_head")):
+                counts["embedding"] += n
+            if ".mlp." in name:
+                counts["mlp"] += n
+            if name.endswith((".A", ".B", ".scalars")):
+                counts["kronecker_factors"] += n
+        counts["non_embedding"] = counts["total"] - counts["embedding"]
+        counts["tying"] = "lm_head tied to wte, counted once" if self.config.tie_embeddings else "untied"
+        return counts
+
+    def get_num_params(self, non_embedding=False):
+        c = self.param_counts()
+        return c["non_embedding"] if non_embedding else c["total"]
+
+    def flops_per_token(self, seq_len):
+        """Forward+backward FLOPs per token: 6 x (MACs of every linear, Kronecker layers counted with
+        the contraction they actually run) + attention's 6 * L * 2 * nh * hs * T (PaLM appendix B)."""
+        macs = 0
+        for m in self.modules():
+            if isinstance(m, KroneckerLinear):
+                macs += m.macs_per_token()
+            elif isinstance(m, nn.Linear):
+                macs += m.in_features * m.out_features
+        cfg = self.config
+        return 6 * macs + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+    def estimate_mfu(self, tokens_per_iter, seq_len, dt, peak_flops=312e12):
+        """Model FLOPs utilisation against peak_flops (A100 bf16 by default)."""
+        return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, **overrides):
+        """A Hugging Face GPT-2 or Llama model: a hub name ('gpt2', 'distilgpt2', 'smollm2-135m', ...)
+        or a local directory. See hf_io.load_pretrained."""
+        from hf_io import load_pretrained
+        return load_pretrained(name_or_dir, **overrides)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+        """Sample max_new_tokens continuations of idx (B, T), with a KV cache when it fits."""
+        self.eval()
+        use_cache = use_cache and idx.size(1) + max_new_tokens <= self.config.block_size
+        cache = KVCache() if use_cache else None
+        inp = idx
+        for _ in range(max_new_tokens):
+            if cache is None:
+                inp = idx[:, -self.config.block_size:]
+            logits, _ = self(inp, cache=cache)
+            logits = logits[:, -1, :] / max(temperature, 1e-8)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+            inp = idx_next
+        return idx

@@ -1,0 +1,62 @@
+"""The strict configurator: unknown keys, types, tuples, None, config files."""
+
+import glob
+import os
+
+import pytest
+
+from configurator import ConfigError, configure
+from conftest import REPO
+from training import TrainConfig
+
+
+def test_overrides_and_types():
+    cfg = configure(TrainConfig(), ["--learning_rate=1", "--kron_shape=(768,768)", "--init_from=gpt2",
+                                    "--out_dir=a=b", "--compile=True", "--freeze_schedule=freeze:10,release:5*2"],
+                    verbose=False)
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)   # int accepted for float
+    assert cfg.kron_shape == (768, 768)
+    assert cfg.init_from == "gpt2" and cfg.out_dir == "a=b"                    # split on the first '='
+    assert cfg.compile is True
+
+
+def test_list_becomes_tuple():
+    assert configure(TrainConfig(), ["--kron_shape=[4,2]"], verbose=False).kron_shape == (4, 2)
+
+
+def test_unknown_key_names_closest():
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        configure(TrainConfig(), ["--learnig_rate=3e-4"], verbose=False)
+
+
+def test_wrong_type_rejected():
+    with pytest.raises(ConfigError, match="max_iters must be a int"):
+        configure(TrainConfig(), ["--max_iters=1.5"], verbose=False)
+    with pytest.raises(ConfigError, match="freeze_schedule"):
+        configure(TrainConfig(), ["--freeze_schedule=freeze100"], verbose=False)
+
+
+def test_none_default_takes_any_value():
+    from dataclasses import dataclass
+
+    @dataclass
+    class C:
+        layers: tuple = None
+    assert configure(C(), ["--layers=(1,2)"], verbose=False).layers == (1, 2)
+    assert configure(C(layers=(1,)), ["--layers=None"], verbose=False).layers is None
+
+
+def test_config_file_unknown_key(tmp_path):
+    p = tmp_path / "c.py"
+    p.write_text("import math\nbatch_size = 2 ** 3\nwarmpu_iters = 4\n")
+    with pytest.raises(ConfigError, match="warmup_iters"):
+        configure(TrainConfig(), [str(p)], verbose=False)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "*.py"))))
+def test_every_config_file_loads(path):
+    if os.path.basename(path).startswith("distill"):
+        from train_distillation import DistillConfig as Config
+    else:
+        Config = TrainConfig
+    configure(Config(), [path], verbose=False)

@@ -1,0 +1,94 @@
+"""The factored Kronecker layer equals the materialised sum of torch.kron products."""
+
+import itertools
+
+import pytest
+import torch
+
+from kronecker import KroneckerLinear, all_shapes, choose_impl, kron_shape, kron_sum, rearrange, van_loan
+
+SHAPES = [  # (out, in, m1, n1): ordinary, tall, wide, degenerate 1xk / kx1 factors
+    (12, 8, 3, 2), (12, 8, 12, 4), (8, 12, 2, 6), (6, 6, 1, 3), (6, 6, 3, 1), (8, 4, 8, 2), (4, 8, 2, 8),
+    (3072, 768, 3072, 384),  # the 96M pruning shape (3072,384)x(1,2)
+    (768, 3072, 384, 3072),
+]
+
+
+@pytest.mark.parametrize("out_f,in_f,m1,n1", SHAPES)
+@pytest.mark.parametrize("impl", ["right", "left", "materialized", "auto"])
+def test_forward_and_grads_equal_materialised(out_f, in_f, m1, n1, impl):
+    torch.manual_seed(0)
+    s = kron_shape(out_f, in_f, m1, n1)
+    for r in range(1, min(4, s.max_rank) + 1):
+        layer = KroneckerLinear(s, r, bias=True, scalars=(r % 2 == 0), impl=impl).double()
+        with torch.no_grad():
+            layer.bias.normal_()
+            if layer.scalars is not None:
+                layer.scalars.uniform_(0.5, 2.0)
+        x = torch.randn(3, 5, in_f, dtype=torch.float64, requires_grad=True)
+        # the reference: sum_k s_k kron(A_k, B_k), built with torch.kron
+        scal = layer.scalars if layer.scalars is not None else torch.ones(r, dtype=torch.float64)
+        W = sum(scal[k] * torch.kron(layer.A[k], layer.B[k]) for k in range(r))
+        ref = x @ W.t() + layer.bias
+        out = layer(x)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+        g = torch.randn_like(out)
+        params = [x, layer.A, layer.B, layer.bias] + ([layer.scalars] if layer.scalars is not None else [])
+        got = torch.autograd.grad(out, params, g)
+        want = torch.autograd.grad(ref, params, g)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_weight_property_is_kron_sum():
+    s = kron_shape(12, 8, 3, 4)
+    layer = KroneckerLinear(s, 3).double()
+    W = sum(torch.kron(layer.A[k], layer.B[k]) for k in range(3))
+    torch.testing.assert_close(layer.weight, W)
+    torch.testing.assert_close(kron_sum(layer.A, layer.B), W)
+
+
+def test_cost_model_picks_cheaper_order_and_materialises_when_no_saving():
+    assert choose_impl(kron_shape(3072, 768, 768, 768), 1) == "left"      # F.linear(x, A) then the 4-vector
+    assert choose_impl(kron_shape(768, 3072, 768, 768), 1) == "right"     # contract the 4-vector first
+    assert choose_impl(kron_shape(3072, 768, 3072, 384), 1) == "right"    # (3072,384)x(1,2): half the MACs
+    assert choose_impl(kron_shape(3072, 768, 3072, 384), 2) == "materialized"  # r=2 costs as much as dense
+
+
+def test_random_init_matches_dense_scale():
+    torch.manual_seed(0)
+    for r in (1, 4):
+        layer = KroneckerLinear(kron_shape(3072, 768, 64, 32), r)
+        layer.reset_parameters(std=0.02)
+        assert abs(layer.weight.std().item() - 0.02) < 0.003
+
+
+def test_van_loan_full_rank_is_exact_and_truncation_is_optimal():
+    torch.manual_seed(0)
+    s = kron_shape(12, 8, 3, 2)
+    W = torch.randn(12, 8, dtype=torch.float64)
+    A, B, S = van_loan(W, s, s.max_rank)
+    torch.testing.assert_close(kron_sum(A, B), W)
+    for r in range(1, s.max_rank):
+        A, B, S = van_loan(W, s, r)
+        err = torch.linalg.norm(W - kron_sum(A, B))
+        torch.testing.assert_close(err, S[r:].pow(2).sum().sqrt())  # Eckart-Young on R(W)
+
+
+def test_rearrange_maps_kron_to_rank_one():
+    s = kron_shape(6, 6, 2, 3)
+    A, B = torch.randn(2, 3, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    R = rearrange(torch.kron(A, B), s)
+    torch.testing.assert_close(R, torch.outer(A.flatten(), B.flatten()))
+
+
+def test_van_loan_refuses_too_many_factors():
+    with pytest.raises(ValueError, match="maximum Kronecker rank"):
+        van_loan(torch.randn(4, 4), kron_shape(4, 4, 2, 2), 5)
+
+
+def test_all_shapes_divide():
+    shapes = all_shapes(12, 8)
+    assert all(s.out_features == 12 and s.in_features == 8 for s in shapes)
+    assert len(shapes) == len(set(shapes)) == 6 * 4 - 2
+    assert all(not ((s.m1, s.n1) == (1, 1) or (s.m2, s.n2) == (1, 1)) for s in shapes)

@@ -1,0 +1,95 @@
+"""GPT equals Hugging Face GPT-2 / Llama on tiny random models; parameter counts are right."""
+
+import pytest
+import torch
+
+from checkpoint import load_model
+from model import GPT, GPTConfig
+
+
+def hf_logits(path, idx):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path).eval()(idx).logits
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "odd_gpt2_dir"])
+def test_gpt2_matches_hf(fixture, request):
+    path = request.getfixturevalue(fixture)
+    model = GPT.from_pretrained(path).eval()
+    idx = torch.randint(0, model.config.vocab_size, (2, 24))
+    logits, _ = model(idx, all_logits=True)
+    torch.testing.assert_close(logits, hf_logits(path, idx), atol=1e-5, rtol=0)
+
+
+def test_forward_modes(tiny_gpt2_dir):
+    model = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    idx = torch.randint(0, 256, (2, 10))
+    full, _ = model(idx, all_logits=True)
+    last, loss = model(idx)
+    assert full.shape == (2, 10, 256) and last.shape == (2, 1, 256) and loss is None
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+    with_targets, loss = model(idx, idx)
+    torch.testing.assert_close(with_targets, full)
+    manual = torch.nn.functional.cross_entropy(full.view(-1, 256), idx.view(-1))
+    torch.testing.assert_close(loss, manual)
+
+
+def test_kv_cache_generation_matches_recompute(tiny_gpt2_dir):
+    model = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    idx = torch.randint(0, 256, (2, 5))
+    a = model.generate(idx, 12, temperature=0, use_cache=True)
+    b = model.generate(idx, 12, temperature=0, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_load_model_dispatch_errors(tmp_path):
+    from checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="neither an existing checkpoint"):
+        load_model(str(tmp_path / "nothing.pt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError):
+        load_model(str(tmp_path / "empty"))
+
+
+def count(**kw):
+    with torch.device("meta"):
+        return GPT(GPTConfig(**kw)).param_counts()
+
+
+def test_param_counts_match_published_gpt2_sizes():
+    # GPT-2 124M and DistilGPT2 as counted by Krony-PT (tied embeddings once, wpe included)
+    assert count()["total"] == 124_439_808
+    assert count(n_layer=6)["total"] == 81_912_576
+    # Krony-PT's 81M (768,768)x(4,1), 80M-2 (1024,256)x(3,3) x2, 96M (1536,768)x(2,1) ... c_fc is 3072x768
+    assert count(kron_factors=1, kron_shape=(768, 768))["total"] == 81_972_576
+    assert count(kron_factors=2, kron_shape=(1024, 256))["total"] == 80_400_048
+    assert count(kron_factors=1, kron_shape=(1536, 768))["total"] == 96_128_304
+    c = count()
+    assert c["embedding"] == 50257 * 768 + 1024 * 768
+    assert c["non_embedding"] == c["total"] - c["embedding"]
+    assert "counted once" in c["tying"]
+
+
+def test_untied_counts_lm_head():
+    tied = count(n_layer=1, n_embd=32, n_head=2, vocab_size=100, block_size=16)
+    untied = count(n_layer=1, n_embd=32, n_head=2, vocab_size=100, block_size=16, tie_embeddings=False)
+    assert untied["total"] - tied["total"] == 100 * 32
+    assert untied["non_embedding"] == tied["non_embedding"]
+
+
+def test_per_layer_mlp_choice():
+    cfg = GPTConfig(n_layer=3, n_head=2, n_embd=16, vocab_size=50, block_size=16, kron_factors=2,
+                    kron_shape=(8, 4), kron_layers=(0, 2))
+    model = GPT(cfg)
+    from kronecker import KroneckerLinear
+    kinds = [type(b.mlp.c_fc).__name__ for b in model.transformer.h]
+    assert kinds == ["KroneckerLinear", "Linear", "KroneckerLinear"]
+    fc, proj = model.transformer.h[0].mlp.c_fc, model.transformer.h[0].mlp.c_proj
+    assert isinstance(proj, KroneckerLinear)
+    assert (fc.A.shape, fc.B.shape) == ((2, 8, 4), (2, 8, 4))
+    assert (proj.A.shape, proj.B.shape) == ((2, 4, 8), (2, 4, 8))  # opposite shapes
+
+
+def test_bad_kron_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match="does not divide"):
+        GPTConfig(n_embd=48, n_head=3, kron_factors=1, kron_shape=(5, 4))

