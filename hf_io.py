@@ -110,9 +110,17 @@ def state_dict_from_hf(sd, config):
     return out
 
 
+def quiet_transformers():
+    """No progress bars or config warnings from transformers in our scripts' output."""
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def load_hf_model(name_or_dir):
     """The transformers model (fp32, eval mode) behind a hub name, directory or GGUF name/file."""
     from transformers import AutoModelForCausalLM
+    quiet_transformers()
     if name_or_dir in GGUF_MODELS or str(name_or_dir).endswith(".gguf"):
         d, f = resolve_gguf(name_or_dir)
         if not os.path.isfile(os.path.join(d, f)):
@@ -175,6 +183,7 @@ def hf_config(config):
 def export_hf(model, out_dir):
     """Write the model as a Hugging Face directory (GPT2LMHeadModel or LlamaForCausalLM)."""
     from transformers import GPT2LMHeadModel, LlamaForCausalLM
+    quiet_transformers()
     config, sd = model.config, dense_state_dict(model)
     if config.arch == "gpt2":
         hf_sd = {k: (v.t() if k.endswith(CONV1D) else v) for k, v in sd.items()}
