@@ -22,7 +22,7 @@ test: venv
 	$(BIN)/python -m pytest -q tests
 
 demo: venv
-	$(BIN)/python demo.py
+	$(BIN)/python scripts/demo.py
 
 clean-demo:
 	rm -rf out-demo

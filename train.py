@@ -23,14 +23,15 @@ def lm_loss(model, x, y, iter_num):
     return loss, {}
 
 
-def main():
-    cfg = configure(TrainConfig(), sys.argv[1:])
+def main(argv=None):
+    cfg = configure(TrainConfig(), sys.argv[1:] if argv is None else argv)
     rt = setup_runtime(cfg)
     model, ckpt, tokenizer = init_model(cfg, rt)
-    train_loop(cfg, model, rt, lm_loss, tokenizer, ckpt)
+    val_loss = train_loop(cfg, model, rt, lm_loss, tokenizer, ckpt)
     if rt.ddp:
         import torch.distributed as dist
         dist.destroy_process_group()
+    return val_loss
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def init_model(cfg, rt):
     """(model on rt.device, resume checkpoint or None, tokenizer spec) for cfg.init_from."""
     meta = TokenData(data_dir(cfg)).meta
     ckpt = None
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     if cfg.init_from == "scratch":
         model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                               vocab_size=meta["vocab_size"], dropout=cfg.dropout, bias=cfg.bias,
@@ -204,7 +205,7 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None):
             # -- one optimisation step
             t0 = time.time()
             log_now = iter_num % cfg.log_interval == 0
-            metrics = {}
+            metrics, loss_sum = {}, 0.0
             for micro in range(local_accum):
                 seed = batch_seed(cfg.seed, iter_num, micro * rt.world_size + rt.rank)
                 x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, seed)
@@ -214,6 +215,7 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None):
                 with rt.ctx:
                     loss, metrics = loss_fn(model, x, y, iter_num)
                 scaler.scale(loss / local_accum).backward()
+                loss_sum = loss_sum + loss.detach().float()
             scaler.unscale_(optimizer)
             trainable = [p for p in raw.parameters() if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -230,7 +232,7 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None):
             dt = time.time() - t0
             train_seconds += dt
 
-            lossf = loss.detach().float()
+            lossf = loss_sum / local_accum  # mean over this iteration's micro-batches (and ranks, below)
             if rt.ddp:
                 dist.all_reduce(lossf, op=dist.ReduceOp.AVG)
             lossf = lossf.item()

@@ -1,0 +1,167 @@
+"""train.py: learning, exact resume, DDP equivalence, freezing, parameter groups, safe checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from configurator import UserError
+from conftest import REPO
+from model import GPT, GPTConfig
+from training import TrainConfig, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule
+
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_tokens=1024",
+        "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--min_lr=3e-4"]
+
+
+def args(data, out, *extra):
+    return [f"--dataset={data}", f"--out_dir={out}", *TINY, *extra]
+
+
+def records(out, kind):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["type"] == kind]
+
+
+@pytest.mark.parametrize("kron", [[], ["--kron_factors=2", "--kron_shape=(16,8)"]])
+def test_training_lowers_loss(tiny_data_dir, tmp_path, kron):
+    train.main(args(tiny_data_dir, tmp_path, "--max_iters=40", "--eval_interval=40", *kron))
+    evals = records(tmp_path, "eval")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    if kron:
+        assert load_checkpoint(tmp_path / "last.pt")["model_args"]["kron_factors"] == 2
+
+
+def test_resume_is_exact(tiny_data_dir, tmp_path):
+    common = ["--eval_interval=4", "--lr_decay_iters=8", "--dropout=0.1", "--kron_factors=1", "--kron_shape=(16,8)"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    train.main(args(tiny_data_dir, a, "--max_iters=8", *common))
+    train.main(args(tiny_data_dir, b, "--max_iters=4", *common))
+    train.main(args(tiny_data_dir, b, "--max_iters=8", "--init_from=resume", *common))
+    la = [r["loss"] for r in records(a, "train")]
+    lb = [r["loss"] for r in records(b, "train")]
+    assert len(la) == len(lb) == 8
+    assert la == lb  # bitwise on the CPU
+    wa, wb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_freezing_keeps_pretrained_bitwise_and_costs_no_state(tiny_data_dir, tmp_path):
+    common = ["--kron_factors=1", "--kron_shape=(16,8)", "--eval_interval=3", "--max_iters=3"]
+    train.main(args(tiny_data_dir, tmp_path / "init", "--max_iters=1", "--eval_interval=1", *common[:2]))
+    init = str(tmp_path / "init" / "last.pt")
+    train.main(args(tiny_data_dir, tmp_path / "f", f"--init_from={init}", "--freeze_schedule=freeze:3",
+                    *common))
+    before, after = load_checkpoint(init), load_checkpoint(tmp_path / "f" / "last.pt")
+    for k, v in before["model"].items():
+        frozen = not k.endswith((".A", ".B", ".scalars"))
+        assert torch.equal(v, after["model"][k]) == frozen, k
+    n_new = sum(k.endswith((".A", ".B")) for k in before["model"])
+    assert len(after["optimizer"]["state"]) == n_new  # no AdamW moments for frozen tensors
+    assert all(r["frozen"] for r in records(tmp_path / "f", "train"))
+
+
+def test_freeze_schedule_parsing_and_lr_groups():
+    sched = parse_freeze_schedule("freeze:2,release:1*2")
+    assert [is_frozen(sched, i) for i in range(7)] == [True, True, False, True, True, False, False]
+    cfg = TrainConfig(learning_rate=1e-4, min_lr=1e-5, new_learning_rate=1e-2, weight_decay=0.1, new_weight_decay=0.0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8, kron_factors=1,
+                          kron_shape=(8, 4), kron_scalars=True))
+    groups = {g["name"]: g for g in make_optimizer(model, cfg, "cpu").param_groups}
+    assert groups["new"]["lr"] == 1e-2 and groups["pretrained"]["lr"] == 1e-4
+    assert groups["new"]["weight_decay"] == 0.0 and groups["pretrained"]["weight_decay"] == 0.1
+    assert groups["new_no_decay"]["weight_decay"] == 0.0  # the scalars
+    cfg.max_iters, cfg.warmup_iters = 100, 10
+    assert lr_multiplier(cfg, 10) == pytest.approx(1.0)
+    assert lr_multiplier(cfg, 100) == pytest.approx(0.1)
+
+
+def test_dense_model_cannot_freeze_everything(tiny_data_dir, tmp_path):
+    with pytest.raises(UserError, match="nothing to train"):
+        train.main(args(tiny_data_dir, tmp_path, "--max_iters=2", "--freeze_schedule=freeze:2"))
+
+
+def test_nan_stops_with_last_good_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
+    train.main(args(tiny_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2"))
+    real = train.lm_loss
+
+    def poisoned(model, x, y, it):
+        loss, m = real(model, x, y, it)
+        return loss * float("nan"), m
+    monkeypatch.setattr(train, "lm_loss", poisoned)
+    with pytest.raises(UserError, match="last good checkpoint"):
+        train.main(args(tiny_data_dir, tmp_path, "--max_iters=4", "--eval_interval=2", "--init_from=resume"))
+    assert load_checkpoint(tmp_path / "last.pt")["iter_num"] == 2
+
+
+def test_eval_only_reports_the_checkpoint_loss(tiny_data_dir, tmp_path):
+    train.main(args(tiny_data_dir, tmp_path / "r", "--max_iters=4", "--eval_interval=4"))
+    ckpt = str(tmp_path / "r" / "last.pt")
+    loss = train.main(args(tiny_data_dir, tmp_path / "e", "--eval_only=True", f"--init_from={ckpt}"))
+    assert loss == pytest.approx(load_checkpoint(ckpt)["extra"]["val_loss"], abs=1e-6)
+    assert not os.path.exists(tmp_path / "e" / "last.pt")
+
+
+def run_train(*argv, env_extra=None, **kw):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigterm_saves_and_resumes(tiny_data_dir, tmp_path):
+    p = run_train(*args(tiny_data_dir, tmp_path, "--max_iters=100000", "--eval_interval=100000"))
+    log = tmp_path / "log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and len(records(tmp_path, "train")) >= 3):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    stop = records(tmp_path, "stop")[0]
+    assert load_checkpoint(tmp_path / "last.pt")["iter_num"] == stop["iter"] >= 3
+    assert "init_from='resume'" in out
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8)), iter_num=1)
+    code = f"""
+import os, signal, sys, torch
+sys.path.insert(0, {REPO!r})
+from checkpoint import save_checkpoint
+from model import GPT, GPTConfig
+real = torch.save
+def dying_save(obj, f):
+    f.write(b"partial checkpoint bytes"); f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+save_checkpoint({str(path)!r}, GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8)), iter_num=2)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert r.returncode == -signal.SIGKILL
+    assert load_checkpoint(path)["iter_num"] == 1
+
+
+def test_torchrun_two_processes_match_one(tiny_data_dir, tmp_path):
+    common = args(tiny_data_dir, tmp_path / "x", "--max_iters=4", "--eval_interval=4",
+                  "--gradient_accumulation_steps=2", "--kron_factors=1", "--kron_shape=(16,8)")
+    one = [a.replace(str(tmp_path / "x"), str(tmp_path / "one")) for a in common]
+    two = [a.replace(str(tmp_path / "x"), str(tmp_path / "two")) for a in common]
+    train.main(one)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(REPO, "train.py"), *two], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    l1 = [x["loss"] for x in records(tmp_path / "one", "train")]
+    l2 = [x["loss"] for x in records(tmp_path / "two", "train")]
+    # same batches, same mean gradient; only the order of float additions differs (gloo all-reduce)
+    assert l1 == pytest.approx(l2, abs=1e-5)
+    v1, v2 = records(tmp_path / "one", "eval")[-1]["val_loss"], records(tmp_path / "two", "eval")[-1]["val_loss"]
+    assert v1 == pytest.approx(v2, abs=1e-5)
