@@ -1,0 +1,214 @@
+"""
+Speed (and GPU memory) of Kronecker layers and models against dense, on CPU or CUDA, as ratios to dense.
+
+    python bench.py --mode layers                       # c_fc / c_proj / whole MLP, every implementation
+    python bench.py --mode models                       # GPT-2 124M vs the 81M / 80M / 96M Kronecker models
+    python bench.py --mode models --family smollm2      # SmolLM2-135M vs its ~80M plan
+    python bench.py --device cuda --dtype bfloat16 --compile   # on a GPU, torch.compile'd
+    python bench.py --smoke                             # tiny sizes, a few seconds (the test suite runs it)
+
+Layers: forward and forward+backward time of each matrix for nn.Linear, the factored Kronecker layer
+('auto' = the order the cost model picks) and the materialised sum of torch.kron products (Krony-PT's
+way). Models: training tokens/s (forward+backward+AdamW step), prefill tokens/s, and per-token
+generation tokens/s with a KV cache. Timings alternate between variants round by round and report
+medians, so drift of the machine hits all of them alike. Figures are printed, never asserted.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from kronecker import KroneckerLinear, kron_shape
+from model import GPT, GPTConfig, KVCache
+
+GPT2 = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
+SMOLLM2 = dict(arch="llama", n_layer=30, n_head=9, n_kv_head=3, n_embd=576, head_dim=64, mlp_hidden=1536,
+               vocab_size=49152, block_size=2048, bias=False, activation="silu", rope_theta=100000.0)
+VARIANTS = {  # name -> Kronecker settings (c_fc / gate+up first factor)
+    "gpt2": [("dense 124M", {}),
+             ("81M (768,768)x(4,1)", dict(kron_factors=1, kron_shape=(768, 768))),
+             ("80M (1024,256)x(3,3) x2", dict(kron_factors=2, kron_shape=(1024, 256))),
+             ("96M prune (3072,384)x(1,2)", dict(kron_factors=1, kron_shape=(3072, 384)))],
+    "smollm2": [("dense 135M", {}),
+                ("80M 5x(768,72)x(2,8)", dict(kron_factors=5, kron_shape=(768, 72))),
+                ("81M (512,576)x(3,1)", dict(kron_factors=1, kron_shape=(512, 576)))],
+}
+SMOKE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=64)
+SMOKE_VARIANTS = [("dense", {}), ("kron (64,64)x(4,1)", dict(kron_factors=1, kron_shape=(64, 64))),
+                  ("kron (32,16)x(8,4) x2", dict(kron_factors=2, kron_shape=(32, 16)))]
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def round_robin(fns, rounds, device, warmup=2):
+    """Median seconds of each zero-argument function, timed in alternation."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# -----------------------------------------------------------------------------
+# layers
+
+def bench_layers(args, ctx):
+    d, h, tokens = (64, 256, 512) if args.smoke else (768, 3072, args.layer_tokens)
+    plans = [((64, 64), 1), ((32, 16), 2)] if args.smoke else [((768, 768), 1), ((1024, 256), 2), ((3072, 384), 1)]
+    dt = args.ptdtype
+    results = []
+    for (m1, n1), r in plans:
+        up = kron_shape(h, d, m1, n1)
+        for name, s in (("c_fc", up), ("c_proj", up.transposed())):
+            x = torch.randn(tokens, s.in_features, device=args.device, dtype=dt, requires_grad=True)
+            layers = {"dense": torch.nn.Linear(s.in_features, s.out_features)}
+            for impl in ("auto", "materialized"):
+                layers[impl] = KroneckerLinear(s, r, impl=impl)
+            layers = {k: v.to(args.device, dt) for k, v in layers.items()}
+            if args.compile:
+                layers = {k: torch.compile(v) for k, v in layers.items()}
+            fwd = {k: (lambda l=l: l(x)) for k, l in layers.items()}
+            fb = {k: (lambda l=l: l(x).float().sum().backward()) for k, l in layers.items()}
+            with ctx:
+                tf = round_robin(fwd, args.rounds, args.device)
+                tb = round_robin(fb, args.rounds, args.device)
+            auto_impl = layers["auto"].impl if not args.compile else layers["auto"]._orig_mod.impl
+            results.append(dict(matrix=name, shape=str(s), factors=r, impl=auto_impl,
+                                fwd_ms={k: v * 1e3 for k, v in tf.items()}, fb_ms={k: v * 1e3 for k, v in tb.items()}))
+    print(f"\nLayers: {tokens} tokens, {args.dtype}, {args.device}{', compiled' if args.compile else ''} "
+          f"(time / dense; dense in ms)")
+    print(f"{'matrix':<7} {'factors':<22} {'auto impl':<13} {'dense fwd':>9} {'kron fwd':>9} {'kron(x) fwd':>11} "
+          f"{'dense f+b':>9} {'kron f+b':>9} {'kron(x) f+b':>11}")
+    for r in results:
+        f, b = r["fwd_ms"], r["fb_ms"]
+        print(f"{r['matrix']:<7} {r['shape'] + ' x' + str(r['factors']):<22} {r['impl']:<13} {f['dense']:>8.2f}m "
+              f"{f['auto'] / f['dense']:>9.2f} {f['materialized'] / f['dense']:>11.2f} {b['dense']:>8.2f}m "
+              f"{b['auto'] / b['dense']:>9.2f} {b['materialized'] / b['dense']:>11.2f}")
+    print("kron = factored (cost-model order), kron(x) = materialised sum of torch.kron, as Krony-PT computes it")
+    return results
+
+
+# -----------------------------------------------------------------------------
+# models
+
+def build(base, kron, args):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**base, **kron)).to(args.device)
+    return model
+
+
+def bench_models(args, ctx):
+    if args.smoke:
+        base, variants, (B, T), gen = SMOKE, SMOKE_VARIANTS, (2, 32), 8
+    else:
+        base = GPT2 if args.family == "gpt2" else SMOLLM2
+        variants, (B, T), gen = VARIANTS[args.family], (args.batch_size, args.seq_len), args.gen_tokens
+    results = []
+    for name, kron in variants:
+        model = build(base, kron, args)
+        fwd_model = torch.compile(model) if args.compile else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.device.startswith("cuda"))
+        x = torch.randint(0, base["vocab_size"], (B, T), device=args.device)
+        prompt = x[:, :max(1, T // 4)]
+
+        def train_step():
+            with ctx:
+                _, loss = fwd_model(x, x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        @torch.no_grad()
+        def prefill():
+            with ctx:
+                fwd_model(x, all_logits=True)
+
+        @torch.no_grad()
+        def generate():  # per-token decoding after a prompt, with a KV cache (eager: shapes change)
+            cache = KVCache()
+            with ctx:
+                logits, _ = model(prompt, cache=cache)
+                for _ in range(gen):
+                    logits, _ = model(logits.argmax(-1), cache=cache)
+
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        t = round_robin({"train": train_step}, args.rounds, args.device)["train"]
+        mem = torch.cuda.max_memory_allocated() / 2 ** 30 if args.device.startswith("cuda") else None
+        t_pre = round_robin({"prefill": prefill}, args.rounds, args.device)["prefill"]
+        t_gen = round_robin({"gen": generate}, max(2, args.rounds // 2), args.device, warmup=1)["gen"]
+        results.append(dict(name=name, params=model.param_counts()["total"], train_tok_s=B * T / t,
+                            prefill_tok_s=B * T / t_pre, gen_tok_s=B * gen / t_gen, train_peak_gib=mem,
+                            flops_per_token=model.flops_per_token(T)))
+        del model, fwd_model, opt
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    dense = results[0]
+    print(f"\nModels: batch {B}x{T}, {args.dtype}, {args.device}{', compiled' if args.compile else ''}, "
+          f"generation {gen} tokens x {B} sequences (ratios are to the dense row)")
+    print(f"{'model':<28} {'params':>12} {'train tok/s':>12} {'ratio':>6} {'prefill tok/s':>14} {'ratio':>6} "
+          f"{'gen tok/s':>10} {'ratio':>6} {'FLOPs/tok':>6} {'peak GiB':>9}")
+    for r in results:
+        print(f"{r['name']:<28} {r['params']:>12,} {r['train_tok_s']:>12,.0f} {r['train_tok_s'] / dense['train_tok_s']:>6.2f} "
+              f"{r['prefill_tok_s']:>14,.0f} {r['prefill_tok_s'] / dense['prefill_tok_s']:>6.2f} "
+              f"{r['gen_tok_s']:>10,.0f} {r['gen_tok_s'] / dense['gen_tok_s']:>6.2f} "
+              f"{r['flops_per_token'] / dense['flops_per_token']:>9.2f} "
+              f"{'-' if r['train_peak_gib'] is None else format(r['train_peak_gib'], '.2f'):>9}")
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", default="all", choices=("all", "layers", "models"))
+    p.add_argument("--family", default="gpt2", choices=("gpt2", "smollm2"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every layer/model")
+    p.add_argument("--batch_size", type=int, default=None, help="models: sequences per step (CPU 4, CUDA 16)")
+    p.add_argument("--seq_len", type=int, default=None, help="models: tokens per sequence (CPU 256, CUDA 1024)")
+    p.add_argument("--gen_tokens", type=int, default=32)
+    p.add_argument("--layer_tokens", type=int, default=None, help="layers: tokens per call (CPU 2048, CUDA 16384)")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (median); CPU 5, CUDA 20")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick check")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    cuda = args.device.startswith("cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    args.batch_size = args.batch_size or (16 if cuda else 4)
+    args.seq_len = args.seq_len or (1024 if cuda else 256)
+    args.layer_tokens = args.layer_tokens or (16384 if cuda else 2048)
+    args.rounds = args.rounds or (2 if args.smoke else 20 if cuda else 5)
+    # models run in fp32 weights under autocast (as in training); layers take the dtype directly
+    ctx = torch.autocast("cuda", dtype=args.ptdtype) if cuda and args.dtype != "float32" else nullcontext()
+    print(f"torch {torch.__version__}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if cuda else f", {torch.get_num_threads()} threads"))
+    out = {"args": {k: v for k, v in vars(args).items() if k != "ptdtype"}}
+    if args.mode in ("all", "layers"):
+        out["layers"] = bench_layers(args, nullcontext())
+    if args.mode in ("all", "models"):
+        out["models"] = bench_models(args, ctx)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
