@@ -244,7 +244,8 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None):
                 mfu = raw.estimate_mfu(tokens_per_iter, cfg.block_size, dt, cfg.peak_tflops * 1e12)
                 logger.log(dict(type="train", iter=iter_num, loss=lossf, lr=lrs.get("pretrained", 0.0),
                                 lr_new=lrs.get("new", 0.0), dt_ms=dt * 1000, tok_s=tok_s, mfu=mfu,
-                                grad_norm=norm.item(), frozen=bool(frozen), **stats, **metrics),
+                                grad_norm=norm.item(), frozen=bool(frozen), **stats,
+                                **{k: float(v) for k, v in metrics.items()}),
                            line=f"iter {iter_num}: loss {lossf:.4f}, lr {lrs.get('pretrained', lrs.get('new')):.2e}, "
                                 f"time {dt * 1000:.0f}ms, {tok_s:,.0f} tok/s"
                                 + (f", mfu {mfu * 100:.1f}%" if rt.device_type == "cuda" else "")

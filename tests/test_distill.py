@@ -1,0 +1,91 @@
+"""train_distillation.py: zero loss for identical models, layer-wise fitting helps, progressive order."""
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+import train_distillation
+from checkpoint import load_checkpoint
+from conftest import REPO
+from distill import collect_mlp_activations, fit_layers, make_distill_loss
+from kron_decomp import decompose_model
+from kronecker import kron_shape
+from model import GPT
+
+TINY = ["--block_size=32", "--batch_size=4", "--eval_tokens=1024", "--log_interval=1", "--warmup_iters=2",
+        "--learning_rate=3e-3", "--min_lr=3e-4", "--kron_factors=1", "--kron_shape=(16,8)"]
+
+
+def args(teacher, data, out, *extra):
+    return [f"--teacher={teacher}", f"--dataset={data}", f"--out_dir={out}", *TINY, *extra]
+
+
+def records(out, kind):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["type"] == kind]
+
+
+def test_loss_is_zero_when_student_equals_teacher(tiny_gpt2_dir):
+    teacher = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    student, _ = decompose_model(teacher, kron_shape(128, 32, 16, 8).max_rank, (16, 8), "vl")
+    loss_fn = make_distill_loss(teacher, alpha=0.0, beta=1.0, temperature=2.0, hidden_weight=1.0,
+                                teacher_ctx=nullcontext())
+    x = torch.randint(0, 256, (2, 16))
+    loss, m = loss_fn(student.eval(), x, x, 0)
+    assert abs(m["kl"].item()) < 1e-7 and m["hidden_mse"].item() < 1e-10
+    assert abs(loss.item()) < 1e-6
+    low, _ = decompose_model(teacher, 1, (16, 8), "vl")  # a real student is not free
+    assert loss_fn(low.eval(), x, x, 0)[0].item() > 1e-5  # > 100x the float noise above
+
+
+def test_layerwise_fitting_lowers_every_layer_mse(tiny_gpt2_dir):
+    torch.manual_seed(0)
+    teacher = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    student, _ = decompose_model(teacher, 1, (16, 8), "random")
+    layers = range(teacher.config.n_layer)
+    fit = collect_mlp_activations(teacher, [torch.randint(0, 256, (8, 32)) for _ in range(4)], layers, "cpu")
+    held = collect_mlp_activations(teacher, [torch.randint(0, 256, (8, 32))], layers, "cpu")
+    rows = fit_layers(student, fit, held, layers, steps=60, lr=1e-2, batch=256, device="cpu", log=lambda s: None)
+    assert len(rows) == 2 and all(r["mse_after"] < 0.5 * r["mse_before"] for r in rows)
+
+
+@pytest.mark.parametrize("order,expected", [("bottom_up", [[0], [0, 1]]), ("top_down", [[1], [0, 1]])])
+def test_progressive_replaces_in_order_and_ends_kronecker(tiny_gpt2_dir, tiny_data_dir, tmp_path, order, expected):
+    train_distillation.main(args(tiny_gpt2_dir, tiny_data_dir, tmp_path, "--mode=progressive", "--max_iters=6",
+                                 "--eval_interval=3", "--progressive_interval=3", f"--progressive_order={order}",
+                                 "--progressive_fit=True", "--layerwise_tokens=512", "--layerwise_steps=5"))
+    seen = [[int(i) for i in r["kron_layers"].split(",")] for r in records(tmp_path, "eval")]
+    assert seen[:2] == expected and seen[-1] == [0, 1]
+    assert all("teacher_val_loss" in r for r in records(tmp_path, "eval"))
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["model_args"]["kron_factors"] == 1 and ckpt["model_args"]["kron_layers"] is None
+    r = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--init_from={tmp_path}",
+                        "--num_samples=1", "--max_new_tokens=5"], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_layerwise_mode_reports_and_trains(tiny_gpt2_dir, tiny_data_dir, tmp_path):
+    train_distillation.main(args(tiny_gpt2_dir, tiny_data_dir, tmp_path, "--mode=layerwise", "--max_iters=2",
+                                 "--eval_interval=2", "--layerwise_tokens=2048", "--layerwise_steps=30",
+                                 "--kron_init=random", "--hidden_weight=0.5"))
+    lw = records(tmp_path, "layerwise")[0]
+    assert [r["layer"] for r in lw["layers"]] == [0, 1]
+    assert all(r["mse_after"] < r["mse_before"] for r in lw["layers"])
+    train = records(tmp_path, "train")
+    assert {"ce", "kl", "hidden_mse"} <= set(train[0])
+
+
+def test_torchrun_distillation_smoke(tiny_gpt2_dir, tiny_data_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(REPO, "train_distillation.py"),
+                        *args(tiny_gpt2_dir, tiny_data_dir, tmp_path, "--max_iters=3", "--eval_interval=3",
+                              "--gradient_accumulation_steps=2")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "last.pt")["iter_num"] == 3

@@ -1,0 +1,191 @@
+"""
+Distil a dense teacher into a Kronecker student, with train.py's machinery (DDP, learning-rate groups,
+freezing, checkpoints, logging). Three modes:
+
+  e2e          alpha * CE(student, data) + beta * T^2 * KL(teacher || student) over every position,
+               plus hidden_weight * per-block hidden-state MSE (intermediate-layer distillation)
+  layerwise    first fit each Kronecker MLP to its dense MLP's outputs on the teacher's real activations
+               (MSE, layerwise_steps per layer), then train with the e2e loss
+  progressive  start from the dense teacher; every progressive_interval iterations replace the next
+               block's MLP (top_down or bottom_up) by its Kronecker version, training the whole model in
+               between; the last checkpoint is fully Kronecker
+
+    python train_distillation.py config/distill_shakespeare.py
+    python train_distillation.py config/distill_prune.py            # GPT-2 -> 96M prune student, OpenWebText
+    torchrun --standalone --nproc_per_node=8 train_distillation.py config/distill_prune.py
+
+The student is init_from: 'teacher' (decompose the teacher on the fly with kron_factors, kron_shape,
+kron_init, ...), a kron_decomp.py checkpoint, or 'resume'. Settings: DistillConfig below plus TrainConfig.
+"""
+
+import copy
+import json
+import os
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from checkpoint import load_model
+from configurator import ConfigError, UserError, configure, run_cli
+from data_utils import TokenData, batch_seed
+from distill import add_kron_layer, collect_mlp_activations, fit_layers, make_distill_loss, progressive_order
+from kron_decomp import INITS, decompose_model, kron_config
+from train_loop import crop_block_size, init_model, train_loop
+from training import Logger, TrainConfig, data_dir, evaluate, setup_runtime
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    init_from: str = "teacher"      # 'teacher' (decompose it now), a Kronecker checkpoint, or 'resume'
+    teacher: str = "gpt2"           # the dense teacher: hub name, Hugging Face directory or dense checkpoint
+    mode: str = "e2e"               # 'e2e', 'layerwise' or 'progressive'
+    alpha: float = 0.5              # weight of the cross-entropy on the data
+    beta: float = 0.5               # weight of T^2 * KL(teacher || student)
+    temperature: float = 2.0        # softening of both distributions in the KL term
+    hidden_weight: float = 0.0      # weight of the per-block hidden-state MSE; 0 = off
+    teacher_dtype: str = "auto"     # 'auto' (bfloat16 on CUDA, else float32), 'float32', 'bfloat16'
+    # -- a student decomposed on the fly (init_from='teacher'); kron_factors/kron_shape/kron_scalars above
+    kron_init: str = "vl_norm"      # 'vl', 'vl_norm', 'prune' or 'random'
+    prune_keep: str = "even"
+    prune_eps: float = 0.0
+    # -- layer-wise fitting (mode='layerwise', and progressive_fit)
+    layerwise_tokens: int = 16384   # teacher activations per layer to fit on (a quarter as many held out)
+    layerwise_steps: int = 200      # Adam steps per layer
+    layerwise_lr: float = 1e-3
+    layerwise_batch: int = 1024     # tokens per step
+    # -- progressive replacement
+    progressive_interval: int = 50  # iterations between two replacements
+    progressive_order: str = "top_down"  # 'top_down' (last block first) or 'bottom_up'
+    progressive_fit: bool = False   # layer-wise fit each block's Kronecker MLP before it goes in
+
+    def validate(self):
+        super().validate()
+        if self.mode not in ("e2e", "layerwise", "progressive"):
+            raise ConfigError(f"mode must be 'e2e', 'layerwise' or 'progressive', got {self.mode!r}")
+        if self.kron_init not in INITS:
+            raise ConfigError(f"kron_init must be one of {', '.join(INITS)}, got {self.kron_init!r}")
+        progressive_order(2, self.progressive_order)
+        if self.alpha < 0 or self.beta < 0 or self.hidden_weight < 0 or self.temperature <= 0:
+            raise ConfigError("alpha, beta and hidden_weight must be >= 0 and temperature > 0")
+
+
+class DistillHooks:
+    """train_loop hooks: teacher validation loss in eval lines, progressive replacement."""
+
+    def __init__(self, cfg, teacher, teacher_ctx, rt, fit_data=None):
+        self.cfg, self.teacher, self.teacher_ctx, self.rt = cfg, teacher, teacher_ctx, rt
+        self.teacher_val = None
+        self.fit_data = fit_data  # (fit activations, held-out activations) for progressive_fit
+        self.order = progressive_order(teacher.config.n_layer, cfg.progressive_order)
+
+    def before_iter(self, iter_num, model):
+        if self.cfg.mode != "progressive":
+            return False
+        due = self.order[:min(len(self.order), iter_num // self.cfg.progressive_interval + 1)]
+        missing = [i for i in due if not model.config.is_kron(i)]
+        for i in missing:
+            add_kron_layer(model, i, self.cfg.kron_init, self.cfg.prune_keep, self.cfg.prune_eps)
+            if self.cfg.progressive_fit and self.fit_data is not None:
+                fit_layers(model, *self.fit_data, [i], self.cfg.layerwise_steps, self.cfg.layerwise_lr,
+                           self.cfg.layerwise_batch, self.rt.device, log=self.log)
+            self.log(f"iter {iter_num}: block {i}'s MLP is now Kronecker; Kronecker blocks: {kron_layers(model)}")
+        return bool(missing)
+
+    def eval_extra(self, model, val, rt, cfg):
+        if self.teacher_val is None:
+            with self.teacher_ctx:
+                self.teacher_val = evaluate(self.teacher, val, rt, cfg.batch_size)
+        extra = {"teacher_val_loss": self.teacher_val}
+        if cfg.mode == "progressive":
+            extra["kron_layers"] = kron_layers(model)
+        return extra
+
+    def state(self):
+        return {}
+
+    def log(self, line):
+        if self.rt.master:
+            print(line, flush=True)
+
+
+def kron_layers(model):
+    cfg = model.config
+    layers = [i for i in range(cfg.n_layer) if cfg.is_kron(i)]
+    return ",".join(map(str, layers)) if layers else "none"
+
+
+def token_batches(data, split, n_tokens, cfg, salt):
+    """Batches of training (or validation) sequences for activation collection, disjoint from training's seeds."""
+    n = max(1, n_tokens // (cfg.batch_size * cfg.block_size))
+    return [data.get_batch(split, cfg.batch_size, cfg.block_size, batch_seed(cfg.seed, 2 ** 40 + salt, k))[0]
+            for k in range(n)]
+
+
+def build_student(cfg, teacher, rt):
+    """(student, resume checkpoint or None, tokenizer) for cfg.init_from."""
+    if cfg.init_from != "teacher":
+        student, ckpt, tokenizer = init_model(cfg, rt)
+        if student.config.vocab_size != teacher.config.vocab_size:
+            raise UserError(f"student vocabulary {student.config.vocab_size} differs from the teacher's "
+                            f"{teacher.config.vocab_size}; they must share a tokenizer")
+        if cfg.mode == "progressive" and ckpt is None:
+            raise UserError("mode='progressive' starts from the teacher; use init_from='teacher' (or 'resume')")
+        return student, ckpt, tokenizer
+    if not cfg.kron_factors or len(cfg.kron_shape) != 2:
+        raise UserError("init_from='teacher' decomposes the teacher: set kron_factors and kron_shape=(m1, n1)")
+    if cfg.mode == "progressive":  # the dense teacher with the Kronecker spec set and no block replaced yet
+        student = copy.deepcopy(teacher)
+        student.config = kron_config(teacher.config, cfg.kron_factors, cfg.kron_shape, cfg.kron_scalars, [])
+        student.config.kron_layers = ()
+    else:
+        student, _ = decompose_model(teacher, cfg.kron_factors, cfg.kron_shape, cfg.kron_init, None,
+                                     cfg.kron_scalars, cfg.prune_keep, cfg.prune_eps)
+    student.config.dropout = cfg.dropout
+    return student.float().requires_grad_(True), None, getattr(teacher, "tokenizer_name", "gpt2")
+
+
+def main(argv=None):
+    cfg = configure(DistillConfig(), sys.argv[1:] if argv is None else argv)
+    rt = setup_runtime(cfg)
+    teacher = load_model(cfg.teacher, device=rt.device)
+    if teacher.config.kron_factors:
+        raise UserError(f"the teacher {cfg.teacher} has Kronecker MLPs; distil from the dense model")
+    crop_block_size(teacher, cfg.block_size)
+    teacher.eval().requires_grad_(False)
+    tdtype = cfg.teacher_dtype if cfg.teacher_dtype != "auto" else ("bfloat16" if rt.device_type == "cuda" else "float32")
+    teacher_ctx = nullcontext() if tdtype == "float32" else torch.autocast(rt.device_type, dtype=torch.bfloat16)
+
+    student, ckpt, tokenizer = build_student(cfg, teacher, rt)
+    student.to(rt.device)
+    data = TokenData(data_dir(cfg))
+    fit_data = None
+    if ckpt is None and (cfg.mode == "layerwise" or (cfg.mode == "progressive" and cfg.progressive_fit)):
+        with teacher_ctx:
+            fit = collect_mlp_activations(teacher, token_batches(data, "train", cfg.layerwise_tokens, cfg, 0),
+                                          range(teacher.config.n_layer), rt.device)
+            held = collect_mlp_activations(teacher, token_batches(data, "val", cfg.layerwise_tokens // 4, cfg, 1),
+                                           range(teacher.config.n_layer), rt.device)
+        fit_data = (fit, held)
+    if cfg.mode == "layerwise" and ckpt is None:
+        val = data.val_windows(cfg.block_size, cfg.eval_tokens)
+        before = evaluate(student, val, rt, cfg.batch_size)
+        layers = [i for i in range(student.config.n_layer) if student.config.is_kron(i)]
+        rows = fit_layers(student, *fit_data, layers, cfg.layerwise_steps, cfg.layerwise_lr, cfg.layerwise_batch,
+                          rt.device, log=print if rt.master else (lambda s: None))
+        after = evaluate(student, val, rt, cfg.batch_size)
+        Logger(cfg, rt, {}).log(dict(type="layerwise", layers=rows, val_loss_before=before, val_loss_after=after),
+                                line=f"layer-wise fitting: student val loss {before:.4f} -> {after:.4f}")
+        fit_data = None  # free the activations before training
+    hooks = DistillHooks(cfg, teacher, teacher_ctx, rt, fit_data)
+    loss_fn = make_distill_loss(teacher, cfg.alpha, cfg.beta, cfg.temperature, cfg.hidden_weight, teacher_ctx)
+    val_loss = train_loop(cfg, student, rt, loss_fn, tokenizer, ckpt, hooks)
+    if rt.ddp:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return val_loss
+
+
+if __name__ == "__main__":
+    run_cli(main)
