@@ -19,9 +19,8 @@ kron_init, ...), a kron_decomp.py checkpoint, or 'resume'. Settings: DistillConf
 """
 
 import copy
-import json
-import os
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -160,7 +159,7 @@ def main(argv=None):
     student, ckpt, tokenizer = build_student(cfg, teacher, rt)
     student.to(rt.device)
     data = TokenData(data_dir(cfg))
-    fit_data = None
+    fit_data, t0 = None, time.time()
     if ckpt is None and (cfg.mode == "layerwise" or (cfg.mode == "progressive" and cfg.progressive_fit)):
         with teacher_ctx:
             fit = collect_mlp_activations(teacher, token_batches(data, "train", cfg.layerwise_tokens, cfg, 0),
@@ -178,9 +177,10 @@ def main(argv=None):
         Logger(cfg, rt, {}).log(dict(type="layerwise", layers=rows, val_loss_before=before, val_loss_after=after),
                                 line=f"layer-wise fitting: student val loss {before:.4f} -> {after:.4f}")
         fit_data = None  # free the activations before training
+    fit_seconds = time.time() - t0 if cfg.mode == "layerwise" and ckpt is None else 0.0  # counts as training time
     hooks = DistillHooks(cfg, teacher, teacher_ctx, rt, fit_data)
     loss_fn = make_distill_loss(teacher, cfg.alpha, cfg.beta, cfg.temperature, cfg.hidden_weight, teacher_ctx)
-    val_loss = train_loop(cfg, student, rt, loss_fn, tokenizer, ckpt, hooks)
+    val_loss = train_loop(cfg, student, rt, loss_fn, tokenizer, ckpt, hooks, start_seconds=fit_seconds)
     if rt.ddp:
         import torch.distributed as dist
         dist.destroy_process_group()

@@ -110,8 +110,9 @@ def group_stats(optimizer, before):
     return stats
 
 
-def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None):
-    """Train `model` (a plain GPT on rt.device). Returns the final validation loss."""
+def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None, start_seconds=0.0):
+    """Train `model` (a plain GPT on rt.device). Returns the final validation loss. start_seconds counts
+    work done before the loop (layer-wise fitting) towards train_seconds and max_seconds."""
     raw = model
     data = TokenData(data_dir(cfg))
     val = data.val_windows(cfg.block_size, cfg.eval_tokens)
@@ -130,7 +131,7 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None):
                line=f"tokens per iteration {tokens_per_iter:,} | parameters {counts['total']:,} "
                     f"({counts['tying']}) | validation set {val[1].numel():,} tokens | git {git_hash()}")
 
-    iter_num, best_val, train_seconds = 0, float("inf"), 0.0
+    iter_num, best_val, train_seconds = 0, float("inf"), start_seconds
     optimizer = make_optimizer(raw, cfg, rt.device_type)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])

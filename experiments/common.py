@@ -1,0 +1,131 @@
+"""
+Helpers for experiments/*.py: run this repo's commands (echoed, output kept in a log), read the runs'
+log.jsonl files, and write a markdown table plus a PNG plot of validation loss.
+
+Full runs use the CPU demo setup (Shakespeare, character level, the dense teacher from config/demo_dense.py)
+and write their report to experiments/results/. --smoke runs a tiny model for a few iterations on any
+prepared dataset (the test suite uses it) and reports into --out instead.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from plot import plot_runs, read_log  # noqa: E402
+
+RESULTS = os.path.join(REPO, "experiments", "results")
+FULL = ["--dataset=shakespeare_char", "--block_size=128", "--batch_size=32", "--eval_tokens=65536",
+        "--eval_interval=50", "--log_interval=25", "--learning_rate=1e-3", "--new_learning_rate=2e-3",
+        "--min_lr=1e-4", "--warmup_iters=20"]
+SMOKE = ["--block_size=32", "--batch_size=4", "--eval_tokens=1024", "--eval_interval=2", "--log_interval=1",
+         "--learning_rate=3e-3", "--min_lr=3e-4", "--warmup_iters=1"]
+SMOKE_TEACHER = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--max_iters=6"]
+
+
+def parser(doc, steps, seconds=None):
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=steps, help="training iterations per run")
+    if seconds is not None:
+        p.add_argument("--seconds", type=float, default=seconds, help="training-time budget per run")
+    p.add_argument("--teacher", default="out-demo/dense/best.pt",
+                   help="the dense model to compress (trained with config/demo_dense.py if missing)")
+    p.add_argument("--out", default=None, help="where the runs go (default out-experiments/<name>)")
+    p.add_argument("--data", default=None, help="--smoke: a prepared dataset directory")
+    p.add_argument("--smoke", action="store_true", help="a tiny model, a few iterations (seconds)")
+    return p
+
+
+class Experiment:
+    def __init__(self, name, args):
+        self.name, self.args = name, args
+        self.out = os.path.abspath(args.out or os.path.join(REPO, "out-experiments", name))
+        self.report_dir = self.out if args.smoke else RESULTS
+        os.makedirs(self.out, exist_ok=True)
+        self.base = (SMOKE + [f"--dataset={args.data}"]) if args.smoke else FULL
+        self.command = "python " + " ".join(os.path.relpath(a, REPO) if a == sys.argv[0] else a for a in sys.argv)
+
+    def run(self, script, *argv):
+        """Run `python script argv...` from the repo root; its output goes to <out>/<name>.log."""
+        cmd = [sys.executable, os.path.join(REPO, script), *argv]
+        print("$ python " + " ".join([script, *argv]), flush=True)
+        t = time.time()
+        with open(os.path.join(self.out, "commands.log"), "a") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            subprocess.run(cmd, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+        return time.time() - t
+
+    def teacher(self):
+        """Path of the dense model to compress: --teacher, or one trained now."""
+        if not self.args.smoke and os.path.isfile(os.path.join(REPO, self.args.teacher)):
+            return os.path.join(REPO, self.args.teacher)
+        out = os.path.join(self.out, "teacher")
+        extra = SMOKE_TEACHER if self.args.smoke else ["config/demo_dense.py"]
+        if self.args.smoke:
+            self.run("train.py", *self.base, *extra, f"--out_dir={out}")
+        else:
+            self.run("train.py", *extra, f"--out_dir={out}")
+        return os.path.join(out, "best.pt")
+
+    def run_dir(self, label):
+        return os.path.join(self.out, label)
+
+    def decompose(self, teacher, label, *argv):
+        path = os.path.join(self.out, f"{label}.pt")
+        self.run("kron_decomp.py", "--model", teacher, "--out", path, *argv)
+        with open(os.path.splitext(path)[0] + ".json") as f:
+            return path, json.load(f)
+
+    def report(self, title, intro, header, rows, runs, labels, x="iter", hline=None):
+        """Write <report_dir>/<name>.md (table + plot) and .png; print the table."""
+        png = os.path.join(self.report_dir, f"{self.name}.png")
+        plot_runs(runs, png, labels, "val_loss", x, title, hline)
+        lines = [f"# {title}", "", intro, "", f"Command: `{self.command}` ({time.strftime('%Y-%m-%d')}, "
+                 f"{os.cpu_count()}-core CPU, torch {torch_version()})", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+        lines += ["", f"![{title}]({self.name}.png)", ""]
+        md = os.path.join(self.report_dir, f"{self.name}.md")
+        with open(md, "w") as f:
+            f.write("\n".join(lines))
+        print("\n".join(lines[6:-2]))
+        print(f"wrote {md} and {png}")
+        return md
+
+
+def evals(run_dir):
+    return [r for r in read_log(run_dir) if r["type"] == "eval"]
+
+
+def start_record(run_dir):
+    return next(r for r in read_log(run_dir) if r["type"] == "start")
+
+
+def median_tok_s(run_dir):
+    vals = sorted(r["tok_s"] for r in read_log(run_dir) if r["type"] == "train" and r["iter"] > 0)
+    return vals[len(vals) // 2] if vals else float("nan")
+
+
+def fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def torch_version():
+    import torch
+    return torch.__version__
+
+
+def teacher_dims(path):
+    """(n_embd, mlp_hidden) of a checkpoint, to pick factor shapes that fit it."""
+    from checkpoint import load_checkpoint
+    args = load_checkpoint(path)["model_args"]
+    return args["n_embd"], args["mlp_hidden"]

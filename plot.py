@@ -1,0 +1,76 @@
+"""
+Plot validation (or training) loss against iterations, tokens or seconds for any set of runs.
+
+    python plot.py out-demo/dense out-demo/krony --out runs.png
+    python plot.py out-a out-b --labels "plain,distilled" --x seconds --metric val_loss --out cmp.png
+    python plot.py out-a --metric loss --x iter --out train_loss.png      # training-loss records
+
+A run is an out_dir holding log.jsonl (what train.py and train_distillation.py write).
+"""
+
+import argparse
+import json
+import os
+
+EVAL_METRICS = ("val_loss", "train_loss", "teacher_val_loss")
+
+
+def read_log(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def series(records, metric="val_loss", x="iter"):
+    """(xs, ys) of one run. Eval metrics come from eval records; others (loss, kl, ...) from train records.
+    A resumed run's log repeats the iterations around the resume point; the later record wins."""
+    kind = "eval" if metric in EVAL_METRICS else "train"
+    x_key = {"iter": "iter", "tokens": "tokens", "seconds": "train_seconds"}[x]
+    points = {}
+    for r in records:
+        if r.get("type") == kind and metric in r and x_key in r:
+            points[r[x_key]] = r[metric]
+    xs = sorted(points)
+    return xs, [points[k] for k in xs]
+
+
+def plot_runs(runs, out, labels=None, metric="val_loss", x="iter", title=None, hline=None):
+    """Draw one line per run directory into the PNG `out`."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for i, run in enumerate(runs):
+        xs, ys = series(read_log(run), metric, x)
+        ax.plot(xs, ys, marker="o", markersize=3, label=labels[i] if labels else os.path.basename(run.rstrip("/")))
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linestyle="--", linewidth=1, label=hline[1])
+    ax.set_xlabel({"iter": "iteration", "tokens": "training tokens", "seconds": "training seconds"}[x])
+    ax.set_ylabel(metric.replace("_", " "))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories (each with log.jsonl)")
+    p.add_argument("--out", default="runs.png")
+    p.add_argument("--labels", help="comma-separated legend labels, one per run")
+    p.add_argument("--metric", default="val_loss", help="val_loss, train_loss, teacher_val_loss, or a train metric")
+    p.add_argument("--x", default="iter", choices=("iter", "tokens", "seconds"))
+    p.add_argument("--title")
+    args = p.parse_args()
+    labels = args.labels.split(",") if args.labels else None
+    if labels and len(labels) != len(args.runs):
+        p.error(f"--labels has {len(labels)} entries for {len(args.runs)} runs")
+    print(plot_runs(args.runs, args.out, labels, args.metric, args.x, args.title))
+
+
+if __name__ == "__main__":
+    main()
