@@ -133,7 +133,11 @@ def load_hf_model(name_or_dir):
 
 def load_pretrained(name_or_dir, **overrides):
     """GPT from a Hugging Face GPT-2/Llama model. overrides (e.g. dropout=0.1) go into GPTConfig."""
-    hf = load_hf_model(name_or_dir)
+    return gpt_from_hf(load_hf_model(name_or_dir), name_or_dir, **overrides)
+
+
+def gpt_from_hf(hf, name_or_dir, **overrides):
+    """GPT with the weights of the transformers model `hf` (which stays untouched)."""
     config = config_from_hf(hf.config)
     for k, v in overrides.items():
         setattr(config, k, v)

