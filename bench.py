@@ -81,8 +81,8 @@ def bench_layers(args, ctx):
             layers = {k: v.to(args.device, dt) for k, v in layers.items()}
             if args.compile:
                 layers = {k: torch.compile(v) for k, v in layers.items()}
-            fwd = {k: (lambda l=l: l(x)) for k, l in layers.items()}
-            fb = {k: (lambda l=l: l(x).float().sum().backward()) for k, l in layers.items()}
+            fwd = {k: (lambda l=l, x=x: l(x)) for k, l in layers.items()}
+            fb = {k: (lambda l=l, x=x: l(x).float().sum().backward()) for k, l in layers.items()}
             with ctx:
                 tf = round_robin(fwd, args.rounds, args.device)
                 tb = round_robin(fb, args.rounds, args.device)
@@ -111,6 +111,32 @@ def build(base, kron, args):
     return model
 
 
+def workloads(model, fwd_model, opt, x, prompt, gen, ctx):
+    """The three timed functions of one model: a training step, a prefill, and cached generation."""
+
+    def train_step():
+        with ctx:
+            _, loss = fwd_model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def prefill():
+        with ctx:
+            fwd_model(x, all_logits=True)
+
+    @torch.no_grad()
+    def generate():  # per-token decoding after a prompt, with a KV cache (eager: the shapes change)
+        cache = KVCache()
+        with ctx:
+            logits, _ = model(prompt, cache=cache)
+            for _ in range(gen):
+                logits, _ = model(logits.argmax(-1), cache=cache)
+
+    return train_step, prefill, generate
+
+
 def bench_models(args, ctx):
     if args.smoke:
         base, variants, (B, T), gen = SMOKE, SMOKE_VARIANTS, (2, 32), 8
@@ -125,26 +151,7 @@ def bench_models(args, ctx):
         x = torch.randint(0, base["vocab_size"], (B, T), device=args.device)
         prompt = x[:, :max(1, T // 4)]
 
-        def train_step():
-            with ctx:
-                _, loss = fwd_model(x, x)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        @torch.no_grad()
-        def prefill():
-            with ctx:
-                fwd_model(x, all_logits=True)
-
-        @torch.no_grad()
-        def generate():  # per-token decoding after a prompt, with a KV cache (eager: shapes change)
-            cache = KVCache()
-            with ctx:
-                logits, _ = model(prompt, cache=cache)
-                for _ in range(gen):
-                    logits, _ = model(logits.argmax(-1), cache=cache)
-
+        train_step, prefill, generate = workloads(model, fwd_model, opt, x, prompt, gen, ctx)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         t = round_robin({"train": train_step}, args.rounds, args.device)["train"]

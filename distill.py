@@ -23,7 +23,7 @@ def kl_at_temperature(student_logits, teacher_logits, T):
 
 def hidden_mse(student_hidden, teacher_hidden):
     """Mean over blocks of the MSE between block outputs (intermediate-layer distillation)."""
-    return sum(F.mse_loss(s.float(), t.float()) for s, t in zip(student_hidden, teacher_hidden)) / len(student_hidden)
+    return sum(F.mse_loss(s.float(), t.float()) for s, t in zip(student_hidden, teacher_hidden, strict=True)) / len(student_hidden)
 
 
 def make_distill_loss(teacher, alpha, beta, temperature, hidden_weight, teacher_ctx):

@@ -203,7 +203,7 @@ def export_hf(model, out_dir):
                     hf_sd[f"model.layers.{i}.{theirs[:-6]}bias"] = sd[f"transformer.h.{i}.{ours[:-6]}bias"]
             for suffix in ("weight", "bias") if config.bias else ("weight",):
                 q, k, v = sd[f"transformer.h.{i}.attn.c_attn.{suffix}"].split([q_dim, kv_dim, kv_dim])
-                for n, t in zip("qkv", (q, k, v)):
+                for n, t in zip("qkv", (q, k, v), strict=True):
                     hf_sd[f"model.layers.{i}.self_attn.{n}_proj.{suffix}"] = t
         hf_model = LlamaForCausalLM(hf_config(config))
     missing, unexpected = hf_model.load_state_dict(hf_sd, strict=False)

@@ -15,7 +15,6 @@ GEMMs and at most one permute copy. `choose_impl` picks the cheapest of the thre
 PERF_NOTES in README.md for the measurements behind the threshold.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch

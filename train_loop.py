@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (CheckpointError, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint,
-                        set_rng_state, rng_state, unwrap)
+                        set_rng_state, rng_state)
 from configurator import UserError, as_dict
 from data_utils import TokenData, batch_seed
 from model import GPT, GPTConfig
@@ -164,7 +164,7 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None, start_
 
     stop = StopSignal()
     frozen, model, last_eval, val_loss, budget_done = None, None, -1, float("nan"), False
-    losses, t_last = [], time.time()
+    losses = []
     try:
         while True:
             if hooks is not None and hooks.before_iter(iter_num, raw):

@@ -11,19 +11,15 @@ multiplier. Freezing sets requires_grad=False, so a frozen tensor gets no gradie
 import json
 import math
 import os
-import signal
 import subprocess
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import CheckpointError, atomic_save, load_checkpoint, save_checkpoint, set_rng_state, unwrap
-from configurator import ConfigError, UserError, as_dict
-from data_utils import REPO, TokenData, batch_seed
+from configurator import ConfigError
+from data_utils import REPO
 
 NEW_PARAM_SUFFIXES = (".A", ".B", ".scalars")
 

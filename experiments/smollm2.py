@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, Experiment, evals, median_tok_s, parser, start_record  # noqa: E402
+from common import Experiment, evals, median_tok_s, parser, start_record  # noqa: E402
 
 PLANS = [("vl", "1", "512x576"), ("vl_norm", "1", "512x576"), ("prune", "1", "512x576"), ("random", "1", "512x576"),
          ("vl_norm", "5", "768x72")]

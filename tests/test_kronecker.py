@@ -1,6 +1,5 @@
 """The factored Kronecker layer equals the materialised sum of torch.kron products."""
 
-import itertools
 
 import pytest
 import torch

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train
-from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from configurator import UserError
 from conftest import REPO
 from model import GPT, GPTConfig
