@@ -23,7 +23,7 @@ from contextlib import nullcontext
 import torch
 
 from kronecker import KroneckerLinear, kron_shape
-from model import GPT, GPTConfig, KVCache
+from model import GPT, MLP, GPTConfig, KVCache
 
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 SMOLLM2 = dict(arch="llama", n_layer=30, n_head=9, n_kv_head=3, n_embd=576, head_dim=64, mlp_hidden=1536,
@@ -89,6 +89,7 @@ def bench_layers(args, ctx):
             auto_impl = layers["auto"].impl if not args.compile else layers["auto"]._orig_mod.impl
             results.append(dict(matrix=name, shape=str(s), factors=r, impl=auto_impl,
                                 fwd_ms={k: v * 1e3 for k, v in tf.items()}, fb_ms={k: v * 1e3 for k, v in tb.items()}))
+        results.append(bench_mlp(args, d, h, (m1, n1), r, tokens))
     print(f"\nLayers: {tokens} tokens, {args.dtype}, {args.device}{', compiled' if args.compile else ''} "
           f"(time / dense; dense in ms)")
     print(f"{'matrix':<7} {'factors':<22} {'auto impl':<13} {'dense fwd':>9} {'kron fwd':>9} {'kron(x) fwd':>11} "
@@ -99,7 +100,39 @@ def bench_layers(args, ctx):
               f"{f['auto'] / f['dense']:>9.2f} {f['materialized'] / f['dense']:>11.2f} {b['dense']:>8.2f}m "
               f"{b['auto'] / b['dense']:>9.2f} {b['materialized'] / b['dense']:>11.2f}")
     print("kron = factored (cost-model order), kron(x) = materialised sum of torch.kron, as Krony-PT computes it")
+    print("activations saved for backward by the whole MLP, MiB: " + "; ".join(
+        f"{r['shape']} x{r['factors']}: dense {r['saved_mib']['dense']:.0f}, kron {r['saved_mib']['auto']:.0f}, "
+        f"kron(x) {r['saved_mib']['materialized']:.0f}" for r in results if r["matrix"] == "MLP"))
     return results
+
+
+def bench_mlp(args, d, h, shape, r, tokens):
+    """The whole GPT-2 MLP block (c_fc, GELU, c_proj): dense vs factored vs materialised Kronecker."""
+    x = torch.randn(tokens, d, device=args.device, dtype=args.ptdtype, requires_grad=True)
+    mlps = {"dense": MLP(GPTConfig(n_embd=d, mlp_hidden=h, n_head=1), 0)}
+    for impl in ("auto", "materialized"):
+        mlps[impl] = MLP(GPTConfig(n_embd=d, mlp_hidden=h, n_head=1, kron_factors=r, kron_shape=shape,
+                                   kron_impl=impl), 0)
+    mlps = {k: v.to(args.device, args.ptdtype) for k, v in mlps.items()}
+    if args.compile:
+        mlps = {k: torch.compile(v) for k, v in mlps.items()}
+    tf = round_robin({k: (lambda m=m: m(x)) for k, m in mlps.items()}, args.rounds, args.device)
+    tb = round_robin({k: (lambda m=m: m(x).float().sum().backward()) for k, m in mlps.items()}, args.rounds, args.device)
+    mem = {k: saved_bytes(lambda m=m: m(x).float().sum()) / 2 ** 20 for k, m in mlps.items()}
+    return dict(matrix="MLP", shape=str(kron_shape(h, d, *shape)), factors=r, impl="-", saved_mib=mem,
+                fwd_ms={k: v * 1e3 for k, v in tf.items()}, fb_ms={k: v * 1e3 for k, v in tb.items()})
+
+
+def saved_bytes(fn):
+    """Bytes autograd keeps for the backward of fn() (activation memory), each tensor counted once."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
 
 
 # -----------------------------------------------------------------------------
@@ -158,7 +191,12 @@ def bench_models(args, ctx):
         mem = torch.cuda.max_memory_allocated() / 2 ** 30 if args.device.startswith("cuda") else None
         t_pre = round_robin({"prefill": prefill}, args.rounds, args.device)["prefill"]
         t_gen = round_robin({"gen": generate}, max(2, args.rounds // 2), args.device, warmup=1)["gen"]
-        results.append(dict(name=name, params=model.param_counts()["total"], train_tok_s=B * T / t,
+        def train_forward():
+            with ctx:
+                return fwd_model(x, x)[1]
+        act = saved_bytes(train_forward) / 2 ** 30
+        opt.zero_grad(set_to_none=True)
+        results.append(dict(name=name, params=model.param_counts()["total"], train_tok_s=B * T / t, saved_gib=act,
                             prefill_tok_s=B * T / t_pre, gen_tok_s=B * gen / t_gen, train_peak_gib=mem,
                             flops_per_token=model.flops_per_token(T)))
         del model, fwd_model, opt
@@ -168,12 +206,12 @@ def bench_models(args, ctx):
     print(f"\nModels: batch {B}x{T}, {args.dtype}, {args.device}{', compiled' if args.compile else ''}, "
           f"generation {gen} tokens x {B} sequences (ratios are to the dense row)")
     print(f"{'model':<28} {'params':>12} {'train tok/s':>12} {'ratio':>6} {'prefill tok/s':>14} {'ratio':>6} "
-          f"{'gen tok/s':>10} {'ratio':>6} {'FLOPs/tok':>6} {'peak GiB':>9}")
+          f"{'gen tok/s':>10} {'ratio':>6} {'FLOPs/tok':>6} {'acts GiB':>8} {'peak GiB':>9}")
     for r in results:
         print(f"{r['name']:<28} {r['params']:>12,} {r['train_tok_s']:>12,.0f} {r['train_tok_s'] / dense['train_tok_s']:>6.2f} "
               f"{r['prefill_tok_s']:>14,.0f} {r['prefill_tok_s'] / dense['prefill_tok_s']:>6.2f} "
               f"{r['gen_tok_s']:>10,.0f} {r['gen_tok_s'] / dense['gen_tok_s']:>6.2f} "
-              f"{r['flops_per_token'] / dense['flops_per_token']:>9.2f} "
+              f"{r['flops_per_token'] / dense['flops_per_token']:>9.2f} {r['saved_gib']:>8.2f} "
               f"{'-' if r['train_peak_gib'] is None else format(r['train_peak_gib'], '.2f'):>9}")
     return results
 
