@@ -30,7 +30,7 @@ def main():
     p.add_argument("--inits", default="vl,vl_norm,prune,random,vl_norm5", help="which rows to run")
     p.add_argument("--model", default="smollm2-135m")
     args = p.parse_args()
-    ex = Experiment("smollm2", args)
+    ex = Experiment("smollm2_gpu" if args.gpu else "smollm2", args)
     if args.smoke:
         scale = ex.base
     elif args.gpu:
