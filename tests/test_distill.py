@@ -89,3 +89,13 @@ def test_torchrun_distillation_smoke(tiny_gpt2_dir, tiny_data_dir, tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert load_checkpoint(tmp_path / "last.pt")["iter_num"] == 3
+
+
+def test_llama_teacher_distils(tiny_llama_dir, tiny_data_dir, tmp_path):
+    train_distillation.main([f"--teacher={tiny_llama_dir}", f"--dataset={tiny_data_dir}", f"--out_dir={tmp_path}",
+                             *TINY[:-2], "--kron_factors=2", "--kron_shape=(12,8)", "--max_iters=3",
+                             "--eval_interval=3", "--hidden_weight=0.1"])
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["model_args"]["arch"] == "llama" and ckpt["model_args"]["kron_factors"] == 2
+    assert "model.transformer.h.0.mlp.gate_proj.A" not in ckpt["model"]
+    assert ckpt["model"]["transformer.h.0.mlp.gate_proj.A"].shape == (2, 12, 8)
