@@ -189,7 +189,8 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None, start_
                 train_loss = sum(losses) / len(losses) if losses else float("nan")
                 logger.log(dict(type="eval", iter=iter_num, val_loss=val_loss, train_loss=train_loss,
                                 tokens=iter_num * tokens_per_iter, train_seconds=train_seconds, **extra),
-                           line=f"step {iter_num}: val loss {val_loss:.4f}, train loss {train_loss:.4f}"
+                           line=f"step {iter_num}: val loss {val_loss:.4f}"
+                                + (f", train loss {train_loss:.4f}" if losses else "")
                                 + "".join(f", {k} {v:.4f}" if isinstance(v, float) else f", {k} {v}"
                                           for k, v in extra.items()))
                 if cfg.eval_only:
