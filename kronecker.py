@@ -122,6 +122,8 @@ def kron_matmul(x, A, B, impl):
     lead = x.shape[:-1]
     if impl == "materialized":
         return F.linear(x, kron_sum(A, B))
+    # (A permute that only moves a size-1 dimension is skipped: the gradient then has the parameter's
+    # exact strides, which DDP's gradient buckets require to avoid a copy.)
     # Every GEMM below is an explicit 2-D product. torch.matmul(2-D, 3-D) and F.linear on a transposed
     # 3-D input fold into one GEMM only while autograd records; under no_grad (eval, generation) they
     # run N tiny GEMMs, 3-10x slower than dense on the CPU. The permute copies are written out instead.
@@ -130,13 +132,15 @@ def kron_matmul(x, A, B, impl):
     if impl == "right":
         T = X.reshape(N * n1, n2) @ B.reshape(r * m2, n2).t()   # T[(n, j), (k, q)] = sum_l X[n,j,l] B_k[q,l]
         T = T.view(N, n1, r, m2).permute(0, 3, 2, 1).reshape(N * m2, r * n1)  # [(n, q), (k, j)]
-        Y = F.linear(T, A.permute(1, 0, 2).reshape(m1, r * n1))  # Y[(n, q), i] = sum_{k,j} A_k[i,j] T
+        A_cat = A.reshape(m1, n1) if r == 1 else A.permute(1, 0, 2).reshape(m1, r * n1)  # [i, (k, j)]
+        Y = F.linear(T, A_cat)                                  # Y[(n, q), i] = sum_{k,j} A_k[i,j] T
         Y = Y.view(N, m2, m1).transpose(1, 2)                   # (N, m1, m2); a view when m2 == 1
     else:  # "left"
         Xt = X.transpose(1, 2).reshape(N * n2, n1)              # [(n, l), j]; a view when n2 == 1
         U = F.linear(Xt, A.reshape(r * m1, n1))                 # U[(n, l), (k, i)] = sum_j A_k[i,j] X[n,j,l]
         U = U.view(N, n2, r, m1).permute(0, 3, 2, 1).reshape(N * m1, r * n2)  # [(n, i), (k, l)]
-        Y = U @ B.permute(0, 2, 1).reshape(r * n2, m2)          # Y[(n, i), q] = sum_{k,l} U B_k[q,l]
+        B_stack = B.reshape(r, m2) if n2 == 1 else B.permute(0, 2, 1).reshape(r * n2, m2)  # [(k, l), q]
+        Y = U @ B_stack                                         # Y[(n, i), q] = sum_{k,l} U B_k[q,l]
     return Y.reshape(*lead, m1 * m2)
 
 
