@@ -20,6 +20,17 @@ def test_experiment_smoke(name, tiny_data_dir, tmp_path):
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
 
 
+def test_smollm2_experiment_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """The SmolLM2 flagship script end to end on a tiny random Llama (same code path as the real GGUF)."""
+    r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "smollm2.py"), "--smoke",
+                        f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2",
+                        "--train=vl_norm,prune"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    table = (tmp_path / "smollm2.md").read_text()
+    assert table.count("\n| ") == 6  # header + 5 plans
+    assert "(32,64)x(3,1)" in table and "(48,8)x(2,8)" in table
+
+
 def test_bench_smoke():
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench.py"), "--smoke"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
