@@ -101,9 +101,6 @@ class DistillHooks:
             extra["kron_layers"] = kron_layers(model)
         return extra
 
-    def state(self):
-        return {}
-
     def log(self, line):
         if self.rt.master:
             print(line, flush=True)

@@ -3,9 +3,12 @@ The training loop shared by train.py and train_distillation.py, and model initia
 
 train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt, hooks) runs nanoGPT's loop: evaluate on the fixed
 validation set every eval_interval iterations (writing last.pt, and best.pt when it improves), then
-gradient accumulation over micro-batches, clipping, an AdamW step. loss_fn(model, x, y, iter_num)
-returns (loss, {metric: float}); hooks may replace modules before an iteration (progressive
-distillation) and add numbers to eval lines. SIGTERM/SIGINT and max_seconds save last.pt and return.
+gradient accumulation over micro-batches, clipping, an AdamW step. SIGTERM/SIGINT and max_seconds save
+last.pt and return.
+  loss_fn(model, x, y, iter_num) -> (loss, {metric: scalar tensor or float}), logged at log_interval
+  hooks (optional), an object with
+    before_iter(iter_num, model) -> bool   may replace modules; True makes the loop rebuild the optimizer
+    eval_extra(model, val, rt, cfg) -> dict   extra numbers for each eval line and record
 """
 
 import math
@@ -91,19 +94,19 @@ class StopSignal:
 
 
 def group_stats(optimizer, before):
-    """Per-kind ('new', 'pretrained') gradient norm and update/weight norm ratio of the last step."""
+    """Per-kind ('new', 'pretrained') gradient norm and update/weight norm ratio of the last step
+    (one device sync for all of them)."""
+    sums = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and id(p) in before:
+                old = before[id(p)]
+                acc = sums.setdefault(group["kind"], [])
+                acc.append(torch.stack([p.grad.float().pow(2).sum(), (p.detach().float() - old).pow(2).sum(),
+                                        old.pow(2).sum()]))
     stats = {}
-    for kind in ("new", "pretrained"):
-        g2 = u2 = w2 = 0.0
-        for group in optimizer.param_groups:
-            if group["kind"] != kind:
-                continue
-            for p in group["params"]:
-                if p.grad is None or id(p) not in before:
-                    continue
-                g2 += p.grad.float().pow(2).sum().item()
-                u2 += (p.detach().float() - before[id(p)]).pow(2).sum().item()
-                w2 += before[id(p)].pow(2).sum().item()
+    for kind, parts in sums.items():
+        g2, u2, w2 = torch.stack(parts).sum(0).tolist()
         if w2 > 0:
             stats[f"grad_norm_{kind}"] = math.sqrt(g2)
             stats[f"update_ratio_{kind}"] = math.sqrt(u2 / w2)
@@ -152,7 +155,7 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None, start_
         else:
             rngs = [rng_state()]
         if rt.master:
-            extra = dict(train_seconds=train_seconds, val_loss=val_loss, **(hooks.state() if hooks else {}))
+            extra = dict(train_seconds=train_seconds, val_loss=val_loss)
             save_checkpoint(os.path.join(cfg.out_dir, path_name), raw, tokenizer=tokenizer, optimizer=optimizer,
                             iter_num=iter_num, best_val_loss=best_val, config=config, rng=rngs, extra=extra)
 
