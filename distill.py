@@ -31,8 +31,9 @@ def make_distill_loss(teacher, alpha, beta, temperature, hidden_weight, teacher_
 
     def loss_fn(model, x, y, iter_num):
         t_hidden = [] if hidden_weight > 0 else None
-        with torch.no_grad(), teacher_ctx:
-            t_logits, _ = teacher(x, all_logits=True, hidden=t_hidden)
+        if beta > 0 or hidden_weight > 0:  # alpha-only (plain CE, e.g. after layer-wise fitting) needs no teacher
+            with torch.no_grad(), teacher_ctx:
+                t_logits, _ = teacher(x, all_logits=True, hidden=t_hidden)
         s_hidden = [] if hidden_weight > 0 else None
         logits, ce = model(x, y, hidden=s_hidden)
         metrics = {"ce": ce.detach()}

@@ -15,22 +15,42 @@ Target: the ~80M model below the dense model's zero-shot loss within 300 steps.
 """
 
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Experiment, evals, median_tok_s, parser, start_record  # noqa: E402
+from common import Experiment, evals, median_tok_s, parser, read_log, start_record  # noqa: E402
+
+from kronecker import kron_shape as make_shape  # noqa: E402
+
+
+def kron_shape_of(args):
+    """c_fc's KronShape from a checkpoint's model_args."""
+    return make_shape(args["mlp_hidden"], args["n_embd"], *args["kron_shape"])
 
 def plans(d, h):
-    """(init, factors, c_fc shape) rows; for SmolLM2 (d=576, h=1536): (512,576)x(3,1) and 5 x (768,72)x(2,8)."""
+    """(key, init, factors, c_fc shape) rows; for SmolLM2 (d=576, h=1536): (512,576)x(3,1) and
+    5 x (768,72)x(2,8). 'layerwise' is vl_norm followed by layer-wise fitting of every MLP to the dense
+    MLP's outputs on real activations (train_distillation.py --mode=layerwise), then CE training."""
     one = f"{h // 3}x{d}"
-    return [("vl", "1", one), ("vl_norm", "1", one), ("prune", "1", one), ("random", "1", one),
-            ("vl_norm", "5", f"{h // 2}x{d // 8}")]
+    return [("vl", "vl", "1", one), ("vl_norm", "vl_norm", "1", one), ("prune", "prune", "1", one),
+            ("random", "random", "1", one), ("vl_norm5", "vl_norm", "5", f"{h // 2}x{d // 8}"),
+            ("layerwise", "vl_norm", "1", one)]
+
+
+def finished(run, steps):
+    """Whether `run` already holds an evaluation at iteration `steps` (for --reuse)."""
+    try:
+        return any(r["iter"] == steps for r in evals(run))
+    except (FileNotFoundError, StopIteration):
+        return False
 
 
 def main():
     p = parser(__doc__, steps=100)
     p.add_argument("--gpu", action="store_true", help="full scale on CUDA: batch 16 x 1024, 128k eval tokens")
-    p.add_argument("--inits", default="vl,vl_norm,prune,random,vl_norm5", help="which rows to run")
+    p.add_argument("--inits", default="vl,vl_norm,prune,random,vl_norm5,layerwise", help="which rows to run")
+    p.add_argument("--reuse", action="store_true", help="keep rows (and the dense evaluation) already run")
     p.add_argument("--train", default="all", help="rows to train (others: loss after decomposition only)")
     p.add_argument("--model", default="smollm2-135m")
     args = p.parse_args()
@@ -47,28 +67,43 @@ def main():
           "--weight_decay=0.1", "--grad_clip=1.0"]
     model = args.model if not os.path.exists(args.model) else os.path.abspath(args.model)
     dense_run = ex.run_dir("dense")
-    ex.run("train.py", *scale, f"--init_from={model}", f"--out_dir={dense_run}", "--eval_only=True")
+    if not (args.reuse and finished(dense_run, 0)):
+        ex.run("train.py", *scale, f"--init_from={model}", f"--out_dir={dense_run}", "--eval_only=True")
     dense = evals(dense_run)[0]["val_loss"]
     dense_params = start_record(dense_run)["params"]["total"]
     dims = start_record(dense_run)["model_args"]
     wanted = args.inits.split(",")
     runs, rows, labels = [], [], []
-    for init, factors, shape in plans(dims["n_embd"], dims["mlp_hidden"]):
-        key = init + ("5" if factors == "5" else "")
+    for key, init, factors, shape in plans(dims["n_embd"], dims["mlp_hidden"]):
         if key not in wanted:
             continue
-        label = f"{init} {factors}x{shape}"
-        ckpt, rep = ex.decompose(model, f"{key}", "--factors", factors, "--shape", shape, "--init", init)
+        label = f"{key} {factors}x{shape}"
         run = ex.run_dir(key)
         steps = args.steps if args.train == "all" or key in args.train.split(",") else 0
-        ex.run("train.py", *scale, *lr, f"--init_from={ckpt}", f"--out_dir={run}", f"--max_iters={steps}",
-               f"--lr_decay_iters={max(1, steps)}")
+        if not (args.reuse and finished(run, steps)):
+            shutil.rmtree(run, ignore_errors=True)  # a fresh log for a rerun row
+            if key == "layerwise":
+                lw = ["--layerwise_tokens=512", "--layerwise_steps=5"] if args.smoke else \
+                    ["--layerwise_tokens=16384", "--layerwise_steps=150", "--layerwise_batch=1024"]
+                ex.run("train_distillation.py", *scale, *lr, f"--teacher={model}", "--init_from=teacher",
+                       "--mode=layerwise", "--alpha=1", "--beta=0", "--kron_factors=1",
+                       f"--kron_shape=({shape.replace('x', ',')})", f"--kron_init={init}", *lw,
+                       f"--out_dir={run}", f"--max_iters={steps}", f"--lr_decay_iters={max(1, steps)}")
+            else:
+                ckpt, _ = ex.decompose(model, key, "--factors", factors, "--shape", shape, "--init", init)
+                ex.run("train.py", *scale, *lr, f"--init_from={ckpt}", f"--out_dir={run}", f"--max_iters={steps}",
+                       f"--lr_decay_iters={max(1, steps)}")
         e = evals(run)
         best = min(r["val_loss"] for r in e)
         below = next((r["iter"] for r in e if r["val_loss"] < dense), None)
         trained = steps > 0
-        rows.append((init, f"{factors} x {rep['matrices'][0]['shape']}", rep["params_after"]["total"],
-                     e[0]["val_loss"], e[-1]["val_loss"] if trained else "-", best if trained else "-",
+        start = start_record(run)
+        lw = [r for r in read_log(run) if r["type"] == "layerwise"]
+        after_decomp = lw[0]["val_loss_before"] if lw else e[0]["val_loss"]
+        kron_shape = str(kron_shape_of(start["model_args"]))
+        after = f"{after_decomp:.4f}" + (f" (fitted: {e[0]['val_loss']:.4f})" if lw else "")
+        rows.append((key, f"{factors} x {kron_shape}", start["params"]["total"], after,
+                     e[-1]["val_loss"] if trained else "-", best if trained else "-",
                      ("never" if below is None else below) if trained else "-",
                      median_tok_s(run) if trained else "-"))
         if trained:

@@ -27,7 +27,7 @@ def test_smollm2_experiment_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
                         "--train=vl_norm,prune"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     table = (tmp_path / "smollm2.md").read_text()
-    assert table.count("\n| ") == 6  # header + 5 plans
+    assert table.count("\n| ") == 7  # header + 6 plans
     assert "(32,64)x(3,1)" in table and "(48,8)x(2,8)" in table
 
 
