@@ -115,7 +115,7 @@ def main():
               f"Dense SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, {dense_params:,} parameters): zero-shot "
               f"validation loss {dense:.4f}. {scale_note}. 'first below dense' is the first evaluation "
               f"(iteration) whose loss is under the dense zero-shot loss.",
-              ["init", "factors", "parameters", "val loss after decomposition", f"after {args.steps} steps",
+              ["plan", "factors", "parameters", "val loss after decomposition", f"after {args.steps} steps",
                "best", "first below dense", "train tok/s"], rows, runs, labels, hline=(dense, "dense zero-shot"))
 
 
