@@ -134,7 +134,6 @@ def build_student(cfg, teacher, rt):
     if cfg.mode == "progressive":  # the dense teacher with the Kronecker spec set and no block replaced yet
         student = copy.deepcopy(teacher)
         student.config = kron_config(teacher.config, cfg.kron_factors, cfg.kron_shape, cfg.kron_scalars, [])
-        student.config.kron_layers = ()
     else:
         student, _ = decompose_model(teacher, cfg.kron_factors, cfg.kron_shape, cfg.kron_init, None,
                                      cfg.kron_scalars, cfg.prune_keep, cfg.prune_eps)
