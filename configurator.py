@@ -75,7 +75,10 @@ def configure(cfg, args, verbose=True):
             if "=" not in arg:
                 raise ConfigError(f"argument {arg!r} must look like --key=value")
             key, val = arg[2:].split("=", 1)
-            set_field(cfg, key, parse_value(val), f"--{key}")
+            value = parse_value(val)
+            if isinstance(getattr(cfg, key, None), str) and not isinstance(value, str):
+                value = val  # a text field keeps the text as typed (e.g. a JSON list, or digits)
+            set_field(cfg, key, value, f"--{key}")
         else:
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg} does not exist (arguments are config files or --key=value)")

@@ -70,13 +70,17 @@ class TokenData:
 
     def __init__(self, data_dir):
         self.data_dir = data_dir
-        for split in ("train", "val"):
-            if not os.path.isfile(os.path.join(data_dir, f"{split}.bin")):
-                raise UserError(f"{data_dir}/{split}.bin is missing; prepare the data first, e.g. "
-                                f"python {os.path.relpath(data_dir, REPO)}/prepare.py")
+        self.check("val")
         self.meta = read_meta(data_dir)
 
+    def check(self, split):
+        """A clear error when split.bin is missing (an evaluation-only corpus has no train.bin)."""
+        if not os.path.isfile(os.path.join(self.data_dir, f"{split}.bin")):
+            raise UserError(f"{self.data_dir}/{split}.bin is missing; prepare the data first, e.g. "
+                            f"python {os.path.relpath(self.data_dir, REPO)}/prepare.py")
+
     def tokens(self, split):
+        self.check(split)
         # a fresh memmap each call avoids numpy's memmap leak (nanoGPT issue #2)
         return np.memmap(os.path.join(self.data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
 

@@ -146,6 +146,35 @@ def decompose_model(dense, factors, shape, init="vl", layers=None, scalars=False
     return model, rows
 
 
+def truncate_blocks(model, keep):
+    """A copy of the dense `model` with only the blocks `keep` (in that order): layer truncation, the
+    equal-size baseline (DistilGPT2's student starts from every other teacher block)."""
+    if model.config.kron_factors:
+        raise UserError("--keep_blocks truncates a dense model; pass the dense model")
+    new = GPT(GPTConfig.from_dict({**model.config.to_dict(), "n_layer": len(keep)}))
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("transformer.h.")}
+    for j, i in enumerate(keep):
+        sd.update({f"transformer.h.{j}.{k}": v for k, v in model.transformer.h[i].state_dict().items()})
+    new.load_state_dict(sd)
+    new.tokenizer_name = getattr(model, "tokenizer_name", "gpt2")
+    return new.to(next(model.parameters()).device)
+
+
+def parse_keep_blocks(text, n_layer):
+    """'even' (0,2,4,..), 'first:K', 'spread:K' (K evenly spaced, first and last included), or indices."""
+    kind, _, k = text.partition(":")
+    if kind == "even":
+        return list(range(0, n_layer, 2))
+    if kind in ("first", "spread"):
+        if not k.isdigit() or not 1 <= int(k) <= n_layer:
+            raise UserError(f"--keep_blocks {text!r}: K must be a number of blocks in 1..{n_layer}")
+        k = int(k)
+        if kind == "first":
+            return list(range(k))
+        return sorted({round(i * (n_layer - 1) / max(1, k - 1)) for i in range(k)})
+    return parse_layers(text, n_layer)
+
+
 # -----------------------------------------------------------------------------
 # parameter plans
 
@@ -217,11 +246,23 @@ def list_shapes(config, layers=None, max_factors=4):
 # -----------------------------------------------------------------------------
 # command line
 
-def parse_shape(text):
+def parse_shape(text, config):
+    """'m1xn1' -> (m1, n1); 'lowrank' -> (mlp_hidden, 1), the family member W = sum_k a_k b_k^T."""
+    if text.strip().lower() == "lowrank":
+        return config.mlp_hidden, 1
     m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
     if not m:
-        raise UserError(f"--shape {text!r} must look like m1xn1, e.g. 768x768")
+        raise UserError(f"--shape {text!r} must look like m1xn1 (e.g. 768x768) or 'lowrank'")
     return int(m.group(1)), int(m.group(2))
+
+
+def factors_for_target(config, shape, target, scalars=False, layers=None):
+    """(factors, total) of the given shape whose total parameter count is closest to target."""
+    s = kron_shape(config.mlp_hidden, config.n_embd, *shape)
+    base, n = param_base(config, layers)
+    per = s.params(1, scalars)
+    f = min(max(1, round((target - base) / (n * per))), s.max_rank)
+    return f, base + n * s.params(f, scalars)
 
 
 def parse_layers(text, n_layer):
@@ -251,11 +292,24 @@ def print_table(rows, out=sys.stdout):
               file=out)
 
 
+def save_truncated(args, model, keep, seconds):
+    """Write a truncated (dense) model and its report, as the decomposition path does."""
+    report = dict(model=args.model, keep_blocks=keep, params_after=model.param_counts(), seconds=seconds,
+                  model_args=model.config.to_dict())
+    save_checkpoint(args.out, model.cpu(), tokenizer=getattr(model, "tokenizer_name", "gpt2"),
+                    extra=dict(truncation=dict(model=args.model, keep_blocks=keep)))
+    json_path = os.path.splitext(args.out)[0] + ".json"
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    print(f"wrote {args.out} and {json_path} in {seconds:.1f}s")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gpt2", help="hub name, Hugging Face directory, or dense checkpoint")
     p.add_argument("--factors", type=int, default=1, help="Kronecker products summed per matrix")
-    p.add_argument("--shape", help="m1xn1: the first factor A of c_fc (e.g. 768x768)")
+    p.add_argument("--shape", help="m1xn1: the first factor A of c_fc (e.g. 768x768), or 'lowrank'; with "
+                                   "--target_params, the number of factors is chosen to meet the target")
     p.add_argument("--target_params", help="choose shape and factors for this total, e.g. 81M, 96M, distilgpt2")
     p.add_argument("--list_shapes", action="store_true", help="print every valid shape with its counts and exit")
     p.add_argument("--init", default="vl", choices=INITS, help="initialisation (see above)")
@@ -263,6 +317,7 @@ def main(argv=None):
     p.add_argument("--prune_keep", default="even", choices=("even", "odd"), help="prune: which features to keep")
     p.add_argument("--prune_eps", type=float, default=0.0, help="prune: value of the non-selected B entries")
     p.add_argument("--layers", default="all", help="blocks to decompose: 'all', '0,2,4', '6-11'; others stay dense")
+    p.add_argument("--keep_blocks", help="layer truncation first: 'even', 'first:K', 'spread:K' or indices")
     p.add_argument("--seed", type=int, default=1337, help="for --init random")
     p.add_argument("--device", default="cpu", help="where the SVDs run")
     p.add_argument("--out", help="output checkpoint path; a .json report is written beside it")
@@ -270,10 +325,17 @@ def main(argv=None):
 
     if not args.list_shapes and not args.out:
         raise UserError("--out PATH is required (or use --list_shapes)")
-    if args.shape and args.target_params:
-        raise UserError("give either --shape or --target_params, not both")
     t0 = time.time()
     dense = load_model(args.model, device=args.device)
+    if args.keep_blocks:
+        keep = parse_keep_blocks(args.keep_blocks, dense.config.n_layer)
+        n_before = dense.param_counts()["total"]
+        dense = truncate_blocks(dense, keep)
+        print(f"layer truncation: kept {len(keep)} blocks {keep}; "
+              f"{n_before:,} -> {dense.param_counts()['total']:,} parameters")
+        if not args.shape and not args.target_params:
+            save_truncated(args, dense, keep, time.time() - t0)
+            return
     config = dense.config
     layers = parse_layers(args.layers, config.n_layer)
     before = dense.param_counts()
@@ -291,7 +353,13 @@ def main(argv=None):
                   + " ".join(f"{fmt(c):>13}" for c in counts))
         return
 
-    if args.target_params:
+    if args.shape and args.target_params:  # the shape is fixed: the number of factors meets the target
+        shape = parse_shape(args.shape, config)
+        target = parse_count(args.target_params)
+        args.factors, total = factors_for_target(config, shape, target, args.scalars, layers)
+        print(f"target {target:,}: {args.factors} factor(s) of shape {args.shape} -> {total:,} parameters "
+              f"({100 * (total - target) / target:+.2f}%)")
+    elif args.target_params:
         target = parse_count(args.target_params)
         plans = plan_for_target(config, target, args.scalars, layers)
         total, args.factors, s = plans[0]
@@ -302,7 +370,7 @@ def main(argv=None):
         if abs(total - target) / target > 0.01:
             print(f"  note: no plan lands within 1% of {target:,}; this is the closest")
     elif args.shape:
-        shape = parse_shape(args.shape)
+        shape = parse_shape(args.shape, config)
     else:
         raise UserError("give --shape m1xn1 or --target_params N (see --list_shapes)")
     kron_shape(config.mlp_hidden, config.n_embd, *shape)  # a clear error if it does not divide

@@ -23,7 +23,7 @@ def read_log(run_dir):
 def series(records, metric="val_loss", x="iter"):
     """(xs, ys) of one run. Eval metrics come from eval records; others (loss, kl, ...) from train records.
     A resumed run's log repeats the iterations around the resume point; the later record wins."""
-    kind = "eval" if metric in EVAL_METRICS else "train"
+    kind = "eval" if metric in EVAL_METRICS or metric.startswith("val_loss_") else "train"
     x_key = {"iter": "iter", "tokens": "tokens", "seconds": "train_seconds"}[x]
     points = {}
     for r in records:
@@ -62,7 +62,8 @@ def main():
     p.add_argument("runs", nargs="+", help="run directories (each with log.jsonl)")
     p.add_argument("--out", default="runs.png")
     p.add_argument("--labels", help="comma-separated legend labels, one per run")
-    p.add_argument("--metric", default="val_loss", help="val_loss, train_loss, teacher_val_loss, or a train metric")
+    p.add_argument("--metric", default="val_loss",
+                   help="val_loss, val_loss_<eval dataset>, train_loss, teacher_val_loss, or a train metric")
     p.add_argument("--x", default="iter", choices=("iter", "tokens", "seconds"))
     p.add_argument("--title")
     args = p.parse_args()

@@ -4,8 +4,11 @@ Sample from a model: a hub name or Hugging Face directory, a dense or Kronecker 
     python sample.py --init_from=out-demo/krony                   # best.pt (or last.pt) of a run
     python sample.py --init_from=gpt2 --start="Hello, I'm a language model,"
     python sample.py --init_from=smollm2-135m --temperature=0 --start=FILE:prompt.txt
+    python sample.py --init_from=out/run --temperature=0 --prompts_json='["The capital of France is"]' --json=c.json
 """
 
+import json
+import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from checkpoint import load_model
-from configurator import configure, run_cli
+from configurator import ConfigError, configure, run_cli
 from tokenizer import get_tokenizer
 
 
@@ -28,6 +31,38 @@ class SampleConfig:
     seed: int = 1337
     device: str = "cpu"                # 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "float32"             # 'float32', 'bfloat16' or 'float16' (autocast on CUDA)
+    prompts_json: str = ""             # a JSON list of prompts, each sampled num_samples times (replaces start)
+    json: str = ""                     # also write {prompt: completion} (the first sample of each) to this file
+
+    def validate(self):
+        if self.max_new_tokens < 1 or self.num_samples < 1:
+            raise ConfigError(f"max_new_tokens and num_samples must be at least 1, got {self.max_new_tokens} "
+                              f"and {self.num_samples}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
+
+
+def prompts(cfg):
+    """The prompt texts: prompts_json's list, or start (FILE:path reads a file)."""
+    if cfg.prompts_json:
+        try:
+            items = json.loads(cfg.prompts_json)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"prompts_json is not valid JSON ({e}); pass a list like '[\"Hello\"]'") from None
+        if not isinstance(items, list) or not items or not all(isinstance(t, str) for t in items):
+            raise ConfigError("prompts_json must be a non-empty JSON list of strings")
+        return items
+    if cfg.start.startswith("FILE:"):
+        path = cfg.start[5:]
+        if not os.path.isfile(path):
+            raise ConfigError(f"start=FILE:{path}: no such file")
+        with open(path, encoding="utf-8") as f:
+            return [f.read()]
+    return [cfg.start]
 
 
 def main():
@@ -40,19 +75,20 @@ def main():
 
     model = load_model(cfg.init_from, device=cfg.device).eval()
     tok = get_tokenizer(model.tokenizer_name)
-    start = cfg.start
-    if start.startswith("FILE:"):
-        with open(start[5:], encoding="utf-8") as f:
-            start = f.read()
-    ids = tok.encode(start)
-    if not ids:
-        ids = [tok.eot if tok.eot is not None else 0]
-    x = torch.tensor(ids, dtype=torch.long, device=cfg.device)[None, ...]
-    with torch.no_grad(), ctx:
-        for _ in range(cfg.num_samples):
-            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
-            print(tok.decode(y[0].tolist()))
+    first = {}
+    for text in prompts(cfg):
+        ids = tok.encode(text) or [tok.eot if tok.eot is not None else 0]
+        x = torch.tensor(ids, dtype=torch.long, device=cfg.device)[None, ...]
+        for i in range(cfg.num_samples):
+            with torch.no_grad(), ctx:
+                y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
+            completion = tok.decode(y[0, len(ids):].tolist())
+            first.setdefault(text, completion)
+            print(text + completion)
             print("---------------")
+    if cfg.json:
+        with open(cfg.json, "w") as f:
+            json.dump(first, f, indent=1)
 
 
 if __name__ == "__main__":

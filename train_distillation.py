@@ -19,6 +19,7 @@ kron_init, ...), a kron_decomp.py checkpoint, or 'resume'. Settings: DistillConf
 """
 
 import copy
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import load_model
+from checkpoint import load_model, save_checkpoint
 from configurator import ConfigError, UserError, configure, run_cli
 from data_utils import TokenData, batch_seed
 from distill import add_kron_layer, collect_mlp_activations, fit_layers, make_distill_loss, progressive_order
@@ -170,8 +171,14 @@ def main(argv=None):
         rows = fit_layers(student, *fit_data, layers, cfg.layerwise_steps, cfg.layerwise_lr, cfg.layerwise_batch,
                           rt.device, log=print if rt.master else (lambda s: None))
         after = evaluate(student, val, rt, cfg.batch_size)
-        Logger(cfg, rt, {}).log(dict(type="layerwise", layers=rows, val_loss_before=before, val_loss_after=after),
-                                line=f"layer-wise fitting: student val loss {before:.4f} -> {after:.4f}")
+        seconds = time.time() - t0
+        Logger(cfg, rt, {}).log(dict(type="layerwise", layers=rows, val_loss_before=before, val_loss_after=after,
+                                     seconds=seconds),
+                                line=f"layer-wise fitting: student val loss {before:.4f} -> {after:.4f} "
+                                     f"({seconds:.0f}s); wrote {cfg.out_dir}/fitted.pt")
+        if rt.master:  # the fitted student on its own, to train from (or compare) without refitting
+            save_checkpoint(os.path.join(cfg.out_dir, "fitted.pt"), student, tokenizer=tokenizer,
+                            extra=dict(layerwise=dict(val_loss_before=before, val_loss_after=after, seconds=seconds)))
         fit_data = None  # free the activations before training
     fit_seconds = time.time() - t0 if cfg.mode == "layerwise" and ckpt is None else 0.0  # counts as training time
     hooks = DistillHooks(cfg, teacher, teacher_ctx, rt, fit_data)

@@ -25,8 +25,8 @@ from checkpoint import (CheckpointError, load_checkpoint, load_model, model_from
 from configurator import UserError, as_dict
 from data_utils import TokenData, batch_seed
 from model import GPT, GPTConfig
-from training import (Logger, data_dir, evaluate, git_hash, is_frozen, lr_multiplier, make_optimizer,
-                      parse_freeze_schedule, set_frozen)
+from training import (Logger, data_dir, evaluate, extra_val_sets, git_hash, is_frozen, lr_multiplier,
+                      make_optimizer, parse_freeze_schedule, set_frozen)
 
 
 # -----------------------------------------------------------------------------
@@ -119,6 +119,7 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None, start_
     raw = model
     data = TokenData(data_dir(cfg))
     val = data.val_windows(cfg.block_size, cfg.eval_tokens)
+    extra_vals = extra_val_sets(cfg, raw.config.vocab_size)
     if cfg.gradient_accumulation_steps % rt.world_size:
         raise UserError(f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} must be a multiple of "
                         f"the number of processes {rt.world_size}")
@@ -188,7 +189,8 @@ def train_loop(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None, start_
             if (iter_num % cfg.eval_interval == 0 or at_end) and last_eval != iter_num:
                 last_eval = iter_num
                 val_loss = evaluate(raw, val, rt, cfg.batch_size)
-                extra = hooks.eval_extra(raw, val, rt, cfg) if hooks else {}
+                extra = {k: evaluate(raw, v, rt, cfg.batch_size) for k, v in extra_vals.items()}
+                extra.update(hooks.eval_extra(raw, val, rt, cfg) if hooks else {})
                 train_loss = sum(losses) / len(losses) if losses else float("nan")
                 logger.log(dict(type="eval", iter=iter_num, val_loss=val_loss, train_loss=train_loss,
                                 tokens=iter_num * tokens_per_iter, train_seconds=train_seconds, **extra),

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from configurator import ConfigError
-from data_utils import REPO
+from data_utils import REPO, TokenData
 
 NEW_PARAM_SUFFIXES = (".A", ".B", ".scalars")
 
@@ -32,6 +32,8 @@ class TrainConfig:
     eval_interval: int = 250        # evaluate and write last.pt every this many iterations
     log_interval: int = 10          # console / JSONL line every this many iterations
     eval_tokens: int = 131072       # size of the fixed validation set (first tokens of val.bin)
+    eval_datasets: str = ""         # more prepared datasets (comma-separated) whose fixed validation sets are
+                                    # evaluated at every eval and logged as val_loss_<name>; never trained on
     eval_only: bool = False         # print the validation loss of init_from and exit
     always_save_checkpoint: bool = True  # write last.pt at every eval, not only when val improves
     max_seconds: float = 0.0        # stop (and save) after this much training time; 0 = no limit
@@ -171,8 +173,22 @@ def setup_runtime(cfg):
     return Runtime(ddp, rank, local_rank, world, device, device_type, ptdtype, ctx, rank == 0)
 
 
-def data_dir(cfg):
-    return cfg.dataset if os.path.isdir(cfg.dataset) else os.path.join(REPO, "data", cfg.dataset)
+def data_dir(cfg, dataset=None):
+    """The directory of a prepared dataset: a path, or a name under data/ (cfg.dataset by default)."""
+    dataset = dataset or cfg.dataset
+    return dataset if os.path.isdir(dataset) else os.path.join(REPO, "data", dataset)
+
+
+def extra_val_sets(cfg, vocab_size):
+    """{'val_loss_<name>': fixed validation windows} of cfg.eval_datasets."""
+    out = {}
+    for name in filter(None, (n.strip() for n in cfg.eval_datasets.split(","))):
+        data = TokenData(data_dir(cfg, name))
+        if data.meta["vocab_size"] > vocab_size:
+            raise ConfigError(f"eval_datasets {name} has vocabulary {data.meta['vocab_size']} but the model only "
+                              f"{vocab_size}; prepare it with the model's tokenizer")
+        out[f"val_loss_{os.path.basename(name.rstrip('/'))}"] = data.val_windows(cfg.block_size, cfg.eval_tokens)
+    return out
 
 
 def is_new_param(name):
