@@ -16,15 +16,13 @@ import random
 
 import torch
 
-from configurator import UserError
+from errors import CheckpointError, UserError  # noqa: F401 (CheckpointError is imported from here)
 from model import GPT, GPTConfig
 
 FORMAT = "kronygpt"
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(UserError):
-    pass
 
 
 def unwrap(model):

@@ -19,13 +19,9 @@ import traceback
 import types
 from dataclasses import fields
 
-
-class UserError(Exception):
-    """A mistake the user can fix (bad config, missing file); printed as one sentence, no traceback."""
+from errors import ConfigError, UserError
 
 
-class ConfigError(UserError):
-    pass
 
 
 def coerce(name, value, default, source):

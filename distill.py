@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kron_decomp import replace_mlp
+from decompose import replace_mlp
 
 
 # -----------------------------------------------------------------------------

@@ -6,26 +6,23 @@ train.py (init_from=PATH), train_distillation.py, sample.py and eval.py load.
     python kron_decomp.py --model gpt2 --target_params distilgpt2 --init vl --out out-decomp/gpt2_82M.pt
     python kron_decomp.py --model gpt2 --factors 1 --shape 3072x384 --init prune --out out-decomp/gpt2_96M_prune.pt
     python kron_decomp.py --model gpt2 --list_shapes            # every valid shape and its parameter counts
-    python kron_decomp.py --model smollm2-135m --target_params 80M --out out-decomp/smollm2_80M.pt
+    python kron_decomp.py --model smollm2-135m --target_params 81.4M --init aware --calib shakespeare_smollm2-135m \\
+        --out out-decomp/smollm2_81M.pt                          # the calibrated planner picks shape and factors
+    python kron_decomp.py --model smollm2-135m --target_params 81.4M --init aware --calib shakespeare_smollm2-135m \\
+        --allocate --out out-decomp/smollm2_81M_alloc.pt         # each matrix its own rank (or dense)
+    python kron_decomp.py --model smollm2-135m --keep_blocks even --out out-decomp/smollm2_15blocks.pt  # truncation
 
 --shape m1xn1 is the first factor A of c_fc (Llama: gate_proj and up_proj), of shape (hidden, n_embd);
-B is (hidden/m1, n_embd/n1), and c_proj (down_proj) uses the opposite shapes (n1,m1)x(n_embd/n1, hidden/m1).
-Initialisations (W is one (out, in) matrix; see kronecker.py for the maths):
-    vl        Van Loan-Pitsianis: the top singular triplets of the rearranged R(W), each factor scaled by
-              sqrt(sigma): the best `factors`-term Kronecker approximation in Frobenius norm.
-    vl_norm   vl rescaled so ||sum A(x)B||_F = ||W||_F (folded into A and B, or into learnable per-factor
-              scalars with --scalars).
-    prune     deterministic pruning: B is a one-hot selector (+ --prune_eps elsewhere) and A keeps one
-              entry of every (m2, n2) block of W. For (out, in/2)x(1,2) this keeps the even (or odd) input
-              features of c_fc and the even (or odd) output features of c_proj. Factor k keeps offset k
-              (+1 for --prune_keep odd), so m2*n2 factors reproduce W exactly.
-    random    factors drawn so the product has the dense init's scale (0.02, c_proj 0.02/sqrt(2*n_layer)).
+B is (hidden/m1, n_embd/n1), and c_proj (down_proj) uses the opposite shapes. --shape lowrank is the family
+member (out,1)x(1,in) for every matrix: W = sum_k a_k b_k^T, with --factors the rank. --plan gives any
+per-block plan (grammar in plans.py). Initialisations are described in decompose.py; 'aware' needs --calib.
+With --calib every report row also carries the calibrated output error ||(W - W_hat) X|| / ||W X||.
+The checkpoint and a JSON report beside it (same name, .json) are written only if neither exists (--force
+overwrites).
 """
 
 import argparse
-import copy
 import json
-import math
 import os
 import re
 import sys
@@ -33,123 +30,27 @@ import time
 
 import torch
 
-from checkpoint import load_model, save_checkpoint
-from configurator import UserError, run_cli
-from kronecker import KroneckerLinear, all_shapes, factored_macs, kron_shape, kron_sum, van_loan
+from calib import BlockRunner, calibration_batches
+from checkpoint import load_model, resolve_checkpoint_path, save_checkpoint
+from configurator import run_cli
+from data_utils import REPO, TokenData
+from decompose import INITS, decompose_model, describe, is_lowrank, kron_config, plan_config
+from errors import UserError
+from kronecker import kron_shape
 from model import GPT, GPTConfig
-
-INITS = ("vl", "vl_norm", "prune", "random")
-# 'up' matrices map n_embd -> hidden and use c_fc's shape; 'down' matrices use the opposite
-MLP_MATRICES = {"gpt2": (("c_fc", True), ("c_proj", False)),
-                "llama": (("gate_proj", True), ("up_proj", True), ("down_proj", False))}
-
-
-# -----------------------------------------------------------------------------
-# one matrix
-
-def init_factors(W, s, factors, init, scalars=False, prune_keep="even", prune_eps=0.0, random_std=0.02):
-    """Factors for one (out, in) matrix W: (A (r,m1,n1), B (r,m2,n2), scalars (r,) or None)."""
-    if factors > s.max_rank:
-        raise UserError(f"{factors} factors exceed the maximum Kronecker rank {s.max_rank} of shape {s}; "
-                        f"use at most {s.max_rank} factors or another --shape")
-    W = W.detach().double()
-    scal = None
-    if init in ("vl", "vl_norm"):
-        A, B, _ = van_loan(W, s, factors)
-        if init == "vl_norm":
-            alpha = (torch.linalg.norm(W) / torch.linalg.norm(kron_sum(A, B))).item()
-            if scalars:
-                scal = torch.full((factors,), alpha, dtype=W.dtype)
-            else:
-                A, B = A * math.sqrt(alpha), B * math.sqrt(alpha)
-    elif init == "prune":
-        block = s.m2 * s.n2
-        offset = 0 if prune_keep == "even" else 1
-        if factors + offset > block:
-            raise UserError(f"prune keeps one entry of every {s.m2}x{s.n2} block per factor, so shape {s} allows at "
-                            f"most {block - offset} factors with --prune_keep {prune_keep}")
-        blocks = W.reshape(s.m1, s.m2, s.n1, s.n2)
-        A = torch.empty(factors, s.m1, s.n1, dtype=W.dtype)
-        B = torch.full((factors, s.m2, s.n2), prune_eps, dtype=W.dtype)
-        for k in range(factors):
-            q, l = divmod(offset + k, s.n2)  # position of the kept entry inside each block
-            A[k] = blocks[:, q, :, l]
-            B[k, q, l] = 1.0
-    elif init == "random":
-        layer = KroneckerLinear(s, factors, bias=False)
-        layer.reset_parameters(std=random_std)
-        A, B = layer.A.detach().double(), layer.B.detach().double()
-    else:
-        raise UserError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
-    if scalars and scal is None:
-        scal = torch.ones(factors, dtype=W.dtype)
-    return A, B, scal
-
-
-def matrix_report(W, layer):
-    W_hat = layer.weight.detach().double()
-    W = W.detach().double()
-    norm = torch.linalg.norm(W).item()
-    return dict(rel_error=(torch.linalg.norm(W - W_hat).item() / norm), norm_ratio=torch.linalg.norm(W_hat).item() / norm)
+from planner import (allocate, factors_for_target, keeps_rank, lowrank_curves, mac_ratio, matrices, param_base,
+                     plan_for_target, reachable, relative_error, score_plans, shape_candidates, spread_blocks,
+                     uniform_plan)
+from plans import format_plan, parse_blocks
 
 
 # -----------------------------------------------------------------------------
-# a model
-
-def kron_config(config, factors, shape, scalars, layers):
-    """A copy of config with the Kronecker MLP spec set (layers=None means every block)."""
-    new = copy.deepcopy(config)
-    new.kron_factors, new.kron_shape, new.kron_scalars = factors, tuple(shape), scalars
-    new.kron_layers = None if layers is None or sorted(layers) == list(range(config.n_layer)) else tuple(layers)
-    new.__post_init__()
-    return new
-
-
-def replace_mlp(model, layer, init, prune_keep="even", prune_eps=0.0):
-    """Swap block `layer`'s dense MLP matrices for Kronecker ones as model.config specifies, initialised
-    from the dense weights. Returns the report rows. model.config.kron_layers must include `layer`."""
-    cfg = model.config
-    mlp = model.transformer.h[layer].mlp
-    up_shape = kron_shape(cfg.mlp_hidden, cfg.n_embd, *cfg.kron_shape)
-    rows = []
-    for name, up in MLP_MATRICES[cfg.arch]:
-        dense = getattr(mlp, name)
-        if isinstance(dense, KroneckerLinear):
-            raise UserError(f"block {layer}'s {name} is already Kronecker; pass the dense model")
-        s = up_shape if up else up_shape.transposed()
-        std = 0.02 if up else 0.02 / math.sqrt(2 * cfg.n_layer)
-        A, B, scal = init_factors(dense.weight, s, cfg.kron_factors, init, cfg.kron_scalars, prune_keep, prune_eps, std)
-        kl = KroneckerLinear(s, cfg.kron_factors, bias=dense.bias is not None, scalars=cfg.kron_scalars,
-                             impl=cfg.kron_impl).to(device=dense.weight.device, dtype=dense.weight.dtype)
-        with torch.no_grad():
-            kl.A.copy_(A)
-            kl.B.copy_(B)
-            if scal is not None:
-                kl.scalars.copy_(scal)
-            if dense.bias is not None:
-                kl.bias.copy_(dense.bias)
-        rows.append(dict(layer=layer, matrix=name, shape=str(s), **matrix_report(dense.weight, kl)))
-        setattr(mlp, name, kl)
-    return rows
-
-
-def decompose_model(dense, factors, shape, init="vl", layers=None, scalars=False, prune_keep="even", prune_eps=0.0):
-    """A Kronecker copy of `dense` (left unchanged) and one report row per decomposed matrix."""
-    if dense.config.kron_factors:
-        raise UserError("the model already has Kronecker MLPs; pass the dense model it came from")
-    model = copy.deepcopy(dense)
-    layers = list(range(dense.config.n_layer)) if layers is None else sorted(set(layers))
-    model.config = kron_config(dense.config, factors, shape, scalars, layers)
-    rows = []
-    for i in layers:
-        rows.extend(replace_mlp(model, i, init, prune_keep, prune_eps))
-    return model, rows
-
+# configs and other model surgery
 
 def truncate_blocks(model, keep):
     """A copy of the dense `model` with only the blocks `keep` (in that order): layer truncation, the
     equal-size baseline (DistilGPT2's student starts from every other teacher block)."""
-    if model.config.kron_factors:
+    if model.config.is_factorized:
         raise UserError("--keep_blocks truncates a dense model; pass the dense model")
     new = GPT(GPTConfig.from_dict({**model.config.to_dict(), "n_layer": len(keep)}))
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("transformer.h.")}
@@ -160,39 +61,10 @@ def truncate_blocks(model, keep):
     return new.to(next(model.parameters()).device)
 
 
-def parse_keep_blocks(text, n_layer):
-    """'even' (0,2,4,..), 'first:K', 'spread:K' (K evenly spaced, first and last included), or indices."""
-    kind, _, k = text.partition(":")
-    if kind == "even":
-        return list(range(0, n_layer, 2))
-    if kind in ("first", "spread"):
-        if not k.isdigit() or not 1 <= int(k) <= n_layer:
-            raise UserError(f"--keep_blocks {text!r}: K must be a number of blocks in 1..{n_layer}")
-        k = int(k)
-        if kind == "first":
-            return list(range(k))
-        return sorted({round(i * (n_layer - 1) / max(1, k - 1)) for i in range(k)})
-    return parse_layers(text, n_layer)
-
-
 # -----------------------------------------------------------------------------
-# parameter plans
+# parsing
 
-def param_base(config, layers=None):
-    """(parameters outside the decomposed matrices' weights, number of decomposed matrices)."""
-    with torch.device("meta"):
-        dense_total = GPT(GPTConfig(**{**config.to_dict(), "kron_factors": 0})).param_counts()["total"]
-    n = (config.n_layer if layers is None else len(set(layers))) * len(MLP_MATRICES[config.arch])
-    return dense_total - n * config.mlp_hidden * config.n_embd, n
-
-
-def planned_params(config, factors, shape, scalars=False, layers=None):
-    """Total parameters (tied embeddings once) of `config` decomposed with this plan, without building it."""
-    base, n = param_base(config, layers)
-    return base + n * kron_shape(config.mlp_hidden, config.n_embd, *shape).params(factors, scalars)
-
-
-def parse_count(text, config=None):
+def parse_count(text):
     """'81M', '81.9M', '81912576', '500k', or a model name ('distilgpt2') -> an integer."""
     sizes = {"distilgpt2": 81_912_576, "gpt2": 124_439_808}
     if text in sizes:
@@ -200,51 +72,11 @@ def parse_count(text, config=None):
     m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([kKmMbB]?)", text.strip())
     if not m:
         raise UserError(f"--target_params {text!r} is not a count like 81M, 81.9M, 81912576 or distilgpt2")
-    return int(round(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}[m.group(2).lower()]))
+    n = int(round(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}[m.group(2).lower()]))
+    if n <= 0:
+        raise UserError(f"--target_params {text!r} must be a positive count")
+    return n
 
-
-def keeps_rank(s, factors):
-    """Whether factors x rank(A) x rank(B) can reach the dense matrix's rank min(out, in)."""
-    return factors * min(s.m1, s.n1) * min(s.m2, s.n2) >= min(s.out_features, s.in_features)
-
-
-def plan_for_target(config, target, scalars=False, layers=None, max_factors=8):
-    """Candidate plans (total_params, factors, KronShape), best first: within 1% of the target, then
-    rank-preserving, then fewest factors, then fewest MACs per token, then closest."""
-    base, n = param_base(config, layers)
-    cands = [(base + n * s.params(f, scalars), f, s)
-             for s in all_shapes(config.mlp_hidden, config.n_embd)
-             for f in range(1, min(max_factors, s.max_rank) + 1)]
-
-    def key(c):
-        total, f, s = c
-        off = abs(total - target) / target
-        near = off <= 0.01
-        return (not near, not keeps_rank(s, f), f if near else 0, round(mac_ratio(s, f), 2) if near else 0, off,
-                -s.m1 * s.n1)  # last: the big factor first, as in Krony-PT
-    return sorted(cands, key=key)
-
-
-def mac_ratio(s, factors):
-    """MACs per token of the up and down matrices together, relative to dense (1.0 = no saving)."""
-    dense = s.in_features * s.out_features
-    up, down = (min(min(factored_macs(x, factors).values()), dense) for x in (s, s.transposed()))
-    return (up + down) / (2 * dense)
-
-
-def list_shapes(config, layers=None, max_factors=4):
-    """Rows of (shape, max_rank, rank-preserving factors, [total params for 1..max_factors])."""
-    base, n = param_base(config, layers)
-    rows = []
-    for s in all_shapes(config.mlp_hidden, config.n_embd):
-        counts = [base + n * s.params(f) if f <= s.max_rank else None
-                  for f in range(1, max_factors + 1)]
-        rows.append((s, s.max_rank, next((f for f in range(1, max_factors + 1) if keeps_rank(s, f)), None), counts))
-    return rows
-
-
-# -----------------------------------------------------------------------------
-# command line
 
 def parse_shape(text, config):
     """'m1xn1' -> (m1, n1); 'lowrank' -> (mlp_hidden, 1), the family member W = sum_k a_k b_k^T."""
@@ -256,144 +88,308 @@ def parse_shape(text, config):
     return int(m.group(1)), int(m.group(2))
 
 
-def factors_for_target(config, shape, target, scalars=False, layers=None):
-    """(factors, total) of the given shape whose total parameter count is closest to target."""
-    s = kron_shape(config.mlp_hidden, config.n_embd, *shape)
-    base, n = param_base(config, layers)
-    per = s.params(1, scalars)
-    f = min(max(1, round((target - base) / (n * per))), s.max_rank)
-    return f, base + n * s.params(f, scalars)
-
-
 def parse_layers(text, n_layer):
-    """'all', '0,2,4', '6-11' or a mix -> sorted block indices."""
-    if text in (None, "all"):
+    """'all', '0,2,4', '6-11' or a mix -> sorted block indices (None for all)."""
+    if text in (None, "all", "*"):
         return None
-    out = set()
-    for part in text.split(","):
-        a, _, b = part.strip().partition("-")
-        if not a.isdigit() or (b and not b.isdigit()):
-            raise UserError(f"--layers {text!r} must be 'all' or indices/ranges like 0,2,6-11")
-        out.update(range(int(a), int(b or a) + 1))
-    bad = sorted(i for i in out if i >= n_layer)
-    if bad:
-        raise UserError(f"--layers {bad} are outside 0..{n_layer - 1}")
-    return sorted(out)
+    return parse_blocks(text, n_layer, where="--layers")
 
+
+def parse_keep_blocks(text, n_layer):
+    """'even' (0,2,4,..), 'first:K', 'spread:K' (K evenly spaced, first and last included), or indices."""
+    kind, _, k = text.partition(":")
+    if kind == "even":
+        return list(range(0, n_layer, 2))
+    if kind in ("first", "spread"):
+        if not k.isdigit() or not 1 <= int(k) <= n_layer:
+            raise UserError(f"--keep_blocks {text!r}: K must be a number of blocks in 1..{n_layer}")
+        return list(range(int(k))) if kind == "first" else spread_blocks(n_layer, int(k))
+    return parse_blocks(text, n_layer, where="--keep_blocks")
+
+
+def output_paths(args):
+    """(checkpoint, report) paths, refusing anything that would destroy an input or an existing file."""
+    out = args.out
+    if out.endswith(".json"):
+        raise UserError(f"--out {out} ends in .json, the name of the report; give the checkpoint a .pt name")
+    if os.path.isdir(out):
+        raise UserError(f"--out {out} is a directory; give a checkpoint file name such as {out}/model.pt")
+    report = os.path.splitext(out)[0] + ".json"
+    src = resolve_checkpoint_path(args.model)
+    if os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out):
+        raise UserError(f"--out {out} is the model being decomposed; choose another path")
+    if not args.force:
+        for path in (out, report):
+            if os.path.exists(path):
+                raise UserError(f"{path} already exists; choose another --out or pass --force to overwrite it")
+    parent = os.path.dirname(os.path.abspath(out))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise UserError(f"--out {out}: {parent} is a file, not a directory")
+    return out, report
+
+
+# -----------------------------------------------------------------------------
+# printing
 
 def fmt(n):
     return f"{n:,}" if n is not None else "-"
 
 
 def print_table(rows, out=sys.stdout):
-    print(f"{'layer':>5} {'matrix':<10} {'shape':<22} {'rel. error':>10} {'norm ratio':>10}", file=out)
+    calibrated = any("output_error" in r for r in rows)
+    print(f"{'layer':>5} {'matrix':<10} {'kind':<24} {'rel. error':>10} {'norm ratio':>10}"
+          + (f" {'output err':>10}" if calibrated else ""), file=out)
     for r in rows:
-        print(f"{r['layer']:>5} {r['matrix']:<10} {r['shape']:<22} {r['rel_error']:>10.4f} {r['norm_ratio']:>10.4f}",
-              file=out)
+        print(f"{r['layer']:>5} {r['matrix']:<10} {r['kind']:<24} {r['rel_error']:>10.4f} {r['norm_ratio']:>10.4f}"
+              + (f" {r['output_error']:>10.4f}" if calibrated else ""), file=out)
 
 
-def save_truncated(args, model, keep, seconds):
-    """Write a truncated (dense) model and its report, as the decomposition path does."""
-    report = dict(model=args.model, keep_blocks=keep, params_after=model.param_counts(), seconds=seconds,
-                  model_args=model.config.to_dict())
-    save_checkpoint(args.out, model.cpu(), tokenizer=getattr(model, "tokenizer_name", "gpt2"),
-                    extra=dict(truncation=dict(model=args.model, keep_blocks=keep)))
-    json_path = os.path.splitext(args.out)[0] + ".json"
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    print(f"wrote {args.out} and {json_path} in {seconds:.1f}s")
+def print_shapes(config, layers):
+    base, n = param_base(config, layers)
+    print(f"\nshapes of the {config.mlp_hidden}x{config.n_embd} up matrices (down matrices take the opposite); "
+          f"total model parameters for 1..4 factors; 'keeps rank' = fewest factors whose product can "
+          f"have the dense rank {min(config.mlp_hidden, config.n_embd)}")
+    print(f"{'A (m1,n1)':<12} {'B (m2,n2)':<12} {'max rank':>8} {'keeps rank':>10} "
+          + " ".join(f"{f'{f} factor' + ('s' if f > 1 else ''):>13}" for f in range(1, 5)))
+    from kronecker import all_shapes
+    for s in all_shapes(config.mlp_hidden, config.n_embd):
+        counts = [base + n * s.params(f) if f <= s.max_rank else None for f in range(1, 5)]
+        keep = next((f for f in range(1, 5) if keeps_rank(s, f)), None)
+        print(f"{f'({s.m1},{s.n1})':<12} {f'({s.m2},{s.n2})':<12} {s.max_rank:>8} {fmt(keep) if keep else '>4':>10} "
+              + " ".join(f"{fmt(c):>13}" for c in counts))
+
+
+# -----------------------------------------------------------------------------
+# the command
+
+def collect_moments(dense, batches, layers):
+    """{(layer, name): E[x x^T]} of every MLP matrix of `layers` in the dense model (one pass)."""
+    runner = BlockRunner(dense, batches, next(dense.parameters()).device)
+    out = {}
+    for b in range(dense.config.n_layer):
+        if b in layers:
+            mlp = dense.transformer.h[b].mlp
+            names = [n for n, _ in dense.config.family.mlp_matrices]
+            out.update({(b, n): C for n, C in runner.moments(b, {n: getattr(mlp, n) for n in names}).items()})
+        runner.advance(b)
+    return out
+
+
+def choose_uniform(args, dense, target, layers, moments):
+    """(factors, up shape) for --target_params: by parameter count alone, or by calibrated error with --calib."""
+    config = dense.config
+    lo, hi = reachable(config, target, args.scalars, layers)
+    if not lo * 0.99 <= target <= hi:
+        raise UserError(f"--target_params {target:,} cannot be reached: plans of this model range from {lo:,} "
+                        f"(one factor of the smallest shape) to {hi:,} (dense) parameters")
+    cands = shape_candidates(config, target, args.scalars, layers)
+    near = [c for c in cands if abs(c[0] - target) / target <= 0.01]
+    if not near:
+        closest = sorted(cands, key=lambda c: abs(c[0] - target))[:3]
+        raise UserError(f"no plan lands within 1% of --target_params {target:,}; the nearest reachable totals are "
+                        + ", ".join(f"{t:,} ({describe(s, f)})" for t, f, s in closest))
+    if moments is None:  # by parameter count alone: Krony-PT's rank-preserving, few-factor plans
+        near = [c for c in plan_for_target(config, target, args.scalars, layers)
+                if abs(c[0] - target) / target <= 0.01] or near
+        total, f, s = near[0]
+        print(f"target {target:,}: {describe(s, f)} -> {total:,} parameters ({100 * (total - target) / target:+.2f}%), "
+              f"MLP MACs {mac_ratio(s, f):.2f}x dense")
+        print("  alternatives: " + "; ".join(f"{describe(c, g)}: {t:,}" for t, g, c in near[1:5]))
+        return f, s
+    # score the fastest candidates and the low-rank member by calibrated output error on a subset of blocks
+    near = [c for c in near if not (is_lowrank(c[2]) and c[2].n1 != 1)]  # low rank once: (out,1)x(1,in)
+    pool = [c for c in near if mac_ratio(c[2], c[1]) <= 1.0][:args.plan_candidates]
+    pool += [c for c in near if is_lowrank(c[2]) and c not in pool]
+    blocks = [b for b in spread_blocks(config.n_layer, args.score_blocks) if layers is None or b in layers] or \
+        (layers or [0])[:args.score_blocks]
+    t0 = time.time()
+    scores = score_plans(dense, pool, moments, args.init, blocks, args.damping)
+    order = sorted(range(len(pool)), key=lambda i: scores[i])
+    print(f"target {target:,}: {len(pool)} candidate plans scored by calibrated output error ({args.init}) on blocks "
+          f"{blocks} in {time.time() - t0:.0f}s; best first:")
+    print(f"  {'plan':<26} {'parameters':>12} {'output error':>12} {'MACs':>6}")
+    for i in order[:6]:
+        t, f, s = pool[i]
+        print(f"  {describe(s, f):<26} {t:>12,} {scores[i]:>12.4f} {mac_ratio(s, f):>5.2f}x")
+    _, f, s = pool[order[0]]
+    return f, s
+
+
+def allocated_plan(args, dense, budget, layers, moments, uniform):
+    """A per-matrix plan (each its own rank, or dense) for the target, from the calibrated low-rank curves.
+    Falls back to the uniform plan when that scores lower on the same objective (said in the output)."""
+    config = dense.config
+    mats = matrices(config, layers)
+    base, _ = param_base(config, layers)
+    t0 = time.time()
+    curves = lowrank_curves(dense, moments, mats, args.damping)
+    alloc, used = allocate(curves, mats, budget - base)
+    objective = sum(0.0 if r == "dense" else relative_error(curves, k, r) ** 2 for k, r in alloc.items())
+    plan = {}
+    for (b, name), r in alloc.items():
+        if r != "dense":
+            o, i = config.matrix_dims()[name]
+            plan.setdefault(b, {})[name] = (o, 1, r)
+    text = format_plan(plan, config.n_layer, config.matrix_dims())
+    print(f"allocation ({time.time() - t0:.0f}s): {base + used:,} parameters, sum of squared output errors "
+          f"{objective:.3f} over {len(mats)} matrices; plan: {text}")
+    f, s = uniform
+    if is_lowrank(s):  # the uniform low-rank plan is inside the allocator's search space: compare objectives
+        uni = sum(relative_error(curves, (b, n), f) ** 2 for b, n, _, _ in mats)
+        print(f"  uniform {describe(s, f)}: sum of squared output errors {uni:.3f}")
+        if uni < objective:
+            print("  the uniform plan scores lower; keeping it")
+            return None
+    for b in sorted({b for b, _, _, _ in mats}):
+        ranks = [f"{n} {alloc[(b, n)]}" for n, _ in config.family.mlp_matrices]
+        errs = [0.0 if alloc[(b, n)] == "dense" else relative_error(curves, (b, n), alloc[(b, n)])
+                for n, _ in config.family.mlp_matrices]
+        print(f"  block {b:>3}: " + ", ".join(f"{r} (err {e:.3f})" for r, e in zip(ranks, errs, strict=True)))
+    return text
+
+
+def uniform_config(config, s, args, layers):
+    """The model config of one shape for every planned block: the readable kron_factors/kron_shape
+    shorthand, or a plan string for the low-rank member (every matrix (out,1)x(1,in))."""
+    if is_lowrank(s):
+        return plan_config(config, uniform_plan(config, s, args.factors, layers), args.scalars)
+    return kron_config(config, args.factors, (s.m1, s.n1), args.scalars, layers)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gpt2", help="hub name, Hugging Face directory, or dense checkpoint")
-    p.add_argument("--factors", type=int, default=1, help="Kronecker products summed per matrix")
+    p.add_argument("--factors", type=int, default=1, help="Kronecker products summed per matrix (the rank for lowrank)")
     p.add_argument("--shape", help="m1xn1: the first factor A of c_fc (e.g. 768x768), or 'lowrank'; with "
                                    "--target_params, the number of factors is chosen to meet the target")
-    p.add_argument("--target_params", help="choose shape and factors for this total, e.g. 81M, 96M, distilgpt2")
+    p.add_argument("--plan", help="a per-block plan string (see plans.py), e.g. '*: mlp=lowrank*64; 0: dense'")
+    p.add_argument("--target_params", help="choose the plan for this total, e.g. 81M, 96M, distilgpt2")
+    p.add_argument("--allocate", action="store_true", help="with --target_params: each matrix its own rank (or dense)")
     p.add_argument("--list_shapes", action="store_true", help="print every valid shape with its counts and exit")
-    p.add_argument("--init", default="vl", choices=INITS, help="initialisation (see above)")
+    p.add_argument("--init", default="vl", choices=INITS, help="initialisation (see decompose.py)")
     p.add_argument("--scalars", action="store_true", help="learnable per-factor scalars (vl_norm puts alpha there)")
     p.add_argument("--prune_keep", default="even", choices=("even", "odd"), help="prune: which features to keep")
     p.add_argument("--prune_eps", type=float, default=0.0, help="prune: value of the non-selected B entries")
     p.add_argument("--layers", default="all", help="blocks to decompose: 'all', '0,2,4', '6-11'; others stay dense")
     p.add_argument("--keep_blocks", help="layer truncation first: 'even', 'first:K', 'spread:K' or indices")
-    p.add_argument("--seed", type=int, default=1337, help="for --init random")
-    p.add_argument("--device", default="cpu", help="where the SVDs run")
+    p.add_argument("--calib", help="a prepared dataset (name under data/ or a path) whose training tokens calibrate")
+    p.add_argument("--calib_tokens", type=int, default=16384, help="calibration tokens")
+    p.add_argument("--calib_seq", type=int, default=256, help="calibration sequence length")
+    p.add_argument("--damping", type=float, default=1e-4, help="aware: relative damping of the input covariance")
+    p.add_argument("--sequential", action="store_true", help="calibrate each block on the already-compressed blocks")
+    p.add_argument("--plan_candidates", type=int, default=16, help="--calib planner: candidate shapes scored")
+    p.add_argument("--score_blocks", type=int, default=6, help="--calib planner: blocks the candidates are scored on")
+    p.add_argument("--seed", type=int, default=1337, help="for --init random and the calibration batches")
+    p.add_argument("--device", default="cpu", help="where the decomposition runs")
     p.add_argument("--out", help="output checkpoint path; a .json report is written beside it")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out and its report")
     args = p.parse_args(argv)
 
     if not args.list_shapes and not args.out:
         raise UserError("--out PATH is required (or use --list_shapes)")
+    if args.factors < 1:
+        raise UserError(f"--factors must be at least 1, got {args.factors}")
+    if args.plan and (args.shape or args.target_params):
+        raise UserError("--plan gives every block's shapes; drop --shape and --target_params")
+    if args.allocate and not args.target_params:
+        raise UserError("--allocate divides a parameter budget: give --target_params too")
+    if args.calib_tokens < 1 or args.calib_seq < 1:
+        raise UserError("--calib_tokens and --calib_seq must be positive")
+    if not 0 <= args.damping < 1e3 or args.damping != args.damping:
+        raise UserError(f"--damping must be a small non-negative number, got {args.damping}")
+    if args.prune_eps != args.prune_eps or abs(args.prune_eps) == float("inf"):
+        raise UserError(f"--prune_eps must be a finite number, got {args.prune_eps}")
+    out, report_path = output_paths(args) if args.out else (None, None)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} but CUDA is not available; use --device cpu")
     t0 = time.time()
-    dense = load_model(args.model, device=args.device)
+    dense = load_model(args.model, device=args.device).eval()
     if args.keep_blocks:
         keep = parse_keep_blocks(args.keep_blocks, dense.config.n_layer)
         n_before = dense.param_counts()["total"]
         dense = truncate_blocks(dense, keep)
-        print(f"layer truncation: kept {len(keep)} blocks {keep}; "
-              f"{n_before:,} -> {dense.param_counts()['total']:,} parameters")
-        if not args.shape and not args.target_params:
-            save_truncated(args, dense, keep, time.time() - t0)
-            return
+        print(f"layer truncation: kept {len(keep)} blocks {keep}; {n_before:,} -> {dense.param_counts()['total']:,} "
+              f"parameters")
     config = dense.config
     layers = parse_layers(args.layers, config.n_layer)
     before = dense.param_counts()
     print(f"{args.model}: {config.arch}, {config.n_layer} layers, MLP {config.n_embd} <-> {config.mlp_hidden}, "
           f"{before['total']:,} parameters ({before['tying']})")
-
     if args.list_shapes:
-        print(f"\nshapes of the {config.mlp_hidden}x{config.n_embd} up matrices (down matrices take the opposite); "
-              f"total model parameters for 1..4 factors; 'keeps rank' = fewest factors whose product can "
-              f"have the dense rank {min(config.mlp_hidden, config.n_embd)}")
-        print(f"{'A (m1,n1)':<12} {'B (m2,n2)':<12} {'max rank':>8} {'keeps rank':>10} "
-              + " ".join(f"{f'{f} factor' + ('s' if f > 1 else ''):>13}" for f in range(1, 5)))
-        for s, max_rank, keep, counts in list_shapes(config, layers):
-            print(f"{f'({s.m1},{s.n1})':<12} {f'({s.m2},{s.n2})':<12} {max_rank:>8} {fmt(keep) if keep else '>4':>10} "
-                  + " ".join(f"{fmt(c):>13}" for c in counts))
+        print_shapes(config, layers)
         return
+    if dense.config.is_factorized:
+        raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
 
-    if args.shape and args.target_params:  # the shape is fixed: the number of factors meets the target
-        shape = parse_shape(args.shape, config)
-        target = parse_count(args.target_params)
-        args.factors, total = factors_for_target(config, shape, target, args.scalars, layers)
-        print(f"target {target:,}: {args.factors} factor(s) of shape {args.shape} -> {total:,} parameters "
-              f"({100 * (total - target) / target:+.2f}%)")
-    elif args.target_params:
-        target = parse_count(args.target_params)
-        plans = plan_for_target(config, target, args.scalars, layers)
-        total, args.factors, s = plans[0]
-        shape = (s.m1, s.n1)
-        print(f"target {target:,}: {args.factors} factor(s) of {s} -> {total:,} parameters "
-              f"({100 * (total - target) / target:+.2f}%), MLP MACs {mac_ratio(s, args.factors):.2f}x dense")
-        print("  alternatives: " + "; ".join(f"{f} x {c}: {t:,}" for t, f, c in plans[1:5]))
-        if abs(total - target) / target > 0.01:
-            print(f"  note: no plan lands within 1% of {target:,}; this is the closest")
-    elif args.shape:
-        shape = parse_shape(args.shape, config)
+    batches, moments = None, None
+    if args.calib:
+        data = TokenData(args.calib if os.path.isdir(args.calib) else os.path.join(REPO, "data", args.calib))
+        if data.meta["vocab_size"] > config.vocab_size:
+            raise UserError(f"--calib {args.calib} has vocabulary {data.meta['vocab_size']} but the model only "
+                            f"{config.vocab_size}; prepare it with the model's tokenizer")
+        seq = min(args.calib_seq, config.block_size)
+        batches = calibration_batches(data, args.calib_tokens, seq, seed=args.seed)
+        if args.target_params or not args.sequential:  # the planner and plain decomposition use dense moments
+            tc = time.time()
+            moments = collect_moments(dense, batches, set(layers or range(config.n_layer)))
+            print(f"calibration: {sum(b.numel() for b in batches):,} tokens of {args.calib} in {time.time() - tc:.0f}s")
+    elif args.init == "aware":
+        raise UserError("--init aware needs calibration data: pass --calib DATASET")
+
+    if args.keep_blocks and not (args.shape or args.target_params or args.plan):
+        model, rows, kconfig = dense, [], config  # truncation alone
     else:
-        raise UserError("give --shape m1xn1 or --target_params N (see --list_shapes)")
-    kron_shape(config.mlp_hidden, config.n_embd, *shape)  # a clear error if it does not divide
-    if args.factors < 1:
-        raise UserError(f"--factors must be at least 1, got {args.factors}")
-
-    torch.manual_seed(args.seed)
-    model, rows = decompose_model(dense, args.factors, shape, args.init, layers, args.scalars,
-                                  args.prune_keep, args.prune_eps)
+        if args.plan:
+            kconfig = plan_config(config, args.plan, args.scalars, layers)
+        elif args.target_params:
+            target = parse_count(args.target_params)
+            if args.shape:  # the shape is fixed: the number of factors meets the target
+                shape = parse_shape(args.shape, config)
+                s = kron_shape(config.mlp_hidden, config.n_embd, *shape)
+                args.factors, total = factors_for_target(config, s, target, args.scalars, layers)
+                if abs(total - target) / target > 0.01:
+                    raise UserError(f"--target_params {target:,} with --shape {args.shape}: the nearest reachable "
+                                    f"total is {total:,} ({describe(s, args.factors)}); change the target or the shape")
+                print(f"target {target:,}: {describe(s, args.factors)} -> {total:,} parameters "
+                      f"({100 * (total - target) / target:+.2f}%)")
+            else:
+                args.factors, s = choose_uniform(args, dense, target, layers, moments)
+            # the allocation gets exactly the uniform plan's budget, so the two compare at equal parameters
+            budget = param_base(config, layers)[0] + len(matrices(config, layers)) * s.params(args.factors, args.scalars)
+            plan = allocated_plan(args, dense, budget, layers, moments, (args.factors, s)) if args.allocate else None
+            kconfig = plan_config(config, plan, args.scalars) if plan else uniform_config(config, s, args, layers)
+        elif args.shape:
+            shape = parse_shape(args.shape, config)
+            kconfig = uniform_config(config, kron_shape(config.mlp_hidden, config.n_embd, *shape), args, layers)
+        else:
+            raise UserError("give --shape m1xn1, --target_params N or --plan (see --list_shapes)")
+        torch.manual_seed(args.seed)
+        td = time.time()
+        model, rows = decompose_model(dense, init=args.init, prune_keep=args.prune_keep, prune_eps=args.prune_eps,
+                                      config=kconfig, calib=batches if args.sequential else None,
+                                      moments=None if args.sequential else moments, sequential=args.sequential,
+                                      damping=args.damping)
+        print_table(rows)
+        print(f"decomposition: {time.time() - td:.0f}s")
     after = model.param_counts()
     seconds = time.time() - t0
-    print_table(rows)
     print(f"parameters: {before['total']:,} -> {after['total']:,} "
           f"(non-embedding {before['non_embedding']:,} -> {after['non_embedding']:,}; {after['tying']})")
-    report = dict(model=args.model, init=args.init, factors=args.factors, shape=list(shape), scalars=args.scalars,
-                  layers=layers, prune_keep=args.prune_keep, prune_eps=args.prune_eps, params_before=before,
-                  params_after=after, seconds=seconds, matrices=rows, model_args=model.config.to_dict())
-    save_checkpoint(args.out, model.cpu(), tokenizer=getattr(dense, "tokenizer_name", "gpt2"),
+    summary = {}
+    if rows and "output_error" in rows[0]:
+        summary["mean_output_error"] = sum(r["output_error"] for r in rows) / len(rows)
+        print(f"mean calibrated output error {summary['mean_output_error']:.4f} over {len(rows)} matrices")
+    plan_text = kconfig.kron_plan or format_plan(kconfig.plan(), kconfig.n_layer, kconfig.matrix_dims())
+    report = dict(model=args.model, init=args.init, plan=plan_text, scalars=args.scalars, layers=layers,
+                  keep_blocks=args.keep_blocks, calib=args.calib, calib_tokens=args.calib_tokens if args.calib else 0,
+                  sequential=args.sequential, damping=args.damping, allocate=args.allocate,
+                  prune_keep=args.prune_keep, prune_eps=args.prune_eps, params_before=before, params_after=after,
+                  seconds=seconds, **summary, matrices=rows, model_args=model.config.to_dict())
+    save_checkpoint(out, model.cpu(), tokenizer=getattr(dense, "tokenizer_name", "gpt2"),
                     extra=dict(decomposition={k: v for k, v in report.items() if k not in ("matrices", "model_args")}))
-    json_path = os.path.splitext(args.out)[0] + ".json"
-    with open(json_path, "w") as f:
+    with open(report_path, "w") as f:
         json.dump(report, f, indent=1, default=str)
-    print(f"wrote {args.out} and {json_path} in {seconds:.1f}s")
+    print(f"wrote {out} and {report_path} in {seconds:.1f}s")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from errors import ConfigError
+from families import family
 from kronecker import KroneckerLinear, kron_shape
+from plans import parse_plan
 
 
 @dataclass
@@ -36,34 +39,74 @@ class GPTConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0   # llama only
     tie_embeddings: bool = True   # lm_head shares wte's weight (counted once in parameter counts)
-    # -- Kronecker MLP: W = sum_k s_k A_k (x) B_k for every MLP matrix of the chosen blocks
+    # -- Kronecker MLP: W = sum_k s_k A_k (x) B_k. Either the uniform shorthand (kron_factors, kron_shape) or a
+    #    per-block plan string (kron_plan; grammar in plans.py), not both.
     kron_factors: int = 0         # products per matrix; 0 means every MLP is dense
     kron_shape: tuple = ()        # (m1, n1) of A for c_fc (gate/up); c_proj (down) uses (n1, m1)
-    kron_layers: tuple = None     # blocks whose MLP is Kronecker; None means all of them
+    kron_plan: str = ""           # e.g. "*: mlp=lowrank*139; 11,28: dense" (see plans.py)
+    kron_layers: tuple = None     # blocks whose planned matrices are Kronecker now; None means all of them
     kron_scalars: bool = False    # learnable per-factor scalars s_k
     kron_impl: str = "auto"       # 'auto' (cost model), 'right', 'left' or 'materialized'
 
     def __post_init__(self):
-        if self.arch not in ("gpt2", "llama"):
-            raise ValueError(f"unknown arch {self.arch!r}; use 'gpt2' or 'llama'")
+        self.family = family(self.arch)  # raises for an unknown arch
+        for name in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.n_kv_head = self.n_kv_head or self.n_head
+        if not self.head_dim and self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}; "
+                              f"choose n_head dividing n_embd (or set head_dim)")
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
         self.kron_shape = tuple(self.kron_shape)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.kron_layers is not None:
             self.kron_layers = tuple(sorted(set(int(i) for i in self.kron_layers)))
             bad = [i for i in self.kron_layers if not 0 <= i < self.n_layer]
             if bad:
-                raise ValueError(f"kron_layers {bad} are outside 0..{self.n_layer - 1}")
+                raise ConfigError(f"kron_layers {bad} are outside 0..{self.n_layer - 1}")
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
-        if self.kron_factors:
-            if len(self.kron_shape) != 2:
-                raise ValueError("kron_factors > 0 needs kron_shape=(m1, n1), the first factor of c_fc")
-            kron_shape(self.mlp_hidden, self.n_embd, *self.kron_shape)  # raises if it does not divide
+            raise ConfigError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
+        if self.kron_factors and self.kron_plan:
+            raise ConfigError("give either kron_factors/kron_shape (one shape for every block) or kron_plan, not both")
+        if self.kron_factors and len(self.kron_shape) != 2:
+            raise ConfigError("kron_factors > 0 needs kron_shape=(m1, n1), the first factor of c_fc")
+        self.plan()  # validates the plan (shapes that divide, factor counts in range)
+
+    def matrix_dims(self):
+        """{name: (out, in)} of every matrix a plan may factorise (the MLP's, named as in block.mlp)."""
+        f = self.family
+        return {**{n: (self.mlp_hidden, self.n_embd) for n in f.up}, **{n: (self.n_embd, self.mlp_hidden) for n in f.down}}
+
+    def plan(self):
+        """The resolved plan {block: {matrix: (m1, n1, factors)}} of every block that has Kronecker matrices,
+        from kron_plan or the uniform shorthand, restricted to kron_layers."""
+        f = self.family
+        if self.kron_plan:
+            text = self.kron_plan
+        elif self.kron_factors:
+            text = f"*: mlp={self.kron_shape[0]}x{self.kron_shape[1]}*{self.kron_factors}"
+        else:
+            return {}
+        plan = parse_plan(text, self.n_layer, f.up, f.down, self.matrix_dims())
+        if self.kron_layers is not None:
+            plan = {b: p for b, p in plan.items() if b in self.kron_layers}
+        return plan
+
+    def matrix_specs(self, layer):
+        """{matrix: (KronShape, factors)} of block `layer`'s Kronecker matrices (empty when it is dense)."""
+        dims = self.matrix_dims()
+        return {n: (kron_shape(*dims[n], m1, n1), r) for n, (m1, n1, r) in self.plan().get(layer, {}).items()}
 
     def is_kron(self, layer):
-        return self.kron_factors > 0 and (self.kron_layers is None or layer in self.kron_layers)
+        return bool(self.plan().get(layer))
+
+    @property
+    def is_factorized(self):
+        """Whether any matrix of the model is a sum of Kronecker products."""
+        return bool(self.kron_factors or self.kron_plan)
 
     def to_dict(self):
         return asdict(self)
@@ -73,17 +116,17 @@ class GPTConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown model_args {sorted(unknown)}; was this saved by a newer version?")
+            raise ConfigError(f"unknown model_args {sorted(unknown)}; was this saved by a newer version?")
         return cls(**d)
 
 
-def mlp_linear(config, layer, in_features, out_features, up):
-    """An MLP matrix of block `layer`: dense, or Kronecker with c_fc's shape (up=True) or its opposite."""
-    if not config.is_kron(layer):
+def mlp_linear(config, layer, name, in_features, out_features):
+    """MLP matrix `name` of block `layer`: dense, or Kronecker with the shape and factors the plan gives it."""
+    spec = config.matrix_specs(layer).get(name)
+    if spec is None:
         return nn.Linear(in_features, out_features, bias=config.bias)
-    shape = kron_shape(config.mlp_hidden, config.n_embd, *config.kron_shape)
-    return KroneckerLinear(shape if up else shape.transposed(), config.kron_factors,
-                           bias=config.bias, scalars=config.kron_scalars, impl=config.kron_impl)
+    shape, factors = spec
+    return KroneckerLinear(shape, factors, bias=config.bias, scalars=config.kron_scalars, impl=config.kron_impl)
 
 
 # -----------------------------------------------------------------------------
@@ -102,7 +145,7 @@ class RMSNorm(nn.Module):
 
 
 def norm(config, dim):
-    if config.arch == "llama":
+    if config.family.norm == "rmsnorm":
         return RMSNorm(dim, config.norm_eps)
     return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
 
@@ -174,8 +217,8 @@ class MLP(nn.Module):
 
     def __init__(self, config, layer):
         super().__init__()
-        self.c_fc = mlp_linear(config, layer, config.n_embd, config.mlp_hidden, up=True)
-        self.c_proj = mlp_linear(config, layer, config.mlp_hidden, config.n_embd, up=False)
+        self.c_fc = mlp_linear(config, layer, "c_fc", config.n_embd, config.mlp_hidden)
+        self.c_proj = mlp_linear(config, layer, "c_proj", config.mlp_hidden, config.n_embd)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
         self.dropout = nn.Dropout(config.dropout)
 
@@ -188,13 +231,16 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config, layer):
         super().__init__()
-        self.gate_proj = mlp_linear(config, layer, config.n_embd, config.mlp_hidden, up=True)
-        self.up_proj = mlp_linear(config, layer, config.n_embd, config.mlp_hidden, up=True)
-        self.down_proj = mlp_linear(config, layer, config.mlp_hidden, config.n_embd, up=False)
+        self.gate_proj = mlp_linear(config, layer, "gate_proj", config.n_embd, config.mlp_hidden)
+        self.up_proj = mlp_linear(config, layer, "up_proj", config.n_embd, config.mlp_hidden)
+        self.down_proj = mlp_linear(config, layer, "down_proj", config.mlp_hidden, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
+MLP_CLASSES = {"gelu": MLP, "swiglu": SwiGLU}
 
 
 class Block(nn.Module):
@@ -204,7 +250,7 @@ class Block(nn.Module):
         self.ln_1 = norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = norm(config, config.n_embd)
-        self.mlp = (SwiGLU if config.arch == "llama" else MLP)(config, layer)
+        self.mlp = MLP_CLASSES[config.family.mlp](config, layer)
 
     def forward(self, x, rope=None, cache=None):
         x = x + self.attn(self.ln_1(x), rope, cache)
@@ -226,7 +272,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=norm(config, config.n_embd),
         ))
-        if config.arch == "gpt2":
+        if config.family.positions == "learned":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         else:
             cos, sin = rotary_table(config)
@@ -236,9 +282,13 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight  # one tensor, counted once
         self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
-            if name.endswith(("c_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)  # GPT-2's scaled init of residual projections
+        for name, m in self.named_modules():
+            if name.endswith(("c_proj", "down_proj")):
+                if isinstance(m, KroneckerLinear):
+                    m.reset_parameters(std=residual_std)
+                else:
+                    nn.init.normal_(m.weight, mean=0.0, std=residual_std)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -250,28 +300,33 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, all_logits=False, cache=None, hidden=None):
-        """Returns (logits, loss). With targets: logits at every position and the mean cross-entropy
-        (targets of -1 are ignored). Without: the last position's logits, or every position's when
-        all_logits=True. `hidden`, if a list, receives each block's output (B, T, C)."""
-        B, T = idx.size()
-        start = cache.pos if cache is not None else 0
+    def embed(self, idx, start=0):
+        """(x, rope): the input of block 0 for tokens idx (B, T) at positions start.., and the rotary
+        tables every block takes (None for learned positions)."""
+        T = idx.size(1)
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} exceeds block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
-        if self.config.arch == "gpt2":
+        if self.config.family.positions == "learned":
             pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
             x = x + self.transformer.wpe(pos)
         else:
             rope = (self.rope_cos[start:start + T].to(x.dtype), self.rope_sin[start:start + T].to(x.dtype))
-        x = self.transformer.drop(x)
+        return self.transformer.drop(x), rope
+
+    def forward(self, idx, targets=None, all_logits=False, cache=None, hidden=None):
+        """Returns (logits, loss). With targets: logits at every position and the mean cross-entropy
+        (targets of -1 are ignored). Without: the last position's logits, or every position's when
+        all_logits=True. `hidden`, if a list, receives each block's output (B, T, C)."""
+        start = cache.pos if cache is not None else 0
+        x, rope = self.embed(idx, start)
         for block in self.transformer.h:
             x = block(x, rope, cache)
             if hidden is not None:
                 hidden.append(x)
         if cache is not None:
-            cache.pos += T
+            cache.pos += idx.size(1)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)

@@ -31,7 +31,7 @@ from checkpoint import load_model, save_checkpoint
 from configurator import ConfigError, UserError, configure, run_cli
 from data_utils import TokenData, batch_seed
 from distill import add_kron_layer, collect_mlp_activations, fit_layers, make_distill_loss, progressive_order
-from kron_decomp import INITS, decompose_model, kron_config
+from decompose import INITS, decompose_model, kron_config
 from train_loop import crop_block_size, init_model, train_loop
 from training import Logger, TrainConfig, data_dir, evaluate, setup_runtime
 

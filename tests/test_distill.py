@@ -13,7 +13,7 @@ import train_distillation
 from checkpoint import load_checkpoint
 from conftest import REPO
 from distill import collect_mlp_activations, fit_layers, make_distill_loss
-from kron_decomp import decompose_model
+from decompose import decompose_model
 from kronecker import kron_shape
 from model import GPT
 

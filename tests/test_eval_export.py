@@ -13,7 +13,7 @@ from conftest import REPO
 from data_utils import write_meta, write_tokens
 from eval import stream_loss, windows
 from hf_io import export_hf
-from kron_decomp import decompose_model
+from decompose import decompose_model
 from model import GPT, GPTConfig
 
 CHARS = "\n !',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -10,8 +10,9 @@ import torch
 
 from checkpoint import load_model
 from conftest import REPO
-from kron_decomp import (decompose_model, init_factors, list_shapes, parse_count, plan_for_target,
-                         planned_params)
+from decompose import decompose_model, init_factors
+from kron_decomp import parse_count
+from planner import list_shapes, plan_for_target, planned_params
 from kronecker import kron_shape, kron_sum, rearrange
 from model import GPT, GPTConfig
 

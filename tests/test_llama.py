@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import make_llama, save_hf
-from kron_decomp import decompose_model, list_shapes, plan_for_target, planned_params
+from decompose import decompose_model
+from planner import list_shapes, plan_for_target, planned_params
 from kronecker import kron_shape
 from model import GPT
 

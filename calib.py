@@ -1,0 +1,94 @@
+"""
+Calibration: the second moment C = E[x x^T] of the inputs of every matrix to be decomposed, collected by
+running the dense model over real training tokens. What a compressed layer must preserve is its output on
+such inputs, E||(W - W_hat) x||^2 = ||(W - W_hat) L||_F^2 with C = L L^T, not its weights.
+
+The model is run block by block over the calibration tokens, so that `decompose.py` can replace a block's
+matrices between two blocks: in the plain mode every block sees the dense model's hidden states; in the
+sequential mode (GPTQ-style) block l sees the states produced by blocks < l already compressed, and a
+block's down matrices see the outputs of its already-compressed up matrices.
+"""
+
+import torch
+
+from errors import UserError
+
+
+class MomentHooks:
+    """Forward pre-hooks that accumulate sum x x^T (float64) and the token count of modules' inputs.
+    Modules fed the same tensor in one forward (gate_proj and up_proj) share one computation."""
+
+    def __init__(self, modules):
+        self.sums = {name: None for name in modules}
+        self.count = {name: 0 for name in modules}
+        self._last = (None, None)  # (input tensor, its x^T x) of the most recent hook call
+        self.handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name):
+        def hook(module, args):
+            x = args[0]
+            if self._last[0] is not x:
+                flat = x.detach().reshape(-1, x.shape[-1]).float()
+                self._last = (x, (flat.t() @ flat).double())  # a float32 GEMM, accumulated in float64
+            gram = self._last[1]
+            self.sums[name] = gram.clone() if self.sums[name] is None else self.sums[name].add_(gram)
+            self.count[name] += x.numel() // x.shape[-1]
+        return hook
+
+    def moments(self):
+        """{name: E[x x^T]} (float64, CPU) of every module that saw at least one token."""
+        self._last = (None, None)
+        return {n: (s / self.count[n]).cpu() for n, s in self.sums.items() if s is not None}
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+class BlockRunner:
+    """The calibration tokens' hidden states at the input of one block at a time.
+
+    runner = BlockRunner(model, batches)       # embeds the batches: the input of block 0
+    C = runner.moments(layer, {name: module})   # E[x x^T] of those modules' inputs inside block `layer`
+    runner.advance(layer)                       # run block `layer` (as it is now) to get block layer+1's input
+    """
+
+    def __init__(self, model, batches, device="cpu"):
+        if not batches:
+            raise UserError("calibration needs at least one batch of tokens; raise --calib_tokens")
+        self.model, self.device = model, device
+        with torch.no_grad():
+            embedded = [model.embed(x.to(device)) for x in batches]
+        self.hidden = [x for x, _ in embedded]
+        self.rope = [r for _, r in embedded]
+        self.tokens = sum(x.numel() for x in batches)
+
+    @torch.no_grad()
+    def moments(self, layer, modules):
+        """E[x x^T] of the inputs of `modules` (named sub-modules of block `layer`) on every calibration token."""
+        hooks = MomentHooks(modules)
+        try:
+            block = self.model.transformer.h[layer]
+            for x, rope in zip(self.hidden, self.rope, strict=True):
+                block(x, rope)
+        finally:
+            hooks.remove()
+        return hooks.moments()
+
+    @torch.no_grad()
+    def advance(self, layer):
+        """Replace the stored hidden states by block `layer`'s outputs."""
+        block = self.model.transformer.h[layer]
+        self.hidden = [block(x, rope) for x, rope in zip(self.hidden, self.rope, strict=True)]
+
+
+def calibration_batches(data, n_tokens, seq_len, batch_size=8, seed=0):
+    """Batches of training sequences (int64, (B, seq_len)) totalling n_tokens, drawn from a TokenData with
+    a seed disjoint from training's batch seeds."""
+    from data_utils import batch_seed
+    n_seq = max(1, n_tokens // seq_len)
+    batches = []
+    for k, start in enumerate(range(0, n_seq, batch_size)):
+        b = min(batch_size, n_seq - start)
+        batches.append(data.get_batch("train", b, seq_len, batch_seed(seed, 2 ** 41, k))[0])
+    return batches

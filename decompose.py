@@ -1,0 +1,288 @@
+"""
+Decomposition: turn a dense model's matrices into sums of Kronecker products as a plan says, with one of
+several initialisations, optionally calibrated on real activations. kron_decomp.py is its command line;
+train_distillation.py uses it for students built on the fly and for progressive replacement.
+
+Initialisations of one (out, in) matrix W with factor shapes s and r factors (maths in kronecker.py):
+    vl        Van Loan-Pitsianis: the top r singular triplets of the rearranged R(W), the best r-term
+              Kronecker approximation in Frobenius norm. For the low-rank shape it is the truncated SVD.
+    vl_norm   vl rescaled so ||sum A(x)B||_F = ||W||_F (into A and B, or into per-factor scalars).
+    prune     B is a one-hot selector and A keeps one entry of every (m2, n2) block of W (Krony-PT's 96M init).
+    random    factors whose product has the dense init's scale.
+    aware     activation-aware: minimises E||(W - W_hat) x||^2 = ||(W - W_hat) L||_F^2 over the calibration
+              inputs, C = E[x x^T] = L L^T. When the input side of one factor is trivial (n1 = 1 or n2 = 1,
+              e.g. low rank) the covariance acts on the other factor alone, so Van Loan of W L followed by
+              L^-1 on that factor is exact (SVD-LLM's truncation-aware whitening). Otherwise C is replaced by
+              its nearest Kronecker-factored PSD approximation C1 (x) C2, L = L1 (x) L2, and the result is
+              optimal for that approximate covariance (reported as approximate).
+The output error of a decomposition is ||(W - W_hat) L|| / ||W L|| with the calibration covariance (without
+calibration, C = I: the relative Frobenius error).
+"""
+
+import copy
+import math
+
+import torch
+
+from calib import BlockRunner
+from errors import UserError
+from kronecker import KronShape, KroneckerLinear, kron_sum, lapack_threads, rearrange, van_loan
+
+INITS = ("vl", "vl_norm", "prune", "random", "aware")
+
+
+# -----------------------------------------------------------------------------
+# whitening
+
+def whitening(C, damping=0.0):
+    """(L, L^-1) with L L^T = C + damping * mean(diag C) * I (float64). Directions whose eigenvalue is below
+    1e-10 of the largest are clamped there, so a singular or tiny C still gives finite factors."""
+    C = C.double()
+    C = 0.5 * (C + C.t())
+    mean_diag = C.diagonal().mean().clamp_min(0)
+    if mean_diag == 0:  # no signal at all: the identity (plain Frobenius error)
+        eye = torch.eye(C.shape[0], dtype=torch.float64)
+        return eye, eye
+    with lapack_threads():
+        evals, U = torch.linalg.eigh(C + damping * mean_diag * torch.eye(C.shape[0], dtype=torch.float64))
+    evals = evals.clamp_min(evals.max() * 1e-10)
+    root = evals.sqrt()
+    return U * root, (U / root).t()
+
+
+def nearest_kron_psd(C, n1, n2):
+    """(C1, C2), PSD, n1 x n1 and n2 x n2, with C1 (x) C2 nearest to C in Frobenius norm (one Van Loan term:
+    the top singular pair of a PSD matrix's rearrangement gives PSD factors up to a common sign). Only the
+    top pair is needed, so a few subspace iterations replace the full decomposition."""
+    R = rearrange(C.double(), KronShape(n1, n1, n2, n2))  # (n1*n1, n2*n2)
+    with lapack_threads():
+        U, S, V = torch.svd_lowrank(R, q=min(4, *R.shape), niter=8)
+    C1 = (U[:, 0] * S[0].sqrt()).reshape(n1, n1)
+    C2 = (V[:, 0] * S[0].sqrt()).reshape(n2, n2)
+    if C1.trace() < 0:
+        C1, C2 = -C1, -C2
+    psd = [0.5 * (M + M.t()) for M in (C1, C2)]
+    out = []
+    for M in psd:
+        with lapack_threads():
+            evals, U = torch.linalg.eigh(M)
+        out.append((U * evals.clamp_min(0)) @ U.t())
+    return out[0], out[1]
+
+
+def input_whitening(C, n1, n2, damping=0.0, cache=None):
+    """The whitening of an input covariance for factors whose input sides are n1 and n2: (L, Linv) of C
+    itself when n1 == 1 or n2 == 1, else ((L1, L1inv), (L2, L2inv)) of its nearest Kronecker-factored
+    approximation. cache: a dict to reuse results for the same C (gate and up share their input; plan
+    candidates share everything)."""
+    key = (id(C), 0 if n1 == 1 or n2 == 1 else n1, damping)
+    if cache is not None and key in cache:
+        return cache[key]
+    if n1 == 1 or n2 == 1:
+        out = whitening(C, damping)
+    else:
+        C1, C2 = nearest_kron_psd(C, n1, n2)
+        out = (whitening(C1, damping), whitening(C2, damping))
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+def aware_factors(W, s, factors, C, damping=0.0, cache=None):
+    """Factors minimising ||(W - sum A (x) B) L||_F (see the module docstring). Returns (A, B, exact)."""
+    W = W.double()
+    if s.n1 == 1 or s.n2 == 1:  # the input index lives in one factor: whitening is exact
+        L, Linv = input_whitening(C, s.n1, s.n2, damping, cache)
+        A, B, _ = van_loan(W @ L, s, factors)
+        if s.n1 == 1:   # x's index is B's column index: (A (x) B) L = A (x) (B L)
+            B = B @ Linv
+        else:           # (A (x) B) L = (A L) (x) B
+            A = A @ Linv
+        return A, B, True
+    (L1, L1inv), (L2, L2inv) = input_whitening(C, s.n1, s.n2, damping, cache)
+    A, B, _ = van_loan(W @ torch.kron(L1, L2), s, factors)  # (A (x) B)(L1 (x) L2) = (A L1) (x) (B L2)
+    return A @ L1inv, B @ L2inv, False
+
+
+def output_error(W, W_hat, C=None):
+    """||(W - W_hat) L|| / ||W L|| for C = L L^T (C = None: the relative Frobenius error)."""
+    W, D = W.double(), (W.double() - W_hat.double())
+    if C is None:
+        num, den = D.pow(2).sum(), W.pow(2).sum()
+    else:
+        C = C.double()
+        num, den = ((D @ C) * D).sum(), ((W @ C) * W).sum()
+    return math.sqrt(max(num.item(), 0.0) / den.item()) if den > 0 else 0.0
+
+
+# -----------------------------------------------------------------------------
+# one matrix
+
+def init_factors(W, s, factors, init, scalars=False, prune_keep="even", prune_eps=0.0, random_std=0.02,
+                 C=None, damping=0.0, cache=None):
+    """Factors for one (out, in) matrix W: (A (r,m1,n1), B (r,m2,n2), scalars (r,) or None)."""
+    if factors > s.max_rank:
+        raise UserError(f"{factors} factors exceed the maximum Kronecker rank {s.max_rank} of shape {s}; "
+                        f"use at most {s.max_rank} factors or another shape")
+    W = W.detach().double()
+    scal = None
+    if init in ("vl", "vl_norm"):
+        A, B, _ = van_loan(W, s, factors)
+        if init == "vl_norm":
+            approx = torch.linalg.norm(kron_sum(A, B))
+            alpha = (torch.linalg.norm(W) / approx).item() if approx > 0 else 1.0  # an all-zero W stays zero
+            if scalars:
+                scal = torch.full((factors,), alpha, dtype=W.dtype)
+            else:
+                A, B = A * math.sqrt(alpha), B * math.sqrt(alpha)
+    elif init == "aware":
+        if C is None:
+            raise UserError("--init aware needs calibration data: pass --calib DATASET")
+        A, B, _ = aware_factors(W, s, factors, C, damping, cache)
+    elif init == "prune":
+        block = s.m2 * s.n2
+        offset = 0 if prune_keep == "even" else 1
+        if factors + offset > block:
+            raise UserError(f"prune keeps one entry of every {s.m2}x{s.n2} block per factor, so shape {s} allows at "
+                            f"most {block - offset} factors with --prune_keep {prune_keep}")
+        blocks = W.reshape(s.m1, s.m2, s.n1, s.n2)
+        A = torch.empty(factors, s.m1, s.n1, dtype=W.dtype)
+        B = torch.full((factors, s.m2, s.n2), prune_eps, dtype=W.dtype)
+        for k in range(factors):
+            q, l = divmod(offset + k, s.n2)  # position of the kept entry inside each block
+            A[k] = blocks[:, q, :, l]
+            B[k, q, l] = 1.0
+    elif init == "random":
+        layer = KroneckerLinear(s, factors, bias=False)
+        layer.reset_parameters(std=random_std)
+        A, B = layer.A.detach().double(), layer.B.detach().double()
+    else:
+        raise UserError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
+    if scalars and scal is None:
+        scal = torch.ones(factors, dtype=W.dtype)
+    for t in (A, B) + ((scal,) if scal is not None else ()):
+        if not torch.isfinite(t).all():
+            raise UserError(f"the {init} initialisation of a {tuple(W.shape)} matrix with shape {s} gave non-finite "
+                            f"factors (check --prune_eps and the model's weights); nothing was written")
+    return A, B, scal
+
+
+def is_lowrank(s):
+    """Whether s is the low-rank member of the family ((out,1)x(1,in) or (1,in)x(out,1))."""
+    return (s.n1 == 1 and s.m2 == 1) or (s.m1 == 1 and s.n2 == 1)
+
+
+def describe(s, factors):
+    return f"low rank {factors}" if is_lowrank(s) else f"{factors} x {s}"
+
+
+# -----------------------------------------------------------------------------
+# a model
+
+def replace_matrices(model, layer, names, init, moments=None, damping=0.0, prune_keep="even", prune_eps=0.0):
+    """Swap the dense matrices `names` of block `layer` for Kronecker ones as model.config plans them,
+    initialised from the dense weights. moments: {name: E[x x^T]} for 'aware' and the calibrated error.
+    Returns one report row per matrix."""
+    cfg = model.config
+    specs = cfg.matrix_specs(layer)
+    mlp = model.transformer.h[layer].mlp
+    rows, cache = [], {}
+    for name in names:
+        dense = getattr(mlp, name)
+        if isinstance(dense, KroneckerLinear):
+            raise UserError(f"block {layer}'s {name} is already Kronecker; pass the dense model")
+        s, factors = specs[name]
+        std = 0.02 / math.sqrt(2 * cfg.n_layer) if name in cfg.family.down else 0.02
+        C = moments.get(name) if moments else None
+        A, B, scal = init_factors(dense.weight, s, factors, init, cfg.kron_scalars, prune_keep, prune_eps, std,
+                                        C, damping, cache)
+        kl = KroneckerLinear(s, factors, bias=dense.bias is not None, scalars=cfg.kron_scalars,
+                             impl=cfg.kron_impl).to(device=dense.weight.device, dtype=dense.weight.dtype)
+        with torch.no_grad():
+            kl.A.copy_(A)
+            kl.B.copy_(B)
+            if scal is not None:
+                kl.scalars.copy_(scal)
+            if dense.bias is not None:
+                kl.bias.copy_(dense.bias)
+        W, W_hat = dense.weight.detach(), kl.weight.detach()
+        row = dict(layer=layer, matrix=name, shape=str(s), factors=factors, kind=describe(s, factors),
+                   params=kl.A.numel() + kl.B.numel(), rel_error=output_error(W, W_hat),
+                   norm_ratio=torch.linalg.norm(W_hat.double()).item() / max(torch.linalg.norm(W.double()).item(), 1e-30))
+        if C is not None:
+            row["output_error"] = output_error(W, W_hat, C)
+        if init == "aware":  # whitening is exact when the input side of one factor is trivial
+            row["whitening"] = "exact" if s.n1 == 1 or s.n2 == 1 else "kronecker-factored"
+        rows.append(row)
+        setattr(mlp, name, kl)
+    return rows
+
+
+def replace_mlp(model, layer, init, prune_keep="even", prune_eps=0.0):
+    """Every planned MLP matrix of block `layer`, without calibration (progressive replacement)."""
+    names = [n for n, _ in model.config.family.mlp_matrices if n in model.config.matrix_specs(layer)]
+    return replace_matrices(model, layer, names, init, prune_keep=prune_keep, prune_eps=prune_eps)
+
+
+def kron_config(config, factors, shape, scalars=False, layers=None):
+    """config with the uniform Kronecker MLP shorthand set (layers=None means every block)."""
+    return type(config).from_dict({
+        **config.to_dict(), "kron_factors": factors, "kron_shape": tuple(shape), "kron_scalars": scalars,
+        "kron_plan": "", "kron_layers": None if layers is None or sorted(layers) == list(range(config.n_layer))
+        else tuple(layers)})
+
+
+def plan_config(config, plan, scalars=False, layers=None):
+    """config with a per-block plan string (layers: the blocks that are Kronecker now; None: all planned)."""
+    return type(config).from_dict({
+        **config.to_dict(), "kron_factors": 0, "kron_shape": (), "kron_plan": plan, "kron_scalars": scalars,
+        "kron_layers": None if layers is None or sorted(layers) == list(range(config.n_layer)) else tuple(layers)})
+
+
+def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=False, prune_keep="even",
+                    prune_eps=0.0, *, plan=None, config=None, calib=None, moments=None, sequential=False,
+                    damping=0.0, log=None):
+    """A copy of `dense` (left unchanged) whose matrices follow a plan, and one report row per decomposed
+    matrix. The plan is `config` (a GPTConfig with one), or `plan` (a plan string, plans.py), or the uniform
+    `factors` x `shape` (A's shape for the up matrices) over `layers` (None: every block). Calibration (required by 'aware'; with other inits it adds the calibrated output
+    error to the report) is either `moments`, {(layer, name): E[x x^T]} collected on the dense model, or
+    `calib`, a list of token batches (B, T) to collect them on as the decomposition proceeds. sequential:
+    each block's moments come from the model with the blocks before it (and its own up matrices) already
+    compressed."""
+    if dense.config.is_factorized:
+        raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
+    if init == "aware" and calib is None and moments is None:
+        raise UserError("--init aware needs calibration data: pass --calib DATASET")
+    if config is None:
+        config = plan_config(dense.config, plan, scalars, layers) if plan else \
+            kron_config(dense.config, factors, shape, scalars, layers)
+    model = copy.deepcopy(dense).eval()
+    model.config = config
+    plan = config.plan()
+    fam = config.family
+    runner = BlockRunner(model, calib, next(model.parameters()).device) if calib is not None else None
+    rows = []
+    for layer in range(config.n_layer):
+        names = [n for n, _ in fam.mlp_matrices if n in plan.get(layer, {})]
+        if runner is None:
+            given = {n: moments[(layer, n)] for n in names} if moments is not None else None
+            rows += replace_matrices(model, layer, names, init, given, damping, prune_keep, prune_eps)
+            continue
+        if not names:
+            runner.advance(layer)
+            continue
+        mlp = model.transformer.h[layer].mlp
+        if sequential:  # up matrices on this block's (compressed-upstream) inputs, then down on their outputs
+            for group in (fam.up, fam.down):
+                todo = [n for n in names if n in group]
+                moments = runner.moments(layer, {n: getattr(mlp, n) for n in todo})
+                rows += replace_matrices(model, layer, todo, init, moments, damping, prune_keep, prune_eps)
+            runner.advance(layer)
+        else:  # the dense block's inputs everywhere: moments first, then the dense block moves the states on
+            moments = runner.moments(layer, {n: getattr(mlp, n) for n in names})
+            runner.advance(layer)
+            rows += replace_matrices(model, layer, names, init, moments, damping, prune_keep, prune_eps)
+        if log and names:
+            errs = [r["output_error"] for r in rows if r["layer"] == layer]
+            log(f"block {layer}: {len(names)} matrices, mean output error {sum(errs) / len(errs):.4f}")
+    return model.train(dense.training), rows

@@ -1,0 +1,209 @@
+"""
+Parameter budgets: which plan (shape and factors, per block or per matrix) meets a target parameter count,
+and, with calibration, which one loses the least on real activations.
+
+    uniform plans   one (shape, factors) for every planned block: `shape_candidates` lists, for every valid
+                    shape, the factor count nearest the target; `score_plans` measures each one's calibrated
+                    output error (the init actually used, on a subset of blocks) and kron_decomp.py picks the
+                    lowest within the budget tolerance.
+    allocation      (see `allocate`) each matrix its own rank or dense, chosen from measured error curves.
+"""
+
+import math
+
+import torch
+
+from decompose import init_factors, is_lowrank, output_error
+from kronecker import KronShape, all_shapes, factored_macs, kron_shape, kron_sum, lapack_threads
+from model import GPT
+from plans import format_blocks
+
+
+# -----------------------------------------------------------------------------
+# counting
+
+def matrices(config, layers=None):
+    """[(layer, name, out, in)] of the factorisable matrices of the given blocks (all by default)."""
+    dims = config.matrix_dims()
+    layers = range(config.n_layer) if layers is None else layers
+    return [(b, n, *dims[n]) for b in layers for n, _ in config.family.mlp_matrices]
+
+
+def param_base(config, layers=None):
+    """(parameters outside the planned matrices' weights, number of planned matrices) for a dense config."""
+    with torch.device("meta"):
+        dense_total = GPT(type(config).from_dict({**config.to_dict(), "kron_factors": 0, "kron_shape": (),
+                                                  "kron_plan": "", "kron_layers": None})).param_counts()["total"]
+    mats = matrices(config, layers)
+    return dense_total - sum(o * i for _, _, o, i in mats), len(mats)
+
+
+def uniform_plan(config, s, factors, layers=None):
+    """The plan text giving every MLP matrix of `layers` the up shape s (down: the opposite) with `factors`."""
+    blocks = format_blocks(range(config.n_layer) if layers is None else layers, config.n_layer)
+    spec = "lowrank" if is_lowrank(s) else f"{s.m1}x{s.n1}"
+    return f"{blocks}: mlp={spec}*{factors}"
+
+
+def uniform_total(config, s, factors, scalars=False, layers=None):
+    base, n = param_base(config, layers)
+    return base + n * s.params(factors, scalars)
+
+
+def mac_ratio(s, factors):
+    """MACs per token of the up and down matrices together, relative to dense (1.0 = no saving)."""
+    dense = s.in_features * s.out_features
+    up, down = (min(min(factored_macs(x, factors).values()), dense) for x in (s, s.transposed()))
+    return (up + down) / (2 * dense)
+
+
+def keeps_rank(s, factors):
+    """Whether factors x rank(A) x rank(B) can reach the dense matrix's rank min(out, in)."""
+    return factors * min(s.m1, s.n1) * min(s.m2, s.n2) >= min(s.out_features, s.in_features)
+
+
+def factors_for_target(config, s, target, scalars=False, layers=None):
+    """(factors, total) of up shape s whose total parameter count is closest to the target."""
+    base, n = param_base(config, layers)
+    f = min(max(1, round((target - base) / (n * s.params(1, scalars)))), s.max_rank)
+    return f, base + n * s.params(f, scalars)
+
+
+def planned_params(config, factors, shape, scalars=False, layers=None):
+    """Total parameters (tied embeddings once) of `config` with a uniform plan, without building it."""
+    base, n = param_base(config, layers)
+    return base + n * kron_shape(config.mlp_hidden, config.n_embd, *shape).params(factors, scalars)
+
+
+def plan_for_target(config, target, scalars=False, layers=None, max_factors=8):
+    """Uniform plans by parameter count alone, (total_params, factors, up KronShape), best first: within 1%
+    of the target, then rank-preserving, then fewest factors, then fewest MACs per token, then closest."""
+    base, n = param_base(config, layers)
+    cands = [(base + n * s.params(f, scalars), f, s)
+             for s in all_shapes(config.mlp_hidden, config.n_embd)
+             for f in range(1, min(max_factors, s.max_rank) + 1)]
+
+    def key(c):
+        total, f, s = c
+        off = abs(total - target) / target
+        near = off <= 0.01
+        return (not near, not keeps_rank(s, f), f if near else 0, round(mac_ratio(s, f), 2) if near else 0, off,
+                -s.m1 * s.n1)  # last: the big factor first, as in Krony-PT
+    return sorted(cands, key=key)
+
+
+def list_shapes(config, layers=None, max_factors=4):
+    """Rows of (shape, max_rank, rank-preserving factors, [total params for 1..max_factors])."""
+    base, n = param_base(config, layers)
+    rows = []
+    for s in all_shapes(config.mlp_hidden, config.n_embd):
+        counts = [base + n * s.params(f) if f <= s.max_rank else None for f in range(1, max_factors + 1)]
+        rows.append((s, s.max_rank, next((f for f in range(1, max_factors + 1) if keeps_rank(s, f)), None), counts))
+    return rows
+
+
+def shape_candidates(config, target, scalars=False, layers=None, tol=0.01):
+    """[(total, factors, up KronShape)], one per shape (the factor count nearest the target), those within
+    tol of the target first, then by fewest MACs, then closest; the low-rank member is always included."""
+    cands = []
+    for s in all_shapes(config.mlp_hidden, config.n_embd):
+        f, total = factors_for_target(config, s, target, scalars, layers)
+        cands.append((total, f, s))
+    off = lambda c: abs(c[0] - target) / target  # noqa: E731
+    return sorted(cands, key=lambda c: (off(c) > tol, round(mac_ratio(c[2], c[1]), 2), off(c), -c[2].m1 * c[2].n1))
+
+
+def reachable(config, target, scalars=False, layers=None):
+    """(smallest, largest) total a uniform plan can reach: one factor of the cheapest shape, and dense."""
+    base, n = param_base(config, layers)
+    cheapest = min(s.params(1, scalars) for s in all_shapes(config.mlp_hidden, config.n_embd))
+    return base + n * cheapest, base + n * config.mlp_hidden * config.n_embd
+
+
+# -----------------------------------------------------------------------------
+# scoring by calibrated error
+
+def score_plans(dense, candidates, moments, init, blocks, damping=0.0):
+    """Mean output error ||(W - W_hat) L|| / ||W L|| of each candidate (total, factors, up shape) over the MLP
+    matrices of `blocks`, with the init actually used. moments: {(layer, name): E[x x^T]}."""
+    cfg, scores, cache = dense.config, [], {}
+    for _, factors, s in candidates:
+        errs = []
+        for b in blocks:
+            mlp = dense.transformer.h[b].mlp
+            for name, up in cfg.family.mlp_matrices:
+                shape = s if up else s.transposed()
+                if is_lowrank(s):  # canonical low rank for every matrix, as the plan grammar builds it
+                    shape = KronShape(shape.out_features, 1, 1, shape.in_features)
+                W = getattr(mlp, name).weight.detach()
+                C = moments[(b, name)]
+                A, B, scal = init_factors(W, shape, factors, init, C=C, damping=damping, cache=cache)
+                errs.append(output_error(W, kron_sum(A, B, scal), C))
+        scores.append(sum(errs) / len(errs))
+    return scores
+
+
+def spread_blocks(n_layer, k):
+    """k block indices spread evenly over 0..n_layer-1 (all of them when k >= n_layer)."""
+    if k >= n_layer:
+        return list(range(n_layer))
+    return sorted({round(i * (n_layer - 1) / max(1, k - 1)) for i in range(k)})
+
+
+# -----------------------------------------------------------------------------
+# allocation
+
+def lowrank_curves(dense, moments, mats, damping=0.0):
+    """{(layer, name): (sigma^2 of W L in descending order, ||W L||^2)}: the whitened spectrum of each matrix.
+    With r kept components its calibrated squared output error is sum(sigma^2[r:]) (exactly: whitening
+    is exact for the low-rank member), relative: that over ||W L||^2."""
+    from decompose import whitening
+    out = {}
+    for b, name, _, _ in mats:
+        W = getattr(dense.transformer.h[b].mlp, name).weight.detach().double()
+        L, _ = whitening(moments[(b, name)], damping)
+        with lapack_threads():
+            sig2 = torch.linalg.svdvals(W @ L).pow(2)
+        out[(b, name)] = (sig2, sig2.sum().item())
+    return out
+
+
+def allocate(curves, mats, budget, weights=None):
+    """Each matrix its rank (or dense) so that the total weight parameters stay within `budget` and the
+    summed (weighted) relative squared output error is smallest. Greedy by marginal error reduction per
+    parameter, which is optimal here: each matrix's gains sigma_k^2 are non-increasing in k, so its error is
+    convex in the rank. A matrix turns dense when its rank reaches the point where low rank costs as
+    much as the dense matrix (then its error is 0).
+    Returns {(layer, name): rank or 'dense'} and the parameters used."""
+    import heapq
+    weights = weights or {}
+    state, used, heap = {}, 0, []
+    for b, name, o, i in mats:
+        key = (b, name)
+        state[key] = 0
+        sig2, total = curves[key]
+        w = weights.get(key, 1.0) / max(total, 1e-30)
+        full = min(o, i)
+        dense_rank = o * i / (o + i)  # ranks above this cost more than the dense matrix
+        heapq.heappush(heap, (-(w * sig2[0].item()) / (o + i), key, w, o, i, full, dense_rank))
+    while heap:
+        neg_gain, key, w, o, i, full, dense_rank = heapq.heappop(heap)
+        r = state[key]
+        cost = o + i
+        if used + cost > budget:
+            continue  # this matrix cannot grow; others (cheaper units) may still fit
+        state[key] = r + 1
+        used += cost
+        sig2, _ = curves[key]
+        if r + 1 < full and r + 1 < dense_rank:
+            heapq.heappush(heap, (-(w * sig2[r + 1].item()) / cost, key, w, o, i, full, dense_rank))
+    out = {}
+    for b, name, o, i in mats:
+        r = state[(b, name)]
+        out[(b, name)] = "dense" if r >= o * i / (o + i) or r >= min(o, i) else r
+    return out, used
+
+
+def relative_error(curves, key, r):
+    sig2, total = curves[key]
+    return math.sqrt(max(sig2[r:].sum().item(), 0.0) / total) if total > 0 else 0.0

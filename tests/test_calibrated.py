@@ -1,0 +1,184 @@
+"""Calibrated decomposition: activation-aware factors, the low-rank member, calibration statistics, the
+calibrated planner and the allocator."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from calib import BlockRunner
+from conftest import REPO
+from decompose import aware_factors, decompose_model, init_factors, output_error, whitening
+from kron_decomp import collect_moments
+from kronecker import KronShape, kron_shape, kron_sum
+from model import GPT
+from planner import allocate, lowrank_curves, matrices, relative_error
+
+SHAPES = [KronShape(12, 1, 1, 8),   # low rank: (out,1)x(1,in)
+          KronShape(4, 8, 3, 1),    # n2 = 1: the input index lives in A (exact whitening)
+          KronShape(3, 1, 4, 8),    # n1 = 1: the input index lives in B (exact whitening)
+          KronShape(4, 2, 3, 4)]    # general: Kronecker-factored covariance
+
+
+def random_cov(n, seed, spread=3.0):
+    """An anisotropic PSD covariance with eigenvalues spread over `spread` decades."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return (Q * torch.logspace(0, -spread, n, dtype=torch.float64)) @ Q.t()
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=str)
+def test_aware_equals_vl_when_the_covariance_is_the_identity(s):
+    W = torch.randn(s.out_features, s.in_features, dtype=torch.float64)
+    C = torch.eye(s.in_features, dtype=torch.float64)
+    for r in (1, 2):
+        A, B, _ = aware_factors(W, s, r, C)
+        Av, Bv, _ = init_factors(W, s, r, "vl")
+        torch.testing.assert_close(kron_sum(A, B), kron_sum(Av, Bv))
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=str)
+def test_aware_is_exact_at_full_rank(s):
+    W = torch.randn(s.out_features, s.in_features, dtype=torch.float64)
+    A, B, _ = aware_factors(W, s, s.max_rank, random_cov(s.in_features, 1))
+    torch.testing.assert_close(kron_sum(A, B), W)
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=str)
+def test_aware_has_lower_calibrated_error_than_vl(s):
+    """Exact whitening shapes: any covariance; the general shape: a Kronecker-structured one (where the
+    factored covariance is exact, so aware is optimal)."""
+    torch.manual_seed(0)
+    W = torch.randn(s.out_features, s.in_features, dtype=torch.float64)
+    if s.n1 == 1 or s.n2 == 1:
+        C = random_cov(s.in_features, 2)
+    else:
+        C = torch.kron(random_cov(s.n1, 3), random_cov(s.n2, 4))
+    for r in range(1, s.max_rank):
+        A, B, _ = init_factors(W, s, r, "aware", C=C)
+        Av, Bv, _ = init_factors(W, s, r, "vl")
+        assert output_error(W, kron_sum(A, B), C) <= output_error(W, kron_sum(Av, Bv), C) + 1e-9
+
+
+def test_low_rank_member_is_truncated_svd():
+    torch.manual_seed(0)
+    W = torch.randn(20, 12, dtype=torch.float64)
+    s = kron_shape(20, 12, 20, 1)   # (20,1)x(1,12): W = sum_k a_k b_k^T
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    for r in (1, 4, 11):
+        A, B, _ = init_factors(W, s, r, "vl")
+        torch.testing.assert_close(kron_sum(A, B), (U[:, :r] * S[:r]) @ Vh[:r])
+        assert output_error(W, kron_sum(A, B)) == pytest.approx((S[r:].pow(2).sum() / S.pow(2).sum()).sqrt().item())
+
+
+def test_aware_low_rank_error_is_the_discarded_whitened_spectrum():
+    torch.manual_seed(0)
+    W = torch.randn(16, 10, dtype=torch.float64)
+    C = random_cov(10, 5)
+    L, _ = whitening(C)
+    S = torch.linalg.svdvals(W @ L)
+    for r in (2, 5):
+        A, B, _ = init_factors(W, kron_shape(16, 10, 16, 1), r, "aware", C=C)
+        expected = (S[r:].pow(2).sum() / S.pow(2).sum()).sqrt().item()
+        assert output_error(W, kron_sum(A, B), C) == pytest.approx(expected, rel=1e-6)
+
+
+def test_singular_or_zero_covariance_gives_finite_factors():
+    W = torch.randn(12, 8, dtype=torch.float64)
+    x = torch.randn(3, 8, dtype=torch.float64)          # rank-3 covariance
+    for C in (x.t() @ x, torch.zeros(8, 8, dtype=torch.float64)):
+        for s in (KronShape(12, 1, 1, 8), KronShape(4, 2, 3, 4)):
+            A, B, _ = init_factors(W, s, 2, "aware", C=C)
+            assert torch.isfinite(A).all() and torch.isfinite(B).all()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_calibration_moments_equal_a_direct_computation(fixture, request):
+    model = GPT.from_pretrained(request.getfixturevalue(fixture)).eval()
+    torch.manual_seed(0)
+    batches = [torch.randint(0, 256, (2, 16)) for _ in range(3)]
+    inputs = {}
+    hooks = []
+    for b, block in enumerate(model.transformer.h):
+        for name, _ in model.config.family.mlp_matrices:
+            mod = getattr(block.mlp, name)
+            hooks.append(mod.register_forward_pre_hook(
+                lambda m, a, key=(b, name): inputs.setdefault(key, []).append(a[0].reshape(-1, a[0].shape[-1]))))
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for h in hooks:
+        h.remove()
+    moments = collect_moments(model, batches, set(range(model.config.n_layer)))
+    assert set(moments) == set(inputs)
+    for key, xs in inputs.items():
+        X = torch.cat(xs).double()
+        direct = X.t() @ X / len(X)  # ours sums float32 per-batch Gram matrices in float64
+        torch.testing.assert_close(moments[key], direct, rtol=0, atol=1e-6 * direct.abs().max().item())
+
+
+def test_block_runner_reproduces_the_forward(tiny_llama_dir):
+    model = GPT.from_pretrained(tiny_llama_dir).eval()
+    x = torch.randint(0, 256, (2, 16))
+    runner = BlockRunner(model, [x])
+    for b in range(model.config.n_layer):
+        runner.advance(b)
+    hidden = []
+    with torch.no_grad():
+        model(x, hidden=hidden)
+    torch.testing.assert_close(runner.hidden[0], hidden[-1])
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_full_rank_aware_reproduces_the_model(tiny_llama_dir, sequential):
+    dense = GPT.from_pretrained(tiny_llama_dir).eval()   # MLP 64 <-> 96
+    batches = [torch.randint(0, 256, (2, 16)) for _ in range(2)]
+    kw = dict(calib=batches, sequential=True) if sequential else \
+        dict(moments=collect_moments(dense, batches, {0, 1}))
+    kron, rows = decompose_model(dense, init="aware", plan="*: mlp=lowrank*64", **kw)
+    assert all(r["output_error"] < 1e-6 and r["whitening"] == "exact" for r in rows)
+    idx = torch.randint(0, 256, (2, 16))
+    torch.testing.assert_close(kron(idx, all_logits=True)[0], dense(idx, all_logits=True)[0], atol=1e-4, rtol=0)
+
+
+def test_allocation_meets_the_budget_and_beats_uniform_on_its_objective(tiny_llama_dir):
+    dense = GPT.from_pretrained(tiny_llama_dir).eval()
+    torch.manual_seed(0)
+    batches = [torch.randint(0, 256, (4, 16)) for _ in range(4)]
+    moments = collect_moments(dense, batches, {0, 1})
+    mats = matrices(dense.config)
+    curves = lowrank_curves(dense, moments, mats)
+    for r in (4, 12, 30):
+        budget = len(mats) * r * (64 + 96)
+        alloc, used = allocate(curves, mats, budget)
+        assert used <= budget
+        ours = sum(0.0 if a == "dense" else relative_error(curves, k, a) ** 2 for k, a in alloc.items())
+        uniform = sum(relative_error(curves, (b, n), r) ** 2 for b, n, _, _ in mats)
+        assert ours <= uniform + 1e-9
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "kron_decomp.py"), *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+
+
+def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "k.pt"
+    r = run_cli("--model", tiny_llama_dir, "--target_params", "60k", "--init", "aware", "--calib", tiny_data_dir,
+                "--calib_tokens", "512", "--calib_seq", "32", "--allocate", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "candidate plans scored by calibrated output error" in r.stdout and "low rank" in r.stdout
+    report = json.loads((tmp_path / "k.json").read_text())
+    assert report["init"] == "aware" and report["calib"] == tiny_data_dir
+    assert all("output_error" in m and m["whitening"] == "exact" for m in report["matrices"])
+    assert abs(report["params_after"]["total"] - 60_000) <= 600
+
+
+def test_cli_aware_needs_calibration(tiny_llama_dir, tmp_path):
+    r = run_cli("--model", tiny_llama_dir, "--shape", "lowrank", "--factors", "4", "--init", "aware",
+                "--out", str(tmp_path / "k.pt"))
+    assert r.returncode == 2 and "--calib" in r.stderr and "Traceback" not in r.stderr
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,106 @@
+"""Per-block plans: the grammar, mixed models that build, count, train, resume and export, and checkpoints
+written before plans existed."""
+
+import os
+
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint, load_model, model_from_checkpoint
+from conftest import REPO
+from decompose import decompose_model
+from errors import ConfigError
+from hf_io import export_hf
+from kronecker import KroneckerLinear
+from model import GPT, GPTConfig
+from planner import matrices, param_base
+from plans import format_plan, parse_plan
+
+GPT2_TINY = dict(n_layer=3, n_head=2, n_embd=32, vocab_size=256, block_size=32)
+LLAMA_TINY = dict(arch="llama", n_layer=3, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, vocab_size=256,
+                  block_size=32, bias=False, activation="silu")
+MIXED = {"gpt2": "*: mlp=16x8*2; 1: dense; 2: c_proj=lowrank*5",
+         "llama": "0: up=24x4*1, down=lowrank*3; 2: gate_proj=lowrank*6, down_proj=8x12*2"}
+
+
+def test_grammar_round_trip_and_overrides():
+    cfg = GPTConfig(**GPT2_TINY, kron_plan=MIXED["gpt2"])
+    plan = cfg.plan()
+    assert set(plan) == {0, 2}
+    assert plan[0] == {"c_fc": (16, 8, 2), "c_proj": (8, 16, 2)}      # 'mlp': down takes the opposite shape
+    assert plan[2] == {"c_fc": (16, 8, 2), "c_proj": (32, 1, 5)}      # a later item overrides one matrix
+    text = format_plan(plan, 3, cfg.matrix_dims())
+    assert parse_plan(text, 3, ("c_fc",), ("c_proj",), cfg.matrix_dims()) == plan
+
+
+@pytest.mark.parametrize("plan,message", [
+    ("3-1: mlp=16x8*1", "reversed"), ("0-9: mlp=16x8*1", "outside"), ("*: attn=16x8*1", "unknown matrix"),
+    ("*: mlp=5x4*1", "does not divide"), ("*: mlp=16x8*0", "factors"), ("*: mlp=16x8", "must look like"),
+    ("mlp=16x8*1", "BLOCKS: SPEC"), ("*: c_fc=lowrank*40", "factors"),
+])
+def test_bad_plans_are_one_clear_error(plan, message):
+    with pytest.raises(ConfigError, match=message):
+        GPTConfig(**GPT2_TINY, kron_plan=plan)
+
+
+def test_plan_and_shorthand_are_exclusive():
+    with pytest.raises(ConfigError, match="not both"):
+        GPTConfig(**GPT2_TINY, kron_plan="*: mlp=16x8*1", kron_factors=1, kron_shape=(16, 8))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_mixed_plan_builds_and_counts(arch):
+    kw = GPT2_TINY if arch == "gpt2" else LLAMA_TINY
+    cfg = GPTConfig(**kw, kron_plan=MIXED[arch])
+    model = GPT(cfg)
+    for b, block in enumerate(model.transformer.h):
+        specs = cfg.matrix_specs(b)
+        for name, _ in cfg.family.mlp_matrices:
+            layer = getattr(block.mlp, name)
+            assert isinstance(layer, KroneckerLinear) == (name in specs)
+            if name in specs:
+                assert (layer.shape, layer.factors) == specs[name]
+    base, _ = param_base(cfg)
+    planned = sum(o * i for _, _, o, i in matrices(cfg))
+    expected = base + planned - sum(o * i for b, n, o, i in matrices(cfg) if n in cfg.matrix_specs(b)) + sum(
+        m.A.numel() + m.B.numel() for m in model.modules() if isinstance(m, KroneckerLinear))
+    assert model.param_counts()["total"] == expected
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_mixed_plan_trains_resumes_and_exports(arch, tiny_data_dir, tmp_path):
+    kw = GPT2_TINY if arch == "gpt2" else LLAMA_TINY
+    torch.manual_seed(0)
+    dense = GPT(GPTConfig(**kw))
+    mixed, rows = decompose_model(dense, init="vl", plan=MIXED[arch])
+    assert len(rows) == sum(len(s) for s in mixed.config.plan().values())
+    from checkpoint import save_checkpoint
+    start = save_checkpoint(str(tmp_path / "start.pt"), mixed)
+    common = [f"--dataset={tiny_data_dir}", f"--init_from={start}", "--block_size=16", "--batch_size=2",
+              "--eval_tokens=256", "--eval_interval=2", "--log_interval=1", "--warmup_iters=1", "--learning_rate=1e-3"]
+    train.main([*common, f"--out_dir={tmp_path / 'a'}", "--max_iters=4"])
+    train.main([*common, f"--out_dir={tmp_path / 'b'}", "--max_iters=2"])
+    train.main([*common[:1], "--init_from=resume", *common[2:], f"--out_dir={tmp_path / 'b'}", "--max_iters=4"])
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["model_args"]["kron_plan"] == MIXED[arch]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    model = load_model(str(tmp_path / "a")).eval()
+    export_hf(model, str(tmp_path / "hf"))
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    idx = torch.randint(0, 256, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx, all_logits=True)[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_checkpoints_written_before_plans_still_load(arch):
+    """tests/data/v1_*_kron.pt were written by the code before per-block plans (commit 7db327d): the
+    uniform kron_factors/kron_shape/kron_layers fields, with reference logits."""
+    ckpt = load_checkpoint(os.path.join(REPO, "tests", "data", f"v1_{arch}_kron.pt"))
+    model = model_from_checkpoint(ckpt).eval()
+    assert model.config.plan().keys() == {0, 2}
+    with torch.no_grad():
+        logits, _ = model(ckpt["extra"]["reference_idx"], all_logits=True)
+    torch.testing.assert_close(logits, ckpt["extra"]["reference_logits"], atol=1e-6, rtol=0)
