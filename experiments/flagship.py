@@ -13,7 +13,8 @@ Rows (all compressed rows within 1% of one another in parameters; same data orde
 
 Equal tuning effort: every trained row gets the same learning-rate sweep (--lrs: peak rate of the
 pretrained weights; new factors get 5x; every schedule is warmup + cosine to a tenth) at --sweep_steps,
-picks the rate with the lowest Shakespeare validation loss, then trains --steps with it. The sweep selects
+extended one rate at a time while the best is at an end of the rates tried, picks the rate with the lowest
+Shakespeare validation loss, then trains --steps with it. The sweep selects
 on the same fixed validation set that the table reports, for every row alike.
 
 The script is resumable: finished runs are reused, an interrupted run continues from its last.pt, and the
@@ -36,6 +37,7 @@ from common import REPO, Experiment, fmt, median_tok_s, parser, read_log  # noqa
 PROMPTS = ["The capital of France is", "The largest planet in the solar system is",
            "Water freezes at a temperature of", "William Shakespeare was born in"]
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "pipeline", "today", "truncate", "svd")
+LADDER = ["1e-5", "3e-5", "1e-4", "3e-4", "1e-3", "3e-3", "1e-2"]  # learning rates the sweep may extend to
 
 
 def evals(run):
@@ -143,15 +145,28 @@ class Flagship:
                     f"--learning_rate={lr:g}", f"--new_learning_rate={5 * lr:g}", f"--min_lr={lr / 10:g}")
 
     def sweep(self, key, init):
-        """The learning rate with the lowest validation loss after --sweep_steps."""
+        """The learning rate with the lowest validation loss after --sweep_steps. The sweep starts with --lrs;
+        while the best rate is at an end of the rates tried, the next rate of LADDER beyond it is tried too
+        (the same rule for every row, so no row is held back by the grid)."""
         results = {}
-        for lr in self.args.lrs.split(","):
+
+        def run(lr):
             out = os.path.join(self.ex.out, key, f"sweep_{lr}")
             self.train(init, self.args.sweep_steps, float(lr), out, interval=self.args.sweep_steps)
             results[lr] = evals(out)[-1]["val_loss"]
-        best = min(results, key=results.get)
+
+        for lr in self.args.lrs.split(","):
+            run(lr)
+        while True:
+            tried = sorted(results, key=float)
+            best = min(results, key=results.get)
+            i = LADDER.index(best) if best in LADDER else -1
+            step = -1 if best == tried[0] else 1 if best == tried[-1] else 0
+            if i < 0 or step == 0 or not 0 <= i + step < len(LADDER) or LADDER[i + step] in results:
+                break
+            run(LADDER[i + step])
         print(f"{key}: sweep {results} -> lr {best}", flush=True)
-        return float(best), results
+        return float(best), {lr: results[lr] for lr in sorted(results, key=float)}
 
     def run_row(self, key):
         init = self.start(key)
