@@ -82,6 +82,42 @@ class BlockRunner:
         self.hidden = [block(x, rope) for x, rope in zip(self.hidden, self.rope, strict=True)]
 
 
+def output_gradient_moments(model, batches, modules):
+    """{name: E[g g^T]} (float64, CPU) over every token, where g is the gradient of the summed next-token loss
+    with respect to the output of each module in `modules` ({name: module} inside `model`). It is the
+    empirical Fisher of the module's output, the output-side factor of a K-FAC approximation: the loss
+    increase from perturbing the output by d is about d^T G d / 2. batches: token sequences (B, T); the
+    first T-1 tokens are the input and the last T-1 the targets."""
+    sums, count, handles = {}, {}, []
+
+    def forward_hook(name):
+        def hook(module, args, out):
+            def grad_hook(g):
+                flat = g.detach().reshape(-1, g.shape[-1]).float()
+                gram = (flat.t() @ flat).double()
+                sums[name] = gram if name not in sums else sums[name].add_(gram)
+                count[name] = count.get(name, 0) + flat.shape[0]
+            out.register_hook(grad_hook)
+        return hook
+
+    for name, m in modules.items():
+        handles.append(m.register_forward_hook(forward_hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for x in batches:
+                x = x.to(next(model.parameters()).device)
+                _, loss = model(x[:, :-1].contiguous(), x[:, 1:].contiguous())
+                (loss * (x.shape[0] * (x.shape[1] - 1))).backward()  # the summed loss: per-token gradients
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return {n: (s / count[n]).cpu() for n, s in sums.items()}
+
+
 def calibration_batches(data, n_tokens, seq_len, batch_size=8, seed=0):
     """Batches of training sequences (int64, (B, seq_len)) totalling n_tokens, drawn from a TokenData with
     a seed disjoint from training's batch seeds."""

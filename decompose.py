@@ -15,6 +15,10 @@ Initialisations of one (out, in) matrix W with factor shapes s and r factors (ma
               L^-1 on that factor is exact (SVD-LLM's truncation-aware whitening). Otherwise C is replaced by
               its nearest Kronecker-factored PSD approximation C1 (x) C2, L = L1 (x) L2, and the result is
               optimal for that approximate covariance (reported as approximate).
+    fisher    aware on both sides: also whitens the output by G = E[g g^T], the second moment of the loss
+              gradient with respect to the matrix's output (the empirical Fisher, K-FAC's output factor), so
+              it minimises the predicted loss increase tr(G dW C dW^T) / 2 rather than the output error.
+              Exact for the low-rank member (the output index lives in A, the input index in B).
 The output error of a decomposition is ||(W - W_hat) L|| / ||W L|| with the calibration covariance (without
 calibration, C = I: the relative Frobenius error).
 """
@@ -28,7 +32,7 @@ from calib import BlockRunner
 from errors import UserError
 from kronecker import KronShape, KroneckerLinear, kron_sum, lapack_threads, rearrange, van_loan
 
-INITS = ("vl", "vl_norm", "prune", "random", "aware")
+INITS = ("vl", "vl_norm", "prune", "random", "aware", "fisher")
 
 
 # -----------------------------------------------------------------------------
@@ -70,38 +74,54 @@ def nearest_kron_psd(C, n1, n2):
     return out[0], out[1]
 
 
-def input_whitening(C, n1, n2, damping=0.0, cache=None):
-    """The whitening of an input covariance for factors whose input sides are n1 and n2: (L, Linv) of C
-    itself when n1 == 1 or n2 == 1, else ((L1, L1inv), (L2, L2inv)) of its nearest Kronecker-factored
-    approximation. cache: a dict to reuse results for the same C (gate and up share their input; plan
-    candidates share everything)."""
-    key = (id(C), 0 if n1 == 1 or n2 == 1 else n1, damping)
+def side_whitening(C, d1, d2, damping=0.0, cache=None):
+    """Whitening of one side of a matrix whose index on that side is (d1, d2) = (n1, n2) for the input
+    (C = E[x x^T]) or (m1, m2) for the output (C = E[g g^T], the output gradients' second moment). Returns
+    ((T1, T1inv), (T2, T2inv), exact): the side's whitening is T1 (x) T2, with T1 acting on factor A and
+    T2 on factor B. When d2 == 1 (or d1 == 1) the side's index lives in A (or B) alone and the whitening is
+    C's own (exact); otherwise it is that of C's nearest Kronecker-factored approximation C1 (x) C2.
+    C = None is the identity. cache: a dict to reuse results for the same C (gate and up share their input;
+    plan candidates share everything)."""
+    one = torch.ones(1, 1, dtype=torch.float64)
+    if C is None:
+        return (torch.eye(d1, dtype=torch.float64),) * 2, (torch.eye(d2, dtype=torch.float64),) * 2, True
+    key = (id(C), "A" if d2 == 1 else "B" if d1 == 1 else d1, damping)
     if cache is not None and key in cache:
         return cache[key]
-    if n1 == 1 or n2 == 1:
-        out = whitening(C, damping)
+    if d2 == 1:
+        out = whitening(C, damping), (one, one), True
+    elif d1 == 1:
+        out = (one, one), whitening(C, damping), True
     else:
-        C1, C2 = nearest_kron_psd(C, n1, n2)
-        out = (whitening(C1, damping), whitening(C2, damping))
+        C1, C2 = nearest_kron_psd(C, d1, d2)
+        out = whitening(C1, damping), whitening(C2, damping), False
     if cache is not None:
         cache[key] = out
     return out
 
 
-def aware_factors(W, s, factors, C, damping=0.0, cache=None):
-    """Factors minimising ||(W - sum A (x) B) L||_F (see the module docstring). Returns (A, B, exact)."""
+def aware_factors(W, s, factors, C, damping=0.0, cache=None, G=None, g_damping=1e-2):
+    """Factors minimising ||R^T (W - sum A (x) B) L||_F with C = L L^T (inputs) and G = R R^T (output
+    gradients; None: the identity, so only the inputs count). Both sides are whitened, Van Loan runs on
+    R^T W L, and the whitening is undone factor by factor:
+        (RA (x) RB)^T (A (x) B) (LA (x) LB) = (RA^T A LA) (x) (RB^T B LB).
+    Returns (A, B, exact): exact when each side's whitening acts on one factor only (see side_whitening)."""
     W = W.double()
-    if s.n1 == 1 or s.n2 == 1:  # the input index lives in one factor: whitening is exact
-        L, Linv = input_whitening(C, s.n1, s.n2, damping, cache)
-        A, B, _ = van_loan(W @ L, s, factors)
-        if s.n1 == 1:   # x's index is B's column index: (A (x) B) L = A (x) (B L)
-            B = B @ Linv
-        else:           # (A (x) B) L = (A L) (x) B
-            A = A @ Linv
-        return A, B, True
-    (L1, L1inv), (L2, L2inv) = input_whitening(C, s.n1, s.n2, damping, cache)
-    A, B, _ = van_loan(W @ torch.kron(L1, L2), s, factors)  # (A (x) B)(L1 (x) L2) = (A L1) (x) (B L2)
-    return A @ L1inv, B @ L2inv, False
+    (LA, LAi), (LB, LBi), in_exact = side_whitening(C, s.n1, s.n2, damping, cache)
+    Wt = W @ torch.kron(LA, LB)
+    if G is None:
+        A, B, _ = van_loan(Wt, s, factors)
+        return A @ LAi, B @ LBi, in_exact
+    (RA, RAi), (RB, RBi), out_exact = side_whitening(G, s.m1, s.m2, g_damping, cache)
+    A, B, _ = van_loan(torch.kron(RA, RB).t() @ Wt, s, factors)
+    return RAi.t() @ A @ LAi, RBi.t() @ B @ LBi, in_exact and out_exact
+
+
+def fisher_error(W, W_hat, C, G):
+    """The loss increase per token the K-FAC approximation predicts for replacing W by W_hat:
+    tr(G (W - W_hat) C (W - W_hat)^T) / 2."""
+    D = W.double() - W_hat.double()
+    return 0.5 * ((G.double() @ D @ C.double()) * D).sum().item()
 
 
 def output_error(W, W_hat, C=None):
@@ -119,7 +139,7 @@ def output_error(W, W_hat, C=None):
 # one matrix
 
 def init_factors(W, s, factors, init, scalars=False, prune_keep="even", prune_eps=0.0, random_std=0.02,
-                 C=None, damping=0.0, cache=None):
+                 C=None, damping=0.0, cache=None, G=None, g_damping=1e-2):
     """Factors for one (out, in) matrix W: (A (r,m1,n1), B (r,m2,n2), scalars (r,) or None)."""
     if factors > s.max_rank:
         raise UserError(f"{factors} factors exceed the maximum Kronecker rank {s.max_rank} of shape {s}; "
@@ -135,10 +155,10 @@ def init_factors(W, s, factors, init, scalars=False, prune_keep="even", prune_ep
                 scal = torch.full((factors,), alpha, dtype=W.dtype)
             else:
                 A, B = A * math.sqrt(alpha), B * math.sqrt(alpha)
-    elif init == "aware":
-        if C is None:
-            raise UserError("--init aware needs calibration data: pass --calib DATASET")
-        A, B, _ = aware_factors(W, s, factors, C, damping, cache)
+    elif init in ("aware", "fisher"):
+        if C is None or (init == "fisher" and G is None):
+            raise UserError(f"--init {init} needs calibration data: pass --calib DATASET")
+        A, B, _ = aware_factors(W, s, factors, C, damping, cache, G if init == "fisher" else None, g_damping)
     elif init == "prune":
         block = s.m2 * s.n2
         offset = 0 if prune_keep == "even" else 1
@@ -179,9 +199,11 @@ def describe(s, factors):
 # -----------------------------------------------------------------------------
 # a model
 
-def replace_matrices(model, layer, names, init, moments=None, damping=0.0, prune_keep="even", prune_eps=0.0):
+def replace_matrices(model, layer, names, init, moments=None, damping=0.0, prune_keep="even", prune_eps=0.0,
+                     grads=None, g_damping=1e-2):
     """Swap the dense matrices `names` of block `layer` for Kronecker ones as model.config plans them,
-    initialised from the dense weights. moments: {name: E[x x^T]} for 'aware' and the calibrated error.
+    initialised from the dense weights. moments: {name: E[x x^T]} for 'aware' and the calibrated error;
+    grads: {name: E[g g^T]} of the outputs' loss gradients for 'fisher' and the predicted loss increase.
     Returns one report row per matrix."""
     cfg = model.config
     specs = cfg.matrix_specs(layer)
@@ -194,8 +216,9 @@ def replace_matrices(model, layer, names, init, moments=None, damping=0.0, prune
         s, factors = specs[name]
         std = 0.02 / math.sqrt(2 * cfg.n_layer) if name in cfg.family.down else 0.02
         C = moments.get(name) if moments else None
+        G = grads.get(name) if grads else None
         A, B, scal = init_factors(dense.weight, s, factors, init, cfg.kron_scalars, prune_keep, prune_eps, std,
-                                        C, damping, cache)
+                                  C, damping, cache, G, g_damping)
         kl = KroneckerLinear(s, factors, bias=dense.bias is not None, scalars=cfg.kron_scalars,
                              impl=cfg.kron_impl).to(device=dense.weight.device, dtype=dense.weight.dtype)
         with torch.no_grad():
@@ -211,8 +234,11 @@ def replace_matrices(model, layer, names, init, moments=None, damping=0.0, prune
                    norm_ratio=torch.linalg.norm(W_hat.double()).item() / max(torch.linalg.norm(W.double()).item(), 1e-30))
         if C is not None:
             row["output_error"] = output_error(W, W_hat, C)
-        if init == "aware":  # whitening is exact when the input side of one factor is trivial
-            row["whitening"] = "exact" if s.n1 == 1 or s.n2 == 1 else "kronecker-factored"
+        if C is not None and G is not None:
+            row["fisher_error"] = fisher_error(W, W_hat, C, G)
+        if init in ("aware", "fisher"):  # whitening is exact when each side's index lives in one factor
+            exact = (s.n1 == 1 or s.n2 == 1) and (init == "aware" or s.m1 == 1 or s.m2 == 1)
+            row["whitening"] = "exact" if exact else "kronecker-factored"
         rows.append(row)
         setattr(mlp, name, kl)
     return rows
@@ -241,18 +267,18 @@ def plan_config(config, plan, scalars=False, layers=None):
 
 def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=False, prune_keep="even",
                     prune_eps=0.0, *, plan=None, config=None, calib=None, moments=None, sequential=False,
-                    damping=0.0, log=None):
+                    damping=0.0, grads=None, g_damping=1e-2, log=None):
     """A copy of `dense` (left unchanged) whose matrices follow a plan, and one report row per decomposed
     matrix. The plan is `config` (a GPTConfig with one), or `plan` (a plan string, plans.py), or the uniform
     `factors` x `shape` (A's shape for the up matrices) over `layers` (None: every block). Calibration (required by 'aware'; with other inits it adds the calibrated output
     error to the report) is either `moments`, {(layer, name): E[x x^T]} collected on the dense model, or
     `calib`, a list of token batches (B, T) to collect them on as the decomposition proceeds. sequential:
     each block's moments come from the model with the blocks before it (and its own up matrices) already
-    compressed."""
+    compressed. grads: {(layer, name): E[g g^T]} of the dense model's output gradients ('fisher')."""
     if dense.config.is_factorized:
         raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
-    if init == "aware" and calib is None and moments is None:
-        raise UserError("--init aware needs calibration data: pass --calib DATASET")
+    if init in ("aware", "fisher") and calib is None and moments is None or init == "fisher" and grads is None:
+        raise UserError(f"--init {init} needs calibration data: pass --calib DATASET")
     if config is None:
         config = plan_config(dense.config, plan, scalars, layers) if plan else \
             kron_config(dense.config, factors, shape, scalars, layers)
@@ -264,9 +290,10 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
     rows = []
     for layer in range(config.n_layer):
         names = [n for n, _ in fam.mlp_matrices if n in plan.get(layer, {})]
+        g = {n: grads[(layer, n)] for n in names} if grads is not None else None
         if runner is None:
             given = {n: moments[(layer, n)] for n in names} if moments is not None else None
-            rows += replace_matrices(model, layer, names, init, given, damping, prune_keep, prune_eps)
+            rows += replace_matrices(model, layer, names, init, given, damping, prune_keep, prune_eps, g, g_damping)
             continue
         if not names:
             runner.advance(layer)
@@ -276,12 +303,13 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
             for group in (fam.up, fam.down):
                 todo = [n for n in names if n in group]
                 moments = runner.moments(layer, {n: getattr(mlp, n) for n in todo})
-                rows += replace_matrices(model, layer, todo, init, moments, damping, prune_keep, prune_eps)
+                rows += replace_matrices(model, layer, todo, init, moments, damping, prune_keep, prune_eps, g,
+                                         g_damping)
             runner.advance(layer)
         else:  # the dense block's inputs everywhere: moments first, then the dense block moves the states on
             moments = runner.moments(layer, {n: getattr(mlp, n) for n in names})
             runner.advance(layer)
-            rows += replace_matrices(model, layer, names, init, moments, damping, prune_keep, prune_eps)
+            rows += replace_matrices(model, layer, names, init, moments, damping, prune_keep, prune_eps, g, g_damping)
         if log and names:
             errs = [r["output_error"] for r in rows if r["layer"] == layer]
             log(f"block {layer}: {len(names)} matrices, mean output error {sum(errs) / len(errs):.4f}")

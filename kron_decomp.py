@@ -39,7 +39,7 @@ from errors import UserError
 from kronecker import kron_shape
 from model import GPT, GPTConfig
 from planner import (allocate, factors_for_target, keeps_rank, lowrank_curves, mac_ratio, matrices, param_base,
-                     plan_for_target, reachable, relative_error, score_plans, shape_candidates, spread_blocks,
+                     plan_for_target, reachable, curve_error, score_plans, shape_candidates, spread_blocks,
                      uniform_plan)
 from plans import format_plan, parse_blocks
 
@@ -175,7 +175,23 @@ def collect_moments(dense, batches, layers):
     return out
 
 
-def choose_uniform(args, dense, target, layers, moments):
+def collect_grads(dense, batches, layers, n_tokens):
+    """{(layer, name): E[g g^T]} of the loss gradients at every MLP matrix output of `layers` (dense model),
+    on the first n_tokens of the calibration batches."""
+    mlps = [(b, n) for b in sorted(layers) for n, _ in dense.config.family.mlp_matrices]
+    modules = {f"{b}.{n}": getattr(dense.transformer.h[b].mlp, n) for b, n in mlps}
+    use, total = [], 0
+    for x in batches:
+        if total >= n_tokens:
+            break
+        use.append(x)
+        total += x.numel()
+    from calib import output_gradient_moments
+    G = output_gradient_moments(dense, use, modules)
+    return {(b, n): G[f"{b}.{n}"] for b, n in mlps}
+
+
+def choose_uniform(args, dense, target, layers, moments, grads=None):
     """(factors, up shape) for --target_params: by parameter count alone, or by calibrated error with --calib."""
     config = dense.config
     lo, hi = reachable(config, target, args.scalars, layers)
@@ -203,48 +219,52 @@ def choose_uniform(args, dense, target, layers, moments):
     blocks = [b for b in spread_blocks(config.n_layer, args.score_blocks) if layers is None or b in layers] or \
         (layers or [0])[:args.score_blocks]
     t0 = time.time()
-    scores = score_plans(dense, pool, moments, args.init, blocks, args.damping)
+    scores = score_plans(dense, pool, moments, args.init, blocks, args.damping, grads, args.g_damping)
     order = sorted(range(len(pool)), key=lambda i: scores[i])
-    print(f"target {target:,}: {len(pool)} candidate plans scored by calibrated output error ({args.init}) on blocks "
+    metric = "predicted loss increase" if grads else "output error"
+    print(f"target {target:,}: {len(pool)} candidate plans scored by calibrated {metric} ({args.init}) on blocks "
           f"{blocks} in {time.time() - t0:.0f}s; best first:")
-    print(f"  {'plan':<26} {'parameters':>12} {'output error':>12} {'MACs':>6}")
+    print(f"  {'plan':<26} {'parameters':>12} {metric:>23} {'MACs':>6}")
     for i in order[:6]:
         t, f, s = pool[i]
-        print(f"  {describe(s, f):<26} {t:>12,} {scores[i]:>12.4f} {mac_ratio(s, f):>5.2f}x")
+        print(f"  {describe(s, f):<26} {t:>12,} {scores[i]:>23.4f} {mac_ratio(s, f):>5.2f}x")
     _, f, s = pool[order[0]]
     return f, s
 
 
-def allocated_plan(args, dense, budget, layers, moments, uniform):
-    """A per-matrix plan (each its own rank, or dense) for the target, from the calibrated low-rank curves.
-    Falls back to the uniform plan when that scores lower on the same objective (said in the output)."""
+def allocated_plan(args, dense, budget, layers, moments, uniform, grads=None):
+    """A per-matrix plan (each its own rank, or dense) for the budget, from the calibrated low-rank curves:
+    minimising the summed squared relative output error, or with grads ('fisher') the summed predicted loss
+    increase. Falls back to the uniform plan when that scores lower on the same objective (said in the output)."""
     config = dense.config
     mats = matrices(config, layers)
     base, _ = param_base(config, layers)
     t0 = time.time()
-    curves = lowrank_curves(dense, moments, mats, args.damping)
+    curves = lowrank_curves(dense, moments, mats, args.damping, grads, args.g_damping)
     alloc, used = allocate(curves, mats, budget - base)
-    objective = sum(0.0 if r == "dense" else relative_error(curves, k, r) ** 2 for k, r in alloc.items())
+    objective = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in alloc.items())
+    what = "predicted loss increase" if grads else "sum of squared output errors"
     plan = {}
     for (b, name), r in alloc.items():
         if r != "dense":
             o, i = config.matrix_dims()[name]
             plan.setdefault(b, {})[name] = (o, 1, r)
     text = format_plan(plan, config.n_layer, config.matrix_dims())
-    print(f"allocation ({time.time() - t0:.0f}s): {base + used:,} parameters, sum of squared output errors "
-          f"{objective:.3f} over {len(mats)} matrices; plan: {text}")
+    print(f"allocation ({time.time() - t0:.0f}s): {base + used:,} parameters, {what} {objective:.4f} over "
+          f"{len(mats)} matrices; plan: {text}")
     f, s = uniform
     if is_lowrank(s):  # the uniform low-rank plan is inside the allocator's search space: compare objectives
-        uni = sum(relative_error(curves, (b, n), f) ** 2 for b, n, _, _ in mats)
-        print(f"  uniform {describe(s, f)}: sum of squared output errors {uni:.3f}")
+        uni = sum(curve_error(curves, (b, n), f) ** 2 for b, n, _, _ in mats)
+        print(f"  uniform {describe(s, f)}: {what} {uni:.4f}")
         if uni < objective:
             print("  the uniform plan scores lower; keeping it")
             return None
     for b in sorted({b for b, _, _, _ in mats}):
         ranks = [f"{n} {alloc[(b, n)]}" for n, _ in config.family.mlp_matrices]
-        errs = [0.0 if alloc[(b, n)] == "dense" else relative_error(curves, (b, n), alloc[(b, n)])
+        errs = [0.0 if alloc[(b, n)] == "dense" else curve_error(curves, (b, n), alloc[(b, n)])
                 for n, _ in config.family.mlp_matrices]
-        print(f"  block {b:>3}: " + ", ".join(f"{r} (err {e:.3f})" for r, e in zip(ranks, errs, strict=True)))
+        print(f"  block {b:>3}: " + ", ".join(f"{r} ({'dloss' if grads else 'err'} {e * e if grads else e:.4f})"
+                                           for r, e in zip(ranks, errs, strict=True)))
     return text
 
 
@@ -277,6 +297,8 @@ def main(argv=None):
     p.add_argument("--calib_seq", type=int, default=256, help="calibration sequence length")
     p.add_argument("--damping", type=float, default=1e-4, help="aware: relative damping of the input covariance")
     p.add_argument("--sequential", action="store_true", help="calibrate each block on the already-compressed blocks")
+    p.add_argument("--fisher_tokens", type=int, default=4096, help="fisher: calibration tokens for output gradients")
+    p.add_argument("--g_damping", type=float, default=1e-2, help="fisher: relative damping of the gradient moments")
     p.add_argument("--plan_candidates", type=int, default=16, help="--calib planner: candidate shapes scored")
     p.add_argument("--score_blocks", type=int, default=6, help="--calib planner: blocks the candidates are scored on")
     p.add_argument("--seed", type=int, default=1337, help="for --init random and the calibration batches")
@@ -321,7 +343,7 @@ def main(argv=None):
     if dense.config.is_factorized:
         raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
 
-    batches, moments = None, None
+    batches, moments, grads = None, None, None
     if args.calib:
         data = TokenData(args.calib if os.path.isdir(args.calib) else os.path.join(REPO, "data", args.calib))
         if data.meta["vocab_size"] > config.vocab_size:
@@ -333,8 +355,13 @@ def main(argv=None):
             tc = time.time()
             moments = collect_moments(dense, batches, set(layers or range(config.n_layer)))
             print(f"calibration: {sum(b.numel() for b in batches):,} tokens of {args.calib} in {time.time() - tc:.0f}s")
-    elif args.init == "aware":
-        raise UserError("--init aware needs calibration data: pass --calib DATASET")
+        if args.init == "fisher":
+            tc = time.time()
+            grads = collect_grads(dense, batches, set(layers or range(config.n_layer)), args.fisher_tokens)
+            print(f"output gradients: {min(args.fisher_tokens, sum(b.numel() for b in batches)):,} tokens in "
+                  f"{time.time() - tc:.0f}s")
+    elif args.init in ("aware", "fisher"):
+        raise UserError(f"--init {args.init} needs calibration data: pass --calib DATASET")
 
     if args.keep_blocks and not (args.shape or args.target_params or args.plan):
         model, rows, kconfig = dense, [], config  # truncation alone
@@ -353,10 +380,11 @@ def main(argv=None):
                 print(f"target {target:,}: {describe(s, args.factors)} -> {total:,} parameters "
                       f"({100 * (total - target) / target:+.2f}%)")
             else:
-                args.factors, s = choose_uniform(args, dense, target, layers, moments)
+                args.factors, s = choose_uniform(args, dense, target, layers, moments, grads)
             # the allocation gets exactly the uniform plan's budget, so the two compare at equal parameters
             budget = param_base(config, layers)[0] + len(matrices(config, layers)) * s.params(args.factors, args.scalars)
-            plan = allocated_plan(args, dense, budget, layers, moments, (args.factors, s)) if args.allocate else None
+            plan = allocated_plan(args, dense, budget, layers, moments, (args.factors, s), grads) \
+                if args.allocate else None
             kconfig = plan_config(config, plan, args.scalars) if plan else uniform_config(config, s, args, layers)
         elif args.shape:
             shape = parse_shape(args.shape, config)
@@ -368,7 +396,7 @@ def main(argv=None):
         model, rows = decompose_model(dense, init=args.init, prune_keep=args.prune_keep, prune_eps=args.prune_eps,
                                       config=kconfig, calib=batches if args.sequential else None,
                                       moments=None if args.sequential else moments, sequential=args.sequential,
-                                      damping=args.damping)
+                                      damping=args.damping, grads=grads, g_damping=args.g_damping)
         print_table(rows)
         print(f"decomposition: {time.time() - td:.0f}s")
     after = model.param_counts()
@@ -379,10 +407,14 @@ def main(argv=None):
     if rows and "output_error" in rows[0]:
         summary["mean_output_error"] = sum(r["output_error"] for r in rows) / len(rows)
         print(f"mean calibrated output error {summary['mean_output_error']:.4f} over {len(rows)} matrices")
+    if rows and "fisher_error" in rows[0]:
+        summary["predicted_loss_increase"] = sum(r["fisher_error"] for r in rows)
+        print(f"predicted loss increase (K-FAC, summed over matrices) {summary['predicted_loss_increase']:.4f}")
     plan_text = kconfig.kron_plan or format_plan(kconfig.plan(), kconfig.n_layer, kconfig.matrix_dims())
     report = dict(model=args.model, init=args.init, plan=plan_text, scalars=args.scalars, layers=layers,
                   keep_blocks=args.keep_blocks, calib=args.calib, calib_tokens=args.calib_tokens if args.calib else 0,
                   sequential=args.sequential, damping=args.damping, allocate=args.allocate,
+                  fisher_tokens=args.fisher_tokens if args.init == "fisher" else 0, g_damping=args.g_damping,
                   prune_keep=args.prune_keep, prune_eps=args.prune_eps, params_before=before, params_after=after,
                   seconds=seconds, **summary, matrices=rows, model_args=model.config.to_dict())
     save_checkpoint(out, model.cpu(), tokenizer=getattr(dense, "tokenizer_name", "gpt2"),

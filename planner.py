@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from decompose import init_factors, is_lowrank, output_error
+from decompose import fisher_error, init_factors, is_lowrank, output_error
 from kronecker import KronShape, all_shapes, factored_macs, kron_shape, kron_sum, lapack_threads
 from model import GPT
 from plans import format_blocks
@@ -123,9 +123,10 @@ def reachable(config, target, scalars=False, layers=None):
 # -----------------------------------------------------------------------------
 # scoring by calibrated error
 
-def score_plans(dense, candidates, moments, init, blocks, damping=0.0):
-    """Mean output error ||(W - W_hat) L|| / ||W L|| of each candidate (total, factors, up shape) over the MLP
-    matrices of `blocks`, with the init actually used. moments: {(layer, name): E[x x^T]}."""
+def score_plans(dense, candidates, moments, init, blocks, damping=0.0, grads=None, g_damping=1e-2):
+    """The score of each candidate (total, factors, up shape) over the MLP matrices of `blocks`, with the init
+    actually used: the mean output error ||(W - W_hat) L|| / ||W L||, or with grads ({(layer, name):
+    E[g g^T]}) the summed predicted loss increase. moments: {(layer, name): E[x x^T]}."""
     cfg, scores, cache = dense.config, [], {}
     for _, factors, s in candidates:
         errs = []
@@ -136,10 +137,12 @@ def score_plans(dense, candidates, moments, init, blocks, damping=0.0):
                 if is_lowrank(s):  # canonical low rank for every matrix, as the plan grammar builds it
                     shape = KronShape(shape.out_features, 1, 1, shape.in_features)
                 W = getattr(mlp, name).weight.detach()
-                C = moments[(b, name)]
-                A, B, scal = init_factors(W, shape, factors, init, C=C, damping=damping, cache=cache)
-                errs.append(output_error(W, kron_sum(A, B, scal), C))
-        scores.append(sum(errs) / len(errs))
+                C, G = moments[(b, name)], grads[(b, name)] if grads else None
+                A, B, scal = init_factors(W, shape, factors, init, C=C, damping=damping, cache=cache, G=G,
+                                          g_damping=g_damping)
+                errs.append(fisher_error(W, kron_sum(A, B, scal), C, G) if G is not None else
+                            output_error(W, kron_sum(A, B, scal), C))
+        scores.append(sum(errs) if grads else sum(errs) / len(errs))
     return scores
 
 
@@ -153,18 +156,24 @@ def spread_blocks(n_layer, k):
 # -----------------------------------------------------------------------------
 # allocation
 
-def lowrank_curves(dense, moments, mats, damping=0.0):
-    """{(layer, name): (sigma^2 of W L in descending order, ||W L||^2)}: the whitened spectrum of each matrix.
-    With r kept components its calibrated squared output error is sum(sigma^2[r:]) (exactly: whitening
-    is exact for the low-rank member), relative: that over ||W L||^2."""
+def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2):
+    """{(layer, name): (sigma^2 in descending order, normaliser)}: the whitened spectrum of each matrix, of
+    W L, or of R^T W L with grads. With r kept components the low-rank member's squared error is
+    sum(sigma^2[r:]) exactly (whitening is exact for it on both sides). The normaliser is ||W L||^2, making
+    errors relative (each matrix counts alike), or 2 with grads, making them the predicted loss increase
+    tr(G dW C dW^T) / 2, comparable across matrices."""
     from decompose import whitening
     out = {}
     for b, name, _, _ in mats:
         W = getattr(dense.transformer.h[b].mlp, name).weight.detach().double()
         L, _ = whitening(moments[(b, name)], damping)
+        M = W @ L
+        if grads is not None:
+            R, _ = whitening(grads[(b, name)], g_damping)
+            M = R.t() @ M
         with lapack_threads():
-            sig2 = torch.linalg.svdvals(W @ L).pow(2)
-        out[(b, name)] = (sig2, sig2.sum().item())
+            sig2 = torch.linalg.svdvals(M).pow(2)
+        out[(b, name)] = (sig2, 2.0 if grads is not None else sig2.sum().item())
     return out
 
 
@@ -204,6 +213,8 @@ def allocate(curves, mats, budget, weights=None):
     return out, used
 
 
-def relative_error(curves, key, r):
-    sig2, total = curves[key]
-    return math.sqrt(max(sig2[r:].sum().item(), 0.0) / total) if total > 0 else 0.0
+def curve_error(curves, key, r):
+    """The error of rank r on a lowrank_curves curve: relative output error, or (Fisher curves) the square
+    root of the predicted loss increase, so that curve_error**2 is what `allocate` sums."""
+    sig2, norm = curves[key]
+    return math.sqrt(max(sig2[r:].sum().item(), 0.0) / norm) if norm > 0 else 0.0

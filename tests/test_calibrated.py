@@ -15,7 +15,7 @@ from decompose import aware_factors, decompose_model, init_factors, output_error
 from kron_decomp import collect_moments
 from kronecker import KronShape, kron_shape, kron_sum
 from model import GPT
-from planner import allocate, lowrank_curves, matrices, relative_error
+from planner import allocate, lowrank_curves, matrices, curve_error
 
 SHAPES = [KronShape(12, 1, 1, 8),   # low rank: (out,1)x(1,in)
           KronShape(4, 8, 3, 1),    # n2 = 1: the input index lives in A (exact whitening)
@@ -155,8 +155,8 @@ def test_allocation_meets_the_budget_and_beats_uniform_on_its_objective(tiny_lla
         budget = len(mats) * r * (64 + 96)
         alloc, used = allocate(curves, mats, budget)
         assert used <= budget
-        ours = sum(0.0 if a == "dense" else relative_error(curves, k, a) ** 2 for k, a in alloc.items())
-        uniform = sum(relative_error(curves, (b, n), r) ** 2 for b, n, _, _ in mats)
+        ours = sum(0.0 if a == "dense" else curve_error(curves, k, a) ** 2 for k, a in alloc.items())
+        uniform = sum(curve_error(curves, (b, n), r) ** 2 for b, n, _, _ in mats)
         assert ours <= uniform + 1e-9
 
 
@@ -182,3 +182,51 @@ def test_cli_aware_needs_calibration(tiny_llama_dir, tmp_path):
                 "--out", str(tmp_path / "k.pt"))
     assert r.returncode == 2 and "--calib" in r.stderr and "Traceback" not in r.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=str)
+def test_fisher_is_aware_when_the_gradient_moment_is_the_identity_and_exact_at_full_rank(s):
+    W = torch.randn(s.out_features, s.in_features, dtype=torch.float64)
+    C, G = random_cov(s.in_features, 6), torch.eye(s.out_features, dtype=torch.float64)
+    A, B, _ = init_factors(W, s, 1, "fisher", C=C, G=G, g_damping=0.0)
+    Aa, Ba, _ = init_factors(W, s, 1, "aware", C=C)
+    torch.testing.assert_close(kron_sum(A, B), kron_sum(Aa, Ba))
+    A, B, _ = init_factors(W, s, s.max_rank, "fisher", C=C, G=random_cov(s.out_features, 7))
+    torch.testing.assert_close(kron_sum(A, B), W)
+
+
+def test_fisher_low_rank_minimises_the_predicted_loss_increase():
+    from decompose import fisher_error
+    torch.manual_seed(0)
+    s = kron_shape(12, 8, 12, 1)
+    W = torch.randn(12, 8, dtype=torch.float64)
+    C, G = random_cov(8, 8), random_cov(12, 9)
+    for r in range(1, 8):
+        errs = {init: fisher_error(W, kron_sum(*init_factors(W, s, r, init, C=C, G=G, g_damping=0.0)[:2]), C, G)
+                for init in ("fisher", "aware", "vl")}
+        assert errs["fisher"] <= min(errs.values()) + 1e-12
+
+
+def test_output_gradient_moments_equal_a_direct_computation(tiny_llama_dir):
+    from calib import output_gradient_moments
+    model = GPT.from_pretrained(tiny_llama_dir).eval()
+    x = torch.randint(0, 256, (2, 9))
+    mods = {f"{b}.{n}": getattr(model.transformer.h[b].mlp, n) for b in range(2) for n in ("up_proj", "down_proj")}
+    G = output_gradient_moments(model, [x], mods)
+    outs = {}
+
+    def keep(k):
+        def hook(module, args, out):
+            out.retain_grad()
+            outs[k] = out
+        return hook
+
+    hooks = [m.register_forward_hook(keep(k)) for k, m in mods.items()]
+    _, loss = model(x[:, :-1].contiguous(), x[:, 1:].contiguous())
+    (loss * 16).backward()
+    for h in hooks:
+        h.remove()
+    for k, o in outs.items():
+        g = o.grad.reshape(-1, o.shape[-1]).double()
+        direct = g.t() @ g / len(g)
+        torch.testing.assert_close(G[k], direct, rtol=0, atol=1e-6 * direct.abs().max().item())
