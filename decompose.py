@@ -200,7 +200,7 @@ def describe(s, factors):
 # a model
 
 def replace_matrices(model, layer, names, init, moments=None, damping=0.0, prune_keep="even", prune_eps=0.0,
-                     grads=None, g_damping=1e-2):
+                     grads=None, g_damping=1e-2, cache=None):
     """Swap the dense matrices `names` of block `layer` for Kronecker ones as model.config plans them,
     initialised from the dense weights. moments: {name: E[x x^T]} for 'aware' and the calibrated error;
     grads: {name: E[g g^T]} of the outputs' loss gradients for 'fisher' and the predicted loss increase.
@@ -208,7 +208,7 @@ def replace_matrices(model, layer, names, init, moments=None, damping=0.0, prune
     cfg = model.config
     specs = cfg.matrix_specs(layer)
     mlp = model.transformer.h[layer].mlp
-    rows, cache = [], {}
+    rows, cache = [], {} if cache is None else cache
     for name in names:
         dense = getattr(mlp, name)
         if isinstance(dense, KroneckerLinear):
@@ -267,14 +267,15 @@ def plan_config(config, plan, scalars=False, layers=None):
 
 def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=False, prune_keep="even",
                     prune_eps=0.0, *, plan=None, config=None, calib=None, moments=None, sequential=False,
-                    damping=0.0, grads=None, g_damping=1e-2, log=None):
+                    damping=0.0, grads=None, g_damping=1e-2, cache=None, log=None):
     """A copy of `dense` (left unchanged) whose matrices follow a plan, and one report row per decomposed
     matrix. The plan is `config` (a GPTConfig with one), or `plan` (a plan string, plans.py), or the uniform
     `factors` x `shape` (A's shape for the up matrices) over `layers` (None: every block). Calibration (required by 'aware'; with other inits it adds the calibrated output
     error to the report) is either `moments`, {(layer, name): E[x x^T]} collected on the dense model, or
     `calib`, a list of token batches (B, T) to collect them on as the decomposition proceeds. sequential:
     each block's moments come from the model with the blocks before it (and its own up matrices) already
-    compressed. grads: {(layer, name): E[g g^T]} of the dense model's output gradients ('fisher')."""
+    compressed. grads: {(layer, name): E[g g^T]} of the dense model's output gradients ('fisher').
+    cache: whitenings already computed for these moments (see side_whitening)."""
     if dense.config.is_factorized:
         raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
     if init in ("aware", "fisher") and calib is None and moments is None or init == "fisher" and grads is None:
@@ -293,7 +294,8 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
         g = {n: grads[(layer, n)] for n in names} if grads is not None else None
         if runner is None:
             given = {n: moments[(layer, n)] for n in names} if moments is not None else None
-            rows += replace_matrices(model, layer, names, init, given, damping, prune_keep, prune_eps, g, g_damping)
+            rows += replace_matrices(model, layer, names, init, given, damping, prune_keep, prune_eps, g, g_damping,
+                                     cache)
             continue
         if not names:
             runner.advance(layer)

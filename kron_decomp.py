@@ -232,7 +232,7 @@ def choose_uniform(args, dense, target, layers, moments, grads=None):
     return f, s
 
 
-def allocated_plan(args, dense, budget, layers, moments, uniform, grads=None):
+def allocated_plan(args, dense, budget, layers, moments, uniform, grads=None, cache=None):
     """A per-matrix plan (each its own rank, or dense) for the budget, from the calibrated low-rank curves:
     minimising the summed squared relative output error, or with grads ('fisher') the summed predicted loss
     increase. Falls back to the uniform plan when that scores lower on the same objective (said in the output)."""
@@ -240,7 +240,7 @@ def allocated_plan(args, dense, budget, layers, moments, uniform, grads=None):
     mats = matrices(config, layers)
     base, _ = param_base(config, layers)
     t0 = time.time()
-    curves = lowrank_curves(dense, moments, mats, args.damping, grads, args.g_damping)
+    curves = lowrank_curves(dense, moments, mats, args.damping, grads, args.g_damping, cache)
     alloc, used = allocate(curves, mats, budget - base)
     objective = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in alloc.items())
     what = "predicted loss increase" if grads else "sum of squared output errors"
@@ -343,7 +343,7 @@ def main(argv=None):
     if dense.config.is_factorized:
         raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
 
-    batches, moments, grads = None, None, None
+    batches, moments, grads, wcache = None, None, None, {}
     if args.calib:
         data = TokenData(args.calib if os.path.isdir(args.calib) else os.path.join(REPO, "data", args.calib))
         if data.meta["vocab_size"] > config.vocab_size:
@@ -379,11 +379,14 @@ def main(argv=None):
                                     f"total is {total:,} ({describe(s, args.factors)}); change the target or the shape")
                 print(f"target {target:,}: {describe(s, args.factors)} -> {total:,} parameters "
                       f"({100 * (total - target) / target:+.2f}%)")
+            elif args.allocate:  # the allocator's family is low rank: compare with its uniform plan
+                s = kron_shape(config.mlp_hidden, config.n_embd, config.mlp_hidden, 1)
+                args.factors, _ = factors_for_target(config, s, target, args.scalars, layers)
             else:
                 args.factors, s = choose_uniform(args, dense, target, layers, moments, grads)
             # the allocation gets exactly the uniform plan's budget, so the two compare at equal parameters
             budget = param_base(config, layers)[0] + len(matrices(config, layers)) * s.params(args.factors, args.scalars)
-            plan = allocated_plan(args, dense, budget, layers, moments, (args.factors, s), grads) \
+            plan = allocated_plan(args, dense, budget, layers, moments, (args.factors, s), grads, wcache) \
                 if args.allocate else None
             kconfig = plan_config(config, plan, args.scalars) if plan else uniform_config(config, s, args, layers)
         elif args.shape:
@@ -396,7 +399,7 @@ def main(argv=None):
         model, rows = decompose_model(dense, init=args.init, prune_keep=args.prune_keep, prune_eps=args.prune_eps,
                                       config=kconfig, calib=batches if args.sequential else None,
                                       moments=None if args.sequential else moments, sequential=args.sequential,
-                                      damping=args.damping, grads=grads, g_damping=args.g_damping)
+                                      damping=args.damping, grads=grads, g_damping=args.g_damping, cache=wcache)
         print_table(rows)
         print(f"decomposition: {time.time() - td:.0f}s")
     after = model.param_counts()

@@ -156,20 +156,22 @@ def spread_blocks(n_layer, k):
 # -----------------------------------------------------------------------------
 # allocation
 
-def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2):
+def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2, cache=None):
     """{(layer, name): (sigma^2 in descending order, normaliser)}: the whitened spectrum of each matrix, of
     W L, or of R^T W L with grads. With r kept components the low-rank member's squared error is
     sum(sigma^2[r:]) exactly (whitening is exact for it on both sides). The normaliser is ||W L||^2, making
     errors relative (each matrix counts alike), or 2 with grads, making them the predicted loss increase
-    tr(G dW C dW^T) / 2, comparable across matrices."""
-    from decompose import whitening
+    tr(G dW C dW^T) / 2, comparable across matrices. cache: shared with decompose_model, which then reuses
+    the whitening of every covariance."""
+    from decompose import side_whitening
     out = {}
-    for b, name, _, _ in mats:
+    for b, name, o, i in mats:
         W = getattr(dense.transformer.h[b].mlp, name).weight.detach().double()
-        L, _ = whitening(moments[(b, name)], damping)
+        C = moments[(b, name)] if moments is not None else None  # no calibration: the Frobenius error
+        _, (L, _), _ = side_whitening(C, 1, i, damping, cache)  # low rank: the input lives in B
         M = W @ L
         if grads is not None:
-            R, _ = whitening(grads[(b, name)], g_damping)
+            (R, _), _, _ = side_whitening(grads[(b, name)], o, 1, g_damping, cache)  # and the output in A
             M = R.t() @ M
         with lapack_threads():
             sig2 = torch.linalg.svdvals(M).pow(2)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from calib import BlockRunner
+from checkpoint import load_model
 from conftest import REPO
 from decompose import aware_factors, decompose_model, init_factors, output_error, whitening
 from kron_decomp import collect_moments
@@ -165,16 +166,23 @@ def run_cli(*args):
                           text=True, cwd=REPO, timeout=300)
 
 
-def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("init,allocate", [("aware", False), ("fisher", True)])
+def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tmp_path, init, allocate):
     out = tmp_path / "k.pt"
-    r = run_cli("--model", tiny_llama_dir, "--target_params", "60k", "--init", "aware", "--calib", tiny_data_dir,
-                "--calib_tokens", "512", "--calib_seq", "32", "--allocate", "--out", str(out))
+    r = run_cli("--model", tiny_llama_dir, "--target_params", "60k", "--init", init, "--calib", tiny_data_dir,
+                "--calib_tokens", "512", "--calib_seq", "32", "--fisher_tokens", "256", "--out", str(out),
+                *(["--allocate"] if allocate else []))
     assert r.returncode == 0, r.stderr
-    assert "candidate plans scored by calibrated output error" in r.stdout and "low rank" in r.stdout
+    if allocate:
+        assert "allocation" in r.stdout and "predicted loss increase" in r.stdout
+    else:
+        assert "candidate plans scored by calibrated output error" in r.stdout and "low rank" in r.stdout
     report = json.loads((tmp_path / "k.json").read_text())
-    assert report["init"] == "aware" and report["calib"] == tiny_data_dir
+    assert report["init"] == init and report["calib"] == tiny_data_dir
     assert all("output_error" in m and m["whitening"] == "exact" for m in report["matrices"])
+    assert all(("fisher_error" in m) == (init == "fisher") for m in report["matrices"])
     assert abs(report["params_after"]["total"] - 60_000) <= 600
+    assert load_model(str(out)).param_counts()["total"] == report["params_after"]["total"]
 
 
 def test_cli_aware_needs_calibration(tiny_llama_dir, tmp_path):
