@@ -5,8 +5,10 @@ The flagship study: SmolLM2-135M compressed to <= 81.5M parameters and recovered
 Rows (all compressed rows within 1% of one another in parameters; same data order, same evaluation):
   dense_zeroshot  the dense model, no training: the bar to beat
   dense_ft        the dense model fine-tuned for the same steps: the ceiling, for context
-  pipeline        the repo's best pipeline: calibrated (activation-aware) low-rank start with a per-matrix
-                  allocation, layer-wise fitting of every MLP to the dense MLP on real activations, then training
+  pipeline        the repo's best pipeline: a calibrated low-rank start (--init fisher: inputs whitened by their
+                  second moment, outputs by the loss gradients'), each matrix its own rank under the budget
+                  (--allocate, in predicted-loss units), layer-wise fitting of every MLP to the dense MLP on real
+                  activations, then training
   today           the pipeline as it was: vl_norm (512,576)x(3,1), plain training
   truncate        layer truncation: keep 15 of the 30 blocks (the better of 'even' and 'spread:15' at step 0)
   svd             plain truncated SVD at the same size (rank 139 per MLP matrix, Frobenius-optimal), trained
@@ -59,7 +61,7 @@ class Flagship:
         if args.smoke:
             self.scale = [*self.ex.base, f"--eval_datasets={args.eval_data}"]
             self.lw = ["--layerwise_tokens=512", "--layerwise_steps=5"]
-            self.calib = ["--calib_tokens=256", "--calib_seq=32"]
+            self.calib = ["--calib_tokens=256", "--calib_seq=32", "--fisher_tokens=128"]
         else:
             block, batch, evt = (1024, 16, 131072) if args.gpu else (256, 4, 16384)
             self.scale = [f"--dataset={args.data}", f"--eval_datasets={args.eval_data}", f"--block_size={block}",
@@ -89,7 +91,7 @@ class Flagship:
         elif key == "pipeline":
             decomp = os.path.join(ex.out, key, "decomposed.pt")
             if not os.path.isfile(decomp):
-                ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--init", "aware",
+                ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--init", "fisher",
                        "--target_params", str(self.target()), "--allocate", f"--calib={a.data}", *self.calib)
             fit_dir = os.path.join(ex.out, key, "fit")
             ex.run("train_distillation.py", *self.scale, "--mode=layerwise", f"--teacher={self.model}",
@@ -217,16 +219,18 @@ class Flagship:
             below = next((r["iter"] for r in e if r["val_loss"] < dense["val_loss"]), None)
             prep = self.prep_seconds(key)
             trained = key != "dense_zeroshot"
+            fit = self.fit_record(key)
+            at_start = f"{fit['val_loss_before']:.4f} -> fitted {fit['val_loss_after']:.4f}" if fit else e[0]["val_loss"]
             rows.append((key, info.get("lr", "-"), start["params"]["total"], e[-1]["tokens"],
-                         f"{e[-1]['train_seconds'] + prep:,.0f}" + (f" (prep {prep:.0f})" if prep else ""),
-                         median_tok_s(run) if trained else "-", e[0]["val_loss"], e[-1]["val_loss"],
+                         f"{e[-1]['train_seconds'] + prep:,.0f}" + (f" (fit {prep:.0f})" if prep else ""),
+                         median_tok_s(run) if trained else "-", at_start, e[-1]["val_loss"],
                          e[-1].get(milton_key, "-"), ("never" if below is None else below) if trained else "-",
                          " / ".join(f"{lr}: {v:.3f}" for lr, v in info.get("sweep", {}).items()) or "-"))
             if trained:
                 runs.append(run)
                 labels.append(key)
             completions.append((key, info.get("completions", {})))
-        header = ["row", "lr", "parameters", "tokens", "train seconds", "train tok/s", "Shakespeare val at step 0",
+        header = ["row", "lr", "parameters", "tokens", "train seconds", "train tok/s", "Shakespeare val at the start",
                   f"Shakespeare val after {a.steps}", "Milton val", "first step below dense zero-shot",
                   f"sweep ({a.sweep_steps} steps)"]
         intro = (f"Dense SmolLM2-135M zero-shot: Shakespeare val {dense['val_loss']:.4f}, Milton "
@@ -246,11 +250,17 @@ class Flagship:
             f.write("\n## Commands\n\n```\n" + open(os.path.join(ex.out, "commands.log")).read()
                     .replace(REPO + "/", "").replace(sys.executable, "python") + "```\n")
 
+    def fit_record(self, key):
+        """The layer-wise fitting record of a row that has one (the pipeline), else None."""
+        fit = os.path.join(self.ex.out, key, "fit")
+        rec = [r for r in read_log(fit) if r["type"] == "layerwise"] if os.path.isfile(os.path.join(fit, "log.jsonl")) \
+            else []
+        return rec[0] if rec else None
+
     def prep_seconds(self, key):
         """Layer-wise fitting time of the pipeline row (it counts as training time)."""
-        fit = os.path.join(self.ex.out, key, "fit")
-        rec = [r for r in read_log(fit) if r["type"] == "layerwise"] if os.path.isdir(fit) else []
-        return rec[0].get("seconds", 0.0) if rec else 0.0
+        rec = self.fit_record(key)
+        return rec.get("seconds", 0.0) if rec else 0.0
 
     def scale_note(self):
         return ("One GPU, 16 x 1024 tokens per step." if self.args.gpu else
