@@ -191,6 +191,30 @@ def collect_grads(dense, batches, layers, n_tokens):
     return {(b, n): G[f"{b}.{n}"] for b, n in mlps}
 
 
+def load_calib_cache(path, key):
+    """The statistics stored in --calib_cache for exactly this calibration (model, data, tokens, seed), or {}."""
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"--calib_cache {path} could not be read ({type(e).__name__}); delete it to recollect") from None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        print(f"--calib_cache {path} holds another calibration; collecting anew (it will be replaced)")
+        return {}
+    return stored
+
+
+def save_calib_cache(path, key, cached, moments, grads, fisher_tokens):
+    from checkpoint import atomic_save
+    out = {k: v for k, v in cached.items() if k != "key"}
+    if moments is not None:
+        out["moments"] = moments
+    if grads is not None:
+        out[f"grads_{fisher_tokens}"] = grads
+    atomic_save({"key": key, **out}, path)
+
+
 def choose_uniform(args, dense, target, layers, moments, grads=None):
     """(factors, up shape) for --target_params: by parameter count alone, or by calibrated error with --calib."""
     config = dense.config
@@ -199,14 +223,15 @@ def choose_uniform(args, dense, target, layers, moments, grads=None):
         raise UserError(f"--target_params {target:,} cannot be reached: plans of this model range from {lo:,} "
                         f"(one factor of the smallest shape) to {hi:,} (dense) parameters")
     cands = shape_candidates(config, target, args.scalars, layers)
-    near = [c for c in cands if abs(c[0] - target) / target <= 0.01]
+    near = [c for c in cands if abs(c[0] - target) / target <= args.tolerance]
     if not near:
         closest = sorted(cands, key=lambda c: abs(c[0] - target))[:3]
-        raise UserError(f"no plan lands within 1% of --target_params {target:,}; the nearest reachable totals are "
+        raise UserError(f"no plan lands within {args.tolerance:.1%} of --target_params {target:,}; the nearest "
+                        f"reachable totals are "
                         + ", ".join(f"{t:,} ({describe(s, f)})" for t, f, s in closest))
     if moments is None:  # by parameter count alone: Krony-PT's rank-preserving, few-factor plans
         near = [c for c in plan_for_target(config, target, args.scalars, layers)
-                if abs(c[0] - target) / target <= 0.01] or near
+                if abs(c[0] - target) / target <= args.tolerance] or near
         total, f, s = near[0]
         print(f"target {target:,}: {describe(s, f)} -> {total:,} parameters ({100 * (total - target) / target:+.2f}%), "
               f"MLP MACs {mac_ratio(s, f):.2f}x dense")
@@ -284,6 +309,7 @@ def main(argv=None):
                                    "--target_params, the number of factors is chosen to meet the target")
     p.add_argument("--plan", help="a per-block plan string (see plans.py), e.g. '*: mlp=lowrank*64; 0: dense'")
     p.add_argument("--target_params", help="choose the plan for this total, e.g. 81M, 96M, distilgpt2")
+    p.add_argument("--tolerance", type=float, default=0.01, help="--target_params: accepted relative distance")
     p.add_argument("--allocate", action="store_true", help="with --target_params: each matrix its own rank (or dense)")
     p.add_argument("--list_shapes", action="store_true", help="print every valid shape with its counts and exit")
     p.add_argument("--init", default="vl", choices=INITS, help="initialisation (see decompose.py)")
@@ -298,6 +324,8 @@ def main(argv=None):
     p.add_argument("--damping", type=float, default=1e-4, help="aware: relative damping of the input covariance")
     p.add_argument("--sequential", action="store_true", help="calibrate each block on the already-compressed blocks")
     p.add_argument("--fisher_tokens", type=int, default=4096, help="fisher: calibration tokens for output gradients")
+    p.add_argument("--calib_cache", help="a file to keep the calibration statistics in and reuse (same model, data, "
+                                         "tokens and seed)")
     p.add_argument("--g_damping", type=float, default=1e-2, help="fisher: relative damping of the gradient moments")
     p.add_argument("--plan_candidates", type=int, default=16, help="--calib planner: candidate shapes scored")
     p.add_argument("--score_blocks", type=int, default=6, help="--calib planner: blocks the candidates are scored on")
@@ -351,15 +379,24 @@ def main(argv=None):
                             f"{config.vocab_size}; prepare it with the model's tokenizer")
         seq = min(args.calib_seq, config.block_size)
         batches = calibration_batches(data, args.calib_tokens, seq, seed=args.seed)
+        planned = set(layers or range(config.n_layer))
+        key = dict(model=args.model, calib=args.calib, tokens=args.calib_tokens, seq=seq, seed=args.seed,
+                   keep_blocks=args.keep_blocks, layers=sorted(planned))
+        cached = load_calib_cache(args.calib_cache, key)
         if args.target_params or not args.sequential:  # the planner and plain decomposition use dense moments
             tc = time.time()
-            moments = collect_moments(dense, batches, set(layers or range(config.n_layer)))
-            print(f"calibration: {sum(b.numel() for b in batches):,} tokens of {args.calib} in {time.time() - tc:.0f}s")
+            moments = cached.get("moments") or collect_moments(dense, batches, planned)
+            print(f"calibration: {sum(b.numel() for b in batches):,} tokens of {args.calib} in {time.time() - tc:.0f}s"
+                  + (f" (from {args.calib_cache})" if "moments" in cached else ""))
         if args.init == "fisher":
             tc = time.time()
-            grads = collect_grads(dense, batches, set(layers or range(config.n_layer)), args.fisher_tokens)
+            grads = cached.get(f"grads_{args.fisher_tokens}") or collect_grads(dense, batches, planned,
+                                                                              args.fisher_tokens)
             print(f"output gradients: {min(args.fisher_tokens, sum(b.numel() for b in batches)):,} tokens in "
-                  f"{time.time() - tc:.0f}s")
+                  f"{time.time() - tc:.0f}s" + (f" (from {args.calib_cache})" if f"grads_{args.fisher_tokens}"
+                                                 in cached else ""))
+        if args.calib_cache:
+            save_calib_cache(args.calib_cache, key, cached, moments, grads, args.fisher_tokens)
     elif args.init in ("aware", "fisher"):
         raise UserError(f"--init {args.init} needs calibration data: pass --calib DATASET")
 
@@ -374,7 +411,7 @@ def main(argv=None):
                 shape = parse_shape(args.shape, config)
                 s = kron_shape(config.mlp_hidden, config.n_embd, *shape)
                 args.factors, total = factors_for_target(config, s, target, args.scalars, layers)
-                if abs(total - target) / target > 0.01:
+                if abs(total - target) / target > args.tolerance:
                     raise UserError(f"--target_params {target:,} with --shape {args.shape}: the nearest reachable "
                                     f"total is {total:,} ({describe(s, args.factors)}); change the target or the shape")
                 print(f"target {target:,}: {describe(s, args.factors)} -> {total:,} parameters "

@@ -84,17 +84,18 @@ class Experiment:
     def report(self, title, intro, header, rows, runs, labels, x="iter", hline=None):
         """Write <report_dir>/<name>.md (table + plot) and .png; print the table."""
         png = os.path.join(self.report_dir, f"{self.name}.png")
-        plot_runs(runs, png, labels, "val_loss", x, title, hline)
+        if runs:
+            plot_runs(runs, png, labels, "val_loss", x, title, hline)
         lines = [f"# {title}", "", intro, "", f"Command: `{self.command}` ({time.strftime('%Y-%m-%d')}, "
                  f"{os.cpu_count()}-core CPU, torch {torch_version()})", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-        lines += ["", f"![{title}]({self.name}.png)", ""]
+        lines += ["", f"![{title}]({self.name}.png)" if runs else "", ""]
         md = os.path.join(self.report_dir, f"{self.name}.md")
         with open(md, "w") as f:
             f.write("\n".join(lines))
         print("\n".join(lines[6:-2]))
-        print(f"wrote {md} and {png}")
+        print(f"wrote {md}" + (f" and {png}" if runs else ""))
         return md
 
 
