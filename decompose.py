@@ -267,7 +267,7 @@ def plan_config(config, plan, scalars=False, layers=None):
 
 def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=False, prune_keep="even",
                     prune_eps=0.0, *, plan=None, config=None, calib=None, moments=None, sequential=False,
-                    damping=0.0, grads=None, g_damping=1e-2, cache=None, log=None):
+                    damping=0.0, grads=None, g_damping=1e-2, cache=None, permute=False, log=None):
     """A copy of `dense` (left unchanged) whose matrices follow a plan, and one report row per decomposed
     matrix. The plan is `config` (a GPTConfig with one), or `plan` (a plan string, plans.py), or the uniform
     `factors` x `shape` (A's shape for the up matrices) over `layers` (None: every block). Calibration (required by 'aware'; with other inits it adds the calibrated output
@@ -275,7 +275,8 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
     `calib`, a list of token batches (B, T) to collect them on as the decomposition proceeds. sequential:
     each block's moments come from the model with the blocks before it (and its own up matrices) already
     compressed. grads: {(layer, name): E[g g^T]} of the dense model's output gradients ('fisher').
-    cache: whitenings already computed for these moments (see side_whitening)."""
+    cache: whitenings already computed for these moments (see side_whitening). permute: reorder each MLP's
+    hidden units first (permute.py; function-preserving) so that the decomposition loses less."""
     if dense.config.is_factorized:
         raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
     if init in ("aware", "fisher") and calib is None and moments is None or init == "fisher" and grads is None:
@@ -289,13 +290,31 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
     fam = config.family
     runner = BlockRunner(model, calib, next(model.parameters()).device) if calib is not None else None
     rows = []
+
+    def replace(layer, names, block_moments, g):
+        """Permute the block's hidden units first if asked, then decompose the listed matrices."""
+        note = {}
+        specs = config.matrix_specs(layer)
+        if permute and names and not all(is_lowrank(specs[n][0]) for n in names):
+            from permute import find_permutation, permute_mlp, permute_moments, unit_features
+            mlp = model.transformer.h[layer].mlp
+            feats = unit_features(mlp, fam, block_moments, damping)
+            perm, before, after = find_permutation(feats, {n: specs[n] for n in names}, fam)
+            permute_mlp(mlp, fam, perm)
+            block_moments, g = permute_moments(block_moments, g, fam, perm)
+            note = dict(permute_error_before=before, permute_error_after=after)
+            if log:
+                log(f"block {layer}: permutation lowers the decomposition error {before:.4g} -> {after:.4g}")
+        out = replace_matrices(model, layer, names, init, block_moments, damping, prune_keep, prune_eps, g, g_damping,
+                               cache)
+        return [{**r, **note} for r in out]
+
     for layer in range(config.n_layer):
         names = [n for n, _ in fam.mlp_matrices if n in plan.get(layer, {})]
         g = {n: grads[(layer, n)] for n in names} if grads is not None else None
         if runner is None:
             given = {n: moments[(layer, n)] for n in names} if moments is not None else None
-            rows += replace_matrices(model, layer, names, init, given, damping, prune_keep, prune_eps, g, g_damping,
-                                     cache)
+            rows += replace(layer, names, given, g)
             continue
         if not names:
             runner.advance(layer)
@@ -304,14 +323,14 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
         if sequential:  # up matrices on this block's (compressed-upstream) inputs, then down on their outputs
             for group in (fam.up, fam.down):
                 todo = [n for n in names if n in group]
-                moments = runner.moments(layer, {n: getattr(mlp, n) for n in todo})
-                rows += replace_matrices(model, layer, todo, init, moments, damping, prune_keep, prune_eps, g,
+                block_moments = runner.moments(layer, {n: getattr(mlp, n) for n in todo})
+                rows += replace_matrices(model, layer, todo, init, block_moments, damping, prune_keep, prune_eps, g,
                                          g_damping)
             runner.advance(layer)
         else:  # the dense block's inputs everywhere: moments first, then the dense block moves the states on
-            moments = runner.moments(layer, {n: getattr(mlp, n) for n in names})
+            block_moments = runner.moments(layer, {n: getattr(mlp, n) for n in names})
             runner.advance(layer)
-            rows += replace_matrices(model, layer, names, init, moments, damping, prune_keep, prune_eps, g, g_damping)
+            rows += replace(layer, names, block_moments, g)
         if log and names:
             errs = [r["output_error"] for r in rows if r["layer"] == layer]
             log(f"block {layer}: {len(names)} matrices, mean output error {sum(errs) / len(errs):.4f}")

@@ -7,7 +7,7 @@ for every row). Resumable: finished rows are reused.
 
 Rows (c_fc / gate+up shape; down takes the opposite):
   current   (h/3, d)x(3,1) for SmolLM2 (the earlier default, 81.4M) or (d, d)x(h/d, 1) for the demo model:
-            vl, vl_norm, prune, aware, fisher
+            vl, vl_norm, prune, aware, fisher, and aware after permuting each MLP's hidden units (--permute)
   lowrank   rank r at the same parameter count: vl (= truncated SVD), vl_norm, aware, aware --sequential,
             fisher, fisher --allocate (each matrix its own rank; the flagship pipeline's start)
   planner   --target_params with --calib and --init aware: whatever shape the calibrated planner picks
@@ -30,6 +30,7 @@ def rows_for(d, h, demo):
     current = f"{d}x{d}" if demo else f"{h // 3}x{d}"
     rows = [(f"current {init}", ["--shape", current, "--factors", "1", "--init", init])
             for init in ("vl", "vl_norm", "prune", "aware", "fisher")]
+    rows += [("current aware permute", ["--shape", current, "--factors", "1", "--init", "aware", "--permute"])]
     low = ["--shape", "lowrank", "--target_params", "SAME"]
     rows += [(f"lowrank {init}", [*low, "--init", init]) for init in ("vl", "vl_norm", "aware", "fisher")]
     rows += [("lowrank aware sequential", [*low, "--init", "aware", "--sequential"]),

@@ -238,3 +238,39 @@ def test_output_gradient_moments_equal_a_direct_computation(tiny_llama_dir):
         g = o.grad.reshape(-1, o.shape[-1]).double()
         direct = g.t() @ g / len(g)
         torch.testing.assert_close(G[k], direct, rtol=0, atol=1e-6 * direct.abs().max().item())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_permuting_hidden_units_preserves_the_function(fixture, request):
+    from permute import permute_mlp
+    model = GPT.from_pretrained(request.getfixturevalue(fixture)).eval()
+    idx = torch.randint(0, 256, (2, 12))
+    before = model(idx, all_logits=True)[0]
+    for block in model.transformer.h:
+        permute_mlp(block.mlp, model.config.family, torch.randperm(model.config.mlp_hidden))
+    torch.testing.assert_close(model(idx, all_logits=True)[0], before, atol=1e-5, rtol=0)
+
+
+def test_full_rank_decomposition_with_permutation_reproduces_the_logits(tiny_gpt2_dir):
+    dense = GPT.from_pretrained(tiny_gpt2_dir).eval()   # MLP 32 <-> 128
+    s = kron_shape(128, 32, 16, 8)
+    kron, rows = decompose_model(dense, s.max_rank, (16, 8), "vl", permute=True)
+    assert all("permute_error_after" in r for r in rows)
+    idx = torch.randint(0, 256, (2, 16))
+    torch.testing.assert_close(kron(idx, all_logits=True)[0], dense(idx, all_logits=True)[0], atol=1e-4, rtol=0)
+
+
+def test_permutation_recovers_shuffled_kronecker_structure(tiny_gpt2_dir):
+    """c_fc and c_proj built as exact (32,32)x(4,1) and (32,32)x(1,4) products, then their hidden units
+    shuffled: the permutation search must find an order that is (nearly) exact again."""
+    from permute import find_permutation, permute_mlp, unit_features
+    model = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    mlp, fam = model.transformer.h[0].mlp, model.config.family
+    torch.manual_seed(0)
+    with torch.no_grad():
+        mlp.c_fc.weight.copy_(torch.kron(torch.randn(32, 32), torch.rand(4, 1) + 0.5))
+        mlp.c_proj.weight.copy_(torch.kron(torch.randn(32, 32), torch.rand(1, 4) + 0.5))
+    permute_mlp(mlp, fam, torch.randperm(128))
+    specs = {"c_fc": (kron_shape(128, 32, 32, 32), 1), "c_proj": (kron_shape(32, 128, 32, 32), 1)}
+    perm, before, after = find_permutation(unit_features(mlp, fam, None, 0.0), specs, fam, iters=20)
+    assert after < 0.05 * before
