@@ -24,6 +24,7 @@ import torch
 
 from kronecker import KroneckerLinear, kron_shape
 from model import GPT, MLP, GPTConfig, KVCache
+from runtime import DTYPES, autocast, resolve_device, resolve_dtype
 
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 SMOLLM2 = dict(arch="llama", n_layer=30, n_head=9, n_kv_head=3, n_embd=576, head_dim=64, mlp_hidden=1536,
@@ -232,17 +233,18 @@ def main():
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick check")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
+    args.device = resolve_device(args.device)
     cuda = args.device.startswith("cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    args.ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    args.ptdtype = DTYPES[resolve_dtype(args.dtype, "cuda" if cuda else "cpu")]
     args.batch_size = args.batch_size or (16 if cuda else 4)
     args.seq_len = args.seq_len or (1024 if cuda else 256)
     args.layer_tokens = args.layer_tokens or (16384 if cuda else 2048)
     args.rounds = args.rounds or (2 if args.smoke else 20 if cuda else 5)
     # models run in fp32 weights under autocast (as in training); layers take the dtype directly
-    ctx = torch.autocast("cuda", dtype=args.ptdtype) if cuda and args.dtype != "float32" else nullcontext()
+    ctx = autocast("cuda", args.dtype) if cuda else nullcontext()
     print(f"torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if cuda else f", {torch.get_num_threads()} threads"))
     out = {"args": {k: v for k, v in vars(args).items() if k != "ptdtype"}}

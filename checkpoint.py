@@ -55,10 +55,32 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def remove_stale_temps(path):
+    """Delete temporary files of earlier writes of `path` whose process is gone (a SIGKILL mid-write)."""
+    d, base = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    prefix = f".{base}.tmp"
+    for name in os.listdir(d):
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                os.remove(os.path.join(d, name))
+            except PermissionError:
+                pass  # alive, someone else's
+
+
 def atomic_save(obj, path):
-    """torch.save to a temporary file beside `path`, fsync, then rename over `path`."""
+    """torch.save to a temporary file beside `path`, fsync, then rename over `path`. A failed write (a full
+    disk, say) leaves the previous file and no temporary file, and raises a CheckpointError."""
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
+    if os.path.isdir(path):
+        raise CheckpointError(f"cannot write the checkpoint {path}: it is a directory")
+    try:
+        os.makedirs(d, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CheckpointError(f"cannot write {path}: a file stands where its directory {d} should be") from None
+    remove_stale_temps(path)
     tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -66,6 +88,9 @@ def atomic_save(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"could not write {path} ({e.strerror or e}); the previous file, if any, is intact. "
+                              f"Free disk space or choose another path") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -100,9 +125,10 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"{path} is a directory; pass the checkpoint file inside it (e.g. {path}/last.pt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} could not be read as a checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # torch.load's own errors are of many types; all mean an unreadable file
+        detail = (str(e).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path} could not be read as a checkpoint (empty, truncated or corrupt?): "
+                              f"{type(e).__name__}{': ' + detail if detail else ''}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a KronyGPT checkpoint (no '{FORMAT}' format field); "
                               f"for a Hugging Face model pass its directory or hub name instead")

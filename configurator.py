@@ -19,7 +19,7 @@ import traceback
 import types
 from dataclasses import fields
 
-from errors import ConfigError, UserError
+from errors import ConfigError, Stopped, UserError
 
 
 
@@ -97,12 +97,16 @@ def as_dict(cfg):
 
 
 def run_cli(main):
-    """Run main(); a user error (bad config, missing file, impossible shape) prints one line and
-    exits with status 2. Set KRONY_DEBUG=1 to see the traceback instead."""
+    """Run main(). A user error (errors.UserError: bad config, missing file, impossible shape) prints one
+    line and exits with status 2; a run stopped by a signal exits with 128 + the signal after saving. Any
+    other exception is a bug and keeps its traceback. KRONY_DEBUG=1 shows the traceback of user errors too."""
     try:
         return main()
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except UserError as e:
         if os.environ.get("KRONY_DEBUG"):
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)

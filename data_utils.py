@@ -16,7 +16,7 @@ import pickle
 import numpy as np
 import torch
 
-from configurator import UserError
+from errors import UserError
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,6 +56,11 @@ def split_point(n, val_fraction):
 
 # -----------------------------------------------------------------------------
 # reading
+
+def dataset_dir(name):
+    """The directory of a prepared dataset given as a path or as a name under data/."""
+    return name if os.path.isdir(name) else os.path.join(REPO, "data", name)
+
 
 def read_meta(data_dir):
     path = os.path.join(data_dir, "meta.pkl")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from decompose import replace_mlp
+from errors import ConfigError
 
 
 # -----------------------------------------------------------------------------
@@ -89,6 +90,7 @@ def fit_mlp(mlp, X, Y, steps, lr, batch, device, seed=0):
     params = [p for p in mlp.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)
+    was_training = mlp.training
     mlp.train()
     for step in range(steps):
         idx = torch.randint(len(X), (min(batch, len(X)),), generator=g)
@@ -98,7 +100,7 @@ def fit_mlp(mlp, X, Y, steps, lr, batch, device, seed=0):
         for group in opt.param_groups:  # cosine decay within the layer's budget
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         opt.step()
-    return mlp
+    return mlp.train(was_training)
 
 
 def fit_layers(student, fit_acts, heldout_acts, layers, steps, lr, batch, device, log=print):
@@ -124,7 +126,7 @@ def progressive_order(n_layer, order):
         return list(range(n_layer))
     if order == "top_down":
         return list(range(n_layer - 1, -1, -1))
-    raise ValueError(f"progressive_order must be 'top_down' or 'bottom_up', got {order!r}")
+    raise ConfigError(f"progressive_order must be 'top_down' or 'bottom_up', got {order!r}")
 
 
 def add_kron_layer(model, layer, init, prune_keep="even", prune_eps=0.0):

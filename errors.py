@@ -15,3 +15,13 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError):
     """A checkpoint or model path that cannot be used."""
+
+
+class Stopped(Exception):
+    """Training stopped by a signal after saving its checkpoint. Scripts exit with 128 + the signal number
+    (143 for SIGTERM, 130 for SIGINT), so a scheduler can tell an interrupted run from a finished one."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -27,9 +27,12 @@ import sys
 import torch
 
 from checkpoint import load_model
-from configurator import UserError, run_cli
-from data_utils import REPO, TokenData
+from configurator import run_cli
+from data_utils import TokenData, dataset_dir
+from errors import UserError
+from runtime import setup_runtime
 from tokenizer import get_tokenizer
+from trainer import check_data_fits, evaluate
 
 BENCHMARKS = {  # name -> (hub dataset, config, split, text field)
     "wikitext103": ("wikitext", "wikitext-103-v1", "test", "text"),
@@ -111,14 +114,19 @@ def main():
     p.add_argument("--stride", type=int, default=0, help="sliding windows: score the last STRIDE tokens of each")
     p.add_argument("--max_tokens", type=int, default=0, help="evaluate only the first N tokens (quick checks)")
     p.add_argument("--batch_size", type=int, default=8, help="--data: sequences per forward pass")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="auto", help="float32, or bfloat16 autocast (default on CUDA)")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16 autocast ('auto': bf16 on CUDA)")
     p.add_argument("--json", help="write the table here")
     args = p.parse_args()
     if not args.datasets and not args.data:
         raise UserError("give --datasets (benchmarks) and/or --data (a prepared dataset)")
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device.startswith("cuda") else "float32")
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bfloat16" else torch.autocast("cpu", enabled=False)
+    for name in ("block_size", "batch_size", "eval_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.stride < 0 or args.max_tokens < 0:
+        raise UserError("--stride and --max_tokens must be >= 0")
+    rt = setup_runtime(args.device, args.dtype)
+    ctx = rt.ctx
     names = [d for d in args.datasets.split(",") if d]
     texts = {d: load_text(d) for d in names}
     protocol = (f"{'sliding windows, stride ' + str(args.stride) if args.stride else 'non-overlapping windows'} "
@@ -126,22 +134,22 @@ def main():
                 f"model's own tokenizer" + (f", first {args.max_tokens:,} tokens only" if args.max_tokens else ""))
     rows = []
     for spec in [m for m in args.models.split(",") if m]:
-        model = load_model(spec, device=args.device).eval()
+        model = load_model(spec, device=rt.device).eval()
         row = {"model": spec, "params": model.param_counts()["total"]}
         T = min(args.block_size, model.config.block_size)
         if args.data:
-            from training import Runtime, evaluate
-            data_dir = args.data if os.path.isdir(args.data) else os.path.join(REPO, "data", args.data)
-            val = TokenData(data_dir).val_windows(T, args.eval_tokens)
-            rt = Runtime(False, 0, 0, 1, args.device, args.device.split(":")[0], None, ctx, True)
-            row["val_loss"] = evaluate(model, val, rt, args.batch_size)
+            data = TokenData(dataset_dir(args.data))
+            check_data_fits(data, model, args.data)
+            row["val_loss"] = evaluate(model, data.val_windows(T, args.eval_tokens), rt, args.batch_size)
         if names:
             tok = get_tokenizer(model.tokenizer_name)
             for d in names:
                 ids = tok.encode(texts[d])
                 if args.max_tokens:
                     ids = ids[:args.max_tokens]
-                loss, n = stream_loss(model, ids, T, args.stride, args.batch_size, args.device, ctx)
+                if len(ids) < 2:
+                    raise UserError(f"{d} has {len(ids)} tokens for {spec}; it needs at least 2 to score one")
+                loss, n = stream_loss(model, ids, T, args.stride, args.batch_size, rt.device, ctx)
                 row[d] = math.exp(loss)
                 row[f"{d}_tokens"] = n
         rows.append(row)

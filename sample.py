@@ -10,13 +10,14 @@ Sample from a model: a hub name or Hugging Face directory, a dense or Kronecker 
 import json
 import os
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from checkpoint import load_model
-from configurator import ConfigError, configure, run_cli
+from configurator import configure, run_cli
+from errors import ConfigError
+from runtime import DTYPES, autocast, resolve_device, resolve_dtype
 from tokenizer import get_tokenizer
 
 
@@ -29,8 +30,8 @@ class SampleConfig:
     temperature: float = 0.8           # 1.0 = unchanged distribution, < 1 sharper, 0 = greedy
     top_k: int = 200                   # keep only the top_k most likely tokens (0 = all)
     seed: int = 1337
-    device: str = "cpu"                # 'cpu', 'cuda', 'cuda:1', 'mps'
-    dtype: str = "float32"             # 'float32', 'bfloat16' or 'float16' (autocast on CUDA)
+    device: str = "cpu"                # 'cpu', 'cuda', 'cuda:1', 'mps', or 'auto'
+    dtype: str = "float32"             # 'float32', 'bfloat16', 'float16' (autocast on CUDA) or 'auto'
     prompts_json: str = ""             # a JSON list of prompts, each sampled num_samples times (replaces start)
     json: str = ""                     # also write {prompt: completion} (the first sample of each) to this file
 
@@ -42,8 +43,8 @@ class SampleConfig:
             raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ConfigError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
 
 
 def prompts(cfg):
@@ -68,17 +69,19 @@ def prompts(cfg):
 def main():
     cfg = configure(SampleConfig(), sys.argv[1:], verbose=False)
     torch.manual_seed(cfg.seed)
-    device_type = "cuda" if "cuda" in cfg.device else "cpu"
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    ctx = nullcontext() if device_type == "cpu" or cfg.dtype == "float32" else \
-        torch.autocast(device_type=device_type, dtype=ptdtype)
+    device = resolve_device(cfg.device)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    ctx = autocast(device_type, resolve_dtype(cfg.dtype, device_type) if device_type == "cuda" else "float32")
 
-    model = load_model(cfg.init_from, device=cfg.device).eval()
+    model = load_model(cfg.init_from, device=device).eval()
     tok = get_tokenizer(model.tokenizer_name)
     first = {}
     for text in prompts(cfg):
         ids = tok.encode(text) or [tok.eot if tok.eot is not None else 0]
-        x = torch.tensor(ids, dtype=torch.long, device=cfg.device)[None, ...]
+        if len(ids) >= model.config.block_size:
+            raise ConfigError(f"the prompt has {len(ids)} tokens, at least the model's block_size "
+                              f"{model.config.block_size}; shorten it")
+        x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
         for i in range(cfg.num_samples):
             with torch.no_grad(), ctx:
                 y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)

@@ -10,8 +10,12 @@ Tokenizers behind one small interface: encode(str) -> list[int], decode(list[int
 
 import functools
 import importlib.util
+import json
 import os
 import pickle
+
+from errors import UserError
+from hf_io import GGUF_MODELS, GPT2_HUB, resolve_gguf
 
 
 class Tokenizer:
@@ -56,7 +60,8 @@ def char_tokenizer(chars):
     def encode(s):
         unknown = sorted(set(s) - set(stoi))
         if unknown:
-            raise ValueError(f"characters {unknown[:10]} are not in this character-level vocabulary")
+            raise UserError(f"characters {unknown[:10]} are not in this character-level vocabulary; "
+                            f"use text made of the dataset's {len(chars)} characters")
         return [stoi[c] for c in s]
 
     return Tokenizer({"kind": "char", "chars": chars}, encode, lambda ids: "".join(chars[i] for i in ids),
@@ -67,7 +72,6 @@ def char_tokenizer(chars):
 def auto_tokenizer(name):
     """The transformers tokenizer of a hub name, local directory, 'smollm2-135m' or .gguf file."""
     from transformers import AutoTokenizer
-    from hf_io import GGUF_MODELS, resolve_gguf
     if name in GGUF_MODELS or name.endswith(".gguf"):
         d, f = resolve_gguf(name)
         return AutoTokenizer.from_pretrained(d, gguf_file=f)
@@ -85,7 +89,7 @@ def get_tokenizer(spec):
     """The Tokenizer for a spec as stored in checkpoints and meta.pkl files (see module docstring)."""
     if isinstance(spec, dict):
         if spec.get("kind") != "char":
-            raise ValueError(f"unknown tokenizer spec {spec!r}")
+            raise UserError(f"unknown tokenizer spec {spec!r}")
         return char_tokenizer(spec["chars"])
     if spec in (None, "gpt2", "r50k_base") or is_gpt2_family(spec):
         return gpt2_tokenizer()
@@ -94,15 +98,26 @@ def get_tokenizer(spec):
 
 def is_gpt2_family(name):
     """GPT-2 hub names and local GPT-2 directories all use the GPT-2 BPE."""
-    from hf_io import GPT2_HUB
     if name in GPT2_HUB:
         return True
     cfg = os.path.join(str(name), "config.json")
     if os.path.isfile(cfg):
-        import json
         with open(cfg) as f:
             return json.load(f).get("model_type") == "gpt2"
     return False
+
+
+def same_tokenizer(a, b):
+    """Whether two tokenizer specs (meta.pkl / checkpoint form) are the same tokenizer: True, False, or
+    None when that cannot be told from the specs alone (two differently named Hugging Face tokenizers)."""
+    if a is None or b is None:
+        return None
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.get("chars") == b.get("chars")
+    gpt2_a, gpt2_b = a in ("gpt2", "r50k_base") or is_gpt2_family(a), b in ("gpt2", "r50k_base") or is_gpt2_family(b)
+    if gpt2_a or gpt2_b:
+        return gpt2_a == gpt2_b
+    return True if a == b else None
 
 
 def tokenizer_from_meta(meta_path):

@@ -7,14 +7,16 @@ Train a dense or Kronecker GPT: from scratch, from a Hugging Face model, or from
     python train.py config/krony_vl.py --init_from=resume                # continue out_dir/last.pt
     python train.py --eval_only=True --init_from=gpt2 --dataset=openwebtext   # validation loss of any model
 
-Settings are the fields of training.TrainConfig: a config file overrides them, then --key=value.
+Settings are the fields of trainer.TrainConfig: a config file overrides them, then --key=value.
+SIGTERM or SIGINT saves out_dir/last.pt and exits with 143 or 130 (128 + the signal): requeue the same
+command with --init_from=resume. Errors you can fix exit with 2 and one line saying what to change.
 """
 
 import sys
 
 from configurator import configure, run_cli
-from train_loop import init_model, train_loop
-from training import TrainConfig, setup_runtime
+from runtime import setup_runtime, teardown
+from trainer import TrainConfig, init_model, train
 
 
 def lm_loss(model, x, y, iter_num):
@@ -25,13 +27,12 @@ def lm_loss(model, x, y, iter_num):
 
 def main(argv=None):
     cfg = configure(TrainConfig(), sys.argv[1:] if argv is None else argv)
-    rt = setup_runtime(cfg)
-    model, ckpt, tokenizer = init_model(cfg, rt)
-    val_loss = train_loop(cfg, model, rt, lm_loss, tokenizer, ckpt)
-    if rt.ddp:
-        import torch.distributed as dist
-        dist.destroy_process_group()
-    return val_loss
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    try:
+        model, ckpt, tokenizer = init_model(cfg, rt)
+        return train(cfg, model, rt, lm_loss, tokenizer, ckpt)
+    finally:
+        teardown(rt)
 
 
 if __name__ == "__main__":

@@ -22,18 +22,16 @@ import copy
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
-import torch
-
 from checkpoint import load_model, save_checkpoint
-from configurator import ConfigError, UserError, configure, run_cli
-from data_utils import TokenData, batch_seed
-from distill import add_kron_layer, collect_mlp_activations, fit_layers, make_distill_loss, progressive_order
+from configurator import configure, run_cli
+from data_utils import TokenData, batch_seed, dataset_dir
 from decompose import INITS, decompose_model, kron_config
-from train_loop import crop_block_size, init_model, train_loop
-from training import Logger, TrainConfig, data_dir, evaluate, setup_runtime
+from distill import add_kron_layer, collect_mlp_activations, fit_layers, make_distill_loss, progressive_order
+from errors import ConfigError, UserError
+from runtime import autocast, resolve_dtype, setup_runtime, teardown
+from trainer import Logger, TrainConfig, crop_block_size, evaluate, init_model, train
 
 
 @dataclass
@@ -45,7 +43,7 @@ class DistillConfig(TrainConfig):
     beta: float = 0.5               # weight of T^2 * KL(teacher || student)
     temperature: float = 2.0        # softening of both distributions in the KL term
     hidden_weight: float = 0.0      # weight of the per-block hidden-state MSE; 0 = off
-    teacher_dtype: str = "auto"     # 'auto' (bfloat16 on CUDA, else float32), 'float32', 'bfloat16'
+    teacher_dtype: str = "auto"     # 'auto' (bfloat16 on CUDA if supported, else float16; CPU float32), or a dtype
     # -- a student decomposed on the fly (init_from='teacher'); kron_factors/kron_shape/kron_scalars above
     kron_init: str = "vl_norm"      # 'vl', 'vl_norm', 'prune' or 'random'
     prune_keep: str = "even"
@@ -72,7 +70,7 @@ class DistillConfig(TrainConfig):
 
 
 class DistillHooks:
-    """train_loop hooks: teacher validation loss in eval lines, progressive replacement."""
+    """trainer hooks: teacher validation loss in eval lines, progressive replacement."""
 
     def __init__(self, cfg, teacher, teacher_ctx, rt, fit_data=None):
         self.cfg, self.teacher, self.teacher_ctx, self.rt = cfg, teacher, teacher_ctx, rt
@@ -121,7 +119,7 @@ def token_batches(data, split, n_tokens, cfg, salt):
 
 
 def build_student(cfg, teacher, rt):
-    """(student, resume checkpoint or None, tokenizer) for cfg.init_from."""
+    """(student in train mode with cfg.dropout, resume checkpoint or None, tokenizer) for cfg.init_from."""
     if cfg.init_from != "teacher":
         student, ckpt, tokenizer = init_model(cfg, rt)
         if student.config.vocab_size != teacher.config.vocab_size:
@@ -138,24 +136,53 @@ def build_student(cfg, teacher, rt):
     else:
         student, _ = decompose_model(teacher, cfg.kron_factors, cfg.kron_shape, cfg.kron_init, None,
                                      cfg.kron_scalars, cfg.prune_keep, cfg.prune_eps)
-    student.config.dropout = cfg.dropout
-    return student.float().requires_grad_(True), None, getattr(teacher, "tokenizer_name", "gpt2")
+    student = student.float().requires_grad_(True).set_dropout(cfg.dropout).train()
+    return student, None, getattr(teacher, "tokenizer_name", "gpt2")
+
+
+def check_setup(cfg, teacher, student, ckpt):
+    """Errors that need both models: hidden-state distillation between different widths or depths, and a
+    progressive schedule that would not end fully Kronecker with every block trained."""
+    if cfg.hidden_weight > 0 and (student.config.n_embd, student.config.n_layer) != \
+            (teacher.config.n_embd, teacher.config.n_layer):
+        raise ConfigError(f"hidden_weight > 0 compares block outputs, but the student ({student.config.n_layer} "
+                          f"blocks of {student.config.n_embd}) and the teacher ({teacher.config.n_layer} of "
+                          f"{teacher.config.n_embd}) differ; set hidden_weight=0")
+    if cfg.mode == "progressive":
+        need = teacher.config.n_layer * cfg.progressive_interval
+        if cfg.max_iters < need:
+            raise ConfigError(f"mode='progressive' swaps in one of {teacher.config.n_layer} blocks every "
+                              f"{cfg.progressive_interval} iterations, so the last one goes in at iteration "
+                              f"{need - cfg.progressive_interval} and needs {cfg.progressive_interval} more: set "
+                              f"max_iters >= {need} (or lower progressive_interval)")
+
+
+def teacher_context(cfg, rt):
+    """The teacher's autocast: 'auto' is bf16 on CUDA (fp16 where bf16 is unsupported), float32 elsewhere."""
+    return autocast(rt.device_type, resolve_dtype(cfg.teacher_dtype, rt.device_type))
 
 
 def main(argv=None):
     cfg = configure(DistillConfig(), sys.argv[1:] if argv is None else argv)
-    rt = setup_runtime(cfg)
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    try:
+        return distil(cfg, rt)
+    finally:
+        teardown(rt)
+
+
+def distil(cfg, rt):
     teacher = load_model(cfg.teacher, device=rt.device)
-    if teacher.config.kron_factors:
-        raise UserError(f"the teacher {cfg.teacher} has Kronecker MLPs; distil from the dense model")
+    if teacher.config.is_factorized:
+        raise UserError(f"the teacher {cfg.teacher} has Kronecker matrices; distil from the dense model")
     crop_block_size(teacher, cfg.block_size)
     teacher.eval().requires_grad_(False)
-    tdtype = cfg.teacher_dtype if cfg.teacher_dtype != "auto" else ("bfloat16" if rt.device_type == "cuda" else "float32")
-    teacher_ctx = nullcontext() if tdtype == "float32" else torch.autocast(rt.device_type, dtype=torch.bfloat16)
+    teacher_ctx = teacher_context(cfg, rt)
 
     student, ckpt, tokenizer = build_student(cfg, teacher, rt)
     student.to(rt.device)
-    data = TokenData(data_dir(cfg))
+    check_setup(cfg, teacher, student, ckpt)
+    data = TokenData(dataset_dir(cfg.dataset))
     fit_data, t0 = None, time.time()
     if ckpt is None and (cfg.mode == "layerwise" or (cfg.mode == "progressive" and cfg.progressive_fit)):
         with teacher_ctx:
@@ -183,11 +210,7 @@ def main(argv=None):
     fit_seconds = time.time() - t0 if cfg.mode == "layerwise" and ckpt is None else 0.0  # counts as training time
     hooks = DistillHooks(cfg, teacher, teacher_ctx, rt, fit_data)
     loss_fn = make_distill_loss(teacher, cfg.alpha, cfg.beta, cfg.temperature, cfg.hidden_weight, teacher_ctx)
-    val_loss = train_loop(cfg, student, rt, loss_fn, tokenizer, ckpt, hooks, start_seconds=fit_seconds)
-    if rt.ddp:
-        import torch.distributed as dist
-        dist.destroy_process_group()
-    return val_loss
+    return train(cfg, student, rt, loss_fn, tokenizer, ckpt, hooks, start_seconds=fit_seconds)
 
 
 if __name__ == "__main__":

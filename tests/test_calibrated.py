@@ -15,6 +15,7 @@ from conftest import REPO
 from decompose import aware_factors, decompose_model, init_factors, output_error, whitening
 from kron_decomp import collect_moments
 from kronecker import KronShape, kron_shape, kron_sum
+from hf_io import load_pretrained
 from model import GPT
 from planner import allocate, lowrank_curves, matrices, curve_error
 
@@ -98,7 +99,7 @@ def test_singular_or_zero_covariance_gives_finite_factors():
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
 def test_calibration_moments_equal_a_direct_computation(fixture, request):
-    model = GPT.from_pretrained(request.getfixturevalue(fixture)).eval()
+    model = load_pretrained(request.getfixturevalue(fixture)).eval()
     torch.manual_seed(0)
     batches = [torch.randint(0, 256, (2, 16)) for _ in range(3)]
     inputs = {}
@@ -122,7 +123,7 @@ def test_calibration_moments_equal_a_direct_computation(fixture, request):
 
 
 def test_block_runner_reproduces_the_forward(tiny_llama_dir):
-    model = GPT.from_pretrained(tiny_llama_dir).eval()
+    model = load_pretrained(tiny_llama_dir).eval()
     x = torch.randint(0, 256, (2, 16))
     runner = BlockRunner(model, [x])
     for b in range(model.config.n_layer):
@@ -135,7 +136,7 @@ def test_block_runner_reproduces_the_forward(tiny_llama_dir):
 
 @pytest.mark.parametrize("sequential", [False, True])
 def test_full_rank_aware_reproduces_the_model(tiny_llama_dir, sequential):
-    dense = GPT.from_pretrained(tiny_llama_dir).eval()   # MLP 64 <-> 96
+    dense = load_pretrained(tiny_llama_dir).eval()   # MLP 64 <-> 96
     batches = [torch.randint(0, 256, (2, 16)) for _ in range(2)]
     kw = dict(calib=batches, sequential=True) if sequential else \
         dict(moments=collect_moments(dense, batches, {0, 1}))
@@ -146,7 +147,7 @@ def test_full_rank_aware_reproduces_the_model(tiny_llama_dir, sequential):
 
 
 def test_allocation_meets_the_budget_and_beats_uniform_on_its_objective(tiny_llama_dir):
-    dense = GPT.from_pretrained(tiny_llama_dir).eval()
+    dense = load_pretrained(tiny_llama_dir).eval()
     torch.manual_seed(0)
     batches = [torch.randint(0, 256, (4, 16)) for _ in range(4)]
     moments = collect_moments(dense, batches, {0, 1})
@@ -217,7 +218,7 @@ def test_fisher_low_rank_minimises_the_predicted_loss_increase():
 
 def test_output_gradient_moments_equal_a_direct_computation(tiny_llama_dir):
     from calib import output_gradient_moments
-    model = GPT.from_pretrained(tiny_llama_dir).eval()
+    model = load_pretrained(tiny_llama_dir).eval()
     x = torch.randint(0, 256, (2, 9))
     mods = {f"{b}.{n}": getattr(model.transformer.h[b].mlp, n) for b in range(2) for n in ("up_proj", "down_proj")}
     G = output_gradient_moments(model, [x], mods)
@@ -243,7 +244,7 @@ def test_output_gradient_moments_equal_a_direct_computation(tiny_llama_dir):
 @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
 def test_permuting_hidden_units_preserves_the_function(fixture, request):
     from permute import permute_mlp
-    model = GPT.from_pretrained(request.getfixturevalue(fixture)).eval()
+    model = load_pretrained(request.getfixturevalue(fixture)).eval()
     idx = torch.randint(0, 256, (2, 12))
     before = model(idx, all_logits=True)[0]
     for block in model.transformer.h:
@@ -252,7 +253,7 @@ def test_permuting_hidden_units_preserves_the_function(fixture, request):
 
 
 def test_full_rank_decomposition_with_permutation_reproduces_the_logits(tiny_gpt2_dir):
-    dense = GPT.from_pretrained(tiny_gpt2_dir).eval()   # MLP 32 <-> 128
+    dense = load_pretrained(tiny_gpt2_dir).eval()   # MLP 32 <-> 128
     s = kron_shape(128, 32, 16, 8)
     kron, rows = decompose_model(dense, s.max_rank, (16, 8), "vl", permute=True)
     assert all("permute_error_after" in r for r in rows)
@@ -264,7 +265,7 @@ def test_permutation_recovers_shuffled_kronecker_structure(tiny_gpt2_dir):
     """c_fc and c_proj built as exact (32,32)x(4,1) and (32,32)x(1,4) products, then their hidden units
     shuffled: the permutation search must find an order that is (nearly) exact again."""
     from permute import find_permutation, permute_mlp, unit_features
-    model = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    model = load_pretrained(tiny_gpt2_dir).eval()
     mlp, fam = model.transformer.h[0].mlp, model.config.family
     torch.manual_seed(0)
     with torch.no_grad():

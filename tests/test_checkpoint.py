@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from checkpoint import load_checkpoint, load_model, save_checkpoint
+from errors import CheckpointError
 from model import GPT, GPTConfig
 
 TINY = dict(n_layer=2, n_head=2, n_embd=16, vocab_size=50, block_size=16)
@@ -56,7 +57,7 @@ def test_failed_write_keeps_previous(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="could not write"):  # one sentence, not a traceback
         save_checkpoint(path, GPT(GPTConfig(**TINY)), iter_num=2)
     monkeypatch.undo()
     assert load_checkpoint(path)["iter_num"] == 1

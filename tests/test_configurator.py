@@ -5,9 +5,10 @@ import os
 
 import pytest
 
-from configurator import ConfigError, configure
+from configurator import configure
+from errors import ConfigError
 from conftest import REPO
-from training import TrainConfig
+from trainer import TrainConfig
 
 
 def test_overrides_and_types():

@@ -15,6 +15,7 @@ from conftest import REPO
 from distill import collect_mlp_activations, fit_layers, make_distill_loss
 from decompose import decompose_model
 from kronecker import kron_shape
+from hf_io import load_pretrained
 from model import GPT
 
 TINY = ["--block_size=32", "--batch_size=4", "--eval_tokens=1024", "--log_interval=1", "--warmup_iters=2",
@@ -31,7 +32,7 @@ def records(out, kind):
 
 
 def test_loss_is_zero_when_student_equals_teacher(tiny_gpt2_dir):
-    teacher = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    teacher = load_pretrained(tiny_gpt2_dir).eval()
     student, _ = decompose_model(teacher, kron_shape(128, 32, 16, 8).max_rank, (16, 8), "vl")
     loss_fn = make_distill_loss(teacher, alpha=0.0, beta=1.0, temperature=2.0, hidden_weight=1.0,
                                 teacher_ctx=nullcontext())
@@ -45,7 +46,7 @@ def test_loss_is_zero_when_student_equals_teacher(tiny_gpt2_dir):
 
 def test_layerwise_fitting_lowers_every_layer_mse(tiny_gpt2_dir):
     torch.manual_seed(0)
-    teacher = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    teacher = load_pretrained(tiny_gpt2_dir).eval()
     student, _ = decompose_model(teacher, 1, (16, 8), "random")
     layers = range(teacher.config.n_layer)
     fit = collect_mlp_activations(teacher, [torch.randint(0, 256, (8, 32)) for _ in range(4)], layers, "cpu")

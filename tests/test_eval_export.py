@@ -12,7 +12,7 @@ from checkpoint import save_checkpoint
 from conftest import REPO
 from data_utils import write_meta, write_tokens
 from eval import stream_loss, windows
-from hf_io import export_hf
+from hf_io import export_hf, load_pretrained
 from decompose import decompose_model
 from model import GPT, GPTConfig
 
@@ -67,7 +67,7 @@ def test_eval_file_equals_trainer_validation(tmp_path):
 @pytest.mark.parametrize("fixture,shape", [("tiny_gpt2_dir", (16, 8)), ("tiny_llama_dir", (12, 8))])
 def test_export_round_trip(fixture, shape, request, tmp_path):
     from transformers import AutoModelForCausalLM
-    dense = GPT.from_pretrained(request.getfixturevalue(fixture))
+    dense = load_pretrained(request.getfixturevalue(fixture))
     kron, _ = decompose_model(dense, 2, shape, "vl_norm", scalars=True)
     export_hf(kron.eval(), tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()

@@ -14,11 +14,12 @@ from decompose import decompose_model, init_factors
 from kron_decomp import parse_count
 from planner import list_shapes, plan_for_target, planned_params
 from kronecker import kron_shape, kron_sum, rearrange
+from hf_io import load_pretrained
 from model import GPT, GPTConfig
 
 
 def test_full_rank_vl_reproduces_model(tiny_gpt2_dir):
-    dense = GPT.from_pretrained(tiny_gpt2_dir).eval()  # MLP 32 <-> 128
+    dense = load_pretrained(tiny_gpt2_dir).eval()  # MLP 32 <-> 128
     s = kron_shape(128, 32, 16, 8)                      # B is (8, 4): max rank min(128, 32) = 32
     kron, rows = decompose_model(dense, s.max_rank, (16, 8), "vl")
     assert all(r["rel_error"] < 1e-6 for r in rows)
@@ -30,7 +31,7 @@ def test_full_rank_vl_reproduces_model(tiny_gpt2_dir):
 
 
 def test_vl_error_is_the_discarded_singular_values(tiny_gpt2_dir):
-    dense = GPT.from_pretrained(tiny_gpt2_dir)
+    dense = load_pretrained(tiny_gpt2_dir)
     W = dense.transformer.h[0].mlp.c_fc.weight.detach().double()
     s = kron_shape(128, 32, 16, 8)
     S = torch.linalg.svdvals(rearrange(W, s))
@@ -42,7 +43,7 @@ def test_vl_error_is_the_discarded_singular_values(tiny_gpt2_dir):
 
 @pytest.mark.parametrize("scalars", [False, True])
 def test_vl_norm_keeps_the_norm(tiny_gpt2_dir, scalars):
-    dense = GPT.from_pretrained(tiny_gpt2_dir)
+    dense = load_pretrained(tiny_gpt2_dir)
     kron, rows = decompose_model(dense, 2, (16, 8), "vl_norm", scalars=scalars)
     assert all(r["norm_ratio"] == pytest.approx(1.0, abs=1e-5) for r in rows)
     _, plain = decompose_model(dense, 2, (16, 8), "vl")
@@ -55,7 +56,7 @@ def test_vl_norm_keeps_the_norm(tiny_gpt2_dir, scalars):
 
 @pytest.mark.parametrize("keep,eps", [("even", 0.0), ("odd", 0.0), ("even", 0.1)])
 def test_prune_keeps_even_or_odd_features(tiny_gpt2_dir, keep, eps):
-    dense = GPT.from_pretrained(tiny_gpt2_dir)
+    dense = load_pretrained(tiny_gpt2_dir)
     kron, _ = decompose_model(dense, 1, (128, 16), "prune", prune_keep=keep, prune_eps=eps)  # (128,16)x(1,2)
     k = 0 if keep == "even" else 1
     for i in range(2):

@@ -9,6 +9,7 @@ from conftest import make_llama, save_hf
 from decompose import decompose_model
 from planner import list_shapes, plan_for_target, planned_params
 from kronecker import kron_shape
+from hf_io import load_pretrained
 from model import GPT
 
 
@@ -16,7 +17,7 @@ from model import GPT
 def test_llama_matches_hf(tmp_path, tie, n_kv):
     hf = make_llama(tie=tie, n_kv_head=n_kv).eval()
     path = save_hf(hf, tmp_path)
-    model = GPT.from_pretrained(path).eval()
+    model = load_pretrained(path).eval()
     assert model.config.arch == "llama" and model.config.tie_embeddings == tie and model.config.n_kv_head == n_kv
     idx = torch.randint(0, 256, (2, 20))
     logits, _ = model(idx, all_logits=True)
@@ -26,7 +27,7 @@ def test_llama_matches_hf(tmp_path, tie, n_kv):
 
 
 def test_kronecker_swiglu_full_rank_reproduces(tiny_llama_dir):
-    dense = GPT.from_pretrained(tiny_llama_dir).eval()  # 64 <-> 96
+    dense = load_pretrained(tiny_llama_dir).eval()  # 64 <-> 96
     s = kron_shape(96, 64, 12, 8)                         # B (8, 8): max rank 64
     kron, rows = decompose_model(dense, s.max_rank, (12, 8), "vl")
     assert [r["matrix"] for r in rows[:3]] == ["gate_proj", "up_proj", "down_proj"]
@@ -37,9 +38,9 @@ def test_kronecker_swiglu_full_rank_reproduces(tiny_llama_dir):
 
 
 def test_llama_plans_and_counts(tiny_llama_dir):
-    cfg = GPT.from_pretrained(tiny_llama_dir).config
+    cfg = load_pretrained(tiny_llama_dir).config
     s, _, _, counts = list_shapes(cfg)[3]
-    dense, _ = decompose_model(GPT.from_pretrained(tiny_llama_dir), 1, (s.m1, s.n1), "vl")
+    dense, _ = decompose_model(load_pretrained(tiny_llama_dir), 1, (s.m1, s.n1), "vl")
     assert dense.param_counts()["total"] == counts[0] == planned_params(cfg, 1, (s.m1, s.n1))
     total, f, s = plan_for_target(cfg, 60000)[0]
     assert abs(total - 60000) <= 600

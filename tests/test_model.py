@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from checkpoint import load_model
+from hf_io import load_pretrained
 from model import GPT, GPTConfig
 
 
@@ -15,14 +16,14 @@ def hf_logits(path, idx):
 @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "odd_gpt2_dir"])
 def test_gpt2_matches_hf(fixture, request):
     path = request.getfixturevalue(fixture)
-    model = GPT.from_pretrained(path).eval()
+    model = load_pretrained(path).eval()
     idx = torch.randint(0, model.config.vocab_size, (2, 24))
     logits, _ = model(idx, all_logits=True)
     torch.testing.assert_close(logits, hf_logits(path, idx), atol=1e-5, rtol=0)
 
 
 def test_forward_modes(tiny_gpt2_dir):
-    model = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    model = load_pretrained(tiny_gpt2_dir).eval()
     idx = torch.randint(0, 256, (2, 10))
     full, _ = model(idx, all_logits=True)
     last, loss = model(idx)
@@ -35,7 +36,7 @@ def test_forward_modes(tiny_gpt2_dir):
 
 
 def test_kv_cache_generation_matches_recompute(tiny_gpt2_dir):
-    model = GPT.from_pretrained(tiny_gpt2_dir).eval()
+    model = load_pretrained(tiny_gpt2_dir).eval()
     idx = torch.randint(0, 256, (2, 5))
     a = model.generate(idx, 12, temperature=0, use_cache=True)
     b = model.generate(idx, 12, temperature=0, use_cache=False)
@@ -43,7 +44,7 @@ def test_kv_cache_generation_matches_recompute(tiny_gpt2_dir):
 
 
 def test_load_model_dispatch_errors(tmp_path):
-    from checkpoint import CheckpointError
+    from errors import CheckpointError
     with pytest.raises(CheckpointError, match="neither an existing checkpoint"):
         load_model(str(tmp_path / "nothing.pt"))
     (tmp_path / "empty").mkdir()

@@ -24,7 +24,7 @@ def test_char_tokenizer_round_trip():
     tok = tokenizer.get_tokenizer({"kind": "char", "chars": "\n abc"})
     assert tok.encode("ab c") == [2, 3, 1, 4]
     assert tok.decode([2, 3, 1, 4]) == "ab c"
-    with pytest.raises(ValueError, match="not in this character-level vocabulary"):
+    with pytest.raises(UserError, match="not in this character-level vocabulary"):
         tok.encode("xyz")
 
 

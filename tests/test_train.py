@@ -12,10 +12,10 @@ import torch
 
 import train
 from checkpoint import load_checkpoint, save_checkpoint
-from configurator import UserError
+from errors import UserError
 from conftest import REPO
 from model import GPT, GPTConfig
-from training import TrainConfig, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule
+from trainer import TrainConfig, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_tokens=1024",
         "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--min_lr=3e-4"]
@@ -125,7 +125,7 @@ def test_sigterm_saves_and_resumes(tiny_data_dir, tmp_path):
         time.sleep(0.2)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
+    assert p.returncode == 128 + signal.SIGTERM, err  # saved, then a distinct code: requeue with resume
     stop = records(tmp_path, "stop")[0]
     assert load_checkpoint(tmp_path / "last.pt")["iter_num"] == stop["iter"] >= 3
     assert "init_from='resume'" in out

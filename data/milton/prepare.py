@@ -20,7 +20,8 @@ import tarfile
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from configurator import UserError, run_cli  # noqa: E402
+from configurator import run_cli  # noqa: E402
+from errors import UserError  # noqa: E402
 from data_utils import REPO, write_meta, write_tokens  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 

@@ -16,7 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from configurator import UserError, run_cli  # noqa: E402
+from configurator import run_cli  # noqa: E402
+from errors import UserError  # noqa: E402
 from data_utils import write_meta  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 

@@ -1,0 +1,612 @@
+"""
+The trainer shared by train.py and train_distillation.py: settings, the model to start from, parameter
+groups and schedules, evaluation, and the loop. The loop is nanoGPT's, written as a few named steps over
+one small state object:
+
+    run = start_run(cfg, model, rt, tokenizer, ckpt)     # data, validation sets, optimizer, logger, resume
+    while True:
+        prepare_iteration(run, hooks)     # progressive replacement, freeze schedule, learning rate
+        evaluate_and_save(run, hooks)     # every eval_interval: validation loss(es), last.pt, best.pt
+        if run.done: break
+        optimisation_step(run, loss_fn)   # gradient accumulation, clipping, one AdamW step, logging
+        check_stop(run)                   # SIGTERM/SIGINT: save and raise Stopped; max_seconds: finish
+
+Parameter groups: 'new' holds every factorised layer's own new parameters (Kronecker factors and scalars,
+Factorized.new_parameters); 'pretrained' holds everything else. Each has its own learning rate and weight
+decay; both follow one warmup + cosine multiplier. Freezing sets requires_grad=False, so a frozen tensor
+gets no gradient, AdamW skips it (no decay, no moment update, no new state) and it stays bitwise unchanged.
+"""
+
+import math
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from checkpoint import load_checkpoint, load_model, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from configurator import as_dict
+from data_utils import REPO, TokenData, batch_seed, dataset_dir
+from errors import CheckpointError, ConfigError, Stopped, UserError
+from model import GPT, GPTConfig
+from tokenizer import same_tokenizer
+
+
+@dataclass
+class TrainConfig:
+    # -- I/O
+    out_dir: str = "out"            # checkpoints (last.pt, best.pt) and log.jsonl
+    init_from: str = "scratch"      # 'scratch', 'resume' (out_dir/last.pt), a checkpoint, HF dir or hub name
+    eval_interval: int = 250        # evaluate and write last.pt every this many iterations
+    log_interval: int = 10          # console / JSONL line every this many iterations
+    eval_tokens: int = 131072       # size of the fixed validation set (first tokens of val.bin)
+    eval_datasets: str = ""         # more prepared datasets (comma-separated) whose fixed validation sets are
+                                    # evaluated at every eval and logged as val_loss_<name>; never trained on
+    eval_only: bool = False         # print the validation loss of init_from and exit
+    always_save_checkpoint: bool = True  # write last.pt at every eval, not only when val improves
+    max_seconds: float = 0.0        # stop (and save) after this much training time; 0 = no limit
+    wandb_log: bool = False         # wandb is optional and imported only when this is on
+    wandb_project: str = "kronygpt"
+    wandb_run_name: str = "run"
+    # -- data
+    dataset: str = "shakespeare"    # data/<dataset>/ (or a path) with train.bin, val.bin, meta.pkl
+    gradient_accumulation_steps: int = 1  # micro-steps per iteration, summed over all DDP ranks
+    batch_size: int = 8             # sequences per micro-step per rank
+    block_size: int = 256           # tokens per sequence
+    # -- model, for init_from='scratch' (other inits take the architecture of what they load)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    bias: bool = True
+    kron_factors: int = 0           # >0: a scratch model with Kronecker MLPs of this many factors
+    kron_shape: tuple = ()          # (m1, n1) of c_fc's first factor
+    kron_scalars: bool = False
+    dropout: float = 0.0            # applied to any init_from
+    # -- optimiser: AdamW, two parameter groups
+    max_iters: int = 1000
+    learning_rate: float = 6e-4     # peak learning rate of the 'pretrained' group
+    new_learning_rate: float = -1.0 # peak learning rate of the 'new' group (Kronecker factors); <0: learning_rate
+    min_lr: float = 6e-5            # the cosine ends at min_lr / learning_rate of each group's peak
+    weight_decay: float = 0.1       # 'pretrained' group (2-D+ tensors only; biases and norms never decay)
+    new_weight_decay: float = -1.0  # 'new' group; <0: weight_decay
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0          # clip the global gradient norm; 0 = off
+    decay_lr: bool = True           # warmup + cosine; False = constant
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0         # 0 = max_iters
+    # -- freezing: phases 'freeze:N' / 'release:N', comma-separated, '*K' repeats the list K times;
+    #    after the last phase everything trains. e.g. 'freeze:100,release:100*3'
+    freeze_schedule: str = ""
+    freeze_group: str = "pretrained"  # which group a 'freeze' phase freezes: 'pretrained' or 'new'
+    # -- system
+    device: str = "auto"            # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
+    dtype: str = "auto"             # 'auto': bfloat16 on CUDA if supported, else float16; float32 on CPU
+    compile: bool = False           # torch.compile the model (checkpoints never carry its prefix)
+    seed: int = 1337
+    peak_tflops: float = 312.0      # for MFU, per device: peak (A100 bf16 = 312, H100/H200 dense bf16 ~ 990)
+
+    def validate(self):
+        parse_freeze_schedule(self.freeze_schedule)
+        if self.freeze_group not in ("pretrained", "new"):
+            raise ConfigError(f"freeze_group must be 'pretrained' or 'new', got {self.freeze_group!r}")
+        for name in ("batch_size", "block_size", "eval_interval", "log_interval", "eval_tokens",
+                     "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "max_seconds", "learning_rate", "min_lr",
+                     "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not value >= 0 or value == float("inf"):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
+            raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.decay_lr and self.learning_rate > 0 and self.min_lr > self.learning_rate:
+            raise ConfigError(f"min_lr {self.min_lr} is above learning_rate {self.learning_rate}; lower min_lr")
+        if self.init_from == "resume" and not os.path.isfile(os.path.join(self.out_dir, "last.pt")):
+            raise CheckpointError(f"init_from='resume' needs {self.out_dir}/last.pt; run without resume first "
+                                  f"or fix out_dir")
+        if self.init_from not in ("scratch", "resume") and not self.eval_only:
+            src = os.path.abspath(self.init_from)
+            src_dir = src if os.path.isdir(src) else os.path.dirname(src)
+            if os.path.exists(src) and os.path.abspath(self.out_dir) == src_dir:
+                raise ConfigError(f"out_dir {self.out_dir} holds the checkpoint init_from starts from, and training "
+                                  f"would overwrite it; choose another out_dir (or init_from='resume' to continue)")
+
+
+# -----------------------------------------------------------------------------
+# schedules
+
+def parse_freeze_schedule(text):
+    """'freeze:100,release:50*3' -> [('freeze', 100), ('release', 50)] * 3."""
+    if not text.strip():
+        return []
+    body, _, reps = text.partition("*")
+    try:
+        phases = []
+        for part in body.split(","):
+            kind, n = part.strip().split(":")
+            if kind.strip() not in ("freeze", "release") or int(n) < 0:
+                raise ValueError
+            phases.append((kind.strip(), int(n)))
+        return phases * (int(reps) if reps.strip() else 1)
+    except ValueError:
+        raise ConfigError(f"freeze_schedule {text!r} is not like 'freeze:100,release:100*3'") from None
+
+
+def is_frozen(schedule, it):
+    """Whether iteration `it` falls in a 'freeze' phase."""
+    start = 0
+    for kind, n in schedule:
+        if it < start + n:
+            return kind == "freeze"
+        start += n
+    return False
+
+
+def lr_multiplier(cfg, it):
+    """Linear warmup to 1, then cosine down to min_lr/learning_rate, then flat."""
+    if not cfg.decay_lr:
+        return 1.0
+    if it < cfg.warmup_iters:
+        return (it + 1) / (cfg.warmup_iters + 1)
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    floor = cfg.min_lr / cfg.learning_rate if cfg.learning_rate > 0 else 1.0
+    if it >= decay_iters:
+        return floor
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1 - floor)
+
+
+# -----------------------------------------------------------------------------
+# parameter groups
+
+def param_groups(model, cfg):
+    """AdamW groups: new/pretrained x decay/no-decay (2-D and larger tensors decay)."""
+    lrs = {"pretrained": cfg.learning_rate,
+           "new": cfg.new_learning_rate if cfg.new_learning_rate >= 0 else cfg.learning_rate}
+    wds = {"pretrained": cfg.weight_decay,
+           "new": cfg.new_weight_decay if cfg.new_weight_decay >= 0 else cfg.weight_decay}
+    new, buckets = model.new_parameter_names(), {}
+    for name, p in model.named_parameters():
+        kind = "new" if name in new else "pretrained"
+        buckets.setdefault((kind, p.dim() >= 2), []).append(p)
+    return [dict(params=ps, name=f"{kind}{'' if decay else '_no_decay'}", kind=kind, base_lr=lrs[kind],
+                 lr=lrs[kind], weight_decay=wds[kind] if decay else 0.0)
+            for (kind, decay), ps in sorted(buckets.items())]
+
+
+def make_optimizer(model, cfg, device_type):
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                             fused=device_type == "cuda")
+
+
+def rebuild_optimizer(old, model, cfg, device_type):
+    """A new optimizer over the current parameters, keeping the state of those that survive."""
+    new = make_optimizer(model, cfg, device_type)
+    for group in new.param_groups:
+        for p in group["params"]:
+            if p in old.state:
+                new.state[p] = old.state[p]
+    return new
+
+
+def set_frozen(model, group, frozen):
+    """requires_grad=False on every parameter of `group` ('new' or 'pretrained') when frozen."""
+    new = model.new_parameter_names()
+    for name, p in model.named_parameters():
+        if ("new" if name in new else "pretrained") == group:
+            p.requires_grad_(not frozen)
+
+
+# -----------------------------------------------------------------------------
+# the model to start from
+
+def crop_block_size(model, block_size):
+    """Use a shorter context than the model was made for (GPT-2: 1024 -> 256 for a CPU run)."""
+    cfg = model.config
+    if block_size > cfg.block_size:
+        raise ConfigError(f"block_size {block_size} exceeds the model's {cfg.block_size}; lower block_size")
+    if block_size == cfg.block_size:
+        return model
+    model.config = GPTConfig.from_dict({**cfg.to_dict(), "block_size": block_size})
+    if cfg.family.positions == "learned":
+        model.transformer.wpe.weight = torch.nn.Parameter(model.transformer.wpe.weight[:block_size].detach().clone())
+    else:
+        model.rope_cos = model.rope_cos[:block_size]
+        model.rope_sin = model.rope_sin[:block_size]
+    return model
+
+
+def check_data_fits(data, model, name):
+    """One clear error when the dataset was tokenised for another model (ids it cannot embed, or another
+    tokenizer family)."""
+    meta, vocab = data.meta, model.config.vocab_size
+    if meta["vocab_size"] > vocab:
+        raise UserError(f"dataset {name} has vocabulary {meta['vocab_size']} ({meta['tokenizer']}) but the model only "
+                        f"{vocab}; prepare the data with the model's tokenizer")
+    verdict = same_tokenizer(meta["tokenizer"], getattr(model, "tokenizer_name", None))
+    if verdict is False:
+        raise UserError(f"dataset {name} was tokenised with {describe_tokenizer(meta['tokenizer'])} but the model "
+                        f"uses {describe_tokenizer(model.tokenizer_name)}; prepare the data with the model's "
+                        f"tokenizer (data/*/prepare.py --tokenizer=...)")
+
+
+def describe_tokenizer(spec):
+    return f"a {len(spec['chars'])}-character vocabulary" if isinstance(spec, dict) else repr(spec)
+
+
+def init_model(cfg, rt):
+    """(model on rt.device in train mode, resume checkpoint or None, tokenizer spec) for cfg.init_from."""
+    data = TokenData(dataset_dir(cfg.dataset))
+    ckpt = None
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    if cfg.init_from == "scratch":
+        model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                              vocab_size=data.meta["vocab_size"], dropout=cfg.dropout, bias=cfg.bias,
+                              kron_factors=cfg.kron_factors, kron_shape=cfg.kron_shape, kron_scalars=cfg.kron_scalars))
+        model.tokenizer_name = data.meta["tokenizer"]
+    elif cfg.init_from == "resume":
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"))
+        if ckpt.get("optimizer") is None:
+            raise CheckpointError(f"{cfg.out_dir}/last.pt holds no optimizer state (a decomposition or export "
+                                  f"checkpoint?); start from it with init_from=PATH instead of 'resume'")
+        model = model_from_checkpoint(ckpt, dropout=cfg.dropout)
+    else:
+        model = load_model(cfg.init_from).set_dropout(cfg.dropout)
+    check_data_fits(data, model, cfg.dataset)
+    crop_block_size(model, cfg.block_size)
+    return model.to(rt.device).train(), ckpt, getattr(model, "tokenizer_name", data.meta["tokenizer"])
+
+
+# -----------------------------------------------------------------------------
+# evaluation and logging
+
+@torch.no_grad()
+def evaluate(model, val, rt, batch_size):
+    """Mean cross-entropy over the fixed validation windows; windows are split across ranks and the
+    sums all-reduced, so the number is the same for any world size."""
+    x_all, y_all = val
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    mine = list(range(rt.rank, len(x_all), rt.world_size))
+    for i in range(0, len(mine), batch_size):
+        sel = mine[i:i + batch_size]
+        x, y = x_all[sel].to(rt.device), y_all[sel].to(rt.device)
+        with rt.ctx:
+            _, loss = model(x, y)
+        total[0] += loss.double() * y.numel()
+        total[1] += y.numel()
+    if rt.ddp:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
+
+
+def extra_val_sets(cfg, model):
+    """{'val_loss_<name>': fixed validation windows} of cfg.eval_datasets."""
+    out = {}
+    for name in filter(None, (n.strip() for n in cfg.eval_datasets.split(","))):
+        data = TokenData(dataset_dir(name))
+        check_data_fits(data, model, name)
+        out[f"val_loss_{os.path.basename(name.rstrip('/'))}"] = data.val_windows(cfg.block_size, cfg.eval_tokens)
+    return out
+
+
+def git_hash():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Logger:
+    """Console lines on rank 0, one JSON object per line in out_dir/log.jsonl, and wandb if asked."""
+
+    def __init__(self, cfg, rt, config_dict):
+        self.master, self.wandb = rt.master, None
+        self.path = os.path.join(cfg.out_dir, "log.jsonl")
+        if not self.master:
+            return
+        if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+            raise ConfigError(f"out_dir {cfg.out_dir} is a file; choose a directory name")
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if cfg.wandb_log:
+            import wandb  # lazily: optional dependency; honours WANDB_MODE=offline/disabled
+            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=config_dict)
+
+    def log(self, record, line=None):
+        if not self.master:
+            return
+        if line:
+            print(line, flush=True)
+        import json
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("iter"))
+
+
+# -----------------------------------------------------------------------------
+# the loop
+
+class StopSignal:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the end of the iteration and stops."""
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        self.signum = signum
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Run:
+    """Everything one training run carries from iteration to iteration."""
+    cfg: object
+    raw: object                  # the plain GPT (no DDP / compile wrapper): saved, evaluated, counted
+    rt: object
+    tokenizer: object
+    data: object
+    val: tuple
+    extra_vals: dict
+    optimizer: object
+    scaler: object
+    logger: object
+    stop: object
+    config: dict
+    tokens_per_iter: int
+    local_accum: int
+    schedule: list
+    model: object = None         # raw wrapped for the current freeze phase (DDP and/or compile)
+    frozen: object = None        # the freeze phase the wrapper was built for
+    iter_num: int = 0
+    best_val: float = float("inf")
+    train_seconds: float = 0.0
+    val_loss: float = float("nan")
+    last_eval: int = -1
+    budget_done: bool = False
+    done: bool = False
+    losses: list = field(default_factory=list)
+
+
+def start_run(cfg, model, rt, tokenizer, ckpt=None, start_seconds=0.0):
+    """The Run: data, fixed validation sets, optimizer (resumed from ckpt), logger and the start record."""
+    if cfg.gradient_accumulation_steps % rt.world_size:
+        raise ConfigError(f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} must be a multiple of "
+                          f"the number of processes {rt.world_size}")
+    data = TokenData(dataset_dir(cfg.dataset))
+    if not cfg.eval_only:
+        data.check("train")
+    config = as_dict(cfg)
+    run = Run(cfg=cfg, raw=model, rt=rt, tokenizer=tokenizer, data=data,
+              val=data.val_windows(cfg.block_size, cfg.eval_tokens), extra_vals=extra_val_sets(cfg, model),
+              optimizer=make_optimizer(model, cfg, rt.device_type),
+              scaler=torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == "float16"),
+              logger=Logger(cfg, rt, config), stop=StopSignal(), config=config,
+              tokens_per_iter=cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size,
+              local_accum=cfg.gradient_accumulation_steps // rt.world_size,
+              schedule=parse_freeze_schedule(cfg.freeze_schedule), train_seconds=start_seconds)
+    counts = model.param_counts()
+    run.logger.log(dict(type="start", config=config, model_args=model.config.to_dict(), params=counts, git=git_hash(),
+                        torch=torch.__version__, world_size=rt.world_size, tokens_per_iter=run.tokens_per_iter,
+                        val_tokens=run.val[1].numel()),
+                   line=f"tokens per iteration {run.tokens_per_iter:,} | parameters {counts['total']:,} "
+                        f"({counts['tying']}) | validation set {run.val[1].numel():,} tokens | git {git_hash()}")
+    if ckpt is not None:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.iter_num, run.best_val = ckpt["iter_num"], ckpt["best_val_loss"] or float("inf")
+        run.train_seconds = ckpt["extra"].get("train_seconds", 0.0)
+        rngs = ckpt["rng"]
+        if isinstance(rngs, list) and len(rngs) == rt.world_size:
+            set_rng_state(rngs[rt.rank])
+        run.logger.log(dict(type="resume", iter=run.iter_num),
+                       line=f"resumed from {cfg.out_dir}/last.pt at iter {run.iter_num}")
+    else:
+        torch.manual_seed(cfg.seed + rt.rank)
+    return run
+
+
+def save(run, name, val_loss):
+    """Write out_dir/name with everything needed to resume exactly (every rank's RNG state)."""
+    rngs = [None] * run.rt.world_size
+    if run.rt.ddp:
+        dist.all_gather_object(rngs, rng_state())
+    else:
+        rngs = [rng_state()]
+    if run.rt.master:
+        save_checkpoint(os.path.join(run.cfg.out_dir, name), run.raw, tokenizer=run.tokenizer,
+                        optimizer=run.optimizer, iter_num=run.iter_num, best_val_loss=run.best_val, config=run.config,
+                        rng=rngs, extra=dict(train_seconds=run.train_seconds, val_loss=val_loss))
+
+
+def link_best(out_dir):
+    """best.pt := last.pt, by a hard link renamed into place (atomic, no second copy on disk)."""
+    last, best = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
+    tmp = best + f".tmp{os.getpid()}"
+    try:
+        os.link(last, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(last, tmp)
+    os.replace(tmp, best)
+
+
+def prepare_iteration(run, hooks):
+    """Progressive replacement (hooks), the freeze phase (rewrapping the model when it changes), and the
+    learning rate of this iteration."""
+    cfg, raw = run.cfg, run.raw
+    if hooks is not None and hooks.before_iter(run.iter_num, raw):
+        run.optimizer = rebuild_optimizer(run.optimizer, raw, cfg, run.rt.device_type)
+        run.frozen = None
+    want = is_frozen(run.schedule, run.iter_num)
+    if want != run.frozen:
+        set_frozen(raw, cfg.freeze_group, want)
+        if not any(p.requires_grad for p in raw.parameters()):
+            raise ConfigError(f"freezing the '{cfg.freeze_group}' group leaves nothing to train "
+                              f"(a dense model has no 'new' parameters); drop freeze_schedule")
+        m = torch.compile(raw) if cfg.compile else raw
+        if run.rt.ddp:
+            m = DDP(m, device_ids=[run.rt.local_rank] if run.rt.device_type == "cuda" else None)
+        run.frozen, run.model = want, m
+    mult = lr_multiplier(cfg, run.iter_num)
+    for g in run.optimizer.param_groups:
+        g["lr"] = g["base_lr"] * mult
+
+
+def evaluate_and_save(run, hooks):
+    """At every eval_interval and at the end: validation loss(es), the eval record, last.pt (and best.pt
+    when it improved). Sets run.done at the end of training (or after the one eval of eval_only)."""
+    cfg, raw = run.cfg, run.raw
+    at_end = run.iter_num >= cfg.max_iters or run.budget_done
+    if (run.iter_num % cfg.eval_interval == 0 or at_end) and run.last_eval != run.iter_num:
+        run.last_eval = run.iter_num
+        run.val_loss = evaluate(raw, run.val, run.rt, cfg.batch_size)
+        extra = {k: evaluate(raw, v, run.rt, cfg.batch_size) for k, v in run.extra_vals.items()}
+        extra.update(hooks.eval_extra(raw, run.val, run.rt, cfg) if hooks else {})
+        train_loss = sum(run.losses) / len(run.losses) if run.losses else float("nan")
+        run.logger.log(dict(type="eval", iter=run.iter_num, val_loss=run.val_loss, train_loss=train_loss,
+                            tokens=run.iter_num * run.tokens_per_iter, train_seconds=run.train_seconds, **extra),
+                       line=f"step {run.iter_num}: val loss {run.val_loss:.4f}"
+                            + (f", train loss {train_loss:.4f}" if run.losses else "")
+                            + "".join(f", {k} {v:.4f}" if isinstance(v, float) else f", {k} {v}"
+                                      for k, v in extra.items()))
+        if cfg.eval_only:
+            run.done = True
+            return
+        improved = run.val_loss < run.best_val
+        run.best_val = min(run.best_val, run.val_loss)
+        if run.iter_num > 0 and (improved or cfg.always_save_checkpoint):
+            save(run, "last.pt", run.val_loss)
+            if improved and run.rt.master:
+                link_best(cfg.out_dir)
+    run.done = run.done or at_end
+
+
+def group_stats(optimizer, before):
+    """Per-kind ('new', 'pretrained') gradient norm and update/weight norm ratio of the last step
+    (one device sync for all of them)."""
+    sums = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and id(p) in before:
+                old = before[id(p)]
+                sums.setdefault(group["kind"], []).append(torch.stack(
+                    [p.grad.float().pow(2).sum(), (p.detach().float() - old).pow(2).sum(), old.pow(2).sum()]))
+    stats = {}
+    for kind, parts in sums.items():
+        g2, u2, w2 = torch.stack(parts).sum(0).tolist()
+        if w2 > 0:
+            stats[f"grad_norm_{kind}"] = math.sqrt(g2)
+            stats[f"update_ratio_{kind}"] = math.sqrt(u2 / w2)
+    return stats
+
+
+def optimisation_step(run, loss_fn):
+    """One iteration: gradient accumulation over micro-batches, clipping, one AdamW step, the log line.
+    Loss and metrics are means over the iteration's micro-batches and ranks."""
+    cfg, raw, rt = run.cfg, run.raw, run.rt
+    raw.train()  # evaluation (ours or a hook's) may have left it in eval mode
+    t0 = time.time()
+    log_now = run.iter_num % cfg.log_interval == 0
+    sums = {}
+    for micro in range(run.local_accum):
+        seed = batch_seed(cfg.seed, run.iter_num, micro * rt.world_size + rt.rank)
+        x, y = run.data.get_batch("train", cfg.batch_size, cfg.block_size, seed)
+        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+        if rt.ddp:
+            run.model.require_backward_grad_sync = micro == run.local_accum - 1
+        with rt.ctx:
+            loss, metrics = loss_fn(run.model, x, y, run.iter_num)
+        run.scaler.scale(loss / run.local_accum).backward()
+        for k, v in {"loss": loss, **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=rt.device).detach().float()
+    run.scaler.unscale_(run.optimizer)
+    trainable = [p for p in raw.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    if not torch.isfinite(norm) and not run.scaler.is_enabled():
+        raise UserError(f"the gradient became {norm.item()} at iter {run.iter_num} (loss {loss.item()}); "
+                        f"stopped without saving, so {cfg.out_dir}/last.pt is the last good checkpoint. "
+                        f"Lower the learning rate or check the data")
+    before = {id(p): p.detach().float().clone() for p in trainable} if log_now else None
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    if rt.device_type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.time() - t0
+    run.train_seconds += dt
+
+    keys = list(sums)
+    means = torch.stack([sums[k] for k in keys]) / run.local_accum
+    if rt.ddp:
+        dist.all_reduce(means, op=dist.ReduceOp.AVG)
+    means = dict(zip(keys, means.tolist(), strict=True))
+    lossf = means.pop("loss")
+    run.losses = (run.losses + [lossf])[-cfg.eval_interval:]
+    if log_now:
+        stats = group_stats(run.optimizer, before)
+        lrs = {g["kind"]: g["lr"] for g in run.optimizer.param_groups}
+        tok_s = run.tokens_per_iter / dt
+        # MFU per device: this device's share of the tokens against one device's peak
+        mfu = raw.estimate_mfu(run.tokens_per_iter / rt.world_size, cfg.block_size, dt, cfg.peak_tflops * 1e12)
+        run.logger.log(dict(type="train", iter=run.iter_num, loss=lossf, lr=lrs.get("pretrained", 0.0),
+                            lr_new=lrs.get("new", 0.0), dt_ms=dt * 1000, tok_s=tok_s, mfu=mfu,
+                            grad_norm=norm.item(), frozen=bool(run.frozen), **stats, **means),
+                       line=f"iter {run.iter_num}: loss {lossf:.4f}, lr {lrs.get('pretrained', lrs.get('new')):.2e}, "
+                            f"time {dt * 1000:.0f}ms, {tok_s:,.0f} tok/s"
+                            + (f", mfu {mfu * 100:.1f}%" if rt.device_type == "cuda" else "")
+                            + (" [frozen]" if run.frozen else ""))
+    run.iter_num += 1
+
+
+def check_stop(run):
+    """A signal (on any rank) saves last.pt and raises Stopped; max_seconds ends training at the next eval."""
+    cfg = run.cfg
+    flags = torch.tensor([float(run.stop.signum or 0), float(cfg.max_seconds > 0 and run.train_seconds >= cfg.max_seconds)])
+    if run.rt.ddp:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    signum, over_budget = int(flags[0].item()), bool(flags[1].item())
+    if signum:
+        save(run, "last.pt", float("nan"))
+        run.logger.log(dict(type="stop", iter=run.iter_num, reason="signal", signal=signum),
+                       line=f"stopped by a signal at iter {run.iter_num}; saved {cfg.out_dir}/last.pt "
+                            f"(continue with init_from='resume')")
+        raise Stopped(signum, f"stopped by signal {signum} at iter {run.iter_num}; {cfg.out_dir}/last.pt is saved; "
+                              f"continue with --init_from=resume")
+    run.budget_done = over_budget
+
+
+def train(cfg, model, rt, loss_fn, tokenizer, ckpt=None, hooks=None, start_seconds=0.0):
+    """Train `model` (a plain GPT on rt.device) and return the final validation loss.
+    loss_fn(model, x, y, iter_num) -> (loss, {metric: scalar}); metrics are logged as micro-batch means.
+    hooks (optional): before_iter(iter_num, model) -> bool (True: modules were replaced, rebuild the
+    optimizer) and eval_extra(model, val, rt, cfg) -> dict of numbers for each eval record.
+    start_seconds: work done before the loop (layer-wise fitting), counted as training time.
+    A SIGTERM/SIGINT saves last.pt and raises errors.Stopped (scripts exit with 128 + the signal)."""
+    run = start_run(cfg, model, rt, tokenizer, ckpt, start_seconds)
+    try:
+        while True:
+            prepare_iteration(run, hooks)
+            evaluate_and_save(run, hooks)
+            if run.done:
+                break
+            optimisation_step(run, loss_fn)
+            check_stop(run)
+    finally:
+        run.stop.restore()
+    return run.val_loss
