@@ -3,6 +3,7 @@
 import pytest
 
 import tokenizer
+from errors import UserError
 
 
 def test_gpt2_ids_through_offline_fallback(monkeypatch):
