@@ -16,6 +16,7 @@ medians, so drift of the machine hits all of them alike. Figures are printed, ne
 
 import argparse
 import json
+import os
 import statistics
 import time
 from contextlib import nullcontext
@@ -23,6 +24,8 @@ from contextlib import nullcontext
 import torch
 
 from kronecker import KroneckerLinear, kron_shape
+from configurator import run_cli
+from errors import UserError
 from model import GPT, MLP, GPTConfig, KVCache
 from runtime import DTYPES, autocast, resolve_device, resolve_dtype
 
@@ -234,6 +237,11 @@ def main():
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     args.device = resolve_device(args.device)
+    if args.json and os.path.isdir(args.json):
+        raise UserError(f"--json {args.json} is a directory; give a file name")
+    for name in ("batch_size", "seq_len", "layer_tokens", "rounds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     cuda = args.device.startswith("cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -258,4 +266,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -78,9 +78,18 @@ def configure(cfg, args, verbose=True):
         else:
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg} does not exist (arguments are config files or --key=value)")
+            if not arg.endswith(".py"):
+                raise ConfigError(f"config file {arg} is not a .py file (arguments are config files or --key=value)")
             namespace = {}
             with open(arg) as f:
-                exec(compile(f.read(), arg, "exec"), namespace)
+                source = f.read()
+            try:
+                exec(compile(source, arg, "exec"), namespace)
+            except SyntaxError as e:
+                raise ConfigError(f"config file {arg}, line {e.lineno}: {e.msg}") from None
+            except Exception as e:  # a config file is Python: any error it raises is the file's
+                line = next((t.lineno for t in traceback.extract_tb(e.__traceback__) if t.filename == arg), "?")
+                raise ConfigError(f"config file {arg}, line {line}: {type(e).__name__}: {e}") from None
             for key, val in namespace.items():
                 if key.startswith("_") or isinstance(val, (types.ModuleType, types.FunctionType, type)):
                     continue

@@ -51,7 +51,21 @@ def shakespeare_files():
 
 def split_point(n, val_fraction):
     """Index where val starts: the last val_fraction of the stream (whole works at the end)."""
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     return n - int(n * val_fraction)
+
+
+def load_tokenizer(name):
+    """get_tokenizer for a prepare script's --tokenizer, with one clear error when it cannot be loaded."""
+    from tokenizer import get_tokenizer
+    try:
+        return get_tokenizer(name)
+    except UserError:
+        raise
+    except Exception as e:  # transformers raises OSError/ValueError/... for a name it cannot resolve offline
+        raise UserError(f"--tokenizer {name!r} could not be loaded ({type(e).__name__}); use 'gpt2', "
+                        f"'smollm2-135m' or a local Hugging Face directory") from None
 
 
 # -----------------------------------------------------------------------------
@@ -63,11 +77,20 @@ def dataset_dir(name):
 
 
 def read_meta(data_dir):
+    """meta.pkl of a prepared dataset; its tokenizer is checked against every model that uses the data."""
     path = os.path.join(data_dir, "meta.pkl")
     if not os.path.isfile(path):
-        return {"tokenizer": "gpt2", "vocab_size": 50257}
-    with open(path, "rb") as f:
-        return pickle.load(f)
+        raise UserError(f"{data_dir} has no meta.pkl, which records its tokenizer; prepare it with a "
+                        f"data/*/prepare.py script, or write one with data_utils.write_meta(dir, 'gpt2', 50257) "
+                        f"if the .bin files hold GPT-2 tokens")
+    try:
+        with open(path, "rb") as f:
+            meta = pickle.load(f)
+    except Exception as e:  # a truncated or foreign pickle
+        raise UserError(f"{path} could not be read ({type(e).__name__}); prepare the data again") from None
+    if not isinstance(meta, dict) or "vocab_size" not in meta or "tokenizer" not in meta:
+        raise UserError(f"{path} lacks 'tokenizer' and 'vocab_size'; prepare the data again")
+    return meta
 
 
 class TokenData:
@@ -75,8 +98,12 @@ class TokenData:
 
     def __init__(self, data_dir):
         self.data_dir = data_dir
+        if not os.path.isdir(data_dir):
+            raise UserError(f"dataset directory {data_dir} does not exist; prepare it first, e.g. "
+                            f"python data/shakespeare/prepare.py")
         self.check("val")
         self.meta = read_meta(data_dir)
+        self.checked = set()
 
     def check(self, split):
         """A clear error when split.bin is missing (an evaluation-only corpus has no train.bin)."""
@@ -86,8 +113,20 @@ class TokenData:
 
     def tokens(self, split):
         self.check(split)
+        path = os.path.join(self.data_dir, f"{split}.bin")
+        size = os.path.getsize(path)
+        if size % 2:
+            raise UserError(f"{path} has an odd number of bytes ({size}), so it is not uint16 token ids; "
+                            f"prepare the data again with a data/*/prepare.py script")
         # a fresh memmap each call avoids numpy's memmap leak (nanoGPT issue #2)
-        return np.memmap(os.path.join(self.data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+        data = np.memmap(path, dtype=np.uint16, mode="r")
+        if split not in self.checked and len(data):
+            top = int(data[:1 << 20].max())  # the first million ids: enough to catch another dtype or tokenizer
+            if top >= self.meta["vocab_size"]:
+                raise UserError(f"{path} holds token id {top}, beyond the vocabulary of {self.meta['vocab_size']} in "
+                                f"meta.pkl; the file was written with another tokenizer or dtype: prepare it again")
+            self.checked.add(split)
+        return data
 
     def get_batch(self, split, batch_size, block_size, seed):
         """(x, y) int64 of shape (batch_size, block_size) at offsets drawn from torch.Generator(seed)."""

@@ -120,6 +120,8 @@ def main():
     args = p.parse_args()
     if not args.datasets and not args.data:
         raise UserError("give --datasets (benchmarks) and/or --data (a prepared dataset)")
+    if args.json and os.path.isdir(args.json):
+        raise UserError(f"--json {args.json} is a directory; give a file name")
     for name in ("block_size", "batch_size", "eval_tokens"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")

@@ -8,11 +8,13 @@ Hugging Face tools load it. The tokenizer is written beside it when it has a Hug
 """
 
 import argparse
+import os
 
 import torch
 
 from checkpoint import load_model
 from configurator import run_cli
+from errors import UserError
 from hf_io import export_hf
 from tokenizer import save_hf_tokenizer
 
@@ -22,7 +24,12 @@ def main():
     p.add_argument("--init_from", required=True, help="checkpoint, out_dir, HF directory or hub name")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--check", action="store_true", help="reload with transformers and compare logits")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     args = p.parse_args()
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file; give a directory for the Hugging Face model")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
+        raise UserError(f"--out {args.out} is not empty; choose another directory or pass --force to overwrite")
     model = load_model(args.init_from).eval()
     export_hf(model, args.out)
     wrote_tok = save_hf_tokenizer(model.tokenizer_name, args.out)

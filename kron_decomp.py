@@ -419,7 +419,11 @@ def main(argv=None):
                       f"({100 * (total - target) / target:+.2f}%)")
             elif args.allocate:  # the allocator's family is low rank: compare with its uniform plan
                 s = kron_shape(config.mlp_hidden, config.n_embd, config.mlp_hidden, 1)
-                args.factors, _ = factors_for_target(config, s, target, args.scalars, layers)
+                args.factors, total = factors_for_target(config, s, target, args.scalars, layers)
+                if abs(total - target) / target > args.tolerance:
+                    lo, hi = reachable(config, target, args.scalars, layers)
+                    raise UserError(f"--target_params {target:,} cannot be met by low-rank plans (the nearest is "
+                                    f"{total:,}); targets between {lo:,} and {hi:,} are reachable")
             else:
                 args.factors, s = choose_uniform(args, dense, target, layers, moments, grads)
             # the allocation gets exactly the uniform plan's budget, so the two compare at equal parameters

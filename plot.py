@@ -12,12 +12,25 @@ import argparse
 import json
 import os
 
+from configurator import run_cli
+from errors import UserError
+
 EVAL_METRICS = ("val_loss", "train_loss", "teacher_val_loss")
 
 
 def read_log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a run's log.jsonl (a partly written last line is skipped)."""
+    path = os.path.join(run_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"{run_dir} holds no log.jsonl; pass a run directory (an out_dir of train.py)")
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
 
 
 def series(records, metric="val_loss", x="iter"):
@@ -33,14 +46,23 @@ def series(records, metric="val_loss", x="iter"):
     return xs, [points[k] for k in xs]
 
 
+def logged_metrics(records):
+    return {k for r in records if r.get("type") in ("eval", "train") for k, v in r.items()
+            if isinstance(v, (int, float)) and k not in ("iter", "tokens", "train_seconds")}
+
+
 def plot_runs(runs, out, labels=None, metric="val_loss", x="iter", title=None, hline=None):
     """Draw one line per run directory into the PNG `out`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    data = [series(read_log(run), metric, x) for run in runs]
+    empty = [run for run, (xs, _) in zip(runs, data, strict=True) if not xs]
+    if empty:
+        raise UserError(f"no {metric!r} values against {x!r} in {', '.join(empty)}; metrics logged: "
+                        f"{', '.join(sorted(logged_metrics(read_log(empty[0]))))}")
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for i, run in enumerate(runs):
-        xs, ys = series(read_log(run), metric, x)
+    for i, (run, (xs, ys)) in enumerate(zip(runs, data, strict=True)):
         ax.plot(xs, ys, marker="o", markersize=3, label=labels[i] if labels else os.path.basename(run.rstrip("/")))
     if hline is not None:
         ax.axhline(hline[0], color="grey", linestyle="--", linewidth=1, label=hline[1])
@@ -69,9 +91,11 @@ def main():
     args = p.parse_args()
     labels = args.labels.split(",") if args.labels else None
     if labels and len(labels) != len(args.runs):
-        p.error(f"--labels has {len(labels)} entries for {len(args.runs)} runs")
+        raise UserError(f"--labels has {len(labels)} entries for {len(args.runs)} runs; give one per run")
+    if os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a directory; give a .png file name")
     print(plot_runs(args.runs, args.out, labels, args.metric, args.x, args.title))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

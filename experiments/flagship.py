@@ -43,10 +43,9 @@ LADDER = ["1e-5", "3e-5", "1e-4", "3e-4", "1e-3", "3e-3", "1e-2"]  # learning ra
 
 
 def evals(run):
-    try:
-        return [r for r in read_log(run) if r["type"] == "eval"]
-    except FileNotFoundError:
+    if not os.path.isfile(os.path.join(run, "log.jsonl")):
         return []
+    return [r for r in read_log(run) if r["type"] == "eval"]
 
 
 def finished(run, steps):

@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Experiment, evals, median_tok_s, parser, read_log, start_record  # noqa: E402
 
+from errors import UserError  # noqa: E402
 from kronecker import kron_shape as make_shape  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def finished(run, steps):
     """Whether `run` already holds an evaluation at iteration `steps` (for --reuse)."""
     try:
         return any(r["iter"] == steps for r in evals(run))
-    except (FileNotFoundError, StopIteration):
+    except (FileNotFoundError, StopIteration, UserError):
         return False
 
 

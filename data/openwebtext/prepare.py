@@ -18,8 +18,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
 from errors import UserError  # noqa: E402
-from data_utils import write_meta  # noqa: E402
-from tokenizer import get_tokenizer  # noqa: E402
+from data_utils import load_tokenizer, write_meta  # noqa: E402
 
 
 def load(args):
@@ -30,7 +29,15 @@ def load(args):
     if not files:
         raise UserError(f"--files {args.files} matched no file")
     if all(f.endswith((".json", ".jsonl")) for f in files):
-        return load_dataset("json", data_files=files)["train"].rename_column(args.text_field, "text")
+        try:
+            ds = load_dataset("json", data_files=files)["train"]
+        except Exception as e:  # datasets wraps the JSON parser's error in its own types
+            raise UserError(f"--files {files[0]}...: not valid JSON lines ({type(e).__name__}); each line must be "
+                            f"one JSON object with a {args.text_field!r} field") from None
+        if args.text_field not in ds.column_names:
+            raise UserError(f"the JSON lines have no field {args.text_field!r} (fields: {ds.column_names}); "
+                            f"set --text_field")
+        return ds.rename_column(args.text_field, "text")
     texts = []  # plain text: one document per file, as OpenWebText's documents are whole web pages
     for f in files:
         with open(f, encoding="utf-8") as fh:
@@ -48,11 +55,12 @@ def main():
     p.add_argument("--test_size", type=float, default=0.0005)
     p.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
     args = p.parse_args()
-
+    if not 0 < args.test_size < 1:
+        raise UserError(f"--test_size must be between 0 and 1 (exclusive), got {args.test_size}")
+    tok = load_tokenizer(args.tokenizer)  # before anything is read or written
     ds = load(args)
     split = ds.train_test_split(test_size=args.test_size, seed=2357, shuffle=True)
     split["val"] = split.pop("test")
-    tok = get_tokenizer(args.tokenizer)
 
     def process(example):
         ids = tok.encode(example["text"])

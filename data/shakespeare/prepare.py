@@ -15,8 +15,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from data_utils import REPO, shakespeare_files, split_point, write_meta, write_tokens  # noqa: E402
-from tokenizer import get_tokenizer  # noqa: E402
+from data_utils import REPO, load_tokenizer, shakespeare_files, split_point, write_meta, write_tokens  # noqa: E402
 
 
 def main():
@@ -27,11 +26,12 @@ def main():
     args = p.parse_args()
     suffix = "" if args.tokenizer == "gpt2" else "_" + os.path.basename(args.tokenizer.rstrip("/"))
     out_dir = args.out_dir or os.path.join(REPO, "data", "shakespeare" + suffix)
+    tok = load_tokenizer(args.tokenizer)  # before anything is written
+    split_point(2, args.val_fraction)  # validates --val_fraction before anything is written
+    files = shakespeare_files()
     os.makedirs(out_dir, exist_ok=True)
-
-    tok = get_tokenizer(args.tokenizer)
     ids = []
-    for path in tqdm(shakespeare_files(), desc=f"tokenising ({tok.name})"):
+    for path in tqdm(files, desc=f"tokenising ({tok.name})"):
         with open(path, encoding="utf-8") as f:
             ids.extend(tok.encode(f.read()))
         if tok.eot is not None:
