@@ -17,6 +17,7 @@ import random
 import torch
 
 from errors import CheckpointError, UserError  # noqa: F401 (CheckpointError is imported from here)
+from hf_io import is_factored_dir, is_pretrained_name, load_factored, load_pretrained
 from model import GPT, GPTConfig
 
 FORMAT = "kronygpt"
@@ -160,10 +161,11 @@ def load_model(init_from, device="cpu", **overrides):
     """A GPT from anything a script accepts as init_from: a checkpoint file, a training out_dir, a
     Hugging Face directory or hub name ('gpt2', 'distilgpt2', ...), or 'smollm2-135m' / a .gguf file.
     overrides (e.g. dropout=0.1) replace model config fields. Sets model.tokenizer_name."""
-    from hf_io import is_pretrained_name, load_pretrained
     path = resolve_checkpoint_path(str(init_from))
     if os.path.isfile(path) and not path.endswith(".gguf"):
         model = model_from_checkpoint(load_checkpoint(path), **overrides)
+    elif is_factored_dir(path):
+        model = load_factored(path, **overrides)
     elif is_pretrained_name(path):
         try:
             model = load_pretrained(path, **overrides)

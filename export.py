@@ -1,28 +1,74 @@
 """
-Export any checkpoint (dense or Kronecker) as a Hugging Face model directory: the Kronecker products are
-materialised into dense weights, so GPT2LMHeadModel / LlamaForCausalLM, lm-evaluation-harness and other
-Hugging Face tools load it. The tokenizer is written beside it when it has a Hugging Face form.
+Export any checkpoint (dense or factorised) as a Hugging Face model directory, with its tokenizer.
 
-    python export.py --init_from out-krony-vl/best.pt --out hf/krony-82M
-    lm_eval --model hf --model_args pretrained=hf/krony-82M --tasks lambada_openai,wikitext
+  --format factored  (the default for a factorised model) keeps the factors: config.json with the plan,
+                     the factors as safetensors (a tied embedding stored once), the model code (this repo's
+                     own modules, imports made relative) and a model card. Small on disk, factored forward.
+                     Loads offline with AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True);
+                     sample.py, eval.py and load_model take the directory too.
+  --format dense     (the default for a dense model) materialises every product into a standard
+                     GPT2LMHeadModel / LlamaForCausalLM: as large and as slow as the original, but any
+                     Hugging Face tool loads it without remote code (e.g. lm-evaluation-harness).
+Factored is the default for compressed models because shipping the compressed model is the point of
+compressing: the dense form gives the size and the speed back.
+
+    python export.py --init_from out-krony/best.pt --out hf/krony-81M            # factored
+    python export.py --init_from out-krony/best.pt --out hf/krony-81M-dense --format dense --check
+    lm_eval --model hf --model_args pretrained=hf/krony-81M,trust_remote_code=True --tasks lambada_openai
 """
 
 import argparse
+import json
 import os
 
 import torch
 
-from checkpoint import load_model
+from checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
 from configurator import run_cli
 from errors import UserError
-from hf_io import export_hf
+from hf_io import export_factored, export_hf
+from plans import format_plan
 from tokenizer import save_hf_tokenizer
+
+
+def dir_size(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def model_card(model, source, extra):
+    """A short README.md: what the model is, its plan and parameters, how it was made, what it scored."""
+    cfg, counts = model.config, model.param_counts()
+    plan = cfg.kron_plan or format_plan(cfg.plan(), cfg.n_layer, cfg.matrix_dims()) or "dense"
+    lines = [f"# KronyGPT {cfg.arch} model, {counts['total'] / 1e6:.1f}M parameters", "",
+             "Weight matrices stored as sums of Kronecker products, W = sum_k A_k (x) B_k (low rank is the "
+             "(out,1)x(1,in) member), and multiplied in factored form. Made with KronyGPT.", "",
+             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             "model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)",
+             "tok = AutoTokenizer.from_pretrained(DIR)",
+             "out = model.generate(**tok('The capital of France is', return_tensors='pt'), max_new_tokens=20)",
+             "```", "",
+             "| | |", "|---|---|",
+             f"| architecture | {cfg.arch}, {cfg.n_layer} blocks, width {cfg.n_embd}, MLP {cfg.mlp_hidden}, "
+             f"vocabulary {cfg.vocab_size}, context {cfg.block_size} |",
+             f"| parameters | {counts['total']:,} ({counts['tying']}); factors {counts['kronecker_factors']:,} |",
+             f"| plan | `{plan}` |", f"| exported from | `{source}` |"]
+    dec = extra.get("decomposition")
+    if dec:
+        lines.append(f"| decomposition | init `{dec.get('init')}` from `{dec.get('model')}`"
+                     + (f", calibrated on `{dec['calib']}`" if dec.get("calib") else "") + " |")
+    if extra.get("val_loss") is not None and extra["val_loss"] == extra["val_loss"]:
+        lines.append(f"| validation loss | {extra['val_loss']:.4f} (the training run's fixed validation set) |")
+    lines += ["", "Limits of the bundled code: no padding mask and no key/value cache in `generate` "
+              "(each step recomputes the prefix).", ""]
+    return "\n".join(lines)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init_from", required=True, help="checkpoint, out_dir, HF directory or hub name")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default="auto", choices=("auto", "factored", "dense"),
+                   help="auto: factored for a factorised model, dense otherwise")
     p.add_argument("--check", action="store_true", help="reload with transformers and compare logits")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     args = p.parse_args()
@@ -31,17 +77,29 @@ def main():
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
         raise UserError(f"--out {args.out} is not empty; choose another directory or pass --force to overwrite")
     model = load_model(args.init_from).eval()
-    export_hf(model, args.out)
-    wrote_tok = save_hf_tokenizer(model.tokenizer_name, args.out)
-    print(f"wrote {args.out} ({model.config.arch}, {model.param_counts()['total']:,} parameters as stored; "
-          f"{'with' if wrote_tok else 'without'} a tokenizer)")
+    fmt = args.format if args.format != "auto" else ("factored" if model.config.is_factorized else "dense")
+    path = resolve_checkpoint_path(args.init_from)
+    extra = load_checkpoint(path).get("extra", {}) if os.path.isfile(path) else {}
+    if fmt == "factored":
+        export_factored(model, args.out, model.tokenizer_name, model_card(model, args.init_from, extra))
+    else:
+        export_hf(model, args.out)
+    try:
+        wrote_tok = save_hf_tokenizer(model.tokenizer_name, args.out)
+    except Exception as e:  # a model whose tokenizer has no Hugging Face files (a random test model, say)
+        print(f"note: no tokenizer written ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        wrote_tok = False
+    print(f"wrote {args.out} ({fmt}; {model.config.arch}, {model.param_counts()['total']:,} parameters; "
+          f"{dir_size(args.out) / 2 ** 20:.1f} MiB on disk; {'with' if wrote_tok else 'without'} a tokenizer)")
     if args.check:
         from transformers import AutoModelForCausalLM
-        hf = AutoModelForCausalLM.from_pretrained(args.out).eval()
+        hf = AutoModelForCausalLM.from_pretrained(args.out, trust_remote_code=fmt == "factored").eval()
         idx = torch.randint(0, model.config.vocab_size, (2, min(32, model.config.block_size)))
         with torch.no_grad():
             diff = (hf(idx).logits - model(idx, all_logits=True)[0]).abs().max().item()
         print(f"max |logit difference| transformers vs checkpoint: {diff:.2e}")
+    with open(os.path.join(args.out, "kronygpt_export.json"), "w") as f:
+        json.dump(dict(source=args.init_from, format=fmt, params=model.param_counts()["total"]), f, indent=1)
 
 
 if __name__ == "__main__":

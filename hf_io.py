@@ -7,7 +7,10 @@ names (Conv1D weights are transposed); Llama's are mapped, and its q/k/v project
 """
 
 import importlib.util
+import json
 import os
+import re
+import shutil
 
 import torch
 
@@ -39,7 +42,8 @@ def is_hub_id(name):
 
 
 def is_pretrained_name(name):
-    """True for what load_pretrained takes: a hub name, a known GGUF name, a .gguf file or an HF dir."""
+    """True for what load_pretrained takes: a hub name, a known GGUF name, a .gguf file or an HF dir
+    (an export_factored directory is one too; load_model reads it without transformers)."""
     name = str(name)
     return (name in GPT2_HUB or name in GGUF_MODELS or name.endswith(".gguf") or is_hub_id(name)
             or os.path.isfile(os.path.join(name, "config.json")))
@@ -200,3 +204,76 @@ def export_hf(model, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     hf_model.save_pretrained(out_dir)
     return out_dir
+
+
+# -----------------------------------------------------------------------------
+# factored export: a Hugging Face directory that keeps the factors
+
+REMOTE_MODULES = ("errors", "families", "kronecker", "plans", "model")  # model.py and what it imports
+REMOTE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_remote")
+FACTORED_TYPE = "kronygpt"
+
+
+def remote_source(name):
+    """The source of one of this repo's modules as shipped in an export: its own imports made relative
+    (nothing else changes, so the exported model runs exactly this repo's code)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")) as f:
+        lines = f.read().splitlines(keepends=True)
+    pattern = re.compile(rf"^from ({'|'.join(REMOTE_MODULES)}) import ")
+    return "".join(pattern.sub(r"from .\1 import ", line) for line in lines)
+
+
+def is_factored_dir(path):
+    """Whether path is a directory written by export_factored."""
+    cfg = os.path.join(str(path), "config.json")
+    if not os.path.isfile(cfg):
+        return False
+    with open(cfg) as f:
+        return json.load(f).get("model_type") == FACTORED_TYPE
+
+
+def export_factored(model, out_dir, tokenizer_spec, card=""):
+    """Write `model` as a Hugging Face directory that keeps the factors: config.json (model_type kronygpt,
+    the full plan in model_args), model.safetensors (the factors; a tied embedding stored once), the model
+    code (hf_remote/ plus this repo's modules), and README.md (`card`). Loads offline with
+    AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True); load_model(out_dir) reads it too."""
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = model.config
+    config = {"model_type": FACTORED_TYPE, "architectures": ["KronyGPTForCausalLM"],
+              "auto_map": {"AutoConfig": "configuration_kronygpt.KronyGPTConfig",
+                           "AutoModelForCausalLM": "modeling_kronygpt.KronyGPTForCausalLM"},
+              "model_args": cfg.to_dict(), "tokenizer_spec": tokenizer_spec, "vocab_size": cfg.vocab_size,
+              "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+              "max_position_embeddings": cfg.block_size, "tie_word_embeddings": cfg.tie_embeddings,
+              "use_cache": False, "torch_dtype": "float32"}
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    sd = {f"gpt.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+          if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    for name in REMOTE_MODULES:
+        with open(os.path.join(out_dir, f"{name}.py"), "w") as f:
+            f.write(remote_source(name))
+    for name in ("configuration_kronygpt.py", "modeling_kronygpt.py"):
+        shutil.copyfile(os.path.join(REMOTE_DIR, name), os.path.join(out_dir, name))
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(card)
+    return out_dir
+
+
+def load_factored(path, **overrides):
+    """Our GPT from a directory written by export_factored (no transformers needed); overrides (e.g.
+    dropout=0.1) replace model config fields."""
+    from safetensors.torch import load_file
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    model = GPT(GPTConfig.from_dict({**config["model_args"], **overrides}))
+    sd = {k[len("gpt."):]: v for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
+    if model.config.tie_embeddings:
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd)
+    spec = config.get("tokenizer_spec")
+    # the tokenizer files were saved beside the weights: a Hugging Face tokenizer spec becomes this directory
+    model.tokenizer_name = spec if spec == "gpt2" or isinstance(spec, dict) or spec is None else str(path)
+    return model
