@@ -76,25 +76,37 @@ class BlockRunner:
         return hooks.moments()
 
     @torch.no_grad()
+    def head_moment(self):
+        """E[x x^T] of the lm_head's input, ln_f of the stored hidden states (call after the last block)."""
+        total, n = None, 0
+        for x in self.hidden:
+            flat = self.model.transformer.ln_f(x).reshape(-1, x.shape[-1]).float()
+            gram = (flat.t() @ flat).double()
+            total = gram if total is None else total.add_(gram)
+            n += flat.shape[0]
+        return (total / n).cpu()
+
+    @torch.no_grad()
     def advance(self, layer):
         """Replace the stored hidden states by block `layer`'s outputs."""
         block = self.model.transformer.h[layer]
         self.hidden = [block(x, rope) for x, rope in zip(self.hidden, self.rope, strict=True)]
 
 
-def output_gradient_moments(model, batches, modules):
+def output_gradient_moments(model, batches, modules, diagonal=()):
     """{name: E[g g^T]} (float64, CPU) over every token, where g is the gradient of the summed next-token loss
     with respect to the output of each module in `modules` ({name: module} inside `model`). It is the
     empirical Fisher of the module's output, the output-side factor of a K-FAC approximation: the loss
-    increase from perturbing the output by d is about d^T G d / 2. batches: token sequences (B, T); the
-    first T-1 tokens are the input and the last T-1 the targets."""
+    increase from perturbing the output by d is about d^T G d / 2. For the names in `diagonal` only the
+    diagonal E[g * g] is kept (the lm_head: a vocabulary-sized square would not fit). batches: token
+    sequences (B, T); the first T-1 tokens are the input and the last T-1 the targets."""
     sums, count, handles = {}, {}, []
 
     def forward_hook(name):
         def hook(module, args, out):
             def grad_hook(g):
                 flat = g.detach().reshape(-1, g.shape[-1]).float()
-                gram = (flat.t() @ flat).double()
+                gram = flat.pow(2).sum(0).double() if name in diagonal else (flat.t() @ flat).double()
                 sums[name] = gram if name not in sums else sums[name].add_(gram)
                 count[name] = count.get(name, 0) + flat.shape[0]
             out.register_hook(grad_hook)

@@ -30,7 +30,7 @@ import torch
 
 from calib import BlockRunner
 from errors import UserError
-from kronecker import KronShape, KroneckerLinear, kron_sum, lapack_threads, rearrange, van_loan
+from kronecker import KronShape, KroneckerEmbedding, KroneckerLinear, kron_sum, lapack_threads, rearrange, van_loan
 
 INITS = ("vl", "vl_norm", "prune", "random", "aware", "fisher")
 
@@ -207,14 +207,14 @@ def replace_matrices(model, layer, names, init, moments=None, damping=0.0, prune
     Returns one report row per matrix."""
     cfg = model.config
     specs = cfg.matrix_specs(layer)
-    mlp = model.transformer.h[layer].mlp
+    block = model.transformer.h[layer]
     rows, cache = [], {} if cache is None else cache
     for name in names:
-        dense = getattr(mlp, name)
+        dense = block.matrix(name)
         if isinstance(dense, KroneckerLinear):
             raise UserError(f"block {layer}'s {name} is already Kronecker; pass the dense model")
         s, factors = specs[name]
-        std = 0.02 / math.sqrt(2 * cfg.n_layer) if name in cfg.family.down else 0.02
+        std = 0.02 / math.sqrt(2 * cfg.n_layer) if name in cfg.family.down or name == "attn.c_proj" else 0.02
         C = moments.get(name) if moments else None
         G = grads.get(name) if grads else None
         A, B, scal = init_factors(dense.weight, s, factors, init, cfg.kron_scalars, prune_keep, prune_eps, std,
@@ -240,13 +240,13 @@ def replace_matrices(model, layer, names, init, moments=None, damping=0.0, prune
             exact = (s.n1 == 1 or s.n2 == 1) and (init == "aware" or s.m1 == 1 or s.m2 == 1)
             row["whitening"] = "exact" if exact else "kronecker-factored"
         rows.append(row)
-        setattr(mlp, name, kl)
+        block.set_matrix(name, kl)
     return rows
 
 
 def replace_mlp(model, layer, init, prune_keep="even", prune_eps=0.0):
     """Every planned MLP matrix of block `layer`, without calibration (progressive replacement)."""
-    names = [n for n, _ in model.config.family.mlp_matrices if n in model.config.matrix_specs(layer)]
+    names = [n for n in model.config.family.block_matrices if n in model.config.matrix_specs(layer)]
     return replace_matrices(model, layer, names, init, prune_keep=prune_keep, prune_eps=prune_eps)
 
 
@@ -295,11 +295,12 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
         """Permute the block's hidden units first if asked, then decompose the listed matrices."""
         note = {}
         specs = config.matrix_specs(layer)
-        if permute and names and not all(is_lowrank(specs[n][0]) for n in names):
+        mlp_names = [n for n in names if n not in fam.attn_matrices]  # only MLP hidden units are permuted
+        if permute and mlp_names and not all(is_lowrank(specs[n][0]) for n in mlp_names):
             from permute import find_permutation, permute_mlp, permute_moments, unit_features
             mlp = model.transformer.h[layer].mlp
             feats = unit_features(mlp, fam, block_moments, damping)
-            perm, before, after = find_permutation(feats, {n: specs[n] for n in names}, fam)
+            perm, before, after = find_permutation(feats, {n: specs[n] for n in mlp_names}, fam)
             permute_mlp(mlp, fam, perm)
             block_moments, g = permute_moments(block_moments, g, fam, perm)
             note = dict(permute_error_before=before, permute_error_after=after)
@@ -310,7 +311,7 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
         return [{**r, **note} for r in out]
 
     for layer in range(config.n_layer):
-        names = [n for n, _ in fam.mlp_matrices if n in plan.get(layer, {})]
+        names = [n for n in fam.block_matrices if n in plan.get(layer, {})]
         g = {n: grads[(layer, n)] for n in names} if grads is not None else None
         if runner is None:
             given = {n: moments[(layer, n)] for n in names} if moments is not None else None
@@ -319,19 +320,65 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
         if not names:
             runner.advance(layer)
             continue
-        mlp = model.transformer.h[layer].mlp
-        if sequential:  # up matrices on this block's (compressed-upstream) inputs, then down on their outputs
-            for group in (fam.up, fam.down):
+        block = model.transformer.h[layer]
+        if sequential:  # each matrix on the inputs the already-compressed ones before it produce
+            for group in (fam.attn_matrices[:1], fam.attn_matrices[1:], fam.up, fam.down):
                 todo = [n for n in names if n in group]
-                block_moments = runner.moments(layer, {n: getattr(mlp, n) for n in todo})
+                if not todo:
+                    continue
+                block_moments = runner.moments(layer, {n: block.matrix(n) for n in todo})
                 rows += replace_matrices(model, layer, todo, init, block_moments, damping, prune_keep, prune_eps, g,
                                          g_damping)
             runner.advance(layer)
         else:  # the dense block's inputs everywhere: moments first, then the dense block moves the states on
-            block_moments = runner.moments(layer, {n: getattr(mlp, n) for n in names})
+            block_moments = runner.moments(layer, {n: block.matrix(n) for n in names})
             runner.advance(layer)
             rows += replace(layer, names, block_moments, g)
         if log and names:
             errs = [r["output_error"] for r in rows if r["layer"] == layer]
             log(f"block {layer}: {len(names)} matrices, mean output error {sum(errs) / len(errs):.4f}")
+    if config.embed_spec() is not None:
+        C = runner.head_moment() if runner is not None else (moments or {}).get(HEAD)
+        rows.append(replace_embedding(model, init, C, (grads or {}).get(HEAD), damping, g_damping))
     return model.train(dense.training), rows
+
+
+HEAD = ("head", "lm_head")  # the key of the lm_head's statistics: its input moment, its output gradients' diagonal
+
+
+def replace_embedding(model, init, C=None, g_diag=None, damping=0.0, g_damping=1e-2):
+    """Swap the dense token embedding (and the lm_head tied to it) for one KroneckerEmbedding as the plan
+    says. C: the second moment of the lm_head's input (final hidden states), for 'aware' and 'fisher';
+    g_diag: the diagonal of the logits' loss-gradient second moment, which 'fisher' uses as the output
+    weighting when the vocabulary index lives in A alone (m2 == 1, e.g. low rank; the full V x V moment
+    is never formed); otherwise 'fisher' weights the input side only. Returns the report row."""
+    cfg = model.config
+    s, factors = cfg.embed_spec()
+    wte = model.transformer.wte
+    if isinstance(wte, KroneckerEmbedding):
+        raise UserError("the embedding is already factorised; pass the dense model")
+    W = wte.weight.detach().double()
+    kind = "aware" if init == "fisher" else init
+    scale = None
+    if init == "fisher" and g_diag is not None and s.m2 == 1:
+        scale = (g_diag.double() + g_damping * g_diag.double().mean()).clamp_min(1e-30).sqrt()  # R = diag(scale)
+        W = W * scale[:, None]
+    A, B, scal = init_factors(W, s, factors, kind, cfg.kron_scalars, C=C, damping=damping)
+    if scale is not None:
+        A = A / scale.view(1, -1, 1)
+    emb = KroneckerEmbedding(s, factors, bias=False, scalars=cfg.kron_scalars, impl=cfg.kron_impl).to(wte.weight)
+    with torch.no_grad():
+        emb.A.copy_(A)
+        emb.B.copy_(B)
+        if scal is not None:
+            emb.scalars.copy_(scal)
+    W_hat = emb.weight.detach()
+    row = dict(layer="embed", matrix="wte", shape=str(s), factors=factors, kind=describe(s, factors),
+               params=emb.A.numel() + emb.B.numel(), rel_error=output_error(wte.weight, W_hat),
+               norm_ratio=torch.linalg.norm(W_hat.double()).item() / max(torch.linalg.norm(W).item(), 1e-30))
+    if C is not None:
+        row["output_error"] = output_error(wte.weight, W_hat, C)
+    model.transformer.wte = emb
+    if cfg.tie_embeddings:
+        model.lm_head = emb
+    return row

@@ -55,16 +55,27 @@ def make_distill_loss(teacher, alpha, beta, temperature, hidden_weight, teacher_
 # -----------------------------------------------------------------------------
 # layer-wise fitting
 
+def fit_units(model, layers):
+    """{layer: 'mlp' or 'block'}: what layer-wise fitting fits in each listed block of the student. A block
+    whose only factorised matrices are in its MLP fits the MLP (token by token); one with factorised
+    attention fits the whole block (attention needs whole sequences)."""
+    attn = set(model.config.family.attn_matrices)
+    return {i: "block" if attn & set(model.config.matrix_specs(i)) else "mlp" for i in layers}
+
+
 @torch.no_grad()
-def collect_mlp_activations(model, batches, layers, device):
-    """{layer: (inputs, outputs)} of the MLPs of `model` on the token batches, as (tokens, n_embd) CPU tensors."""
-    acts = {i: ([], []) for i in layers}
+def collect_activations(model, batches, units, device):
+    """{layer: (inputs, outputs)} of each unit of `model` on the token batches, as CPU float tensors:
+    (tokens, n_embd) for an MLP, (sequences, T, n_embd) for a block."""
+    acts = {i: ([], []) for i in units}
     hooks = []
-    for i in layers:
-        def hook(module, inp, out, i=i):
-            acts[i][0].append(inp[0].detach().flatten(0, -2).float().cpu())
-            acts[i][1].append(out.detach().flatten(0, -2).float().cpu())
-        hooks.append(model.transformer.h[i].mlp.register_forward_hook(hook))
+    for i, kind in units.items():
+        def hook(module, inp, out, i=i, flat=kind == "mlp"):
+            x, y = inp[0].detach(), out.detach()
+            acts[i][0].append((x.flatten(0, -2) if flat else x).float().cpu())
+            acts[i][1].append((y.flatten(0, -2) if flat else y).float().cpu())
+        module = model.transformer.h[i].mlp if kind == "mlp" else model.transformer.h[i]
+        hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
     try:
@@ -77,44 +88,74 @@ def collect_mlp_activations(model, batches, layers, device):
     return {i: (torch.cat(a), torch.cat(b)) for i, (a, b) in acts.items()}
 
 
+def collect_mlp_activations(model, batches, layers, device):
+    """{layer: (inputs, outputs)} of the MLPs of `model`, as (tokens, n_embd) CPU tensors."""
+    return collect_activations(model, batches, {i: "mlp" for i in layers}, device)
+
+
+def unit_forward(model, layer, kind):
+    """The function fitting trains: the block's MLP on tokens, or the whole block on sequences."""
+    block = model.transformer.h[layer]
+    if kind == "mlp":
+        return block.mlp, block.mlp
+
+    def run(x):  # x: (sequences, T, n_embd)
+        rope = None
+        if hasattr(model, "rope_cos"):
+            T = x.shape[1]
+            rope = (model.rope_cos[:T].to(x.dtype), model.rope_sin[:T].to(x.dtype))
+        return block(x, rope)
+    return block, run
+
+
 @torch.no_grad()
-def mlp_mse(mlp, X, Y, device, batch=4096):
-    total = 0.0
-    for j in range(0, len(X), batch):
-        total += F.mse_loss(mlp(X[j:j + batch].to(device)), Y[j:j + batch].to(device), reduction="sum").item()
+def unit_mse(fn, X, Y, device, batch=4096):
+    total, step = 0.0, max(1, batch // (X.shape[1] if X.dim() == 3 else 1))
+    for j in range(0, len(X), step):
+        total += F.mse_loss(fn(X[j:j + step].to(device)), Y[j:j + step].to(device), reduction="sum").item()
     return total / Y.numel()
 
 
-def fit_mlp(mlp, X, Y, steps, lr, batch, device, seed=0):
-    """Adam on the MLP's parameters to minimise ||mlp(X) - Y||^2 over random token minibatches."""
-    params = [p for p in mlp.parameters() if p.requires_grad]
+def mlp_mse(mlp, X, Y, device, batch=4096):
+    return unit_mse(mlp, X, Y, device, batch)
+
+
+def fit_mlp(module, X, Y, steps, lr, batch, device, seed=0, fn=None):
+    """Adam on the module's parameters to minimise ||fn(X) - Y||^2 (fn defaults to the module) over random
+    minibatches of `batch` tokens (whole sequences for (sequences, T, n_embd) inputs); restores its mode."""
+    fn = fn or module
+    params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)
-    was_training = mlp.training
-    mlp.train()
+    n = min(len(X), max(1, batch // (X.shape[1] if X.dim() == 3 else 1)))
+    was_training = module.training
+    module.train()
     for step in range(steps):
-        idx = torch.randint(len(X), (min(batch, len(X)),), generator=g)
-        loss = F.mse_loss(mlp(X[idx].to(device)), Y[idx].to(device))
+        idx = torch.randint(len(X), (n,), generator=g)
+        loss = F.mse_loss(fn(X[idx].to(device)), Y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:  # cosine decay within the layer's budget
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         opt.step()
-    return mlp.train(was_training)
+    return module.train(was_training)
 
 
 def fit_layers(student, fit_acts, heldout_acts, layers, steps, lr, batch, device, log=print):
-    """Fit each listed Kronecker MLP of the student to its dense MLP's outputs on the teacher's own
-    inputs. Returns rows {layer, mse_before, mse_after} measured on held-out activations."""
-    rows = []
+    """Fit each listed block's factorised unit (fit_units: its MLP, or the whole block when attention is
+    factorised) to the dense unit's outputs on the teacher's own inputs. Returns rows {layer, unit,
+    mse_before, mse_after} measured on held-out activations. A factorised embedding is not fitted here:
+    end-to-end training adapts it."""
+    rows, units = [], fit_units(student, layers)
     for i in layers:
-        mlp = student.transformer.h[i].mlp
+        module, fn = unit_forward(student, i, units[i])
         Xh, Yh = heldout_acts[i]
-        before = mlp_mse(mlp, Xh, Yh, device)
-        fit_mlp(mlp, *fit_acts[i], steps, lr, batch, device, seed=i)
-        after = mlp_mse(mlp, Xh, Yh, device)
-        rows.append(dict(layer=i, mse_before=before, mse_after=after))
-        log(f"layer {i}: MLP output MSE on held-out activations {before:.6f} -> {after:.6f}")
+        before = unit_mse(fn, Xh, Yh, device)
+        fit_mlp(module, *fit_acts[i], steps, lr, batch, device, seed=i, fn=fn)
+        after = unit_mse(fn, Xh, Yh, device)
+        rows.append(dict(layer=i, unit=units[i], mse_before=before, mse_after=after))
+        log(f"layer {i}: {'MLP' if units[i] == 'mlp' else 'block'} output MSE on held-out activations "
+            f"{before:.6f} -> {after:.6f}")
     return rows
 
 

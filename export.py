@@ -27,7 +27,6 @@ from checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
 from configurator import run_cli
 from errors import UserError
 from hf_io import export_factored, export_hf
-from plans import format_plan
 from tokenizer import save_hf_tokenizer
 
 
@@ -38,7 +37,7 @@ def dir_size(path):
 def model_card(model, source, extra):
     """A short README.md: what the model is, its plan and parameters, how it was made, what it scored."""
     cfg, counts = model.config, model.param_counts()
-    plan = cfg.kron_plan or format_plan(cfg.plan(), cfg.n_layer, cfg.matrix_dims()) or "dense"
+    plan = cfg.plan_text() or "dense"
     lines = [f"# KronyGPT {cfg.arch} model, {counts['total'] / 1e6:.1f}M parameters", "",
              "Weight matrices stored as sums of Kronecker products, W = sum_k A_k (x) B_k (low rank is the "
              "(out,1)x(1,in) member), and multiplied in factored form. Made with KronyGPT.", "",

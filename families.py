@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from errors import ConfigError
 
+ATTENTION = ("attn.c_attn", "attn.c_proj")  # per block, the same in every family (q/k/v fused into c_attn)
+
 
 @dataclass(frozen=True)
 class Family:
@@ -32,6 +34,16 @@ class Family:
     def mlp_matrices(self):
         """((name, is_up), ...) of the MLP matrices, in module order."""
         return tuple((n, True) for n in self.up) + tuple((n, False) for n in self.down)
+
+    @property
+    def attn_matrices(self):
+        """Names (relative to a block) of the attention matrices: the fused q/k/v and the output projection."""
+        return ATTENTION
+
+    @property
+    def block_matrices(self):
+        """Every factorisable matrix of a block, attention first, in the order the block runs them."""
+        return self.attn_matrices + tuple(n for n, _ in self.mlp_matrices)
 
 
 FAMILIES = {

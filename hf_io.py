@@ -167,7 +167,7 @@ def gpt_from_hf(hf, name_or_dir, **overrides):
 def dense_state_dict(model):
     """The model's state dict with every factorised layer materialised into a dense weight."""
     sd = dict(model.state_dict())
-    for name, m in model.named_modules():
+    for name, m in model.named_modules(remove_duplicate=False):  # a tied factorised embedding is also lm_head
         if isinstance(m, Factorized):
             for p in m.new_parameters:
                 sd.pop(f"{name}.{p}", None)
@@ -250,7 +250,7 @@ def export_factored(model, out_dir, tokenizer_spec, card=""):
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
     sd = {f"gpt.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-          if not (cfg.tie_embeddings and k == "lm_head.weight")}
+          if not (cfg.tie_embeddings and k.startswith("lm_head."))}  # tied: stored once, as the embedding
     save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     for name in REMOTE_MODULES:
         with open(os.path.join(out_dir, f"{name}.py"), "w") as f:
@@ -270,8 +270,9 @@ def load_factored(path, **overrides):
         config = json.load(f)
     model = GPT(GPTConfig.from_dict({**config["model_args"], **overrides}))
     sd = {k[len("gpt."):]: v for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
-    if model.config.tie_embeddings:
-        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    if model.config.tie_embeddings:  # the lm_head's tensors are the embedding's (dense weight, or factors)
+        sd.update({"lm_head." + k[len("transformer.wte."):]: v for k, v in list(sd.items())
+                   if k.startswith("transformer.wte.")})
     model.load_state_dict(sd)
     spec = config.get("tokenizer_spec")
     # the tokenizer files were saved beside the weights: a Hugging Face tokenizer spec becomes this directory

@@ -34,12 +34,12 @@ from calib import BlockRunner, calibration_batches
 from checkpoint import load_model, resolve_checkpoint_path, save_checkpoint
 from configurator import run_cli
 from data_utils import REPO, TokenData
-from decompose import INITS, decompose_model, describe, is_lowrank, kron_config, plan_config
+from decompose import HEAD, INITS, decompose_model, describe, is_lowrank, kron_config, plan_config
 from errors import UserError
 from kronecker import kron_shape
 from model import GPT, GPTConfig
-from planner import (allocate, factors_for_target, keeps_rank, lowrank_curves, mac_ratio, matrices, param_base,
-                     plan_for_target, reachable, curve_error, score_plans, shape_candidates, spread_blocks,
+from planner import (SCOPES, allocate, curve_error, factors_for_target, keeps_rank, lowrank_curves, mac_ratio,
+                     matrices, param_base, plan_for_target, reachable, score_plans, shape_candidates, spread_blocks,
                      uniform_plan)
 from plans import format_plan, parse_blocks
 
@@ -163,23 +163,26 @@ def print_shapes(config, layers):
 # the command
 
 def collect_moments(dense, batches, layers):
-    """{(layer, name): E[x x^T]} of every MLP matrix of `layers` in the dense model (one pass)."""
+    """{(layer, name): E[x x^T]} of every factorisable matrix of `layers` in the dense model, and of the
+    lm_head's input under decompose.HEAD (one pass)."""
     runner = BlockRunner(dense, batches, next(dense.parameters()).device)
     out = {}
     for b in range(dense.config.n_layer):
         if b in layers:
-            mlp = dense.transformer.h[b].mlp
-            names = [n for n, _ in dense.config.family.mlp_matrices]
-            out.update({(b, n): C for n, C in runner.moments(b, {n: getattr(mlp, n) for n in names}).items()})
+            block = dense.transformer.h[b]
+            names = dense.config.family.block_matrices
+            out.update({(b, n): C for n, C in runner.moments(b, {n: block.matrix(n) for n in names}).items()})
         runner.advance(b)
+    out[HEAD] = runner.head_moment()
     return out
 
 
 def collect_grads(dense, batches, layers, n_tokens):
-    """{(layer, name): E[g g^T]} of the loss gradients at every MLP matrix output of `layers` (dense model),
-    on the first n_tokens of the calibration batches."""
-    mlps = [(b, n) for b in sorted(layers) for n, _ in dense.config.family.mlp_matrices]
-    modules = {f"{b}.{n}": getattr(dense.transformer.h[b].mlp, n) for b, n in mlps}
+    """{(layer, name): E[g g^T]} of the loss gradients at every factorisable matrix output of `layers` (dense
+    model), and the diagonal one of the logits under decompose.HEAD, on the first n_tokens of the batches."""
+    mats = [(b, n) for b in sorted(layers) for n in dense.config.family.block_matrices]
+    modules = {f"{b}.{n}": dense.transformer.h[b].matrix(n) for b, n in mats}
+    modules["lm_head"] = dense.lm_head
     use, total = [], 0
     for x in batches:
         if total >= n_tokens:
@@ -187,8 +190,8 @@ def collect_grads(dense, batches, layers, n_tokens):
         use.append(x)
         total += x.numel()
     from calib import output_gradient_moments
-    G = output_gradient_moments(dense, use, modules)
-    return {(b, n): G[f"{b}.{n}"] for b, n in mlps}
+    G = output_gradient_moments(dense, use, modules, diagonal=("lm_head",))
+    return {**{(b, n): G[f"{b}.{n}"] for b, n in mats}, HEAD: G["lm_head"]}
 
 
 def load_calib_cache(path, key):
@@ -260,36 +263,41 @@ def choose_uniform(args, dense, target, layers, moments, grads=None):
 def allocated_plan(args, dense, budget, layers, moments, uniform, grads=None, cache=None):
     """A per-matrix plan (each its own rank, or dense) for the budget, from the calibrated low-rank curves:
     minimising the summed squared relative output error, or with grads ('fisher') the summed predicted loss
-    increase. Falls back to the uniform plan when that scores lower on the same objective (said in the output)."""
+    increase. --scope says which matrices may be factorised (MLPs; + attention; + the embedding). With the
+    MLP scope it falls back to the uniform plan when that scores lower on the same objective (said so)."""
     config = dense.config
-    mats = matrices(config, layers)
-    base, _ = param_base(config, layers)
+    mats = matrices(config, layers, args.scope)
+    base, _ = param_base(config, layers, args.scope)
     t0 = time.time()
     curves = lowrank_curves(dense, moments, mats, args.damping, grads, args.g_damping, cache)
     alloc, used = allocate(curves, mats, budget - base)
     objective = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in alloc.items())
     what = "predicted loss increase" if grads else "sum of squared output errors"
-    plan = {}
+    plan, embed = {}, None
     for (b, name), r in alloc.items():
-        if r != "dense":
-            o, i = config.matrix_dims()[name]
-            plan.setdefault(b, {})[name] = (o, 1, r)
-    text = format_plan(plan, config.n_layer, config.matrix_dims())
-    print(f"allocation ({time.time() - t0:.0f}s): {base + used:,} parameters, {what} {objective:.4f} over "
-          f"{len(mats)} matrices; plan: {text}")
+        if r == "dense":
+            continue
+        if b == "embed":
+            embed = (config.vocab_size, 1, r)
+        else:
+            plan.setdefault(b, {})[name] = (config.matrix_dims()[name][0], 1, r)
+    text = format_plan(plan, config.n_layer, config.matrix_dims(), embed, (config.vocab_size, config.n_embd))
+    print(f"allocation over {args.scope} ({time.time() - t0:.0f}s): {base + used:,} parameters, {what} "
+          f"{objective:.4f} over {len(mats)} matrices; plan: {text}")
     f, s = uniform
-    if is_lowrank(s):  # the uniform low-rank plan is inside the allocator's search space: compare objectives
+    if args.scope == "mlp" and is_lowrank(s):  # the uniform low-rank plan is in the search space: compare
         uni = sum(curve_error(curves, (b, n), f) ** 2 for b, n, _, _ in mats)
         print(f"  uniform {describe(s, f)}: {what} {uni:.4f}")
         if uni < objective:
             print("  the uniform plan scores lower; keeping it")
             return None
-    for b in sorted({b for b, _, _, _ in mats}):
-        ranks = [f"{n} {alloc[(b, n)]}" for n, _ in config.family.mlp_matrices]
-        errs = [0.0 if alloc[(b, n)] == "dense" else curve_error(curves, (b, n), alloc[(b, n)])
-                for n, _ in config.family.mlp_matrices]
-        print(f"  block {b:>3}: " + ", ".join(f"{r} ({'dloss' if grads else 'err'} {e * e if grads else e:.4f})"
-                                           for r, e in zip(ranks, errs, strict=True)))
+    rows = {}
+    for b, n, _, _ in mats:
+        r = alloc[(b, n)]
+        e = 0.0 if r == "dense" else curve_error(curves, (b, n), r)
+        rows.setdefault(b, []).append(f"{n} {r} ({'dloss' if grads else 'err'} {e * e if grads else e:.4f})")
+    for b, parts in rows.items():
+        print(f"  {'block ' + str(b) if b != 'embed' else 'embedding':>9}: " + ", ".join(parts))
     return text
 
 
@@ -310,6 +318,8 @@ def main(argv=None):
     p.add_argument("--plan", help="a per-block plan string (see plans.py), e.g. '*: mlp=lowrank*64; 0: dense'")
     p.add_argument("--target_params", help="choose the plan for this total, e.g. 81M, 96M, distilgpt2")
     p.add_argument("--tolerance", type=float, default=0.01, help="--target_params: accepted relative distance")
+    p.add_argument("--scope", default="mlp", choices=SCOPES,
+                   help="--allocate: what may be factorised: mlp, blocks (+ attention) or all (+ the embedding)")
     p.add_argument("--allocate", action="store_true", help="with --target_params: each matrix its own rank (or dense)")
     p.add_argument("--list_shapes", action="store_true", help="print every valid shape with its counts and exit")
     p.add_argument("--init", default="vl", choices=INITS, help="initialisation (see decompose.py)")
@@ -464,7 +474,7 @@ def main(argv=None):
     if rows and "fisher_error" in rows[0]:
         summary["predicted_loss_increase"] = sum(r["fisher_error"] for r in rows)
         print(f"predicted loss increase (K-FAC, summed over matrices) {summary['predicted_loss_increase']:.4f}")
-    plan_text = kconfig.kron_plan or format_plan(kconfig.plan(), kconfig.n_layer, kconfig.matrix_dims())
+    plan_text = kconfig.plan_text()
     report = dict(model=args.model, init=args.init, plan=plan_text, scalars=args.scalars, layers=layers,
                   keep_blocks=args.keep_blocks, calib=args.calib, calib_tokens=args.calib_tokens if args.calib else 0,
                   sequential=args.sequential, permute=args.permute, damping=args.damping, allocate=args.allocate,

@@ -282,3 +282,24 @@ def van_loan(W, s, factors):
     A = a.t().reshape(factors, s.m1, s.n1)
     B = b.t().reshape(factors, s.m2, s.n2)
     return A.to(W.dtype), B.to(W.dtype), S.to(W.dtype)
+
+
+class KroneckerEmbedding(KroneckerLinear):
+    """A token embedding whose (vocab_size, n_embd) table is sum_k s_k A[k] (x) B[k], used both ways:
+    called with token ids (an integer tensor) it returns their rows, built from the factors without the
+    table (row t = i*m2 + k is sum_r A_r[i, :] (x) B_r[k, :]); called with hidden states x (float) it is the
+    tied lm_head, x W^T by the factored product. Tying is this one module in two places."""
+
+    def forward(self, x):
+        if x.dtype in (torch.int64, torch.int32):
+            return self.lookup(x)
+        return super().forward(x)
+
+    def lookup(self, idx):
+        s = self.shape
+        A = self.A if self.scalars is None else self.A * self.scalars.view(-1, 1, 1)
+        i, k = idx // s.m2, idx % s.m2
+        if s.n1 == 1 and s.m2 == 1:  # low rank: the (N, r) coefficients of the token rows times B
+            return A[:, i, 0].movedim(0, -1) @ self.B[:, 0, :]                    # (..., n2)
+        rows = torch.einsum("r...j,r...l->...jl", A[:, i], self.B[:, k])         # (..., n1, n2)
+        return rows.reshape(*idx.shape, s.n1 * s.n2)

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from errors import ConfigError, UserError
 from families import family
-from kronecker import Factorized, KroneckerLinear, kron_shape
+from kronecker import Factorized, KroneckerEmbedding, KroneckerLinear, kron_shape
 from plans import parse_plan
 
 
@@ -74,26 +74,47 @@ class GPTConfig:
         if self.kron_factors and len(self.kron_shape) != 2:
             raise ConfigError("kron_factors > 0 needs kron_shape=(m1, n1), the first factor of c_fc")
         self.plan()  # validates the plan (shapes that divide, factor counts in range)
+        if self.embed_spec() is not None and not self.tie_embeddings:
+            raise ConfigError("a factorised embedding ('embed=' in kron_plan) needs tie_embeddings=True: the "
+                              "lm_head then uses the same factors")
 
     def matrix_dims(self):
-        """{name: (out, in)} of every matrix a plan may factorise (the MLP's, named as in block.mlp)."""
+        """{name: (out, in)} of every matrix of a block a plan may factorise: the MLP's (named as in
+        block.mlp) and the attention's ('attn.c_attn', the fused q/k/v, and 'attn.c_proj')."""
+        f, q, kv = self.family, self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        return {"attn.c_attn": (q + 2 * kv, self.n_embd), "attn.c_proj": (self.n_embd, q),
+                **{n: (self.mlp_hidden, self.n_embd) for n in f.up}, **{n: (self.n_embd, self.mlp_hidden) for n in f.down}}
+
+    def plan_text(self):
+        """The plan as a string: kron_plan, or the shorthand written as a plan ('' when dense)."""
+        if self.kron_plan:
+            return self.kron_plan
+        if self.kron_factors:
+            return f"*: mlp={self.kron_shape[0]}x{self.kron_shape[1]}*{self.kron_factors}"
+        return ""
+
+    def resolved_plan(self):
+        """(blocks, embed): {block: {matrix: (m1, n1, factors)}} over every planned block, and the token
+        embedding's (m1, n1, factors) or None."""
         f = self.family
-        return {**{n: (self.mlp_hidden, self.n_embd) for n in f.up}, **{n: (self.n_embd, self.mlp_hidden) for n in f.down}}
+        return parse_plan(self.plan_text(), self.n_layer, f.up, f.down, self.matrix_dims(),
+                          (self.vocab_size, self.n_embd))
 
     def plan(self):
-        """The resolved plan {block: {matrix: (m1, n1, factors)}} of every block that has Kronecker matrices,
-        from kron_plan or the uniform shorthand, restricted to kron_layers."""
-        f = self.family
-        if self.kron_plan:
-            text = self.kron_plan
-        elif self.kron_factors:
-            text = f"*: mlp={self.kron_shape[0]}x{self.kron_shape[1]}*{self.kron_factors}"
-        else:
-            return {}
-        plan = parse_plan(text, self.n_layer, f.up, f.down, self.matrix_dims())
+        """{block: {matrix: (m1, n1, factors)}} of the blocks that have Kronecker matrices now (the plan
+        restricted to kron_layers)."""
+        plan, _ = self.resolved_plan()
         if self.kron_layers is not None:
             plan = {b: p for b, p in plan.items() if b in self.kron_layers}
         return plan
+
+    def embed_spec(self):
+        """(KronShape, factors) of a factorised token embedding (and the lm_head tied to it), or None."""
+        _, embed = self.resolved_plan()
+        if embed is None:
+            return None
+        m1, n1, r = embed
+        return kron_shape(self.vocab_size, self.n_embd, m1, n1), r
 
     def matrix_specs(self, layer):
         """{matrix: (KronShape, factors)} of block `layer`'s Kronecker matrices (empty when it is dense)."""
@@ -120,8 +141,8 @@ class GPTConfig:
         return cls(**d)
 
 
-def mlp_linear(config, layer, name, in_features, out_features):
-    """MLP matrix `name` of block `layer`: dense, or Kronecker with the shape and factors the plan gives it."""
+def block_linear(config, layer, name, in_features, out_features):
+    """Matrix `name` of block `layer`: dense, or Kronecker with the shape and factors the plan gives it."""
     spec = config.matrix_specs(layer).get(name)
     if spec is None:
         return nn.Linear(in_features, out_features, bias=config.bias)
@@ -187,8 +208,9 @@ class CausalSelfAttention(nn.Module):
         self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         q_dim, kv_dim = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
-        self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.bias)  # q, k, v fused
-        self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
+        # q, k, v fused (rows: the n_head query heads, then the n_kv_head key heads, then the value heads)
+        self.c_attn = block_linear(config, layer, "attn.c_attn", config.n_embd, q_dim + 2 * kv_dim)
+        self.c_proj = block_linear(config, layer, "attn.c_proj", q_dim, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
@@ -217,8 +239,8 @@ class MLP(nn.Module):
 
     def __init__(self, config, layer):
         super().__init__()
-        self.c_fc = mlp_linear(config, layer, "c_fc", config.n_embd, config.mlp_hidden)
-        self.c_proj = mlp_linear(config, layer, "c_proj", config.mlp_hidden, config.n_embd)
+        self.c_fc = block_linear(config, layer, "c_fc", config.n_embd, config.mlp_hidden)
+        self.c_proj = block_linear(config, layer, "c_proj", config.mlp_hidden, config.n_embd)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
         self.dropout = nn.Dropout(config.dropout)
 
@@ -231,9 +253,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config, layer):
         super().__init__()
-        self.gate_proj = mlp_linear(config, layer, "gate_proj", config.n_embd, config.mlp_hidden)
-        self.up_proj = mlp_linear(config, layer, "up_proj", config.n_embd, config.mlp_hidden)
-        self.down_proj = mlp_linear(config, layer, "down_proj", config.mlp_hidden, config.n_embd)
+        self.gate_proj = block_linear(config, layer, "gate_proj", config.n_embd, config.mlp_hidden)
+        self.up_proj = block_linear(config, layer, "up_proj", config.n_embd, config.mlp_hidden)
+        self.down_proj = block_linear(config, layer, "down_proj", config.mlp_hidden, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -257,6 +279,19 @@ class Block(nn.Module):
         x = x + self.mlp(self.ln_2(x))
         return x
 
+    def locate(self, name):
+        """(parent module, attribute) of a factorisable matrix by its plan name: 'attn.c_attn', 'attn.c_proj',
+        or an MLP matrix's name ('c_fc', 'gate_proj', ...)."""
+        return (self.attn, name[len("attn."):]) if name.startswith("attn.") else (self.mlp, name)
+
+    def matrix(self, name):
+        parent, attr = self.locate(name)
+        return getattr(parent, attr)
+
+    def set_matrix(self, name, module):
+        parent, attr = self.locate(name)
+        setattr(parent, attr, module)
+
 
 # -----------------------------------------------------------------------------
 # the model
@@ -266,8 +301,10 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        embed = config.embed_spec()
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(config.vocab_size, config.n_embd) if embed is None else
+            KroneckerEmbedding(embed[0], embed[1], bias=False, scalars=config.kron_scalars, impl=config.kron_impl),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=norm(config, config.n_embd),
@@ -278,9 +315,12 @@ class GPT(nn.Module):
             cos, sin = rotary_table(config)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight  # one tensor, counted once
+        if embed is not None:  # one factorised module: a row lookup for token ids, the factored product for x
+            self.lm_head = self.transformer.wte
+        else:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            if config.tie_embeddings:
+                self.lm_head.weight = self.transformer.wte.weight  # one tensor, counted once
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)  # GPT-2's scaled init of residual projections
         for name, m in self.named_modules():

@@ -22,19 +22,27 @@ from plans import format_blocks
 # -----------------------------------------------------------------------------
 # counting
 
-def matrices(config, layers=None):
-    """[(layer, name, out, in)] of the factorisable matrices of the given blocks (all by default)."""
+SCOPES = ("mlp", "blocks", "all")  # what the allocator may factorise: MLPs; + attention; + the token embedding
+
+
+def matrices(config, layers=None, scope="mlp"):
+    """[(layer, name, out, in)] of the matrices of the given blocks (all by default) that `scope` factorises;
+    scope 'all' adds the token embedding as ('embed', 'wte', vocab_size, n_embd)."""
     dims = config.matrix_dims()
     layers = range(config.n_layer) if layers is None else layers
-    return [(b, n, *dims[n]) for b in layers for n, _ in config.family.mlp_matrices]
+    names = [n for n, _ in config.family.mlp_matrices] if scope == "mlp" else config.family.block_matrices
+    mats = [(b, n, *dims[n]) for b in layers for n in names]
+    if scope == "all" and config.tie_embeddings:
+        mats.append(("embed", "wte", config.vocab_size, config.n_embd))
+    return mats
 
 
-def param_base(config, layers=None):
+def param_base(config, layers=None, scope="mlp"):
     """(parameters outside the planned matrices' weights, number of planned matrices) for a dense config."""
     with torch.device("meta"):
         dense_total = GPT(type(config).from_dict({**config.to_dict(), "kron_factors": 0, "kron_shape": (),
                                                   "kron_plan": "", "kron_layers": None})).param_counts()["total"]
-    mats = matrices(config, layers)
+    mats = matrices(config, layers, scope)
     return dense_total - sum(o * i for _, _, o, i in mats), len(mats)
 
 
@@ -131,12 +139,12 @@ def score_plans(dense, candidates, moments, init, blocks, damping=0.0, grads=Non
     for _, factors, s in candidates:
         errs = []
         for b in blocks:
-            mlp = dense.transformer.h[b].mlp
+            block = dense.transformer.h[b]
             for name, up in cfg.family.mlp_matrices:
                 shape = s if up else s.transposed()
                 if is_lowrank(s):  # canonical low rank for every matrix, as the plan grammar builds it
                     shape = KronShape(shape.out_features, 1, 1, shape.in_features)
-                W = getattr(mlp, name).weight.detach()
+                W = block.matrix(name).weight.detach()
                 C, G = moments[(b, name)], grads[(b, name)] if grads else None
                 A, B, scal = init_factors(W, shape, factors, init, C=C, damping=damping, cache=cache, G=G,
                                           g_damping=g_damping)
@@ -163,15 +171,19 @@ def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2
     errors relative (each matrix counts alike), or 2 with grads, making them the predicted loss increase
     tr(G dW C dW^T) / 2, comparable across matrices. cache: shared with decompose_model, which then reuses
     the whitening of every covariance."""
-    from decompose import side_whitening
+    from decompose import HEAD, side_whitening
     out = {}
     for b, name, o, i in mats:
-        W = getattr(dense.transformer.h[b].mlp, name).weight.detach().double()
-        C = moments[(b, name)] if moments is not None else None  # no calibration: the Frobenius error
+        key = HEAD if b == "embed" else (b, name)
+        W = (dense.transformer.wte if b == "embed" else dense.transformer.h[b].matrix(name)).weight.detach().double()
+        C = moments[key] if moments is not None else None  # no calibration: the Frobenius error
         _, (L, _), _ = side_whitening(C, 1, i, damping, cache)  # low rank: the input lives in B
         M = W @ L
-        if grads is not None:
-            (R, _), _, _ = side_whitening(grads[(b, name)], o, 1, g_damping, cache)  # and the output in A
+        if grads is not None and b == "embed":  # the logits: only the diagonal of their gradient moment
+            g = grads[key].double()
+            M = (g + g_damping * g.mean()).sqrt()[:, None] * M
+        elif grads is not None:
+            (R, _), _, _ = side_whitening(grads[key], o, 1, g_damping, cache)  # and the output in A
             M = R.t() @ M
         with lapack_threads():
             sig2 = torch.linalg.svdvals(M).pow(2)

@@ -28,7 +28,7 @@ from checkpoint import load_model, save_checkpoint
 from configurator import configure, run_cli
 from data_utils import TokenData, batch_seed, dataset_dir
 from decompose import INITS, decompose_model, kron_config
-from distill import add_kron_layer, collect_mlp_activations, fit_layers, make_distill_loss, progressive_order
+from distill import add_kron_layer, collect_activations, fit_layers, fit_units, make_distill_loss, progressive_order
 from errors import ConfigError, UserError
 from runtime import autocast, resolve_dtype, setup_runtime, teardown
 from trainer import Logger, TrainConfig, crop_block_size, evaluate, init_model, train
@@ -185,11 +185,14 @@ def distil(cfg, rt):
     data = TokenData(dataset_dir(cfg.dataset))
     fit_data, t0 = None, time.time()
     if ckpt is None and (cfg.mode == "layerwise" or (cfg.mode == "progressive" and cfg.progressive_fit)):
+        # progressive replacement swaps MLPs in; layer-wise fitting fits what the student factorised
+        layers = range(teacher.config.n_layer)
+        units = fit_units(student, layers) if cfg.mode == "layerwise" else {i: "mlp" for i in layers}
         with teacher_ctx:
-            fit = collect_mlp_activations(teacher, token_batches(data, "train", cfg.layerwise_tokens, cfg, 0),
-                                          range(teacher.config.n_layer), rt.device)
-            held = collect_mlp_activations(teacher, token_batches(data, "val", cfg.layerwise_tokens // 4, cfg, 1),
-                                           range(teacher.config.n_layer), rt.device)
+            fit = collect_activations(teacher, token_batches(data, "train", cfg.layerwise_tokens, cfg, 0), units,
+                                      rt.device)
+            held = collect_activations(teacher, token_batches(data, "val", cfg.layerwise_tokens // 4, cfg, 1), units,
+                                       rt.device)
         fit_data = (fit, held)
     if cfg.mode == "layerwise" and ckpt is None:
         val = data.val_windows(cfg.block_size, cfg.eval_tokens)

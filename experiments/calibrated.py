@@ -11,6 +11,8 @@ Rows (c_fc / gate+up shape; down takes the opposite):
   lowrank   rank r at the same parameter count: vl (= truncated SVD), vl_norm, aware, aware --sequential,
             fisher, fisher --allocate (each matrix its own rank; the flagship pipeline's start)
   planner   --target_params with --calib and --init aware: whatever shape the calibrated planner picks
+  fisher allocate blocks / all: the same budget allocated over the MLPs and attention (and the embedding);
+            layer-wise fitting then fits whole blocks where attention is factorised
 
     python data/shakespeare/prepare.py --tokenizer=smollm2-135m
     python experiments/calibrated.py                     # SmolLM2-135M -> ~81.4M (CPU: ~2 hours)
@@ -36,6 +38,9 @@ def rows_for(d, h, demo):
     rows += [("lowrank aware sequential", [*low, "--init", "aware", "--sequential"]),
              ("lowrank fisher allocate", ["--target_params", "SAME", "--init", "fisher", "--allocate"]),
              ("planner aware", ["--target_params", "SAME", "--init", "aware"])]
+    # the allocator free to spend the same budget on attention (and the embedding) too
+    rows += [(f"fisher allocate {scope}", ["--target_params", "SAME", "--init", "fisher", "--allocate", "--scope", scope])
+             for scope in ("blocks", "all")]
     return rows
 
 

@@ -25,6 +25,9 @@ class KronyGPTForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config):
         super().__init__(config)
         self.gpt = GPT(GPTConfig.from_dict(config.model_args))
+        if self.gpt.lm_head is self.gpt.transformer.wte:  # a factorised embedding: the lm_head is that module
+            self._tied_weights_keys = {f"gpt.lm_head.{n}": f"gpt.transformer.wte.{n}"
+                                       for n, _ in self.gpt.transformer.wte.named_parameters()}
         self.post_init()
 
     @torch.no_grad()
