@@ -36,10 +36,12 @@ VARIANTS = {  # name -> Kronecker settings (c_fc / gate+up first factor)
     "gpt2": [("dense 124M", {}),
              ("81M (768,768)x(4,1)", dict(kron_factors=1, kron_shape=(768, 768))),
              ("80M (1024,256)x(3,3) x2", dict(kron_factors=2, kron_shape=(1024, 256))),
-             ("96M prune (3072,384)x(1,2)", dict(kron_factors=1, kron_shape=(3072, 384)))],
+             ("96M prune (3072,384)x(1,2)", dict(kron_factors=1, kron_shape=(3072, 384))),
+             ("82M low rank 154", dict(kron_plan="*: mlp=lowrank*154"))],
     "smollm2": [("dense 135M", {}),
                 ("80M 5x(768,72)x(2,8)", dict(kron_factors=5, kron_shape=(768, 72))),
-                ("81M (512,576)x(3,1)", dict(kron_factors=1, kron_shape=(512, 576)))],
+                ("81M (512,576)x(3,1)", dict(kron_factors=1, kron_shape=(512, 576))),
+                ("81M low rank 140", dict(kron_plan="*: mlp=lowrank*140"))],
 }
 SMOKE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=64)
 SMOKE_VARIANTS = [("dense", {}), ("kron (64,64)x(4,1)", dict(kron_factors=1, kron_shape=(64, 64))),
@@ -72,7 +74,9 @@ def round_robin(fns, rounds, device, warmup=2):
 
 def bench_layers(args, ctx):
     d, h, tokens = (64, 256, 512) if args.smoke else (768, 3072, args.layer_tokens)
-    plans = [((64, 64), 1), ((32, 16), 2)] if args.smoke else [((768, 768), 1), ((1024, 256), 2), ((3072, 384), 1)]
+    # (3072,1)x(1,768) x154 is the low-rank member at the parameter count of (768,768)x(4,1)
+    plans = [((64, 64), 1), ((32, 16), 2), ((256, 1), 16)] if args.smoke else \
+        [((768, 768), 1), ((1024, 256), 2), ((3072, 384), 1), ((3072, 1), 154)]
     dt = args.ptdtype
     results = []
     for (m1, n1), r in plans:

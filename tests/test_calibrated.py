@@ -12,7 +12,7 @@ import torch
 from calib import BlockRunner
 from checkpoint import load_model
 from conftest import REPO
-from decompose import aware_factors, decompose_model, init_factors, output_error, whitening
+from decompose import HEAD, aware_factors, decompose_model, init_factors, output_error, whitening
 from kron_decomp import collect_moments
 from kronecker import KronShape, kron_shape, kron_sum
 from hf_io import load_pretrained
@@ -105,13 +105,15 @@ def test_calibration_moments_equal_a_direct_computation(fixture, request):
     inputs = {}
     hooks = []
     for b, block in enumerate(model.transformer.h):
-        for name, _ in model.config.family.mlp_matrices:
-            mod = getattr(block.mlp, name)
+        for name in model.config.family.block_matrices:
+            mod = block.matrix(name)
             hooks.append(mod.register_forward_pre_hook(
                 lambda m, a, key=(b, name): inputs.setdefault(key, []).append(a[0].reshape(-1, a[0].shape[-1]))))
+    hooks.append(model.lm_head.register_forward_pre_hook(
+        lambda m, a: inputs.setdefault(HEAD, []).append(a[0].reshape(-1, a[0].shape[-1]))))
     with torch.no_grad():
         for x in batches:
-            model(x)
+            model(x, all_logits=True)
     for h in hooks:
         h.remove()
     moments = collect_moments(model, batches, set(range(model.config.n_layer)))

@@ -31,11 +31,12 @@ def test_grammar_round_trip_and_overrides():
     assert plan[0] == {"c_fc": (16, 8, 2), "c_proj": (8, 16, 2)}      # 'mlp': down takes the opposite shape
     assert plan[2] == {"c_fc": (16, 8, 2), "c_proj": (32, 1, 5)}      # a later item overrides one matrix
     text = format_plan(plan, 3, cfg.matrix_dims())
-    assert parse_plan(text, 3, ("c_fc",), ("c_proj",), cfg.matrix_dims()) == plan
+    assert parse_plan(text, 3, ("c_fc",), ("c_proj",), cfg.matrix_dims()) == (plan, None)
 
 
 @pytest.mark.parametrize("plan,message", [
-    ("3-1: mlp=16x8*1", "reversed"), ("0-9: mlp=16x8*1", "outside"), ("*: attn=16x8*1", "unknown matrix"),
+    ("3-1: mlp=16x8*1", "reversed"), ("0-9: mlp=16x8*1", "outside"), ("*: ffn=16x8*1", "unknown matrix"),
+    ("*: attn=5x8*1", "does not divide"), ("embed=lowrank*999", "factors"),
     ("*: mlp=5x4*1", "does not divide"), ("*: mlp=16x8*0", "factors"), ("*: mlp=16x8", "must look like"),
     ("mlp=16x8*1", "BLOCKS: SPEC"), ("*: c_fc=lowrank*40", "factors"),
 ])
