@@ -392,7 +392,8 @@ def main(argv=None):
         batches = calibration_batches(data, args.calib_tokens, seq, seed=args.seed)
         planned = set(layers or range(config.n_layer))
         key = dict(model=args.model, calib=args.calib, tokens=args.calib_tokens, seq=seq, seed=args.seed,
-                   keep_blocks=args.keep_blocks, layers=sorted(planned))
+                   keep_blocks=args.keep_blocks, layers=sorted(planned),
+                   contents="every block matrix and the lm_head")  # what collect_moments/collect_grads hold
         cached = load_calib_cache(args.calib_cache, key)
         if args.target_params or not args.sequential:  # the planner and plain decomposition use dense moments
             tc = time.time()
