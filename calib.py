@@ -9,9 +9,13 @@ sequential mode (GPTQ-style) block l sees the states produced by blocks < l alre
 block's down matrices see the outputs of its already-compressed up matrices.
 """
 
+import os
+
 import torch
 
 from errors import UserError
+
+HEAD = ("head", "lm_head")  # the key of the lm_head's statistics: its input moment, its output gradients' diagonal
 
 
 class MomentHooks:
@@ -140,3 +144,58 @@ def calibration_batches(data, n_tokens, seq_len, batch_size=8, seed=0):
         b = min(batch_size, n_seq - start)
         batches.append(data.get_batch("train", b, seq_len, batch_seed(seed, 2 ** 41, k))[0])
     return batches
+
+
+def collect_moments(dense, batches, layers):
+    """{(layer, name): E[x x^T]} of every factorisable matrix of `layers` in the dense model, and of the
+    lm_head's input under HEAD (one pass)."""
+    runner = BlockRunner(dense, batches, next(dense.parameters()).device)
+    out = {}
+    for b in range(dense.config.n_layer):
+        if b in layers:
+            block = dense.transformer.h[b]
+            names = dense.config.family.block_matrices
+            out.update({(b, n): C for n, C in runner.moments(b, {n: block.matrix(n) for n in names}).items()})
+        runner.advance(b)
+    out[HEAD] = runner.head_moment()
+    return out
+
+
+def collect_grads(dense, batches, layers, n_tokens):
+    """{(layer, name): E[g g^T]} of the loss gradients at every factorisable matrix output of `layers` (dense
+    model), and the diagonal one of the logits under HEAD, on the first n_tokens of the batches."""
+    mats = [(b, n) for b in sorted(layers) for n in dense.config.family.block_matrices]
+    modules = {f"{b}.{n}": dense.transformer.h[b].matrix(n) for b, n in mats}
+    modules["lm_head"] = dense.lm_head
+    use, total = [], 0
+    for x in batches:
+        if total >= n_tokens:
+            break
+        use.append(x)
+        total += x.numel()
+    G = output_gradient_moments(dense, use, modules, diagonal=("lm_head",))
+    return {**{(b, n): G[f"{b}.{n}"] for b, n in mats}, HEAD: G["lm_head"]}
+
+
+def load_calib_cache(path, key):
+    """The statistics stored in --calib_cache for exactly this calibration (model, data, tokens, seed), or {}."""
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"--calib_cache {path} could not be read ({type(e).__name__}); delete it to recollect") from None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        print(f"--calib_cache {path} holds another calibration; collecting anew (it will be replaced)")
+        return {}
+    return stored
+
+
+def save_calib_cache(path, key, cached, moments, grads, fisher_tokens):
+    from checkpoint import atomic_save  # checkpoint imports the model; calib stays importable without it
+    out = {k: v for k, v in cached.items() if k != "key"}
+    if moments is not None:
+        out["moments"] = moments
+    if grads is not None:
+        out[f"grads_{fisher_tokens}"] = grads
+    atomic_save({"key": key, **out}, path)

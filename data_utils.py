@@ -155,3 +155,22 @@ def batch_seed(seed, iter_num, global_micro_step):
     is counted over all ranks (micro * world_size + rank), so 2 processes x 1 micro-step draw the
     same batches as 1 process x 2 micro-steps."""
     return int(np.random.SeedSequence([seed, iter_num, global_micro_step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def check_data_fits(data, model, name):
+    """One clear error when the dataset was tokenised for another model (ids it cannot embed, or another
+    tokenizer family)."""
+    meta, vocab = data.meta, model.config.vocab_size
+    if meta["vocab_size"] > vocab:
+        raise UserError(f"dataset {name} has vocabulary {meta['vocab_size']} ({meta['tokenizer']}) but the model only "
+                        f"{vocab}; prepare the data with the model's tokenizer")
+    from tokenizer import same_tokenizer  # tokenizer imports hf_io and the model: only when checking
+    verdict = same_tokenizer(meta["tokenizer"], getattr(model, "tokenizer_name", None))
+    if verdict is False:
+        raise UserError(f"dataset {name} was tokenised with {describe_tokenizer(meta['tokenizer'])} but the model "
+                        f"uses {describe_tokenizer(model.tokenizer_name)}; prepare the data with the model's "
+                        f"tokenizer (data/*/prepare.py --tokenizer=...)")
+
+
+def describe_tokenizer(spec):
+    return f"a {len(spec['chars'])}-character vocabulary" if isinstance(spec, dict) else repr(spec)

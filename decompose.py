@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from calib import BlockRunner
+from calib import HEAD, BlockRunner
 from errors import UserError
 from kronecker import KronShape, KroneckerEmbedding, KroneckerLinear, kron_sum, lapack_threads, rearrange, van_loan
 
@@ -341,9 +341,6 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
         C = runner.head_moment() if runner is not None else (moments or {}).get(HEAD)
         rows.append(replace_embedding(model, init, C, (grads or {}).get(HEAD), damping, g_damping))
     return model.train(dense.training), rows
-
-
-HEAD = ("head", "lm_head")  # the key of the lm_head's statistics: its input moment, its output gradients' diagonal
 
 
 def replace_embedding(model, init, C=None, g_diag=None, damping=0.0, g_damping=1e-2):

@@ -28,11 +28,11 @@ import torch
 
 from checkpoint import load_model
 from configurator import run_cli
-from data_utils import TokenData, dataset_dir
+from data_utils import TokenData, check_data_fits, dataset_dir
 from errors import UserError
 from runtime import setup_runtime
 from tokenizer import get_tokenizer
-from trainer import check_data_fits, evaluate
+from trainer import evaluate
 
 BENCHMARKS = {  # name -> (hub dataset, config, split, text field)
     "wikitext103": ("wikitext", "wikitext-103-v1", "test", "text"),

@@ -30,11 +30,11 @@ import time
 
 import torch
 
-from calib import BlockRunner, calibration_batches
+from calib import HEAD, calibration_batches, collect_grads, collect_moments, load_calib_cache, save_calib_cache
 from checkpoint import load_model, resolve_checkpoint_path, save_checkpoint
 from configurator import run_cli
 from data_utils import REPO, TokenData
-from decompose import HEAD, INITS, decompose_model, describe, is_lowrank, kron_config, plan_config
+from decompose import INITS, decompose_model, describe, is_lowrank, kron_config, plan_config
 from errors import UserError
 from kronecker import kron_shape
 from model import GPT, GPTConfig
@@ -161,62 +161,6 @@ def print_shapes(config, layers):
 
 # -----------------------------------------------------------------------------
 # the command
-
-def collect_moments(dense, batches, layers):
-    """{(layer, name): E[x x^T]} of every factorisable matrix of `layers` in the dense model, and of the
-    lm_head's input under decompose.HEAD (one pass)."""
-    runner = BlockRunner(dense, batches, next(dense.parameters()).device)
-    out = {}
-    for b in range(dense.config.n_layer):
-        if b in layers:
-            block = dense.transformer.h[b]
-            names = dense.config.family.block_matrices
-            out.update({(b, n): C for n, C in runner.moments(b, {n: block.matrix(n) for n in names}).items()})
-        runner.advance(b)
-    out[HEAD] = runner.head_moment()
-    return out
-
-
-def collect_grads(dense, batches, layers, n_tokens):
-    """{(layer, name): E[g g^T]} of the loss gradients at every factorisable matrix output of `layers` (dense
-    model), and the diagonal one of the logits under decompose.HEAD, on the first n_tokens of the batches."""
-    mats = [(b, n) for b in sorted(layers) for n in dense.config.family.block_matrices]
-    modules = {f"{b}.{n}": dense.transformer.h[b].matrix(n) for b, n in mats}
-    modules["lm_head"] = dense.lm_head
-    use, total = [], 0
-    for x in batches:
-        if total >= n_tokens:
-            break
-        use.append(x)
-        total += x.numel()
-    from calib import output_gradient_moments
-    G = output_gradient_moments(dense, use, modules, diagonal=("lm_head",))
-    return {**{(b, n): G[f"{b}.{n}"] for b, n in mats}, HEAD: G["lm_head"]}
-
-
-def load_calib_cache(path, key):
-    """The statistics stored in --calib_cache for exactly this calibration (model, data, tokens, seed), or {}."""
-    if not path or not os.path.isfile(path):
-        return {}
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"--calib_cache {path} could not be read ({type(e).__name__}); delete it to recollect") from None
-    if not isinstance(stored, dict) or stored.get("key") != key:
-        print(f"--calib_cache {path} holds another calibration; collecting anew (it will be replaced)")
-        return {}
-    return stored
-
-
-def save_calib_cache(path, key, cached, moments, grads, fisher_tokens):
-    from checkpoint import atomic_save
-    out = {k: v for k, v in cached.items() if k != "key"}
-    if moments is not None:
-        out["moments"] = moments
-    if grads is not None:
-        out[f"grads_{fisher_tokens}"] = grads
-    atomic_save({"key": key, **out}, path)
-
 
 def choose_uniform(args, dense, target, layers, moments, grads=None):
     """(factors, up shape) for --target_params: by parameter count alone, or by calibrated error with --calib."""

@@ -330,6 +330,21 @@ class GPT(nn.Module):
                 else:
                     nn.init.normal_(m.weight, mean=0.0, std=residual_std)
 
+    def crop_block_size(self, block_size):
+        """Use a shorter context than the model was made for (GPT-2: 1024 -> 256 for a CPU run)."""
+        cfg = self.config
+        if block_size > cfg.block_size:
+            raise ConfigError(f"block_size {block_size} exceeds the model's {cfg.block_size}; lower block_size")
+        if block_size == cfg.block_size:
+            return self
+        self.config = replace(cfg, block_size=block_size)
+        if cfg.family.positions == "learned":
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        else:
+            self.rope_cos = self.rope_cos[:block_size]
+            self.rope_sin = self.rope_sin[:block_size]
+        return self
+
     def set_dropout(self, p):
         """Use dropout p everywhere, config and modules alike (a student copied from an eval-mode teacher,
         a checkpoint trained further with another dropout)."""

@@ -171,7 +171,8 @@ def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2
     errors relative (each matrix counts alike), or 2 with grads, making them the predicted loss increase
     tr(G dW C dW^T) / 2, comparable across matrices. cache: shared with decompose_model, which then reuses
     the whitening of every covariance."""
-    from decompose import HEAD, side_whitening
+    from calib import HEAD
+    from decompose import side_whitening
     out = {}
     for b, name, o, i in mats:
         key = HEAD if b == "embed" else (b, name)

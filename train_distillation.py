@@ -31,7 +31,7 @@ from decompose import INITS, decompose_model, kron_config
 from distill import add_kron_layer, collect_activations, fit_layers, fit_units, make_distill_loss, progressive_order
 from errors import ConfigError, UserError
 from runtime import autocast, resolve_dtype, setup_runtime, teardown
-from trainer import Logger, TrainConfig, crop_block_size, evaluate, init_model, train
+from trainer import Logger, TrainConfig, evaluate, init_model, train
 
 
 @dataclass
@@ -175,7 +175,7 @@ def distil(cfg, rt):
     teacher = load_model(cfg.teacher, device=rt.device)
     if teacher.config.is_factorized:
         raise UserError(f"the teacher {cfg.teacher} has Kronecker matrices; distil from the dense model")
-    crop_block_size(teacher, cfg.block_size)
+    teacher.crop_block_size(cfg.block_size)
     teacher.eval().requires_grad_(False)
     teacher_ctx = teacher_context(cfg, rt)
 

@@ -11,13 +11,9 @@ one small state object:
         optimisation_step(run, loss_fn)   # gradient accumulation, clipping, one AdamW step, logging
         check_stop(run)                   # SIGTERM/SIGINT: save and raise Stopped; max_seconds: finish
 
-Parameter groups: 'new' holds every factorised layer's own new parameters (Kronecker factors and scalars,
-Factorized.new_parameters); 'pretrained' holds everything else. Each has its own learning rate and weight
-decay; both follow one warmup + cosine multiplier. Freezing sets requires_grad=False, so a frozen tensor
-gets no gradient, AdamW skips it (no decay, no moment update, no new state) and it stays bitwise unchanged.
+Parameter groups, schedules and freezing live in optim.py.
 """
 
-import math
 import os
 import signal
 import subprocess
@@ -30,10 +26,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, load_model, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
 from configurator import as_dict
-from data_utils import REPO, TokenData, batch_seed, dataset_dir
+from data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir
 from errors import CheckpointError, ConfigError, Stopped, UserError
 from model import GPT, GPTConfig
-from tokenizer import same_tokenizer
+from optim import (group_stats, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule, rebuild_optimizer,
+                   set_frozen)
 
 
 @dataclass
@@ -121,126 +118,7 @@ class TrainConfig:
 
 
 # -----------------------------------------------------------------------------
-# schedules
-
-def parse_freeze_schedule(text):
-    """'freeze:100,release:50*3' -> [('freeze', 100), ('release', 50)] * 3."""
-    if not text.strip():
-        return []
-    body, _, reps = text.partition("*")
-    try:
-        phases = []
-        for part in body.split(","):
-            kind, n = part.strip().split(":")
-            if kind.strip() not in ("freeze", "release") or int(n) < 0:
-                raise ValueError
-            phases.append((kind.strip(), int(n)))
-        return phases * (int(reps) if reps.strip() else 1)
-    except ValueError:
-        raise ConfigError(f"freeze_schedule {text!r} is not like 'freeze:100,release:100*3'") from None
-
-
-def is_frozen(schedule, it):
-    """Whether iteration `it` falls in a 'freeze' phase."""
-    start = 0
-    for kind, n in schedule:
-        if it < start + n:
-            return kind == "freeze"
-        start += n
-    return False
-
-
-def lr_multiplier(cfg, it):
-    """Linear warmup to 1, then cosine down to min_lr/learning_rate, then flat."""
-    if not cfg.decay_lr:
-        return 1.0
-    if it < cfg.warmup_iters:
-        return (it + 1) / (cfg.warmup_iters + 1)
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    floor = cfg.min_lr / cfg.learning_rate if cfg.learning_rate > 0 else 1.0
-    if it >= decay_iters:
-        return floor
-    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1 - floor)
-
-
-# -----------------------------------------------------------------------------
-# parameter groups
-
-def param_groups(model, cfg):
-    """AdamW groups: new/pretrained x decay/no-decay (2-D and larger tensors decay)."""
-    lrs = {"pretrained": cfg.learning_rate,
-           "new": cfg.new_learning_rate if cfg.new_learning_rate >= 0 else cfg.learning_rate}
-    wds = {"pretrained": cfg.weight_decay,
-           "new": cfg.new_weight_decay if cfg.new_weight_decay >= 0 else cfg.weight_decay}
-    new, buckets = model.new_parameter_names(), {}
-    for name, p in model.named_parameters():
-        kind = "new" if name in new else "pretrained"
-        buckets.setdefault((kind, p.dim() >= 2), []).append(p)
-    return [dict(params=ps, name=f"{kind}{'' if decay else '_no_decay'}", kind=kind, base_lr=lrs[kind],
-                 lr=lrs[kind], weight_decay=wds[kind] if decay else 0.0)
-            for (kind, decay), ps in sorted(buckets.items())]
-
-
-def make_optimizer(model, cfg, device_type):
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                             fused=device_type == "cuda")
-
-
-def rebuild_optimizer(old, model, cfg, device_type):
-    """A new optimizer over the current parameters, keeping the state of those that survive."""
-    new = make_optimizer(model, cfg, device_type)
-    for group in new.param_groups:
-        for p in group["params"]:
-            if p in old.state:
-                new.state[p] = old.state[p]
-    return new
-
-
-def set_frozen(model, group, frozen):
-    """requires_grad=False on every parameter of `group` ('new' or 'pretrained') when frozen."""
-    new = model.new_parameter_names()
-    for name, p in model.named_parameters():
-        if ("new" if name in new else "pretrained") == group:
-            p.requires_grad_(not frozen)
-
-
-# -----------------------------------------------------------------------------
 # the model to start from
-
-def crop_block_size(model, block_size):
-    """Use a shorter context than the model was made for (GPT-2: 1024 -> 256 for a CPU run)."""
-    cfg = model.config
-    if block_size > cfg.block_size:
-        raise ConfigError(f"block_size {block_size} exceeds the model's {cfg.block_size}; lower block_size")
-    if block_size == cfg.block_size:
-        return model
-    model.config = GPTConfig.from_dict({**cfg.to_dict(), "block_size": block_size})
-    if cfg.family.positions == "learned":
-        model.transformer.wpe.weight = torch.nn.Parameter(model.transformer.wpe.weight[:block_size].detach().clone())
-    else:
-        model.rope_cos = model.rope_cos[:block_size]
-        model.rope_sin = model.rope_sin[:block_size]
-    return model
-
-
-def check_data_fits(data, model, name):
-    """One clear error when the dataset was tokenised for another model (ids it cannot embed, or another
-    tokenizer family)."""
-    meta, vocab = data.meta, model.config.vocab_size
-    if meta["vocab_size"] > vocab:
-        raise UserError(f"dataset {name} has vocabulary {meta['vocab_size']} ({meta['tokenizer']}) but the model only "
-                        f"{vocab}; prepare the data with the model's tokenizer")
-    verdict = same_tokenizer(meta["tokenizer"], getattr(model, "tokenizer_name", None))
-    if verdict is False:
-        raise UserError(f"dataset {name} was tokenised with {describe_tokenizer(meta['tokenizer'])} but the model "
-                        f"uses {describe_tokenizer(model.tokenizer_name)}; prepare the data with the model's "
-                        f"tokenizer (data/*/prepare.py --tokenizer=...)")
-
-
-def describe_tokenizer(spec):
-    return f"a {len(spec['chars'])}-character vocabulary" if isinstance(spec, dict) else repr(spec)
-
 
 def init_model(cfg, rt):
     """(model on rt.device in train mode, resume checkpoint or None, tokenizer spec) for cfg.init_from."""
@@ -261,7 +139,7 @@ def init_model(cfg, rt):
     else:
         model = load_model(cfg.init_from).set_dropout(cfg.dropout)
     check_data_fits(data, model, cfg.dataset)
-    crop_block_size(model, cfg.block_size)
+    model.crop_block_size(cfg.block_size)
     return model.to(rt.device).train(), ckpt, getattr(model, "tokenizer_name", data.meta["tokenizer"])
 
 
@@ -495,25 +373,6 @@ def evaluate_and_save(run, hooks):
             if improved and run.rt.master:
                 link_best(cfg.out_dir)
     run.done = run.done or at_end
-
-
-def group_stats(optimizer, before):
-    """Per-kind ('new', 'pretrained') gradient norm and update/weight norm ratio of the last step
-    (one device sync for all of them)."""
-    sums = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None and id(p) in before:
-                old = before[id(p)]
-                sums.setdefault(group["kind"], []).append(torch.stack(
-                    [p.grad.float().pow(2).sum(), (p.detach().float() - old).pow(2).sum(), old.pow(2).sum()]))
-    stats = {}
-    for kind, parts in sums.items():
-        g2, u2, w2 = torch.stack(parts).sum(0).tolist()
-        if w2 > 0:
-            stats[f"grad_norm_{kind}"] = math.sqrt(g2)
-            stats[f"update_ratio_{kind}"] = math.sqrt(u2 / w2)
-    return stats
 
 
 def optimisation_step(run, loss_fn):

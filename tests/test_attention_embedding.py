@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
+from calib import collect_moments
 from checkpoint import load_model, save_checkpoint
 from conftest import REPO
 from decompose import decompose_model
 from hf_io import dense_state_dict, load_pretrained
-from kron_decomp import collect_moments
 from kronecker import KroneckerEmbedding, KroneckerLinear, kron_shape
 from model import GPT, GPTConfig, KVCache
 from planner import allocate, lowrank_curves, matrices, param_base

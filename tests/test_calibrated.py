@@ -9,11 +9,10 @@ import sys
 import pytest
 import torch
 
-from calib import BlockRunner
+from calib import HEAD, BlockRunner, collect_moments
 from checkpoint import load_model
 from conftest import REPO
-from decompose import HEAD, aware_factors, decompose_model, init_factors, output_error, whitening
-from kron_decomp import collect_moments
+from decompose import aware_factors, decompose_model, init_factors, output_error, whitening
 from kronecker import KronShape, kron_shape, kron_sum
 from hf_io import load_pretrained
 from model import GPT

@@ -1,0 +1,119 @@
+"""
+The optimiser side of training: AdamW over two parameter groups, the warmup + cosine learning-rate
+multiplier, freeze/release schedules, and per-group statistics for the logs.
+
+Parameter groups: 'new' holds every factorised layer's own new parameters (Kronecker factors and scalars,
+Factorized.new_parameters); 'pretrained' holds everything else. Each has its own learning rate and weight
+decay; both follow one warmup + cosine multiplier. Freezing sets requires_grad=False, so a frozen tensor
+gets no gradient, AdamW skips it (no decay, no moment update, no new state) and it stays bitwise unchanged.
+"""
+
+import math
+
+import torch
+
+from errors import ConfigError
+
+
+# -----------------------------------------------------------------------------
+# schedules
+
+def parse_freeze_schedule(text):
+    """'freeze:100,release:50*3' -> [('freeze', 100), ('release', 50)] * 3."""
+    if not text.strip():
+        return []
+    body, _, reps = text.partition("*")
+    try:
+        phases = []
+        for part in body.split(","):
+            kind, n = part.strip().split(":")
+            if kind.strip() not in ("freeze", "release") or int(n) < 0:
+                raise ValueError
+            phases.append((kind.strip(), int(n)))
+        return phases * (int(reps) if reps.strip() else 1)
+    except ValueError:
+        raise ConfigError(f"freeze_schedule {text!r} is not like 'freeze:100,release:100*3'") from None
+
+
+def is_frozen(schedule, it):
+    """Whether iteration `it` falls in a 'freeze' phase."""
+    start = 0
+    for kind, n in schedule:
+        if it < start + n:
+            return kind == "freeze"
+        start += n
+    return False
+
+
+def lr_multiplier(cfg, it):
+    """Linear warmup to 1, then cosine down to min_lr/learning_rate, then flat."""
+    if not cfg.decay_lr:
+        return 1.0
+    if it < cfg.warmup_iters:
+        return (it + 1) / (cfg.warmup_iters + 1)
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    floor = cfg.min_lr / cfg.learning_rate if cfg.learning_rate > 0 else 1.0
+    if it >= decay_iters:
+        return floor
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1 - floor)
+
+
+# -----------------------------------------------------------------------------
+# parameter groups
+
+def param_groups(model, cfg):
+    """AdamW groups: new/pretrained x decay/no-decay (2-D and larger tensors decay)."""
+    lrs = {"pretrained": cfg.learning_rate,
+           "new": cfg.new_learning_rate if cfg.new_learning_rate >= 0 else cfg.learning_rate}
+    wds = {"pretrained": cfg.weight_decay,
+           "new": cfg.new_weight_decay if cfg.new_weight_decay >= 0 else cfg.weight_decay}
+    new, buckets = model.new_parameter_names(), {}
+    for name, p in model.named_parameters():
+        kind = "new" if name in new else "pretrained"
+        buckets.setdefault((kind, p.dim() >= 2), []).append(p)
+    return [dict(params=ps, name=f"{kind}{'' if decay else '_no_decay'}", kind=kind, base_lr=lrs[kind],
+                 lr=lrs[kind], weight_decay=wds[kind] if decay else 0.0)
+            for (kind, decay), ps in sorted(buckets.items())]
+
+
+def make_optimizer(model, cfg, device_type):
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                             fused=device_type == "cuda")
+
+
+def rebuild_optimizer(old, model, cfg, device_type):
+    """A new optimizer over the current parameters, keeping the state of those that survive."""
+    new = make_optimizer(model, cfg, device_type)
+    for group in new.param_groups:
+        for p in group["params"]:
+            if p in old.state:
+                new.state[p] = old.state[p]
+    return new
+
+
+def set_frozen(model, group, frozen):
+    """requires_grad=False on every parameter of `group` ('new' or 'pretrained') when frozen."""
+    new = model.new_parameter_names()
+    for name, p in model.named_parameters():
+        if ("new" if name in new else "pretrained") == group:
+            p.requires_grad_(not frozen)
+
+
+def group_stats(optimizer, before):
+    """Per-kind ('new', 'pretrained') gradient norm and update/weight norm ratio of the last step
+    (one device sync for all of them)."""
+    sums = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and id(p) in before:
+                old = before[id(p)]
+                sums.setdefault(group["kind"], []).append(torch.stack(
+                    [p.grad.float().pow(2).sum(), (p.detach().float() - old).pow(2).sum(), old.pow(2).sum()]))
+    stats = {}
+    for kind, parts in sums.items():
+        g2, u2, w2 = torch.stack(parts).sum(0).tolist()
+        if w2 > 0:
+            stats[f"grad_norm_{kind}"] = math.sqrt(g2)
+            stats[f"update_ratio_{kind}"] = math.sqrt(u2 / w2)
+    return stats
