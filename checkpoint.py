@@ -99,7 +99,7 @@ def atomic_save(obj, path):
 
 def save_checkpoint(path, model, tokenizer="gpt2", optimizer=None, iter_num=0, best_val_loss=None,
                     config=None, rng=None, extra=None):
-    """rng: RNG states to store (train_loop passes one per rank), or None for none."""
+    """rng: RNG states to store (the trainer passes one per rank), or None for none."""
     model = unwrap(model)
     ckpt = {
         "format": FORMAT,

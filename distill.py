@@ -28,7 +28,7 @@ def hidden_mse(student_hidden, teacher_hidden):
 
 
 def make_distill_loss(teacher, alpha, beta, temperature, hidden_weight, teacher_ctx):
-    """loss_fn for train_loop: alpha*CE + beta*T^2*KL(teacher||student) + hidden_weight*hidden MSE."""
+    """loss_fn for trainer.train: alpha*CE + beta*T^2*KL(teacher||student) + hidden_weight*hidden MSE."""
 
     def loss_fn(model, x, y, iter_num):
         t_hidden = [] if hidden_weight > 0 else None

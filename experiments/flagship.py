@@ -246,8 +246,10 @@ class Flagship:
             for key, comp in completions:
                 f.write(f"| {key} | " + " | ".join(fmt(comp.get(p, "-")).replace("|", "/").replace("\n", " ")
                                                    for p in PROMPTS) + " |\n")
-            f.write("\n## Commands\n\n```\n" + open(os.path.join(ex.out, "commands.log")).read()
-                    .replace(REPO + "/", "").replace(sys.executable, "python") + "```\n")
+            with open(os.path.join(ex.out, "commands.log")) as log:  # the commands, not their output
+                commands = "".join(line for line in log if line.startswith("$ "))
+            f.write("\n## Commands\n\n```\n" + commands.replace(REPO + "/", "").replace(sys.executable, "python")
+                    + "```\n")
 
     def fit_record(self, key):
         """The layer-wise fitting record of a row that has one (the pipeline), else None."""
@@ -269,7 +271,7 @@ class Flagship:
 def main():
     p = parser(__doc__, steps=300)
     p.add_argument("--sweep_steps", type=int, default=60, help="length of each learning-rate sweep run")
-    p.add_argument("--lrs", default="3e-5,1e-4,3e-4", help="peak learning rates swept (new factors get 5x)")
+    p.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="peak learning rates swept (new factors get 5x)")
     p.add_argument("--rows", default=",".join(ALL_ROWS), help="rows to run, in order")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--eval_data", help="the held-out second corpus (default milton_smollm2-135m; --smoke: --data)")
