@@ -31,6 +31,34 @@ def test_smollm2_experiment_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert "(32,64)x(3,1)" in table and "(48,8)x(2,8)" in table
 
 
+def test_flagship_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """The flagship study end to end on a tiny Llama: the pipeline (fisher allocation, layer-wise fit) and
+    the truncation baseline, each with its learning-rate sweep; the report lists commands, not their output."""
+    r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "flagship.py"), "--smoke",
+                        f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2",
+                        "--sweep_steps=1", "--rows=pipeline,truncate"], cwd=REPO, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    md = (tmp_path / "flagship.md").read_text()
+    table = md.split("## Greedy completions")[0]
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    for key in ("pipeline", "truncate"):
+        assert key in rows and "not run yet" not in rows[key], table
+    assert "fitted" in rows["pipeline"]  # decomposed -> fitted at the start
+    commands = md.split("## Commands")[1].strip().strip("`").strip().splitlines()
+    assert commands and all(c.startswith("$ ") for c in commands), commands[:3]
+
+
+def test_calibrated_smoke(tiny_data_dir, tmp_path):
+    """The calibrated-decomposition table on a tiny GPT, two rows: decomposition and layer-wise fitting."""
+    r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "calibrated.py"), "--smoke",
+                        f"--data={tiny_data_dir}", f"--out={tmp_path}", "--rows=current vl,lowrank fisher"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = [line for line in (tmp_path / "calibrated.md").read_text().splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0][2:] for line in lines[1:]] == ["current vl", "lowrank fisher"]  # after the header
+
+
 def test_bench_smoke():
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench.py"), "--smoke"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
