@@ -354,7 +354,7 @@ def replace_embedding(model, init, C=None, g_diag=None, damping=0.0, g_damping=1
     wte = model.transformer.wte
     if isinstance(wte, KroneckerEmbedding):
         raise UserError("the embedding is already factorised; pass the dense model")
-    W = wte.weight.detach().double()
+    W = W0 = wte.weight.detach().double()
     kind = "aware" if init == "fisher" else init
     scale = None
     if init == "fisher" and g_diag is not None and s.m2 == 1:
@@ -372,9 +372,15 @@ def replace_embedding(model, init, C=None, g_diag=None, damping=0.0, g_damping=1
     W_hat = emb.weight.detach()
     row = dict(layer="embed", matrix="wte", shape=str(s), factors=factors, kind=describe(s, factors),
                params=emb.A.numel() + emb.B.numel(), rel_error=output_error(wte.weight, W_hat),
-               norm_ratio=torch.linalg.norm(W_hat.double()).item() / max(torch.linalg.norm(W).item(), 1e-30))
+               norm_ratio=torch.linalg.norm(W_hat.double()).item() / max(torch.linalg.norm(W0).item(), 1e-30))
     if C is not None:
-        row["output_error"] = output_error(wte.weight, W_hat, C)
+        row["output_error"] = output_error(W0, W_hat, C)
+    if C is not None and g_diag is not None and cfg.tie_embeddings:  # the tied lm_head's share, diagonal G
+        D = W0 - W_hat.double()
+        row["fisher_error"] = 0.5 * ((g_diag.double()[:, None] * (D @ C.double())) * D).sum().item()
+    if init in ("aware", "fisher"):
+        exact = (s.n1 == 1 or s.n2 == 1) and (init == "aware" or scale is not None)
+        row["whitening"] = "exact" if exact else "kronecker-factored"
     model.transformer.wte = emb
     if cfg.tie_embeddings:
         model.lm_head = emb

@@ -416,9 +416,12 @@ def main(argv=None):
         print(f"permutation: decomposition error (whitened, summed over blocks) lower by {gain:.3f}x")
     if args.sequential and args.permute:
         print("note: --permute applies to the plain (non-sequential) decomposition only; ignored")
-    if rows and "fisher_error" in rows[0]:
-        summary["predicted_loss_increase"] = sum(r["fisher_error"] for r in rows)
-        print(f"predicted loss increase (K-FAC, summed over matrices) {summary['predicted_loss_increase']:.4f}")
+    estimated = [r["fisher_error"] for r in rows if "fisher_error" in r]
+    if estimated:
+        summary["predicted_loss_increase"] = sum(estimated)
+        missing = f" ({len(rows) - len(estimated)} without an estimate)" if len(estimated) < len(rows) else ""
+        print(f"predicted loss increase (K-FAC, summed over {len(estimated)} matrices"
+              f"{missing}) {summary['predicted_loss_increase']:.4f}")
     plan_text = kconfig.plan_text()
     report = dict(model=args.model, init=args.init, plan=plan_text, scalars=args.scalars, layers=layers,
                   keep_blocks=args.keep_blocks, calib=args.calib, calib_tokens=args.calib_tokens if args.calib else 0,

@@ -168,12 +168,13 @@ def run_cli(*args):
                           text=True, cwd=REPO, timeout=300)
 
 
-@pytest.mark.parametrize("init,allocate", [("aware", False), ("fisher", True)])
-def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tmp_path, init, allocate):
+@pytest.mark.parametrize("init,allocate,scope", [("aware", False, "mlp"), ("fisher", True, "mlp"),
+                                                  ("fisher", True, "all")])
+def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tmp_path, init, allocate, scope):
     out = tmp_path / "k.pt"
     r = run_cli("--model", tiny_llama_dir, "--target_params", "60k", "--init", init, "--calib", tiny_data_dir,
                 "--calib_tokens", "512", "--calib_seq", "32", "--fisher_tokens", "256", "--out", str(out),
-                *(["--allocate"] if allocate else []))
+                *(["--allocate", "--scope", scope] if allocate else []))
     assert r.returncode == 0, r.stderr
     if allocate:
         assert "allocation" in r.stdout and "predicted loss increase" in r.stdout
@@ -183,8 +184,24 @@ def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tm
     assert report["init"] == init and report["calib"] == tiny_data_dir
     assert all("output_error" in m and m["whitening"] == "exact" for m in report["matrices"])
     assert all(("fisher_error" in m) == (init == "fisher") for m in report["matrices"])
+    if init == "fisher":  # every matrix has an estimate, the tied embedding's included (scope all)
+        assert report["predicted_loss_increase"] == pytest.approx(sum(m["fisher_error"] for m in report["matrices"]))
     assert abs(report["params_after"]["total"] - 60_000) <= 600
     assert load_model(str(out)).param_counts()["total"] == report["params_after"]["total"]
+
+
+def test_cli_fisher_with_a_factorised_embedding(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """The tied embedding's row has its predicted loss increase (diagonal G) and is measured against the
+    dense W, not the gradient-weighted one (the report once summed a missing key and showed norm ratio 248)."""
+    r = run_cli("--model", tiny_llama_dir, "--plan", "*: mlp=lowrank*4; embed=lowrank*8", "--init", "fisher",
+                "--calib", tiny_data_dir, "--calib_tokens", "512", "--calib_seq", "32", "--fisher_tokens", "256",
+                "--out", str(tmp_path / "k.pt"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "k.json").read_text())
+    embed = [m for m in report["matrices"] if m["layer"] == "embed"]
+    assert len(embed) == 1 and embed[0]["fisher_error"] > 0 and 0.0 < embed[0]["norm_ratio"] < 1.5
+    assert embed[0]["whitening"] == "exact"
+    assert report["predicted_loss_increase"] == pytest.approx(sum(m["fisher_error"] for m in report["matrices"]))
 
 
 def test_cli_aware_needs_calibration(tiny_llama_dir, tmp_path):
