@@ -220,7 +220,7 @@ class Flagship:
             trained = key != "dense_zeroshot"
             fit = self.fit_record(key)
             at_start = f"{fit['val_loss_before']:.4f} -> fitted {fit['val_loss_after']:.4f}" if fit else e[0]["val_loss"]
-            rows.append((key, info.get("lr", "-"), start["params"]["total"], e[-1]["tokens"],
+            rows.append((key, f"{info['lr']:g}" if "lr" in info else "-", start["params"]["total"], e[-1]["tokens"],
                          f"{e[-1]['train_seconds'] + prep:,.0f}" + (f" (fit {prep:.0f})" if prep else ""),
                          median_tok_s(run) if trained else "-", at_start, e[-1]["val_loss"],
                          e[-1].get(milton_key, "-"), ("never" if below is None else below) if trained else "-",
@@ -248,7 +248,7 @@ class Flagship:
                                                    for p in PROMPTS) + " |\n")
             with open(os.path.join(ex.out, "commands.log")) as log:  # the commands, not their output
                 commands = "".join(line for line in log if line.startswith("$ "))
-            f.write("\n## Commands\n\n```\n" + commands.replace(REPO + "/", "").replace(sys.executable, "python")
+            f.write("\n## Commands\n\n```\n" + commands.replace(sys.executable, "python").replace(REPO + "/", "")
                     + "```\n")
 
     def fit_record(self, key):
