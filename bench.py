@@ -184,6 +184,9 @@ def bench_models(args, ctx):
     else:
         base = GPT2 if args.family == "gpt2" else SMOLLM2
         variants, (B, T), gen = VARIANTS[args.family], (args.batch_size, args.seq_len), args.gen_tokens
+        if args.variants:  # the dense row always stays: every ratio is to it
+            keep = [int(i) for i in args.variants.split(",")]
+            variants = [v for i, v in enumerate(variants) if i == 0 or i in keep]
     results = []
     for name, kron in variants:
         model = build(base, kron, args)
@@ -237,12 +240,20 @@ def main():
     p.add_argument("--layer_tokens", type=int, default=None, help="layers: tokens per call (CPU 2048, CUDA 16384)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (median); CPU 5, CUDA 20")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    p.add_argument("--variants", default=None,
+                   help="models: comma-separated indices of the family's variants to run (1 = the first "
+                        "compressed one; the dense row 0 always runs), e.g. 1,4")
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick check")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     args.device = resolve_device(args.device)
     if args.json and os.path.isdir(args.json):
         raise UserError(f"--json {args.json} is a directory; give a file name")
+    if args.variants is not None:
+        n = len(VARIANTS[args.family])
+        if not all(v.strip().isdigit() and 0 <= int(v) < n for v in args.variants.split(",")):
+            raise UserError(f"--variants {args.variants!r} must be comma-separated indices from 0 to {n - 1} "
+                            f"(the {args.family} variants: " + ", ".join(v[0] for v in VARIANTS[args.family]) + ")")
     for name in ("batch_size", "seq_len", "layer_tokens", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")

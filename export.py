@@ -62,6 +62,14 @@ def model_card(model, source, extra):
     return "\n".join(lines)
 
 
+def checkpoint_extra(init_from):
+    """The training run's `extra` record of a checkpoint; {} for a pretrained model (HF dir, name, .gguf)."""
+    path = resolve_checkpoint_path(init_from)
+    if not os.path.isfile(path) or path.endswith(".gguf"):
+        return {}
+    return load_checkpoint(path).get("extra", {})
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init_from", required=True, help="checkpoint, out_dir, HF directory or hub name")
@@ -77,8 +85,7 @@ def main():
         raise UserError(f"--out {args.out} is not empty; choose another directory or pass --force to overwrite")
     model = load_model(args.init_from).eval()
     fmt = args.format if args.format != "auto" else ("factored" if model.config.is_factorized else "dense")
-    path = resolve_checkpoint_path(args.init_from)
-    extra = load_checkpoint(path).get("extra", {}) if os.path.isfile(path) else {}
+    extra = checkpoint_extra(args.init_from)
     if fmt == "factored":
         export_factored(model, args.out, model.tokenizer_name, model_card(model, args.init_from, extra))
     else:

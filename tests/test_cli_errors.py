@@ -157,6 +157,7 @@ def cases(ws, data):
         # bench.py
         "bench dtype": (["bench.py", "--smoke", "--dtype", "float64"], "dtype"),
         "bench json dir": (["bench.py", "--smoke", "--json", ws / "adir"], "is a directory"),
+        "bench variants": (["bench.py", "--mode", "models", "--variants", "1,9"], "--variants"),
         # plot.py
         "plot missing run": (["plot.py", ws / "nothing", "--out", ws / "p.png"], "no log.jsonl"),
         "plot unknown metric": (["plot.py", ws / "dense", "--metric", "foo", "--out", ws / "p.png"], "no 'foo'"),

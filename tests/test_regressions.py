@@ -112,3 +112,15 @@ def test_8_fit_mlp_restores_the_mode_and_auto_teacher_dtype_respects_bf16_suppor
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_dtype("auto", "cuda") == "float16"
     assert resolve_dtype("auto", "cpu") == "float32"
+
+
+def test_9_export_reads_no_training_record_from_a_gguf_file(tmp_path):
+    # export.py --init_from model.gguf unpickled the GGUF as a checkpoint and failed after loading the model
+    from checkpoint import FORMAT
+    from export import checkpoint_extra
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF not a pickle")
+    assert checkpoint_extra(str(gguf)) == {}
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"format": FORMAT, "extra": {"val_loss": 1.5}}, ckpt)
+    assert checkpoint_extra(str(ckpt)) == {"val_loss": 1.5}
