@@ -132,13 +132,18 @@ def bench_mlp(args, d, h, shape, r, tokens):
 
 
 def saved_bytes(fn):
-    """Bytes autograd keeps for the backward of fn() (activation memory), each tensor counted once."""
+    """Bytes autograd keeps for the backward of fn() (activation memory), each tensor counted once. The
+    graph is never run backward, so pack keeps only the size: returning the tensor itself ties a saved
+    output to its own grad_fn, a cycle through C++ that the garbage collector cannot free (on the H200 each
+    benchmarked model then leaked its whole graph, ~10 GiB, into the next model's peak memory)."""
     seen = {}
 
     def pack(t):
         seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+
+    def unpack(_):
+        raise RuntimeError("saved_bytes measures a forward pass; its graph cannot be run backward")
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         fn()
     return sum(seen.values())
 
