@@ -144,18 +144,25 @@ def fit_mlp(module, X, Y, steps, lr, batch, device, seed=0, fn=None):
 def fit_layers(student, fit_acts, heldout_acts, layers, steps, lr, batch, device, log=print):
     """Fit each listed block's factorised unit (fit_units: its MLP, or the whole block when attention is
     factorised) to the dense unit's outputs on the teacher's own inputs. Returns rows {layer, unit,
-    mse_before, mse_after} measured on held-out activations. A factorised embedding is not fitted here:
-    end-to-end training adapts it."""
+    mse_before, mse_after, kept} measured on held-out activations. A unit whose held-out error the fit
+    raised gets its starting weights back (kept='start', mse_after = mse_before): fitting never leaves a
+    layer worse than its decomposition. A factorised embedding is not fitted here: end-to-end training
+    adapts it."""
     rows, units = [], fit_units(student, layers)
     for i in layers:
         module, fn = unit_forward(student, i, units[i])
         Xh, Yh = heldout_acts[i]
         before = unit_mse(fn, Xh, Yh, device)
+        start = {k: v.detach().clone() for k, v in module.state_dict().items()}
         fit_mlp(module, *fit_acts[i], steps, lr, batch, device, seed=i, fn=fn)
-        after = unit_mse(fn, Xh, Yh, device)
-        rows.append(dict(layer=i, unit=units[i], mse_before=before, mse_after=after))
+        fitted = unit_mse(fn, Xh, Yh, device)
+        kept = "fitted" if fitted <= before else "start"
+        if kept == "start":
+            module.load_state_dict(start)
+        after = min(before, fitted)
+        rows.append(dict(layer=i, unit=units[i], mse_before=before, mse_after=after, mse_fitted=fitted, kept=kept))
         log(f"layer {i}: {'MLP' if units[i] == 'mlp' else 'block'} output MSE on held-out activations "
-            f"{before:.6f} -> {after:.6f}")
+            f"{before:.6f} -> {fitted:.6f}" + ("" if kept == "fitted" else "; worse, so the start is kept"))
     return rows
 
 

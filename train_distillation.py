@@ -191,7 +191,9 @@ def distil(cfg, rt):
         with teacher_ctx:
             fit = collect_activations(teacher, token_batches(data, "train", cfg.layerwise_tokens, cfg, 0), units,
                                       rt.device)
-            held = collect_activations(teacher, token_batches(data, "val", cfg.layerwise_tokens // 4, cfg, 1), units,
+            # held-out windows of the train split: they decide whether each fit is kept, so the validation
+            # split that every table reports stays untouched
+            held = collect_activations(teacher, token_batches(data, "train", cfg.layerwise_tokens // 4, cfg, 1), units,
                                        rt.device)
         fit_data = (fit, held)
     if cfg.mode == "layerwise" and ckpt is None:
