@@ -3,8 +3,9 @@ Helpers for experiments/*.py: run this repo's commands (echoed, output kept in a
 log.jsonl files, and write a markdown table plus a PNG plot of validation loss.
 
 Full runs use the CPU demo setup (Shakespeare, character level, the dense teacher from config/demo_dense.py)
-and write their report to experiments/results/. --smoke runs a tiny model for a few iterations on any
-prepared dataset (the test suite uses it) and reports into --out instead.
+and write their report to experiments/results/; a run given its own --out reports there instead, so
+it never overwrites the committed report. --smoke runs a tiny model for a few iterations on any prepared
+dataset (the test suite uses it).
 """
 
 import argparse
@@ -34,7 +35,8 @@ def parser(doc, steps, seconds=None):
         p.add_argument("--seconds", type=float, default=seconds, help="training-time budget per run")
     p.add_argument("--teacher", default="out-demo/dense/best.pt",
                    help="the dense model to compress (trained with config/demo_dense.py if missing)")
-    p.add_argument("--out", default=None, help="where the runs go (default out-experiments/<name>)")
+    p.add_argument("--out", default=None, help="where the runs (and then the report) go; default: the runs in "
+                   "out-experiments/<name>, the report in experiments/results/")
     p.add_argument("--data", default=None, help="--smoke: a prepared dataset directory")
     p.add_argument("--smoke", action="store_true", help="a tiny model, a few iterations (seconds)")
     return p
@@ -44,7 +46,9 @@ class Experiment:
     def __init__(self, name, args):
         self.name, self.args = name, args
         self.out = os.path.abspath(args.out or os.path.join(REPO, "out-experiments", name))
-        self.report_dir = self.out if args.smoke else RESULTS
+        # the committed report (experiments/results/) is written only by the default runs; a run with its own
+        # --out (a smoke test, a second machine, extra rows) writes its report beside its runs instead
+        self.report_dir = self.out if args.smoke or args.out else RESULTS
         os.makedirs(self.out, exist_ok=True)
         self.base = (SMOKE + [f"--dataset={args.data}"]) if args.smoke else FULL
         self.command = "python " + " ".join(os.path.relpath(a, REPO) if a == sys.argv[0] else a for a in sys.argv)

@@ -41,7 +41,7 @@ if [[ $PART == flagship || $PART == all ]]; then
       --rows="${FLAGSHIP_ROWS:-dense_zeroshot,pipeline,truncate,dense_ft}" --out "$runs"
   $PY experiments/flagship.py --gpu --report_only --model "${MODEL:-smollm2-135m}" \
       --rows="${FLAGSHIP_ROWS:-dense_zeroshot,pipeline,truncate,dense_ft}" --out "$runs" 2>&1 | tail -3
-  cp experiments/results/flagship_gpu.md experiments/results/flagship_gpu*.png "$OUT/" 2>/dev/null
+  cp "$runs"/flagship_gpu.md "$runs"/flagship_gpu*.png "$OUT/" 2>/dev/null
   # every log, report and command line of the runs, without the checkpoints (one file: few files come back)
   (cd "$runs" && find . -name '*.pt' -prune -o -type f -print | tar czf "$OUT/flagship_runs.tgz" -T -)
 fi
