@@ -92,8 +92,28 @@ def test_singular_or_zero_covariance_gives_finite_factors():
     x = torch.randn(3, 8, dtype=torch.float64)          # rank-3 covariance
     for C in (x.t() @ x, torch.zeros(8, 8, dtype=torch.float64)):
         for s in (KronShape(12, 1, 1, 8), KronShape(4, 2, 3, 4)):
-            A, B, _ = init_factors(W, s, 2, "aware", C=C)
-            assert torch.isfinite(A).all() and torch.isfinite(B).all()
+            for damping in (0.0, 1e-4, 1e-12):  # eigh; Cholesky; Cholesky refused (tiny pivot), eigh
+                A, B, _ = init_factors(W, s, 2, "aware", C=C, damping=damping)
+                assert torch.isfinite(A).all() and torch.isfinite(B).all()
+
+
+def test_cholesky_whitening_gives_the_factors_of_the_symmetric_square_root():
+    # with damping, whitening returns the Cholesky factor; the aware factors must not depend on which
+    # square root of C is used: compare with [W S]_r S^-1 for the symmetric root S (from eigh)
+    torch.manual_seed(0)
+    W = torch.randn(16, 10, dtype=torch.float64)
+    C = random_cov(10, 3)
+    Cd = C + 1e-3 * C.diagonal().mean() * torch.eye(10, dtype=torch.float64)
+    L, L_inv = whitening(C, 1e-3)
+    assert torch.equal(L, L.tril()) and torch.allclose(L @ L.t(), Cd, atol=1e-12)  # the Cholesky path
+    assert torch.allclose(L @ L_inv, torch.eye(10, dtype=torch.float64), atol=1e-10)
+    evals, U = torch.linalg.eigh(Cd)
+    S = (U * evals.sqrt()) @ U.t()
+    for r in (2, 5):
+        u, sig, vh = torch.linalg.svd(W @ S, full_matrices=False)
+        expected = (u[:, :r] * sig[:r]) @ vh[:r] @ torch.linalg.inv(S)
+        A, B, _ = init_factors(W, kron_shape(16, 10, 16, 1), r, "aware", C=C, damping=1e-3)
+        assert torch.allclose(kron_sum(A, B), expected, atol=1e-9)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
