@@ -411,7 +411,7 @@ def main(argv=None):
     if args.permute and any("permute_error_before" in r for r in rows):
         blocks = {r["layer"]: (r["permute_error_before"], r["permute_error_after"]) for r in rows
                   if "permute_error_before" in r}
-        summary["permute"] = {b: dict(before=v[0], after=v[1]) for b, v in blocks.items()}
+        summary["permute_error"] = {b: dict(before=v[0], after=v[1]) for b, v in blocks.items()}
         gain = sum(v[0] for v in blocks.values()) / max(sum(v[1] for v in blocks.values()), 1e-30)
         print(f"permutation: decomposition error (whitened, summed over blocks) lower by {gain:.3f}x")
     if args.sequential and args.permute:

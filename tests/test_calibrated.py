@@ -210,6 +210,18 @@ def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tm
     assert load_model(str(out)).param_counts()["total"] == report["params_after"]["total"]
 
 
+def test_cli_permute_reports_the_gain_per_block(tiny_llama_dir, tiny_data_dir, tmp_path):
+    # the report once raised TypeError: its summary key 'permute' clashed with the --permute flag's
+    out = tmp_path / "k.pt"
+    r = run_cli("--model", tiny_llama_dir, "--shape", "16x8", "--factors", "1", "--init", "aware", "--permute",
+                "--calib", tiny_data_dir, "--calib_tokens", "512", "--calib_seq", "32", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "k.json").read_text())
+    assert report["permute"] is True
+    gains = report["permute_error"]
+    assert len(gains) == 2 and all(g["after"] <= g["before"] + 1e-9 for g in gains.values())
+
+
 def test_cli_fisher_with_a_factorised_embedding(tiny_llama_dir, tiny_data_dir, tmp_path):
     """The tied embedding's row has its predicted loss increase (diagonal G) and is measured against the
     dense W, not the gradient-weighted one (the report once summed a missing key and showed norm ratio 248)."""
