@@ -81,7 +81,10 @@ def main():
         if "SAME" in argv:  # the parameter count of the current shape
             same = same or json.load(open(os.path.join(ex.out, "current_vl.json")))["params_after"]["total"]
             argv = [str(same) if a == "SAME" else a for a in argv]
-        if not os.path.isfile(ckpt):
+        report = os.path.splitext(ckpt)[0] + ".json"
+        if not os.path.isfile(report):  # kron_decomp writes its report last: without it the row is unfinished
+            if os.path.isfile(ckpt):
+                os.remove(ckpt)
             ex.run("kron_decomp.py", "--model", model, "--out", ckpt, *argv, *calib)
         fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"] \
             if os.path.isfile(os.path.join(fit_dir, "log.jsonl")) else []
@@ -92,7 +95,7 @@ def main():
             ex.run("train_distillation.py", *scale, "--mode=layerwise", f"--teacher={model}", f"--init_from={ckpt}",
                    "--max_iters=0", f"--out_dir={fit_dir}", *lw)
             fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"]
-        rep = json.load(open(os.path.splitext(ckpt)[0] + ".json"))
+        rep = json.load(open(report))
         table.append((key, rep["plan"] if len(rep["plan"]) <= 40 else "per-matrix ranks (see report)",
                       rep["params_after"]["total"], rep.get("mean_output_error", float("nan")),
                       rep.get("predicted_loss_increase", "-"), fit[0]["val_loss_before"], fit[0]["val_loss_after"],

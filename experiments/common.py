@@ -42,6 +42,19 @@ def parser(doc, steps, seconds=None):
     return p
 
 
+def training_finished(run_dir):
+    """Whether a train.py run in run_dir reached its max_iters (an eval at that iteration after its start)."""
+    if not os.path.isfile(os.path.join(run_dir, "log.jsonl")):
+        return False
+    max_iters = None
+    for r in read_log(run_dir):
+        if r["type"] == "start":
+            max_iters = r.get("config", {}).get("max_iters")
+        elif r["type"] == "eval" and max_iters is not None and r["iter"] == max_iters:
+            return True
+    return False
+
+
 class Experiment:
     def __init__(self, name, args):
         self.name, self.args = name, args
@@ -65,16 +78,18 @@ class Experiment:
         return time.time() - t
 
     def teacher(self):
-        """Path of the dense model to compress: --teacher, or one trained now."""
+        """Path of the dense model to compress: --teacher, the one an earlier run of this experiment trained,
+        or one trained now (resumed from its last.pt when an earlier attempt was interrupted)."""
         if not self.args.smoke and os.path.isfile(os.path.join(REPO, self.args.teacher)):
             return os.path.join(REPO, self.args.teacher)
         out = os.path.join(self.out, "teacher")
+        best = os.path.join(out, "best.pt")
+        if os.path.isfile(best) and training_finished(out):
+            return best
         extra = SMOKE_TEACHER if self.args.smoke else ["config/demo_dense.py"]
-        if self.args.smoke:
-            self.run("train.py", *self.base, *extra, f"--out_dir={out}")
-        else:
-            self.run("train.py", *extra, f"--out_dir={out}")
-        return os.path.join(out, "best.pt")
+        resume = ["--init_from=resume"] if os.path.isfile(os.path.join(out, "last.pt")) else []
+        self.run("train.py", *(self.base if self.args.smoke else []), *extra, f"--out_dir={out}", *resume)
+        return best
 
     def run_dir(self, label):
         return os.path.join(self.out, label)

@@ -74,8 +74,11 @@ class Flagship:
     def start(self, key):
         ex, a = self.ex, self.args
         path = os.path.join(ex.out, key, "start.pt")
-        if os.path.isfile(path):
+        decomposed = key in ("today", "svd")  # written by kron_decomp, whose report comes last
+        if os.path.isfile(path) and (not decomposed or os.path.isfile(os.path.join(ex.out, key, "start.json"))):
             return path
+        if os.path.isfile(path):  # an interrupted decomposition: its checkpoint without a report
+            os.remove(path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if key in ("dense_zeroshot", "dense_ft"):
             return self.model

@@ -64,3 +64,27 @@ def test_bench_smoke():
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Models:" in r.stdout and "Layers:" in r.stdout
+
+
+def test_experiment_reuses_a_finished_teacher_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
+    # a rerun of an experiment once trained its teacher again from scratch, overwriting the one the finished
+    # rows were decomposed from
+    import argparse
+    import json
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    from common import Experiment
+    args = argparse.Namespace(smoke=True, out=str(tmp_path), data="unused", teacher="unused")
+    ex = Experiment("x", args)
+    runs = []
+    monkeypatch.setattr(ex, "run", lambda script, *argv: runs.append(argv))
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "last.pt").write_bytes(b"")
+    log = [{"type": "start", "config": {"max_iters": 6}}, {"type": "eval", "iter": 3}]
+    (teacher / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    ex.teacher()  # interrupted at iteration 3: resumed
+    assert len(runs) == 1 and "--init_from=resume" in runs[0]
+    log.append({"type": "eval", "iter": 6})
+    (teacher / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    (teacher / "best.pt").write_bytes(b"")
+    assert ex.teacher() == str(teacher / "best.pt") and len(runs) == 1  # finished: reused, not retrained
