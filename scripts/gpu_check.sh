@@ -2,7 +2,7 @@
 # The GPU checks, in parts that each fit one device call (at most 10 minutes), run as
 #   bash scripts/gpu_check.sh PART        PART: tests | bench | flagship | all
 # tests     (~1 min)  GPU-only tests, the Kronecker layer tests, factored export on CUDA
-# bench     (~4 min)  layer and model speed in bf16: eager (layers, GPT-2 models, SmolLM2 models), then
+# bench     (~5 min)  layer and model speed in bf16: eager (layers, GPT-2 models, SmolLM2 models), then
 #                     torch.compile'd GPT-2 models (dense, the 81M Kronecker and the 82M low-rank variants)
 # flagship  (the rest) the flagship study at full scale (16 x 1024 tokens per step), rows as time allows
 #                     ($FLAGSHIP_ROWS, $FLAGSHIP_TIMEOUT seconds); the script resumes, so a second call on the
@@ -29,7 +29,7 @@ fi
 if [[ $PART == bench || $PART == all ]]; then
   run timeout 60 $PY bench.py --mode layers --json "$OUT/layers_eager.json"
   run timeout 60 $PY bench.py --mode models --json "$OUT/models_eager.json"
-  run timeout 50 $PY bench.py --mode models --family smollm2 --json "$OUT/models_smollm2.json"
+  run timeout 90 $PY bench.py --mode models --family smollm2 --rounds 5 --json "$OUT/models_smollm2.json"
   run timeout 120 $PY bench.py --mode models --compile --variants 1,4 --rounds 10 --json "$OUT/models_compiled.json"
 fi
 if [[ $PART == flagship || $PART == all ]]; then
