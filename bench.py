@@ -190,8 +190,7 @@ def bench_models(args, ctx):
         base = GPT2 if args.family == "gpt2" else SMOLLM2
         variants, (B, T), gen = VARIANTS[args.family], (args.batch_size, args.seq_len), args.gen_tokens
         if args.variants:  # the dense row always stays: every ratio is to it
-            keep = [int(i) for i in args.variants.split(",")]
-            variants = [v for i, v in enumerate(variants) if i == 0 or i in keep]
+            variants = [v for i, v in enumerate(variants) if i == 0 or i in args.variants]
     results = []
     for name, kron in variants:
         model = build(base, kron, args)
@@ -259,6 +258,7 @@ def main():
         if not all(v.strip().isdigit() and 0 <= int(v) < n for v in args.variants.split(",")):
             raise UserError(f"--variants {args.variants!r} must be comma-separated indices from 0 to {n - 1} "
                             f"(the {args.family} variants: " + ", ".join(v[0] for v in VARIANTS[args.family]) + ")")
+        args.variants = sorted({int(v) for v in args.variants.split(",")})  # a list: the --json records it
     for name in ("batch_size", "seq_len", "layer_tokens", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")

@@ -44,24 +44,25 @@ def test_loss_is_zero_when_student_equals_teacher(tiny_gpt2_dir):
     assert loss_fn(low.eval(), x, x, 0)[0].item() > 1e-5  # > 100x the float noise above
 
 
-def test_layerwise_fitting_lowers_every_layer_mse(tiny_gpt2_dir):
+def fitting_setup(tiny_gpt2_dir, init):
+    """(student decomposed with `init`, fit activations, held-out activations, layers) of the tiny GPT-2."""
     torch.manual_seed(0)
     teacher = load_pretrained(tiny_gpt2_dir).eval()
-    student, _ = decompose_model(teacher, 1, (16, 8), "random")
+    student, _ = decompose_model(teacher, 1, (16, 8), init)
     layers = range(teacher.config.n_layer)
     fit = collect_mlp_activations(teacher, [torch.randint(0, 256, (8, 32)) for _ in range(4)], layers, "cpu")
     held = collect_mlp_activations(teacher, [torch.randint(0, 256, (8, 32))], layers, "cpu")
+    return student, fit, held, layers
+
+
+def test_layerwise_fitting_lowers_every_layer_mse(tiny_gpt2_dir):
+    student, fit, held, layers = fitting_setup(tiny_gpt2_dir, "random")
     rows = fit_layers(student, fit, held, layers, steps=60, lr=1e-2, batch=256, device="cpu", log=lambda s: None)
     assert len(rows) == 2 and all(r["mse_after"] < 0.5 * r["mse_before"] for r in rows)
 
 
 def test_layerwise_fit_that_raises_the_heldout_error_keeps_the_start(tiny_gpt2_dir):
-    torch.manual_seed(0)
-    teacher = load_pretrained(tiny_gpt2_dir).eval()
-    student, _ = decompose_model(teacher, 1, (16, 8), "vl")
-    layers = range(teacher.config.n_layer)
-    fit = collect_mlp_activations(teacher, [torch.randint(0, 256, (8, 32)) for _ in range(4)], layers, "cpu")
-    held = collect_mlp_activations(teacher, [torch.randint(0, 256, (8, 32))], layers, "cpu")
+    student, fit, held, layers = fitting_setup(tiny_gpt2_dir, "vl")
     start = {k: v.clone() for k, v in student.state_dict().items()}
     rows = fit_layers(student, fit, held, layers, steps=20, lr=10.0, batch=256, device="cpu", log=lambda s: None)
     # lr 10 throws Adam far off: every fit is worse on held-out tokens, so every layer keeps its start
