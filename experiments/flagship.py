@@ -74,11 +74,14 @@ class Flagship:
     def start(self, key):
         ex, a = self.ex, self.args
         path = os.path.join(ex.out, key, "start.pt")
+        report = os.path.join(ex.out, key, "start.json")
         decomposed = key in ("today", "svd")  # written by kron_decomp, whose report comes last
-        if os.path.isfile(path) and (not decomposed or os.path.isfile(os.path.join(ex.out, key, "start.json"))):
+        if os.path.isfile(path) and (not decomposed or os.path.isfile(report)):
             return path
-        if os.path.isfile(path):  # an interrupted decomposition: its checkpoint without a report
-            os.remove(path)
+        if decomposed:  # one without the other (an interrupted decomposition, or logs restored without
+            for leftover in (path, report):  # their checkpoint): kron_decomp redoes both
+                if os.path.isfile(leftover):
+                    os.remove(leftover)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if key in ("dense_zeroshot", "dense_ft"):
             return self.model
