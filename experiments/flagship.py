@@ -9,6 +9,8 @@ Rows (all compressed rows within 1% of one another in parameters; same data orde
                   second moment, outputs by the loss gradients'), each matrix its own rank under the budget
                   (--allocate, in predicted-loss units), layer-wise fitting of every MLP to the dense MLP on real
                   activations, then training
+  pipeline_blocks the pipeline with the budget allocated over whole blocks (--scope blocks: attention's
+                  matrices get ranks too, MLPs keep more), fitted block by block, then training
   today           the pipeline as it was: vl_norm (512,576)x(3,1), plain training
   truncate        layer truncation: keep 15 of the 30 blocks (the better of 'even' and 'spread:15' at step 0)
   svd             plain truncated SVD at the same size (rank 139 per MLP matrix, Frobenius-optimal), trained
@@ -38,7 +40,7 @@ from common import REPO, Experiment, fmt, median_tok_s, parser, read_log  # noqa
 
 PROMPTS = ["The capital of France is", "The largest planet in the solar system is",
            "Water freezes at a temperature of", "William Shakespeare was born in"]
-ALL_ROWS = ("dense_zeroshot", "dense_ft", "pipeline", "today", "truncate", "svd")
+ALL_ROWS = ("dense_zeroshot", "dense_ft", "pipeline", "pipeline_blocks", "today", "truncate", "svd")
 LADDER = ["1e-5", "3e-5", "1e-4", "3e-4", "1e-3", "3e-3", "1e-2"]  # learning rates the sweep may extend to
 
 
@@ -93,11 +95,12 @@ class Flagship:
                    "--target_params", str(self.target()))
         elif key == "truncate":
             return self.start_truncate(path)
-        elif key == "pipeline":
+        elif key in ("pipeline", "pipeline_blocks"):
             decomp = os.path.join(ex.out, key, "decomposed.pt")
-            if not os.path.isfile(decomp):
+            if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
+                scope = ["--scope", "blocks"] if key == "pipeline_blocks" else []
                 ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--init", "fisher",
-                       "--target_params", str(self.target()), "--allocate", f"--calib={a.data}", *self.calib)
+                       "--target_params", str(self.target()), "--allocate", *scope, f"--calib={a.data}", *self.calib)
             fit_dir = os.path.join(ex.out, key, "fit")
             ex.run("train_distillation.py", *self.scale, "--mode=layerwise", f"--teacher={self.model}",
                    f"--init_from={decomp}", "--max_iters=0", f"--out_dir={fit_dir}", *self.lw)
@@ -183,12 +186,26 @@ class Flagship:
             if not finished(run, 0):
                 self.ex.run("train.py", *self.scale, f"--init_from={init}", f"--out_dir={run}", "--eval_only=True")
         else:
-            lr, info["sweep"] = self.sweep(key, init)
+            given = self.given_lrs()
+            lr, info["sweep"] = (given[key], {}) if key in given else self.sweep(key, init)
             info["lr"] = lr
             self.train(init, self.args.steps, lr, run, interval=max(1, self.args.steps // 12))
         info["completions"] = self.completions(key, init if key == "dense_zeroshot" else os.path.join(run, "last.pt"))
         with open(os.path.join(self.ex.out, key, "row.json"), "w") as f:
             json.dump(info, f, indent=1)
+
+    def given_lrs(self):
+        """--given_lr as {row: rate}: rows trained at a stated rate instead of their own sweep."""
+        given = {}
+        for item in filter(None, self.args.given_lr.split(",")):
+            key, sep, lr = item.partition("=")
+            try:
+                given[key] = float(lr)
+            except ValueError:
+                raise SystemExit(f"--given_lr item {item!r} is not ROW=RATE; write e.g. pipeline_blocks=3e-5") from None
+            if key not in ALL_ROWS or not sep:
+                raise SystemExit(f"--given_lr item {item!r} names no row; rows: {', '.join(ALL_ROWS)}")
+        return given
 
     def completions(self, key, path):
         if self.args.smoke:  # the tiny random models have no tokenizer of their own
@@ -230,7 +247,8 @@ class Flagship:
                          f"{e[-1]['train_seconds'] + prep:,.0f}" + (f" (fit {prep:.0f})" if prep else ""),
                          median_tok_s(run) if trained else "-", at_start, e[-1]["val_loss"],
                          e[-1].get(milton_key, "-"), ("never" if below is None else below) if trained else "-",
-                         " / ".join(f"{lr}: {v:.3f}" for lr, v in info.get("sweep", {}).items()) or "-"))
+                         " / ".join(f"{lr}: {v:.3f}" for lr, v in info.get("sweep", {}).items())
+                         or ("none: rate given (--given_lr)" if "lr" in info else "-")))
             if trained:
                 runs.append(run)
                 labels.append(key)
@@ -252,20 +270,21 @@ class Flagship:
             for key, comp in completions:
                 f.write(f"| {key} | " + " | ".join(fmt(comp.get(p, "-")).replace("|", "/").replace("\n", " ")
                                                    for p in PROMPTS) + " |\n")
-            with open(os.path.join(ex.out, "commands.log")) as log:  # the commands, not their output
-                commands = "".join(line for line in log if line.startswith("$ "))
+            log = os.path.join(ex.out, "commands.log")  # the commands, not their output (none yet when every
+            with open(log) if os.path.isfile(log) else open(os.devnull) as lines:  # row was reused)
+                commands = "".join(line for line in lines if line.startswith("$ "))
             f.write("\n## Commands\n\n```\n" + commands.replace(sys.executable, "python").replace(REPO + "/", "")
                     + "```\n")
 
     def fit_record(self, key):
-        """The layer-wise fitting record of a row that has one (the pipeline), else None."""
+        """The layer-wise fitting record of a row that has one (the pipelines), else None."""
         fit = os.path.join(self.ex.out, key, "fit")
         rec = [r for r in read_log(fit) if r["type"] == "layerwise"] if os.path.isfile(os.path.join(fit, "log.jsonl")) \
             else []
         return rec[0] if rec else None
 
     def prep_seconds(self, key):
-        """Layer-wise fitting time of the pipeline row (it counts as training time)."""
+        """Layer-wise fitting time of a pipeline row (it counts as training time)."""
         rec = self.fit_record(key)
         return rec.get("seconds", 0.0) if rec else 0.0
 
@@ -279,6 +298,8 @@ def main():
     p.add_argument("--sweep_steps", type=int, default=60, help="length of each learning-rate sweep run")
     p.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="peak learning rates swept (new factors get 5x)")
     p.add_argument("--rows", default=",".join(ALL_ROWS), help="rows to run, in order")
+    p.add_argument("--given_lr", default="", help="ROW=RATE,...: train these rows at RATE without a sweep "
+                   "(less tuning than the others; the report says so)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--eval_data", help="the held-out second corpus (default milton_smollm2-135m; --smoke: --data)")
     p.add_argument("--complete_tokens", type=int, default=12)
@@ -288,6 +309,7 @@ def main():
     args.data = args.data or "shakespeare_smollm2-135m"
     args.eval_data = args.eval_data or (args.data if args.smoke else "milton_smollm2-135m")
     fs = Flagship(args)
+    fs.given_lrs()  # a malformed --given_lr stops here, before any row runs
     if not args.report_only:
         for key in ["dense_zeroshot"] + [k for k in args.rows.split(",") if k != "dense_zeroshot"]:
             if key not in ALL_ROWS:

@@ -32,21 +32,31 @@ def test_smollm2_experiment_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
 
 
 def test_flagship_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
-    """The flagship study end to end on a tiny Llama: the pipeline (fisher allocation, layer-wise fit) and
-    the truncation baseline, each with its learning-rate sweep; the report lists commands, not their output."""
-    r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "flagship.py"), "--smoke",
-                        f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2",
-                        "--sweep_steps=1", "--rows=pipeline,truncate"], cwd=REPO, capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    md = (tmp_path / "flagship.md").read_text()
-    table = md.split("## Greedy completions")[0]
-    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
-    for key in ("pipeline", "truncate"):
-        assert key in rows and "not run yet" not in rows[key], table
-    assert "fitted" in rows["pipeline"]  # decomposed -> fitted at the start
+    """The flagship study end to end on a tiny Llama: the pipelines (fisher allocation over the MLPs, or over
+    whole blocks at a given rate; layer-wise fit) and the truncation baseline with its learning-rate sweep;
+    the report lists commands, not their output, and is rewritten from finished runs alone."""
+    def flagship(*argv):
+        r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "flagship.py"), "--smoke",
+                            f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2",
+                            "--sweep_steps=1", "--rows=pipeline,pipeline_blocks,truncate", *argv], cwd=REPO,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        md = (tmp_path / "flagship.md").read_text()
+        table = md.split("## Greedy completions")[0]
+        return md, {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+
+    md, rows = flagship("--given_lr=pipeline_blocks=1e-3")
+    for key in ("pipeline", "pipeline_blocks", "truncate"):
+        assert key in rows and "not run yet" not in rows[key], md
+    assert "fitted" in rows["pipeline"] and "fitted" in rows["pipeline_blocks"]  # decomposed -> fitted
+    assert "rate given" in rows["pipeline_blocks"] and "1e-3:" in rows["truncate"]  # given rate vs its sweep
     commands = md.split("## Commands")[1].strip().strip("`").strip().splitlines()
     assert commands and all(c.startswith("$ ") for c in commands), commands[:3]
+    # every row reused in an out dir without a command log (runs copied from elsewhere): the report still
+    # comes out (this once raised FileNotFoundError)
+    os.remove(tmp_path / "commands.log")
+    md_again, rows_again = flagship("--given_lr=pipeline_blocks=1e-3", "--report_only")
+    assert rows_again == rows
 
 
 def test_calibrated_smoke(tiny_data_dir, tmp_path):
