@@ -44,6 +44,20 @@ ALL_ROWS = ("dense_zeroshot", "dense_ft", "pipeline", "pipeline_blocks", "today"
 LADDER = ["1e-5", "3e-5", "1e-4", "3e-4", "1e-3", "3e-3", "1e-2"]  # learning rates the sweep may extend to
 
 
+def parse_given_lr(text):
+    """--given_lr as {row: rate}: rows trained at a stated rate instead of their own sweep."""
+    given = {}
+    for item in filter(None, text.split(",")):
+        key, sep, lr = item.partition("=")
+        try:
+            given[key] = float(lr)
+        except ValueError:
+            raise SystemExit(f"--given_lr item {item!r} is not ROW=RATE; write e.g. pipeline_blocks=3e-5") from None
+        if key not in ALL_ROWS or not sep:
+            raise SystemExit(f"--given_lr item {item!r} names no row; rows: {', '.join(ALL_ROWS)}")
+    return given
+
+
 def evals(run):
     if not os.path.isfile(os.path.join(run, "log.jsonl")):
         return []
@@ -59,6 +73,7 @@ class Flagship:
         self.args = args
         self.ex = Experiment("flagship_gpu" if args.gpu else "flagship", args)
         self.model = args.model if not os.path.exists(args.model) else os.path.abspath(args.model)
+        self.given_lr = parse_given_lr(args.given_lr)  # a malformed --given_lr stops here, before any row runs
         if args.smoke:
             self.scale = [*self.ex.base, f"--eval_datasets={args.eval_data}"]
             self.lw = ["--layerwise_tokens=512", "--layerwise_steps=5"]
@@ -186,26 +201,12 @@ class Flagship:
             if not finished(run, 0):
                 self.ex.run("train.py", *self.scale, f"--init_from={init}", f"--out_dir={run}", "--eval_only=True")
         else:
-            given = self.given_lrs()
-            lr, info["sweep"] = (given[key], {}) if key in given else self.sweep(key, init)
+            lr, info["sweep"] = (self.given_lr[key], {}) if key in self.given_lr else self.sweep(key, init)
             info["lr"] = lr
             self.train(init, self.args.steps, lr, run, interval=max(1, self.args.steps // 12))
         info["completions"] = self.completions(key, init if key == "dense_zeroshot" else os.path.join(run, "last.pt"))
         with open(os.path.join(self.ex.out, key, "row.json"), "w") as f:
             json.dump(info, f, indent=1)
-
-    def given_lrs(self):
-        """--given_lr as {row: rate}: rows trained at a stated rate instead of their own sweep."""
-        given = {}
-        for item in filter(None, self.args.given_lr.split(",")):
-            key, sep, lr = item.partition("=")
-            try:
-                given[key] = float(lr)
-            except ValueError:
-                raise SystemExit(f"--given_lr item {item!r} is not ROW=RATE; write e.g. pipeline_blocks=3e-5") from None
-            if key not in ALL_ROWS or not sep:
-                raise SystemExit(f"--given_lr item {item!r} names no row; rows: {', '.join(ALL_ROWS)}")
-        return given
 
     def completions(self, key, path):
         if self.args.smoke:  # the tiny random models have no tokenizer of their own
@@ -270,9 +271,10 @@ class Flagship:
             for key, comp in completions:
                 f.write(f"| {key} | " + " | ".join(fmt(comp.get(p, "-")).replace("|", "/").replace("\n", " ")
                                                    for p in PROMPTS) + " |\n")
-            log = os.path.join(ex.out, "commands.log")  # the commands, not their output (none yet when every
-            with open(log) if os.path.isfile(log) else open(os.devnull) as lines:  # row was reused)
-                commands = "".join(line for line in lines if line.startswith("$ "))
+            log, commands = os.path.join(ex.out, "commands.log"), ""  # the commands, not their output
+            if os.path.isfile(log):  # absent when every row was reused
+                with open(log) as lines:
+                    commands = "".join(line for line in lines if line.startswith("$ "))
             f.write("\n## Commands\n\n```\n" + commands.replace(sys.executable, "python").replace(REPO + "/", "")
                     + "```\n")
 
@@ -309,7 +311,6 @@ def main():
     args.data = args.data or "shakespeare_smollm2-135m"
     args.eval_data = args.eval_data or (args.data if args.smoke else "milton_smollm2-135m")
     fs = Flagship(args)
-    fs.given_lrs()  # a malformed --given_lr stops here, before any row runs
     if not args.report_only:
         for key in ["dense_zeroshot"] + [k for k in args.rows.split(",") if k != "dense_zeroshot"]:
             if key not in ALL_ROWS:
