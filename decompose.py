@@ -19,6 +19,7 @@ Initialisations of one (out, in) matrix W with factor shapes s and r factors (ma
               gradient with respect to the matrix's output (the empirical Fisher, K-FAC's output factor), so
               it minimises the predicted loss increase tr(G dW C dW^T) / 2 rather than the output error.
               Exact for the low-rank member (the output index lives in A, the input index in B).
+              Both return factor pairs rebalanced to equal norms (kronecker.balance), Van Loan's split.
 The output error of a decomposition is ||(W - W_hat) L|| / ||W L|| with the calibration covariance (without
 calibration, C = I: the relative Frobenius error).
 """
@@ -30,7 +31,8 @@ import torch
 
 from calib import HEAD, BlockRunner
 from errors import UserError
-from kronecker import KronShape, KroneckerEmbedding, KroneckerLinear, kron_sum, lapack_threads, rearrange, van_loan
+from kronecker import (KronShape, KroneckerEmbedding, KroneckerLinear, balance, kron_sum, lapack_threads, rearrange,
+                       van_loan)
 
 INITS = ("vl", "vl_norm", "prune", "random", "aware", "fisher")
 
@@ -171,7 +173,7 @@ def init_factors(W, s, factors, init, scalars=False, prune_keep="even", prune_ep
     elif init in ("aware", "fisher"):
         if C is None or (init == "fisher" and G is None):
             raise UserError(f"--init {init} needs calibration data: pass --calib DATASET")
-        A, B, _ = aware_factors(W, s, factors, C, damping, cache, G if init == "fisher" else None, g_damping)
+        A, B = balance(*aware_factors(W, s, factors, C, damping, cache, G if init == "fisher" else None, g_damping)[:2])
     elif init == "prune":
         block = s.m2 * s.n2
         offset = 0 if prune_keep == "even" else 1
@@ -375,7 +377,7 @@ def replace_embedding(model, init, C=None, g_diag=None, damping=0.0, g_damping=1
         W = W * scale[:, None]
     A, B, scal = init_factors(W, s, factors, kind, cfg.kron_scalars, C=C, damping=damping)
     if scale is not None:
-        A = A / scale.view(1, -1, 1)
+        A, B = balance(A / scale.view(1, -1, 1), B)
     emb = KroneckerEmbedding(s, factors, bias=False, scalars=cfg.kron_scalars, impl=cfg.kron_impl).to(wte.weight)
     with torch.no_grad():
         emb.A.copy_(A)

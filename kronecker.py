@@ -250,6 +250,18 @@ def rearrange(W, s):
     return W.reshape(s.m1, s.m2, s.n1, s.n2).permute(0, 2, 1, 3).reshape(s.m1 * s.n1, s.m2 * s.n2)
 
 
+def balance(A, B):
+    """Rescale every pair (A_k, B_k) to equal Frobenius norms, the split Van Loan's factors have, leaving each
+    A_k (x) B_k unchanged. Whitened inits ('aware', 'fisher') undo their whitening factor by factor, which
+    leaves the pairs on arbitrary relative scales; Adam's steps are the same size for every entry, so a
+    factor far larger than its partner barely moves when fitted or trained. A pair with a zero factor is
+    left as it is."""
+    na, nb = A.flatten(1).norm(dim=1), B.flatten(1).norm(dim=1)
+    ok = (na > 0) & (nb > 0)
+    r = torch.where(ok, nb / torch.where(ok, na, torch.ones_like(na)), torch.ones_like(na)).sqrt()
+    return A * r.view(-1, 1, 1), B / r.view(-1, 1, 1)
+
+
 def van_loan(W, s, factors):
     """Best `factors`-term Kronecker approximation of W in Frobenius norm.
     Returns A (r, m1, n1), B (r, m2, n2), and all singular values of R(W) (for error analysis).

@@ -13,7 +13,7 @@ from calib import HEAD, BlockRunner, collect_moments
 from checkpoint import load_model
 from conftest import REPO
 from decompose import aware_factors, decompose_model, init_factors, output_error, whitening
-from kronecker import KronShape, kron_shape, kron_sum
+from kronecker import KronShape, balance, kron_shape, kron_sum
 from hf_io import load_pretrained
 from model import GPT
 from planner import allocate, lowrank_curves, matrices, curve_error
@@ -39,6 +39,24 @@ def test_aware_equals_vl_when_the_covariance_is_the_identity(s):
         A, B, _ = aware_factors(W, s, r, C)
         Av, Bv, _ = init_factors(W, s, r, "vl")
         torch.testing.assert_close(kron_sum(A, B), kron_sum(Av, Bv))
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=str)
+def test_whitened_inits_return_balanced_factors(s):
+    """Undoing the whitening leaves the pairs on arbitrary scales; init_factors hands them back with equal
+    norms (as Van Loan's), the product untouched."""
+    torch.manual_seed(0)
+    W = torch.randn(s.out_features, s.in_features, dtype=torch.float64)
+    C, G = 50.0 * random_cov(s.in_features, 11), random_cov(s.out_features, 12) / 50.0
+    A0, B0, _ = aware_factors(W, s, 2, C, G=G)
+    na0, nb0 = A0.flatten(1).norm(dim=1), B0.flatten(1).norm(dim=1)
+    assert not torch.allclose(na0, nb0, rtol=1e-3)  # unbalanced before
+    A, B, _ = init_factors(W, s, 2, "fisher", C=C, G=G)
+    torch.testing.assert_close(A.flatten(1).norm(dim=1), B.flatten(1).norm(dim=1))
+    torch.testing.assert_close(kron_sum(A, B), kron_sum(A0, B0))
+    Z = torch.zeros_like(B0)  # a pair with a zero factor stays as it is, finite
+    Ab, Bb = balance(A0, Z)
+    assert torch.equal(Ab, A0) and torch.equal(Bb, Z)
 
 
 @pytest.mark.parametrize("s", SHAPES, ids=str)
