@@ -351,7 +351,9 @@ def main(argv=None):
             print(f"output gradients: {min(args.fisher_tokens, sum(b.numel() for b in batches)):,} tokens in "
                   f"{time.time() - tc:.0f}s" + (f" (from {args.calib_cache})" if f"grads_{args.fisher_tokens}"
                                                  in cached else ""))
-        if args.calib_cache:
+        collected = (moments is not None and "moments" not in cached) or \
+            (grads is not None and f"grads_{args.fisher_tokens}" not in cached)
+        if args.calib_cache and collected:  # rewriting an unchanged cache (GBs for SmolLM2) only costs time
             save_calib_cache(args.calib_cache, key, cached, moments, grads, args.fisher_tokens)
     elif args.init in ("aware", "fisher"):
         raise UserError(f"--init {args.init} needs calibration data: pass --calib DATASET")

@@ -228,6 +228,27 @@ def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tm
     assert load_model(str(out)).param_counts()["total"] == report["params_after"]["total"]
 
 
+def test_cli_calibration_cache_is_reused_and_grows_only_when_needed(tiny_llama_dir, tiny_data_dir, tmp_path):
+    cache = tmp_path / "calib.pt"
+    common = ["--model", tiny_llama_dir, "--shape", "lowrank", "--factors", "4", "--calib", tiny_data_dir,
+              "--calib_tokens", "512", "--calib_seq", "32", "--fisher_tokens", "256", "--calib_cache", str(cache)]
+    runs = [("aware", "a"), ("aware", "b"), ("fisher", "c"), ("fisher", "d")]
+    stamps, reports = [], []
+    for init, name in runs:
+        r = run_cli(*common, "--init", init, "--out", str(tmp_path / f"{name}.pt"))
+        assert r.returncode == 0, r.stderr
+        stamps.append(cache.stat().st_mtime_ns)
+        reports.append((r.stdout, json.loads((tmp_path / f"{name}.json").read_text())))
+    assert f"(from {cache})" not in reports[0][0]
+    assert f"(from {cache})" in reports[1][0] and stamps[1] == stamps[0]  # reused, not rewritten
+    assert stamps[2] != stamps[1]                                         # the gradients were added
+    assert reports[3][0].count(f"(from {cache})") == 2 and stamps[3] == stamps[2]
+    for (_, a), (_, b) in ((reports[0], reports[1]), (reports[2], reports[3])):  # same statistics, same factors
+        assert [m["output_error"] for m in a["matrices"]] == pytest.approx([m["output_error"] for m in b["matrices"]])
+    stored = torch.load(cache, weights_only=True)
+    assert {"moments", "grads_256"} <= set(stored)
+
+
 def test_cli_permute_reports_the_gain_per_block(tiny_llama_dir, tiny_data_dir, tmp_path):
     # the report once raised TypeError: its summary key 'permute' clashed with the --permute flag's
     out = tmp_path / "k.pt"
