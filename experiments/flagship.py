@@ -13,7 +13,7 @@ Rows (all compressed rows within 1% of one another in parameters; same data orde
                   matrices get ranks too, MLPs keep more), fitted block by block, then training
   today           the pipeline as it was: vl_norm (512,576)x(3,1), plain training
   truncate        layer truncation: keep 15 of the 30 blocks (the better of 'even' and 'spread:15' at step 0)
-  svd             plain truncated SVD at the same size (rank 139 per MLP matrix, Frobenius-optimal), trained
+  svd             plain truncated SVD at the same size (rank 140 per MLP matrix, Frobenius-optimal), trained
 
 Equal tuning effort: every trained row gets the same learning-rate sweep (--lrs: peak rate of the
 pretrained weights; new factors get 5x; every schedule is warmup + cosine to a tenth) at --sweep_steps,
