@@ -23,11 +23,11 @@ from contextlib import nullcontext
 
 import torch
 
-from kronecker import KroneckerLinear, kron_shape
+from kronygpt.kronecker import KroneckerLinear, kron_shape
 from configurator import run_cli
-from errors import UserError
+from kronygpt.errors import UserError
 from model import GPT, MLP, GPTConfig, KVCache
-from runtime import DTYPES, autocast, resolve_device, resolve_dtype
+from kronygpt.runtime import DTYPES, autocast, resolve_device, resolve_dtype
 
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 SMOLLM2 = dict(arch="llama", n_layer=30, n_head=9, n_kv_head=3, n_embd=576, head_dim=64, mlp_hidden=1536,

@@ -19,7 +19,7 @@ import traceback
 import types
 from dataclasses import fields
 
-from errors import ConfigError, Stopped, UserError
+from kronygpt.errors import ConfigError, Stopped, UserError
 
 
 

@@ -26,13 +26,13 @@ import sys
 
 import torch
 
-from checkpoint import load_model
+from kronygpt.checkpoint import load_model
 from configurator import run_cli
-from data_utils import TokenData, check_data_fits, dataset_dir
-from errors import UserError
-from runtime import setup_runtime
-from tokenizer import get_tokenizer
-from trainer import evaluate
+from kronygpt.data_utils import TokenData, check_data_fits, dataset_dir
+from kronygpt.errors import UserError
+from kronygpt.runtime import setup_runtime
+from kronygpt.tokenizer import get_tokenizer
+from kronygpt.trainer import evaluate
 
 BENCHMARKS = {  # name -> (hub dataset, config, split, text field)
     "wikitext103": ("wikitext", "wikitext-103-v1", "test", "text"),

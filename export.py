@@ -23,11 +23,11 @@ import os
 
 import torch
 
-from checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
+from kronygpt.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
 from configurator import run_cli
-from errors import UserError
-from hf_io import export_factored, export_hf
-from tokenizer import save_hf_tokenizer
+from kronygpt.errors import UserError
+from kronygpt.hf_io import export_factored, export_hf
+from kronygpt.tokenizer import save_hf_tokenizer
 
 
 def dir_size(path):

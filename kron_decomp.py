@@ -30,18 +30,18 @@ import time
 
 import torch
 
-from calib import HEAD, calibration_batches, collect_grads, collect_moments, load_calib_cache, save_calib_cache
-from checkpoint import load_model, resolve_checkpoint_path, save_checkpoint
+from kronygpt.calib import HEAD, calibration_batches, collect_grads, collect_moments, load_calib_cache, save_calib_cache
+from kronygpt.checkpoint import load_model, resolve_checkpoint_path, save_checkpoint
 from configurator import run_cli
-from data_utils import REPO, TokenData
-from decompose import INITS, decompose_model, describe, is_lowrank, kron_config, plan_config
-from errors import UserError
-from kronecker import kron_shape
+from kronygpt.data_utils import REPO, TokenData
+from kronygpt.decompose import INITS, decompose_model, describe, is_lowrank, kron_config, plan_config
+from kronygpt.errors import UserError
+from kronygpt.kronecker import kron_shape
 from model import GPT, GPTConfig
-from planner import (SCOPES, allocate, curve_error, factors_for_target, keeps_rank, lowrank_curves, mac_ratio,
+from kronygpt.planner import (SCOPES, allocate, curve_error, factors_for_target, keeps_rank, lowrank_curves, mac_ratio,
                      matrices, param_base, plan_for_target, reachable, score_plans, shape_candidates, spread_blocks,
                      uniform_plan)
-from plans import format_plan, parse_blocks
+from kronygpt.plans import format_plan, parse_blocks
 
 
 # -----------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def print_shapes(config, layers):
           f"have the dense rank {min(config.mlp_hidden, config.n_embd)}")
     print(f"{'A (m1,n1)':<12} {'B (m2,n2)':<12} {'max rank':>8} {'keeps rank':>10} "
           + " ".join(f"{f'{f} factor' + ('s' if f > 1 else ''):>13}" for f in range(1, 5)))
-    from kronecker import all_shapes
+    from kronygpt.kronecker import all_shapes
     for s in all_shapes(config.mlp_hidden, config.n_embd):
         counts = [base + n * s.params(f) if f <= s.max_rank else None for f in range(1, 5)]
         keep = next((f for f in range(1, 5) if keeps_rank(s, f)), None)

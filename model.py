@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from errors import ConfigError, UserError
-from families import family
-from kronecker import Factorized, KroneckerEmbedding, KroneckerLinear, kron_shape
-from plans import parse_plan
+from kronygpt.errors import ConfigError, UserError
+from kronygpt.families import family
+from kronygpt.kronecker import Factorized, KroneckerEmbedding, KroneckerLinear, kron_shape
+from kronygpt.plans import parse_plan
 
 
 @dataclass

@@ -13,7 +13,7 @@ import json
 import os
 
 from configurator import run_cli
-from errors import UserError
+from kronygpt.errors import UserError
 
 EVAL_METRICS = ("val_loss", "train_loss", "teacher_val_loss")
 

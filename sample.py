@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import load_model
+from kronygpt.checkpoint import load_model
 from configurator import configure, run_cli
-from errors import ConfigError
-from runtime import DTYPES, autocast, resolve_device, resolve_dtype
-from tokenizer import get_tokenizer
+from kronygpt.errors import ConfigError
+from kronygpt.runtime import DTYPES, autocast, resolve_device, resolve_dtype
+from kronygpt.tokenizer import get_tokenizer
 
 
 @dataclass

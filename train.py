@@ -15,8 +15,8 @@ command with --init_from=resume. Errors you can fix exit with 2 and one line say
 import sys
 
 from configurator import configure, run_cli
-from runtime import setup_runtime, teardown
-from trainer import TrainConfig, init_model, train
+from kronygpt.runtime import setup_runtime, teardown
+from kronygpt.trainer import TrainConfig, init_model, train
 
 
 def lm_loss(model, x, y, iter_num):

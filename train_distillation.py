@@ -24,14 +24,14 @@ import sys
 import time
 from dataclasses import dataclass
 
-from checkpoint import load_model, save_checkpoint
+from kronygpt.checkpoint import load_model, save_checkpoint
 from configurator import configure, run_cli
-from data_utils import TokenData, batch_seed, dataset_dir
-from decompose import INITS, decompose_model, kron_config
-from distill import add_kron_layer, collect_activations, fit_layers, fit_units, make_distill_loss, progressive_order
-from errors import ConfigError, UserError
-from runtime import autocast, resolve_dtype, setup_runtime, teardown
-from trainer import Logger, TrainConfig, evaluate, init_model, train
+from kronygpt.data_utils import TokenData, batch_seed, dataset_dir
+from kronygpt.decompose import INITS, decompose_model, kron_config
+from kronygpt.distill import add_kron_layer, collect_activations, fit_layers, fit_units, make_distill_loss, progressive_order
+from kronygpt.errors import ConfigError, UserError
+from kronygpt.runtime import autocast, resolve_dtype, setup_runtime, teardown
+from kronygpt.trainer import Logger, TrainConfig, evaluate, init_model, train
 
 
 @dataclass

@@ -3,7 +3,7 @@ Helpers for experiments/*.py: run this repo's commands (echoed, output kept in a
 log.jsonl files, and write a markdown table plus a PNG plot of validation loss.
 
 Full runs use the CPU demo setup (Shakespeare, character level, the dense teacher from config/demo_dense.py)
-and write their report to experiments/results/; a run given its own --out reports there instead, so
+and write their report to results/; a run given its own --out reports there instead, so
 it never overwrites the committed report. --smoke runs a tiny model for a few iterations on any prepared
 dataset (the test suite uses it).
 """
@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from plot import plot_runs, read_log  # noqa: E402
 
-RESULTS = os.path.join(REPO, "experiments", "results")
+RESULTS = os.path.join(REPO, "results")
 FULL = ["--dataset=shakespeare_char", "--block_size=128", "--batch_size=32", "--eval_tokens=65536",
         "--eval_interval=50", "--log_interval=25", "--learning_rate=1e-3", "--new_learning_rate=2e-3",
         "--min_lr=1e-4", "--warmup_iters=20"]
@@ -36,7 +36,7 @@ def parser(doc, steps, seconds=None):
     p.add_argument("--teacher", default="out-demo/dense/best.pt",
                    help="the dense model to compress (trained with config/demo_dense.py if missing)")
     p.add_argument("--out", default=None, help="where the runs (and then the report) go; default: the runs in "
-                   "out-experiments/<name>, the report in experiments/results/")
+                   "out-experiments/<name>, the report in results/")
     p.add_argument("--data", default=None, help="--smoke: a prepared dataset directory")
     p.add_argument("--smoke", action="store_true", help="a tiny model, a few iterations (seconds)")
     return p
@@ -59,7 +59,7 @@ class Experiment:
     def __init__(self, name, args):
         self.name, self.args = name, args
         self.out = os.path.abspath(args.out or os.path.join(REPO, "out-experiments", name))
-        # the committed report (experiments/results/) is written only by the default runs; a run with its own
+        # the committed report (results/) is written only by the default runs; a run with its own
         # --out (a smoke test, a second machine, extra rows) writes its report beside its runs instead
         self.report_dir = self.out if args.smoke or args.out else RESULTS
         os.makedirs(self.out, exist_ok=True)
@@ -146,6 +146,6 @@ def torch_version():
 
 def teacher_dims(path):
     """(n_embd, mlp_hidden) of a checkpoint, to pick factor shapes that fit it."""
-    from checkpoint import load_checkpoint
+    from kronygpt.checkpoint import load_checkpoint
     args = load_checkpoint(path)["model_args"]
     return args["n_embd"], args["mlp_hidden"]

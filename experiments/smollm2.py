@@ -21,8 +21,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Experiment, evals, median_tok_s, parser, read_log, start_record  # noqa: E402
 
-from errors import UserError  # noqa: E402
-from kronecker import kron_shape as make_shape  # noqa: E402
+from kronygpt.errors import UserError  # noqa: E402
+from kronygpt.kronecker import kron_shape as make_shape  # noqa: E402
 
 
 def kron_shape_of(args):

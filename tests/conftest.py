@@ -11,7 +11,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from data_utils import write_meta, write_tokens  # noqa: E402
+from kronygpt.data_utils import write_meta, write_tokens  # noqa: E402
 
 
 def save_hf(model, path):

@@ -7,14 +7,14 @@ import sys
 import pytest
 import torch
 
-from calib import collect_moments
-from checkpoint import load_model, save_checkpoint
+from kronygpt.calib import collect_moments
+from kronygpt.checkpoint import load_model, save_checkpoint
 from conftest import REPO
-from decompose import decompose_model
-from hf_io import dense_state_dict, load_pretrained
-from kronecker import KroneckerEmbedding, KroneckerLinear, kron_shape
+from kronygpt.decompose import decompose_model
+from kronygpt.hf_io import dense_state_dict, load_pretrained
+from kronygpt.kronecker import KroneckerEmbedding, KroneckerLinear, kron_shape
 from model import GPT, GPTConfig, KVCache
-from planner import allocate, lowrank_curves, matrices, param_base
+from kronygpt.planner import allocate, lowrank_curves, matrices, param_base
 
 LLAMA = dict(arch="llama", n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, vocab_size=64, block_size=24,
              bias=False, activation="silu")
@@ -107,7 +107,7 @@ def test_factored_export_round_trips_attention_and_embedding(tmp_path):
 
 
 def test_embedding_lookup_never_builds_the_table(monkeypatch):
-    import kronecker
+    from kronygpt import kronecker
     emb = KroneckerEmbedding(kron_shape(64, 32, 64, 1), 4, bias=False)
     monkeypatch.setattr(kronecker, "kron_sum", lambda *a, **k: pytest.fail("the table was materialised"))
     out = emb(torch.randint(0, 64, (3, 5)))

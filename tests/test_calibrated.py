@@ -9,14 +9,14 @@ import sys
 import pytest
 import torch
 
-from calib import HEAD, BlockRunner, collect_moments
-from checkpoint import load_model
+from kronygpt.calib import HEAD, BlockRunner, collect_moments
+from kronygpt.checkpoint import load_model
 from conftest import REPO
-from decompose import aware_factors, decompose_model, init_factors, output_error, whitening
-from kronecker import KronShape, balance, kron_shape, kron_sum
-from hf_io import load_pretrained
+from kronygpt.decompose import aware_factors, decompose_model, init_factors, output_error, whitening
+from kronygpt.kronecker import KronShape, balance, kron_shape, kron_sum
+from kronygpt.hf_io import load_pretrained
 from model import GPT
-from planner import allocate, lowrank_curves, matrices, curve_error
+from kronygpt.planner import allocate, lowrank_curves, matrices, curve_error
 
 SHAPES = [KronShape(12, 1, 1, 8),   # low rank: (out,1)x(1,in)
           KronShape(4, 8, 3, 1),    # n2 = 1: the input index lives in A (exact whitening)
@@ -294,7 +294,7 @@ def test_fisher_is_aware_when_the_gradient_moment_is_the_identity_and_exact_at_f
 
 
 def test_fisher_low_rank_minimises_the_predicted_loss_increase():
-    from decompose import fisher_error
+    from kronygpt.decompose import fisher_error
     torch.manual_seed(0)
     s = kron_shape(12, 8, 12, 1)
     W = torch.randn(12, 8, dtype=torch.float64)
@@ -306,7 +306,7 @@ def test_fisher_low_rank_minimises_the_predicted_loss_increase():
 
 
 def test_output_gradient_moments_equal_a_direct_computation(tiny_llama_dir):
-    from calib import output_gradient_moments
+    from kronygpt.calib import output_gradient_moments
     model = load_pretrained(tiny_llama_dir).eval()
     x = torch.randint(0, 256, (2, 9))
     mods = {f"{b}.{n}": getattr(model.transformer.h[b].mlp, n) for b in range(2) for n in ("up_proj", "down_proj")}
@@ -332,7 +332,7 @@ def test_output_gradient_moments_equal_a_direct_computation(tiny_llama_dir):
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
 def test_permuting_hidden_units_preserves_the_function(fixture, request):
-    from permute import permute_mlp
+    from kronygpt.permute import permute_mlp
     model = load_pretrained(request.getfixturevalue(fixture)).eval()
     idx = torch.randint(0, 256, (2, 12))
     before = model(idx, all_logits=True)[0]
@@ -353,7 +353,7 @@ def test_full_rank_decomposition_with_permutation_reproduces_the_logits(tiny_gpt
 def test_permutation_recovers_shuffled_kronecker_structure(tiny_gpt2_dir):
     """c_fc and c_proj built as exact (32,32)x(4,1) and (32,32)x(1,4) products, then their hidden units
     shuffled: the permutation search must find an order that is (nearly) exact again."""
-    from permute import find_permutation, permute_mlp, unit_features
+    from kronygpt.permute import find_permutation, permute_mlp, unit_features
     model = load_pretrained(tiny_gpt2_dir).eval()
     mlp, fam = model.transformer.h[0].mlp, model.config.family
     torch.manual_seed(0)

@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, load_model, save_checkpoint
-from errors import CheckpointError
+from kronygpt.checkpoint import load_checkpoint, load_model, save_checkpoint
+from kronygpt.errors import CheckpointError
 from model import GPT, GPTConfig
 
 TINY = dict(n_layer=2, n_head=2, n_embd=16, vocab_size=50, block_size=16)

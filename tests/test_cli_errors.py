@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from data_utils import write_meta, write_tokens
+from kronygpt.data_utils import write_meta, write_tokens
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--eval_tokens=256",
         "--log_interval=1", "--warmup_iters=1"]

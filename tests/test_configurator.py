@@ -6,9 +6,9 @@ import os
 import pytest
 
 from configurator import configure
-from errors import ConfigError
+from kronygpt.errors import ConfigError
 from conftest import REPO
-from trainer import TrainConfig
+from kronygpt.trainer import TrainConfig
 
 
 def test_overrides_and_types():

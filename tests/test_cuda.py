@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kronecker import KroneckerLinear, kron_shape
+from kronygpt.kronecker import KroneckerLinear, kron_shape
 from model import GPT, GPTConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from conftest import REPO
-from tokenizer import get_tokenizer
+from kronygpt.tokenizer import get_tokenizer
 
 
 def run(script, *args):

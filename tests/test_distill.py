@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import train_distillation
-from checkpoint import load_checkpoint
+from kronygpt.checkpoint import load_checkpoint
 from conftest import REPO
-from distill import collect_mlp_activations, fit_layers, make_distill_loss
-from decompose import decompose_model
-from kronecker import kron_shape
-from hf_io import load_pretrained
+from kronygpt.distill import collect_mlp_activations, fit_layers, make_distill_loss
+from kronygpt.decompose import decompose_model
+from kronygpt.kronecker import kron_shape
+from kronygpt.hf_io import load_pretrained
 from model import GPT
 
 TINY = ["--block_size=32", "--batch_size=4", "--eval_tokens=1024", "--log_interval=1", "--warmup_iters=2",

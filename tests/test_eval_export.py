@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from checkpoint import save_checkpoint
+from kronygpt.checkpoint import save_checkpoint
 from conftest import REPO
-from data_utils import write_meta, write_tokens
+from kronygpt.data_utils import write_meta, write_tokens
 from eval import stream_loss, windows
-from hf_io import export_hf, load_pretrained
-from decompose import decompose_model
+from kronygpt.hf_io import export_hf, load_pretrained
+from kronygpt.decompose import decompose_model
 from model import GPT, GPTConfig
 
 CHARS = "\n !',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

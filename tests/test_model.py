@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from checkpoint import load_model
-from hf_io import load_pretrained
+from kronygpt.checkpoint import load_model
+from kronygpt.hf_io import load_pretrained
 from model import GPT, GPTConfig
 
 
@@ -44,7 +44,7 @@ def test_kv_cache_generation_matches_recompute(tiny_gpt2_dir):
 
 
 def test_load_model_dispatch_errors(tmp_path):
-    from errors import CheckpointError
+    from kronygpt.errors import CheckpointError
     with pytest.raises(CheckpointError, match="neither an existing checkpoint"):
         load_model(str(tmp_path / "nothing.pt"))
     (tmp_path / "empty").mkdir()
@@ -82,7 +82,7 @@ def test_per_layer_mlp_choice():
     cfg = GPTConfig(n_layer=3, n_head=2, n_embd=16, vocab_size=50, block_size=16, kron_factors=2,
                     kron_shape=(8, 4), kron_layers=(0, 2))
     model = GPT(cfg)
-    from kronecker import KroneckerLinear
+    from kronygpt.kronecker import KroneckerLinear
     kinds = [type(b.mlp.c_fc).__name__ for b in model.transformer.h]
     assert kinds == ["KroneckerLinear", "Linear", "KroneckerLinear"]
     fc, proj = model.transformer.h[0].mlp.c_fc, model.transformer.h[0].mlp.c_proj

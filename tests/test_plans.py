@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_checkpoint, load_model, model_from_checkpoint
+from kronygpt.checkpoint import load_checkpoint, load_model, model_from_checkpoint
 from conftest import REPO
-from decompose import decompose_model
-from errors import ConfigError
-from hf_io import export_hf
-from kronecker import KroneckerLinear
+from kronygpt.decompose import decompose_model
+from kronygpt.errors import ConfigError
+from kronygpt.hf_io import export_hf
+from kronygpt.kronecker import KroneckerLinear
 from model import GPT, GPTConfig
-from planner import matrices, param_base
-from plans import format_plan, parse_plan
+from kronygpt.planner import matrices, param_base
+from kronygpt.plans import format_plan, parse_plan
 
 GPT2_TINY = dict(n_layer=3, n_head=2, n_embd=32, vocab_size=256, block_size=32)
 LLAMA_TINY = dict(arch="llama", n_layer=3, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, vocab_size=256,
@@ -76,7 +76,7 @@ def test_mixed_plan_trains_resumes_and_exports(arch, tiny_data_dir, tmp_path):
     dense = GPT(GPTConfig(**kw))
     mixed, rows = decompose_model(dense, init="vl", plan=MIXED[arch])
     assert len(rows) == sum(len(s) for s in mixed.config.plan().values())
-    from checkpoint import save_checkpoint
+    from kronygpt.checkpoint import save_checkpoint
     start = save_checkpoint(str(tmp_path / "start.pt"), mixed)
     common = [f"--dataset={tiny_data_dir}", f"--init_from={start}", "--block_size=16", "--batch_size=2",
               "--eval_tokens=256", "--eval_interval=2", "--log_interval=1", "--warmup_iters=1", "--learning_rate=1e-3"]

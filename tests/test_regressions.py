@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import train_distillation
-import trainer
+from kronygpt import trainer
 from conftest import REPO  # noqa: F401  (the repo on the path, as every test module)
-from decompose import init_factors
-from distill import fit_mlp
-from kronecker import KronShape, kron_sum, van_loan
+from kronygpt.decompose import init_factors
+from kronygpt.distill import fit_mlp
+from kronygpt.kronecker import KronShape, kron_sum, van_loan
 from model import GPT, GPTConfig
-from runtime import resolve_dtype, setup_runtime
+from kronygpt.runtime import resolve_dtype, setup_runtime
 
 TINY = ["--block_size=32", "--batch_size=4", "--eval_tokens=512", "--log_interval=1", "--warmup_iters=1"]
 
@@ -66,7 +66,7 @@ def trainer_mfu(model, tokens_per_iter, world_size, seq_len, dt):
 
 
 def test_5_progressive_schedule_that_cannot_finish_is_refused(tiny_gpt2_dir, tiny_data_dir, tmp_path):
-    from errors import ConfigError
+    from kronygpt.errors import ConfigError
     with pytest.raises(ConfigError, match="max_iters >= 4"):  # 2 blocks, interval 2: the last goes in at 2
         train_distillation.main([f"--teacher={tiny_gpt2_dir}", f"--dataset={tiny_data_dir}", f"--out_dir={tmp_path}",
                                  *TINY, "--mode=progressive", "--kron_factors=1", "--kron_shape=(16,8)",
@@ -116,7 +116,7 @@ def test_8_fit_mlp_restores_the_mode_and_auto_teacher_dtype_respects_bf16_suppor
 
 def test_9_export_reads_no_training_record_from_a_gguf_file(tmp_path):
     # export.py --init_from model.gguf unpickled the GGUF as a checkpoint and failed after loading the model
-    from checkpoint import FORMAT
+    from kronygpt.checkpoint import FORMAT
     from export import checkpoint_extra
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF not a pickle")

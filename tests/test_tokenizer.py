@@ -2,8 +2,8 @@
 
 import pytest
 
-import tokenizer
-from errors import UserError
+from kronygpt import tokenizer
+from kronygpt.errors import UserError
 
 
 def test_gpt2_ids_through_offline_fallback(monkeypatch):

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_checkpoint, save_checkpoint
-from errors import UserError
+from kronygpt.checkpoint import load_checkpoint, save_checkpoint
+from kronygpt.errors import UserError
 from conftest import REPO
 from model import GPT, GPTConfig
-from trainer import TrainConfig, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule
+from kronygpt.trainer import TrainConfig, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_tokens=1024",
         "--log_interval=1", "--warmup_iters=2", "--learning_rate=3e-3", "--min_lr=3e-4"]
@@ -137,7 +137,7 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     code = f"""
 import os, signal, sys, torch
 sys.path.insert(0, {REPO!r})
-from checkpoint import save_checkpoint
+from kronygpt.checkpoint import save_checkpoint
 from model import GPT, GPTConfig
 real = torch.save
 def dying_save(obj, f):

@@ -21,8 +21,8 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from errors import UserError  # noqa: E402
-from data_utils import REPO, load_tokenizer, write_meta, write_tokens  # noqa: E402
+from kronygpt.errors import UserError  # noqa: E402
+from kronygpt.data_utils import REPO, load_tokenizer, write_meta, write_tokens  # noqa: E402
 
 TEXT_DIR = "miltondata/texts/"
 

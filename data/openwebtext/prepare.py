@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from errors import UserError  # noqa: E402
-from data_utils import load_tokenizer, write_meta  # noqa: E402
+from kronygpt.errors import UserError  # noqa: E402
+from kronygpt.data_utils import load_tokenizer, write_meta  # noqa: E402
 
 
 def load(args):

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from data_utils import REPO, load_tokenizer, shakespeare_files, split_point, write_meta, write_tokens  # noqa: E402
+from kronygpt.data_utils import REPO, load_tokenizer, shakespeare_files, split_point, write_meta, write_tokens  # noqa: E402
 
 
 def main():

@@ -29,9 +29,9 @@ import math
 
 import torch
 
-from calib import HEAD, BlockRunner
-from errors import UserError
-from kronecker import (KronShape, KroneckerEmbedding, KroneckerLinear, balance, kron_sum, lapack_threads, rearrange,
+from .calib import HEAD, BlockRunner
+from .errors import UserError
+from .kronecker import (KronShape, KroneckerEmbedding, KroneckerLinear, balance, kron_sum, lapack_threads, rearrange,
                        van_loan)
 
 INITS = ("vl", "vl_norm", "prune", "random", "aware", "fisher")
@@ -312,7 +312,7 @@ def decompose_model(dense, factors=0, shape=(), init="vl", layers=None, scalars=
         specs = config.matrix_specs(layer)
         mlp_names = [n for n in names if n not in fam.attn_matrices]  # only MLP hidden units are permuted
         if permute and mlp_names and not all(is_lowrank(specs[n][0]) for n in mlp_names):
-            from permute import find_permutation, permute_mlp, permute_moments, unit_features
+            from .permute import find_permutation, permute_mlp, permute_moments, unit_features
             mlp = model.transformer.h[layer].mlp
             feats = unit_features(mlp, fam, block_moments, damping)
             perm, before, after = find_permutation(feats, {n: specs[n] for n in mlp_names}, fam)

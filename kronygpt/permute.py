@@ -17,12 +17,12 @@ The low-rank member is invariant under permutation (there is nothing to gain), s
 
 import torch
 
-from kronecker import kron_sum, van_loan
+from .kronecker import kron_sum, van_loan
 
 
 def unit_features(mlp, family, moments, damping):
     """{name: (h, k) float64}: each hidden unit's row, for every MLP matrix (see the module docstring)."""
-    from decompose import whitening
+    from .decompose import whitening
     feats = {}
     for name, up in family.mlp_matrices:
         W = getattr(mlp, name).weight.detach().double()

@@ -13,10 +13,10 @@ import math
 
 import torch
 
-from decompose import fisher_error, init_factors, is_lowrank, output_error
-from kronecker import KronShape, all_shapes, factored_macs, kron_shape, kron_sum, lapack_threads
+from .decompose import fisher_error, init_factors, is_lowrank, output_error
+from .kronecker import KronShape, all_shapes, factored_macs, kron_shape, kron_sum, lapack_threads
 from model import GPT
-from plans import format_blocks
+from .plans import format_blocks
 
 
 # -----------------------------------------------------------------------------
@@ -171,8 +171,8 @@ def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2
     errors relative (each matrix counts alike), or 2 with grads, making them the predicted loss increase
     tr(G dW C dW^T) / 2, comparable across matrices. cache: shared with decompose_model, which then reuses
     the whitening of every covariance."""
-    from calib import HEAD
-    from decompose import side_whitening
+    from .calib import HEAD
+    from .decompose import side_whitening
     out = {}
     for b, name, o, i in mats:
         key = HEAD if b == "embed" else (b, name)

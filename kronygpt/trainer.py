@@ -24,12 +24,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import load_checkpoint, load_model, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, load_model, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
 from configurator import as_dict
-from data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir
-from errors import CheckpointError, ConfigError, Stopped, UserError
+from .data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir
+from .errors import CheckpointError, ConfigError, Stopped, UserError
 from model import GPT, GPTConfig
-from optim import (group_stats, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule, rebuild_optimizer,
+from .optim import (group_stats, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule, rebuild_optimizer,
                    set_frozen)
 
 

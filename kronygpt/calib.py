@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from errors import UserError
+from .errors import UserError
 
 HEAD = ("head", "lm_head")  # the key of the lm_head's statistics: its input moment, its output gradients' diagonal
 
@@ -137,7 +137,7 @@ def output_gradient_moments(model, batches, modules, diagonal=()):
 def calibration_batches(data, n_tokens, seq_len, batch_size=8, seed=0):
     """Batches of training sequences (int64, (B, seq_len)) totalling n_tokens, drawn from a TokenData with
     a seed disjoint from training's batch seeds."""
-    from data_utils import batch_seed
+    from .data_utils import batch_seed
     n_seq = max(1, n_tokens // seq_len)
     batches = []
     for k, start in enumerate(range(0, n_seq, batch_size)):
@@ -192,7 +192,7 @@ def load_calib_cache(path, key):
 
 
 def save_calib_cache(path, key, cached, moments, grads, fisher_tokens):
-    from checkpoint import atomic_save  # checkpoint imports the model; calib stays importable without it
+    from .checkpoint import atomic_save  # checkpoint imports the model; calib stays importable without it
     out = {k: v for k, v in cached.items() if k != "key"}
     if moments is not None:
         out["moments"] = moments

@@ -14,8 +14,8 @@ import shutil
 
 import torch
 
-from errors import CheckpointError
-from kronecker import Factorized
+from .errors import CheckpointError
+from .kronecker import Factorized
 from model import GPT, GPTConfig
 
 GPT2_HUB = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
@@ -209,17 +209,20 @@ def export_hf(model, out_dir):
 # -----------------------------------------------------------------------------
 # factored export: a Hugging Face directory that keeps the factors
 
-REMOTE_MODULES = ("errors", "families", "kronecker", "plans", "model")  # model.py and what it imports
-REMOTE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_remote")
+PACKAGE = os.path.dirname(os.path.abspath(__file__))
+REMOTE_MODULES = ("errors", "families", "kronecker", "plans", "model")  # model.py and the library modules it uses
+REMOTE_DIR = os.path.join(PACKAGE, "hf_remote")
 FACTORED_TYPE = "kronygpt"
 
 
 def remote_source(name):
-    """The source of one of this repo's modules as shipped in an export: its own imports made relative
-    (nothing else changes, so the exported model runs exactly this repo's code)."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")) as f:
+    """The source of one of this repo's modules as shipped in an export, where every module lies flat beside
+    the wrapper: its imports of the others made relative (nothing else changes, so the exported model runs
+    exactly this repo's code). model.py is at the repo root, the others in this package."""
+    path = os.path.join(os.path.dirname(PACKAGE), "model.py") if name == "model" else os.path.join(PACKAGE, f"{name}.py")
+    with open(path) as f:
         lines = f.read().splitlines(keepends=True)
-    pattern = re.compile(rf"^from ({'|'.join(REMOTE_MODULES)}) import ")
+    pattern = re.compile(rf"^from (?:kronygpt)?\.?({'|'.join(REMOTE_MODULES)}) import ")
     return "".join(pattern.sub(r"from .\1 import ", line) for line in lines)
 
 

@@ -10,7 +10,7 @@ take the opposite shape (n1, m1).
 
 from dataclasses import dataclass
 
-from errors import ConfigError
+from .errors import ConfigError
 
 ATTENTION = ("attn.c_attn", "attn.c_proj")  # per block, the same in every family (q/k/v fused into c_attn)
 

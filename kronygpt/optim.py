@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from errors import ConfigError
+from .errors import ConfigError
 
 
 # -----------------------------------------------------------------------------

@@ -23,9 +23,9 @@ Blocks a plan does not mention stay dense. format_plan writes the shortest strin
 
 import re
 
-from errors import ConfigError
-from families import ATTENTION
-from kronecker import kron_shape
+from .errors import ConfigError
+from .families import ATTENTION
+from .kronecker import kron_shape
 
 
 def parse_blocks(text, n_layer, where="plan"):

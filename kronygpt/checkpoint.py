@@ -16,8 +16,8 @@ import random
 
 import torch
 
-from errors import CheckpointError, UserError  # noqa: F401 (CheckpointError is imported from here)
-from hf_io import is_factored_dir, is_pretrained_name, load_factored, load_pretrained
+from .errors import CheckpointError, UserError  # noqa: F401 (CheckpointError is imported from here)
+from .hf_io import is_factored_dir, is_pretrained_name, load_factored, load_pretrained
 from model import GPT, GPTConfig
 
 FORMAT = "kronygpt"

@@ -14,8 +14,8 @@ import json
 import os
 import pickle
 
-from errors import UserError
-from hf_io import GGUF_MODELS, GPT2_HUB, resolve_gguf
+from .errors import UserError
+from .hf_io import GGUF_MODELS, GPT2_HUB, resolve_gguf
 
 
 class Tokenizer:

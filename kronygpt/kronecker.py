@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from errors import ConfigError
+from .errors import ConfigError
 
 # factored forms move (N, r*n1*m2) or (N, r*m1*n2) intermediates through memory, which costs more
 # than the MAC count suggests; they are used only when their MACs are below this share of dense.

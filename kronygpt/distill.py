@@ -8,8 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from decompose import replace_mlp
-from errors import ConfigError
+from .decompose import replace_mlp
+from .errors import ConfigError
 
 
 # -----------------------------------------------------------------------------
