@@ -1,5 +1,6 @@
-# make test : create .venv if needed, run the test suite (CPU, a few minutes)
-# make demo : create .venv if needed, run the compress-and-recover demo on Shakespeare (CPU, < 10 min)
+# make test     : create .venv if needed, run the fast test suite (CPU, a few minutes)
+# make test-all : the fast suite and the slow end-to-end tests (experiments, torchrun, the real SmolLM2)
+# make demo     : create .venv if needed, run the compress-and-recover demo on Shakespeare (CPU, < 10 min)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ export WANDB_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 
-.PHONY: venv test demo clean-demo
+.PHONY: venv test test-slow test-all demo clean-demo
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,12 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 venv: $(STAMP)
 
 test: venv
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow tests
+
+test-all: venv
 	$(BIN)/python -m pytest -q tests
 
 demo: venv

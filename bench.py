@@ -16,15 +16,17 @@ medians, so drift of the machine hits all of them alike. Figures are printed, ne
 
 import argparse
 import json
-import os
 import statistics
+import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
 from kronygpt.kronecker import KroneckerLinear, kron_shape
-from configurator import run_cli
+from configurator import configure, run_cli
+from kronygpt.checkpoint import check_output_file
 from kronygpt.errors import UserError
 from model import GPT, MLP, GPTConfig, KVCache
 from kronygpt.runtime import DTYPES, autocast, resolve_device, resolve_dtype
@@ -34,18 +36,18 @@ SMOLLM2 = dict(arch="llama", n_layer=30, n_head=9, n_kv_head=3, n_embd=576, head
                vocab_size=49152, block_size=2048, bias=False, activation="silu", rope_theta=100000.0)
 VARIANTS = {  # name -> Kronecker settings (c_fc / gate+up first factor)
     "gpt2": [("dense 124M", {}),
-             ("81M (768,768)x(4,1)", dict(kron_factors=1, kron_shape=(768, 768))),
-             ("80M (1024,256)x(3,3) x2", dict(kron_factors=2, kron_shape=(1024, 256))),
-             ("96M prune (3072,384)x(1,2)", dict(kron_factors=1, kron_shape=(3072, 384))),
+             ("81M (768,768)x(4,1)", dict(kron_plan="*: mlp=768x768*1")),
+             ("80M (1024,256)x(3,3) x2", dict(kron_plan="*: mlp=1024x256*2")),
+             ("96M prune (3072,384)x(1,2)", dict(kron_plan="*: mlp=3072x384*1")),
              ("82M low rank 154", dict(kron_plan="*: mlp=lowrank*154"))],
     "smollm2": [("dense 135M", {}),
-                ("80M 5x(768,72)x(2,8)", dict(kron_factors=5, kron_shape=(768, 72))),
-                ("81M (512,576)x(3,1)", dict(kron_factors=1, kron_shape=(512, 576))),
+                ("80M 5x(768,72)x(2,8)", dict(kron_plan="*: mlp=768x72*5")),
+                ("81M (512,576)x(3,1)", dict(kron_plan="*: mlp=512x576*1")),
                 ("81M low rank 140", dict(kron_plan="*: mlp=lowrank*140"))],
 }
 SMOKE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=64)
-SMOKE_VARIANTS = [("dense", {}), ("kron (64,64)x(4,1)", dict(kron_factors=1, kron_shape=(64, 64))),
-                  ("kron (32,16)x(8,4) x2", dict(kron_factors=2, kron_shape=(32, 16)))]
+SMOKE_VARIANTS = [("dense", {}), ("kron (64,64)x(4,1)", dict(kron_plan="*: mlp=64x64*1")),
+                  ("kron (32,16)x(8,4) x2", dict(kron_plan="*: mlp=32x16*2"))]
 
 
 def sync(device):
@@ -119,8 +121,8 @@ def bench_mlp(args, d, h, shape, r, tokens):
     x = torch.randn(tokens, d, device=args.device, dtype=args.ptdtype, requires_grad=True)
     mlps = {"dense": MLP(GPTConfig(n_embd=d, mlp_hidden=h, n_head=1), 0)}
     for impl in ("auto", "materialized"):
-        mlps[impl] = MLP(GPTConfig(n_embd=d, mlp_hidden=h, n_head=1, kron_factors=r, kron_shape=shape,
-                                   kron_impl=impl), 0)
+        mlps[impl] = MLP(GPTConfig(n_embd=d, mlp_hidden=h, n_head=1, n_layer=1,
+                                   kron_plan=f"*: mlp={shape[0]}x{shape[1]}*{r}", kron_impl=impl), 0)
     mlps = {k: v.to(args.device, args.ptdtype) for k, v in mlps.items()}
     if args.compile:
         mlps = {k: torch.compile(v) for k, v in mlps.items()}
@@ -231,42 +233,52 @@ def bench_models(args, ctx):
     return results
 
 
+@dataclass
+class BenchConfig:
+    mode: str = "all"               # 'all', 'layers' or 'models'
+    family: str = "gpt2"            # models: 'gpt2' or 'smollm2'
+    device: str = "auto"            # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
+    dtype: str = "auto"             # float32 (the CPU's default) or bfloat16 (CUDA's)
+    compile: bool = False           # torch.compile every layer/model
+    batch_size: int = 0             # models: sequences per step (0: CPU 4, CUDA 16)
+    seq_len: int = 0                # models: tokens per sequence (0: CPU 256, CUDA 1024)
+    gen_tokens: int = 32            # models: tokens generated per timing
+    layer_tokens: int = 0           # layers: tokens per call (0: CPU 2048, CUDA 16384)
+    rounds: int = 0                 # timed rounds, the median reported (0: CPU 5, CUDA 20, smoke 2)
+    threads: int = 0                # CPU threads (0 = torch's default)
+    variants: str = ""              # models: indices of the family's variants (the dense row 0 always runs), e.g. 1,4
+    smoke: bool = False             # tiny sizes for a quick check
+    json: str = ""                  # write the results here
+    force: bool = False             # overwrite --json
+
+    def validate(self):
+        if self.mode not in ("all", "layers", "models"):
+            raise UserError(f"--mode must be all, layers or models, got {self.mode!r}")
+        if self.family not in VARIANTS:
+            raise UserError(f"--family must be one of {', '.join(VARIANTS)}, got {self.family!r}")
+        for name in ("batch_size", "seq_len", "layer_tokens", "rounds", "threads"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be at least 1 (or 0 for the device's default), got {getattr(self, name)}")
+        if self.gen_tokens < 1:
+            raise UserError(f"--gen_tokens must be at least 1, got {self.gen_tokens}")
+        n = len(VARIANTS[self.family])
+        if self.variants and not all(v.strip().isdigit() and 0 <= int(v) < n for v in self.variants.split(",")):
+            raise UserError(f"--variants {self.variants!r} must be comma-separated indices from 0 to {n - 1} "
+                            f"(the {self.family} variants: " + ", ".join(v[0] for v in VARIANTS[self.family]) + ")")
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", default="all", choices=("all", "layers", "models"))
-    p.add_argument("--family", default="gpt2", choices=("gpt2", "smollm2"))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every layer/model")
-    p.add_argument("--batch_size", type=int, default=None, help="models: sequences per step (CPU 4, CUDA 16)")
-    p.add_argument("--seq_len", type=int, default=None, help="models: tokens per sequence (CPU 256, CUDA 1024)")
-    p.add_argument("--gen_tokens", type=int, default=32)
-    p.add_argument("--layer_tokens", type=int, default=None, help="layers: tokens per call (CPU 2048, CUDA 16384)")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds (median); CPU 5, CUDA 20")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
-    p.add_argument("--variants", default=None,
-                   help="models: comma-separated indices of the family's variants to run (1 = the first "
-                        "compressed one; the dense row 0 always runs), e.g. 1,4")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick check")
-    p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
-    args.device = resolve_device(args.device)
-    if args.json and os.path.isdir(args.json):
-        raise UserError(f"--json {args.json} is a directory; give a file name")
-    if args.variants is not None:
-        n = len(VARIANTS[args.family])
-        if not all(v.strip().isdigit() and 0 <= int(v) < n for v in args.variants.split(",")):
-            raise UserError(f"--variants {args.variants!r} must be comma-separated indices from 0 to {n - 1} "
-                            f"(the {args.family} variants: " + ", ".join(v[0] for v in VARIANTS[args.family]) + ")")
-        args.variants = sorted({int(v) for v in args.variants.split(",")})  # a list: the --json records it
-    for name in ("batch_size", "seq_len", "layer_tokens", "rounds"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    cfg = configure(BenchConfig(), sys.argv[1:], verbose=False, doc=__doc__)
+    if cfg.json:
+        check_output_file(cfg.json, cfg.force)
+    args = argparse.Namespace(**vars(cfg))  # the settings resolved for this device
+    args.device = resolve_device(cfg.device)
     cuda = args.device.startswith("cuda")
+    args.variants = sorted({int(v) for v in cfg.variants.split(",")}) if cfg.variants else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    args.ptdtype = DTYPES[resolve_dtype(args.dtype, "cuda" if cuda else "cpu")]
+    args.dtype = resolve_dtype(cfg.dtype, "cuda" if cuda else "cpu")
+    args.ptdtype = DTYPES[args.dtype]
     args.batch_size = args.batch_size or (16 if cuda else 4)
     args.seq_len = args.seq_len or (1024 if cuda else 256)
     args.layer_tokens = args.layer_tokens or (16384 if cuda else 2048)

@@ -18,16 +18,16 @@ so every token but the first is predicted with at least block_size - S tokens of
 is the number train.py prints.
 """
 
-import argparse
 import json
 import math
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
-from kronygpt.checkpoint import load_model
-from configurator import run_cli
+from kronygpt.checkpoint import check_output_file, load_model
+from configurator import configure, run_cli
 from kronygpt.data_utils import TokenData, check_data_fits, dataset_dir
 from kronygpt.errors import UserError
 from kronygpt.runtime import setup_runtime
@@ -104,29 +104,37 @@ def stream_loss(model, ids, block_size, stride, batch_size, device, ctx):
     return total / count, count
 
 
+@dataclass
+class EvalConfig:
+    models: str = ""                # comma-separated: hub names, HF dirs, checkpoints, out_dirs, smollm2-135m
+    datasets: str = ""              # comma-separated benchmarks (see above) or file:PATH
+    data: str = ""                  # a prepared dataset (data/<name> or a path): its fixed validation loss
+    eval_tokens: int = 131072       # --data: size of the fixed validation set
+    block_size: int = 1024          # window length (capped at each model's)
+    stride: int = 0                 # sliding windows: score the last STRIDE tokens of each (0: non-overlapping)
+    max_tokens: int = 0             # evaluate only the first N tokens of each benchmark (quick checks); 0 = all
+    batch_size: int = 8             # sequences per forward pass
+    device: str = "auto"            # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
+    dtype: str = "auto"             # float32, bfloat16 or float16 autocast ('auto': bf16 on CUDA)
+    json: str = ""                  # also write the table here
+    force: bool = False             # overwrite --json
+
+    def validate(self):
+        if not self.models:
+            raise UserError("give --models (comma-separated checkpoints, run directories, HF directories or names)")
+        if not self.datasets and not self.data:
+            raise UserError("give --datasets (benchmarks) and/or --data (a prepared dataset)")
+        for name in ("block_size", "batch_size", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.stride < 0 or self.max_tokens < 0:
+            raise UserError("--stride and --max_tokens must be >= 0")
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", required=True, help="comma-separated: hub names, HF dirs, checkpoints, out_dirs")
-    p.add_argument("--datasets", default="", help="comma-separated benchmarks (see above) or file:PATH")
-    p.add_argument("--data", default="", help="a prepared dataset (data/<name> or a path): fixed validation loss")
-    p.add_argument("--eval_tokens", type=int, default=131072, help="--data: size of the fixed validation set")
-    p.add_argument("--block_size", type=int, default=1024, help="window length (capped at each model's)")
-    p.add_argument("--stride", type=int, default=0, help="sliding windows: score the last STRIDE tokens of each")
-    p.add_argument("--max_tokens", type=int, default=0, help="evaluate only the first N tokens (quick checks)")
-    p.add_argument("--batch_size", type=int, default=8, help="--data: sequences per forward pass")
-    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
-    p.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16 autocast ('auto': bf16 on CUDA)")
-    p.add_argument("--json", help="write the table here")
-    args = p.parse_args()
-    if not args.datasets and not args.data:
-        raise UserError("give --datasets (benchmarks) and/or --data (a prepared dataset)")
-    if args.json and os.path.isdir(args.json):
-        raise UserError(f"--json {args.json} is a directory; give a file name")
-    for name in ("block_size", "batch_size", "eval_tokens"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.stride < 0 or args.max_tokens < 0:
-        raise UserError("--stride and --max_tokens must be >= 0")
+    args = configure(EvalConfig(), sys.argv[1:], verbose=False, doc=__doc__)
+    if args.json:
+        check_output_file(args.json, args.force)
     rt = setup_runtime(args.device, args.dtype)
     ctx = rt.ctx
     names = [d for d in args.datasets.split(",") if d]

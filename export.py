@@ -17,14 +17,15 @@ compressing: the dense form gives the size and the speed back.
     lm_eval --model hf --model_args pretrained=hf/krony-81M,trust_remote_code=True --tasks lambada_openai
 """
 
-import argparse
 import json
 import os
+import sys
+from dataclasses import dataclass
 
 import torch
 
 from kronygpt.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
-from configurator import run_cli
+from configurator import configure, run_cli
 from kronygpt.errors import UserError
 from kronygpt.hf_io import export_factored, export_hf
 from kronygpt.tokenizer import save_hf_tokenizer
@@ -37,7 +38,7 @@ def dir_size(path):
 def model_card(model, source, extra):
     """A short README.md: what the model is, its plan and parameters, how it was made, what it scored."""
     cfg, counts = model.config, model.param_counts()
-    plan = cfg.plan_text() or "dense"
+    plan = cfg.kron_plan or "dense"
     lines = [f"# KronyGPT {cfg.arch} model, {counts['total'] / 1e6:.1f}M parameters", "",
              "Weight matrices stored as sums of Kronecker products, W = sum_k A_k (x) B_k (low rank is the "
              "(out,1)x(1,in) member), and multiplied in factored form. Made with KronyGPT.", "",
@@ -70,15 +71,23 @@ def checkpoint_extra(init_from):
     return load_checkpoint(path).get("extra", {})
 
 
+@dataclass
+class ExportConfig:
+    init_from: str = ""             # checkpoint, out_dir, HF directory or hub name
+    out: str = ""                   # the output directory
+    format: str = "auto"            # 'factored', 'dense', or 'auto': factored for a factorised model, dense otherwise
+    check: bool = False             # reload with transformers and compare logits
+    force: bool = False             # replace an existing export in --out
+
+    def validate(self):
+        if not self.init_from or not self.out:
+            raise UserError("give --init_from MODEL and --out DIRECTORY")
+        if self.format not in ("auto", "factored", "dense"):
+            raise UserError(f"--format must be auto, factored or dense, got {self.format!r}")
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init_from", required=True, help="checkpoint, out_dir, HF directory or hub name")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", default="auto", choices=("auto", "factored", "dense"),
-                   help="auto: factored for a factorised model, dense otherwise")
-    p.add_argument("--check", action="store_true", help="reload with transformers and compare logits")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    args = p.parse_args()
+    args = configure(ExportConfig(), sys.argv[1:], verbose=False, doc=__doc__)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file; give a directory for the Hugging Face model")
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:

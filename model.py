@@ -4,8 +4,8 @@ A GPT in one file, nanoGPT-style, whose MLP matrices can be sums of Kronecker pr
 One GPT class covers two families, chosen by GPTConfig.arch (as litgpt does):
   'gpt2'  : LayerNorm, learned positions, GELU MLP (c_fc, c_proj), fused qkv (Hugging Face names kept)
   'llama' : RMSNorm, rotary positions, SwiGLU MLP (gate_proj, up_proj, down_proj), grouped-query attention
-Any block's MLP can be dense or Kronecker (kron_factors, kron_shape, kron_layers), so progressive
-replacement can mix the two. Loading Hugging Face checkpoints lives in hf_io.py (and checkpoint.load_model).
+Any matrix can be dense or Kronecker, as the config's plan says (kronygpt/plans.py), so progressive
+replacement and per-matrix allocations mix the two. Loading Hugging Face checkpoints lives in hf_io.py (and checkpoint.load_model).
 """
 
 import math
@@ -17,8 +17,8 @@ from torch.nn import functional as F
 
 from kronygpt.errors import ConfigError, UserError
 from kronygpt.families import family
-from kronygpt.kronecker import Factorized, KroneckerEmbedding, KroneckerLinear, kron_shape
-from kronygpt.plans import parse_plan
+from kronygpt.kronecker import IMPLS, Factorized, KroneckerEmbedding, KroneckerLinear
+from kronygpt.plans import EMBED, Layout, Plan
 
 
 @dataclass
@@ -39,12 +39,9 @@ class GPTConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0   # llama only
     tie_embeddings: bool = True   # lm_head shares wte's weight (counted once in parameter counts)
-    # -- Kronecker MLP: W = sum_k s_k A_k (x) B_k. Either the uniform shorthand (kron_factors, kron_shape) or a
-    #    per-block plan string (kron_plan; grammar in plans.py), not both.
-    kron_factors: int = 0         # products per matrix; 0 means every MLP is dense
-    kron_shape: tuple = ()        # (m1, n1) of A for c_fc (gate/up); c_proj (down) uses (n1, m1)
-    kron_plan: str = ""           # e.g. "*: mlp=lowrank*139; 11,28: dense" (see plans.py)
-    kron_layers: tuple = None     # blocks whose planned matrices are Kronecker now; None means all of them
+    # -- factorisation: which matrices are sums of Kronecker products W = sum_k s_k A_k (x) B_k, as one plan
+    #    string (grammar in kronygpt/plans.py), resolved once into self.plan when the config is made
+    kron_plan: str = ""           # e.g. "*: mlp=lowrank*139; 11,28: dense"; '' = every matrix dense
     kron_scalars: bool = False    # learnable per-factor scalars s_k
     kron_impl: str = "auto"       # 'auto' (cost model), 'right', 'left' or 'materialized'
 
@@ -59,24 +56,14 @@ class GPTConfig:
                               f"choose n_head dividing n_embd (or set head_dim)")
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
-        self.kron_shape = tuple(self.kron_shape)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.kron_layers is not None:
-            self.kron_layers = tuple(sorted(set(int(i) for i in self.kron_layers)))
-            bad = [i for i in self.kron_layers if not 0 <= i < self.n_layer]
-            if bad:
-                raise ConfigError(f"kron_layers {bad} are outside 0..{self.n_layer - 1}")
         if self.n_head % self.n_kv_head:
             raise ConfigError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
-        if self.kron_factors and self.kron_plan:
-            raise ConfigError("give either kron_factors/kron_shape (one shape for every block) or kron_plan, not both")
-        if self.kron_factors and len(self.kron_shape) != 2:
-            raise ConfigError("kron_factors > 0 needs kron_shape=(m1, n1), the first factor of c_fc")
-        self.plan()  # validates the plan (shapes that divide, factor counts in range)
-        if self.embed_spec() is not None and not self.tie_embeddings:
-            raise ConfigError("a factorised embedding ('embed=' in kron_plan) needs tie_embeddings=True: the "
-                              "lm_head then uses the same factors")
+        if self.kron_impl not in IMPLS:
+            raise ConfigError(f"kron_impl must be one of {', '.join(IMPLS)}, got {self.kron_impl!r}")
+        self.plan = Plan.parse(self.kron_plan, self.layout())  # layers ask it for their spec; nothing re-parses
+        self.kron_plan = self.plan.text
 
     def matrix_dims(self):
         """{name: (out, in)} of every matrix of a block a plan may factorise: the MLP's (named as in
@@ -85,69 +72,43 @@ class GPTConfig:
         return {"attn.c_attn": (q + 2 * kv, self.n_embd), "attn.c_proj": (self.n_embd, q),
                 **{n: (self.mlp_hidden, self.n_embd) for n in f.up}, **{n: (self.n_embd, self.mlp_hidden) for n in f.down}}
 
-    def plan_text(self):
-        """The plan as a string: kron_plan, or the shorthand written as a plan ('' when dense)."""
-        if self.kron_plan:
-            return self.kron_plan
-        if self.kron_factors:
-            return f"*: mlp={self.kron_shape[0]}x{self.kron_shape[1]}*{self.kron_factors}"
-        return ""
-
-    def resolved_plan(self):
-        """(blocks, embed): {block: {matrix: (m1, n1, factors)}} over every planned block, and the token
-        embedding's (m1, n1, factors) or None."""
-        f = self.family
-        return parse_plan(self.plan_text(), self.n_layer, f.up, f.down, self.matrix_dims(),
-                          (self.vocab_size, self.n_embd))
-
-    def plan(self):
-        """{block: {matrix: (m1, n1, factors)}} of the blocks that have Kronecker matrices now (the plan
-        restricted to kron_layers)."""
-        plan, _ = self.resolved_plan()
-        if self.kron_layers is not None:
-            plan = {b: p for b, p in plan.items() if b in self.kron_layers}
-        return plan
-
-    def embed_spec(self):
-        """(KronShape, factors) of a factorised token embedding (and the lm_head tied to it), or None."""
-        _, embed = self.resolved_plan()
-        if embed is None:
-            return None
-        m1, n1, r = embed
-        return kron_shape(self.vocab_size, self.n_embd, m1, n1), r
-
-    def matrix_specs(self, layer):
-        """{matrix: (KronShape, factors)} of block `layer`'s Kronecker matrices (empty when it is dense)."""
-        dims = self.matrix_dims()
-        return {n: (kron_shape(*dims[n], m1, n1), r) for n, (m1, n1, r) in self.plan().get(layer, {}).items()}
-
-    def is_kron(self, layer):
-        return bool(self.plan().get(layer))
+    def layout(self):
+        """What a plan is resolved against; the embedding may be factorised only when the lm_head is tied to it
+        (one set of factors serves both)."""
+        return Layout(self.n_layer, self.matrix_dims(), self.family.up, self.family.down,
+                      (self.vocab_size, self.n_embd) if self.tie_embeddings else None)
 
     @property
     def is_factorized(self):
         """Whether any matrix of the model is a sum of Kronecker products."""
-        return bool(self.kron_factors or self.kron_plan)
+        return bool(self.plan)
 
     def to_dict(self):
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        """A config from its dict (a checkpoint's model_args). Checkpoints written before plans existed carry
+        the uniform shorthand kron_factors/kron_shape and the blocks done so far, kron_layers: converted here."""
+        d = dict(d)
+        factors, shape, layers = d.pop("kron_factors", 0), d.pop("kron_shape", ()), d.pop("kron_layers", None)
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown model_args {sorted(unknown)}; was this saved by a newer version?")
-        return cls(**d)
+        if factors:
+            if d.get("kron_plan"):
+                raise ConfigError("model_args give both kron_factors/kron_shape and kron_plan; keep the plan")
+            d["kron_plan"] = f"*: mlp={shape[0]}x{shape[1]}*{factors}"
+        config = cls(**d)
+        return config if layers is None else replace(config, kron_plan=config.plan.restrict(layers).text)
 
 
-def block_linear(config, layer, name, in_features, out_features):
-    """Matrix `name` of block `layer`: dense, or Kronecker with the shape and factors the plan gives it."""
-    spec = config.matrix_specs(layer).get(name)
+def block_linear(config, spec, in_features, out_features):
+    """One matrix of a block: dense (spec None), or Kronecker with the shape and factors of its MatrixSpec."""
     if spec is None:
         return nn.Linear(in_features, out_features, bias=config.bias)
-    shape, factors = spec
-    return KroneckerLinear(shape, factors, bias=config.bias, scalars=config.kron_scalars, impl=config.kron_impl)
+    return KroneckerLinear(spec.shape, spec.factors, bias=config.bias, scalars=config.kron_scalars,
+                           impl=config.kron_impl)
 
 
 # -----------------------------------------------------------------------------
@@ -208,9 +169,10 @@ class CausalSelfAttention(nn.Module):
         self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         q_dim, kv_dim = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+        spec = config.plan.layer_specs(layer)
         # q, k, v fused (rows: the n_head query heads, then the n_kv_head key heads, then the value heads)
-        self.c_attn = block_linear(config, layer, "attn.c_attn", config.n_embd, q_dim + 2 * kv_dim)
-        self.c_proj = block_linear(config, layer, "attn.c_proj", q_dim, config.n_embd)
+        self.c_attn = block_linear(config, spec.get("attn.c_attn"), config.n_embd, q_dim + 2 * kv_dim)
+        self.c_proj = block_linear(config, spec.get("attn.c_proj"), q_dim, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
@@ -239,8 +201,9 @@ class MLP(nn.Module):
 
     def __init__(self, config, layer):
         super().__init__()
-        self.c_fc = block_linear(config, layer, "c_fc", config.n_embd, config.mlp_hidden)
-        self.c_proj = block_linear(config, layer, "c_proj", config.mlp_hidden, config.n_embd)
+        spec = config.plan.layer_specs(layer)
+        self.c_fc = block_linear(config, spec.get("c_fc"), config.n_embd, config.mlp_hidden)
+        self.c_proj = block_linear(config, spec.get("c_proj"), config.mlp_hidden, config.n_embd)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
         self.dropout = nn.Dropout(config.dropout)
 
@@ -253,9 +216,10 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config, layer):
         super().__init__()
-        self.gate_proj = block_linear(config, layer, "gate_proj", config.n_embd, config.mlp_hidden)
-        self.up_proj = block_linear(config, layer, "up_proj", config.n_embd, config.mlp_hidden)
-        self.down_proj = block_linear(config, layer, "down_proj", config.mlp_hidden, config.n_embd)
+        spec = config.plan.layer_specs(layer)
+        self.gate_proj = block_linear(config, spec.get("gate_proj"), config.n_embd, config.mlp_hidden)
+        self.up_proj = block_linear(config, spec.get("up_proj"), config.n_embd, config.mlp_hidden)
+        self.down_proj = block_linear(config, spec.get("down_proj"), config.mlp_hidden, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -301,10 +265,11 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        embed = config.embed_spec()
+        embed = config.plan.embed
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd) if embed is None else
-            KroneckerEmbedding(embed[0], embed[1], bias=False, scalars=config.kron_scalars, impl=config.kron_impl),
+            KroneckerEmbedding(embed.shape, embed.factors, bias=False, scalars=config.kron_scalars,
+                               impl=config.kron_impl),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=norm(config, config.n_embd),
@@ -355,6 +320,18 @@ class GPT(nn.Module):
             elif isinstance(m, CausalSelfAttention):
                 m.dropout = p
         return self
+
+    def matrix(self, layer, name):
+        """A factorisable matrix by its plan key: (block index, name), or (EMBED, 'wte') for the embedding."""
+        return self.transformer.wte if layer == EMBED else self.transformer.h[layer].matrix(name)
+
+    def set_matrix(self, layer, name, module):
+        """Put `module` in place of a factorisable matrix; the embedding's replacement serves as the tied lm_head too."""
+        if layer != EMBED:
+            return self.transformer.h[layer].set_matrix(name, module)
+        self.transformer.wte = module
+        if self.config.tie_embeddings:
+            self.lm_head = module if isinstance(module, Factorized) else self.lm_head
 
     def new_parameter_names(self):
         """Full names of the parameters that are new, not pretrained (every Factorized layer's own)."""
@@ -429,10 +406,6 @@ class GPT(nn.Module):
         counts["non_embedding"] = counts["total"] - counts["embedding"]
         counts["tying"] = "lm_head tied to wte, counted once" if self.config.tie_embeddings else "untied"
         return counts
-
-    def get_num_params(self, non_embedding=False):
-        c = self.param_counts()
-        return c["non_embedding"] if non_embedding else c["total"]
 
     def flops_per_token(self, seq_len):
         """Forward+backward FLOPs per token: 6 x (MACs of every linear, Kronecker layers counted with

@@ -8,12 +8,16 @@ Plot validation (or training) loss against iterations, tokens or seconds for any
 A run is an out_dir holding log.jsonl (what train.py and train_distillation.py write).
 """
 
-import argparse
 import json
 import os
+import sys
+from dataclasses import dataclass
 
-from configurator import run_cli
+from configurator import configure, run_cli
+from kronygpt.checkpoint import check_output_file
 from kronygpt.errors import UserError
+
+FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # what plot_runs writes (matplotlib's Agg backend)
 
 EVAL_METRICS = ("val_loss", "train_loss", "teacher_val_loss")
 
@@ -79,22 +83,34 @@ def plot_runs(runs, out, labels=None, metric="val_loss", x="iter", title=None, h
     return out
 
 
+@dataclass
+class PlotConfig:
+    runs: str = ""                  # run directories (each with log.jsonl), comma-separated or as positional words
+    out: str = "runs.png"           # the PNG to write (refused if it exists, unless --force)
+    force: bool = False             # overwrite --out
+    labels: str = ""                # comma-separated legend labels, one per run
+    metric: str = "val_loss"        # val_loss, val_loss_<eval dataset>, train_loss, teacher_val_loss, or a train metric
+    x: str = "iter"                 # iter, tokens or seconds
+    title: str = ""                 # the plot's title
+
+    def validate(self):
+        if not self.runs:
+            raise UserError("give the run directories to plot: python plot.py RUN [RUN ...] --out FILE.png")
+        if self.x not in ("iter", "tokens", "seconds"):
+            raise UserError(f"--x must be iter, tokens or seconds, got {self.x!r}")
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run directories (each with log.jsonl)")
-    p.add_argument("--out", default="runs.png")
-    p.add_argument("--labels", help="comma-separated legend labels, one per run")
-    p.add_argument("--metric", default="val_loss",
-                   help="val_loss, val_loss_<eval dataset>, train_loss, teacher_val_loss, or a train metric")
-    p.add_argument("--x", default="iter", choices=("iter", "tokens", "seconds"))
-    p.add_argument("--title")
-    args = p.parse_args()
-    labels = args.labels.split(",") if args.labels else None
-    if labels and len(labels) != len(args.runs):
-        raise UserError(f"--labels has {len(labels)} entries for {len(args.runs)} runs; give one per run")
-    if os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is a directory; give a .png file name")
-    print(plot_runs(args.runs, args.out, labels, args.metric, args.x, args.title))
+    cfg = configure(PlotConfig(), sys.argv[1:], verbose=False, positional="runs", doc=__doc__)
+    runs = [r for r in cfg.runs.split(",") if r]
+    labels = cfg.labels.split(",") if cfg.labels else None
+    if labels and len(labels) != len(runs):
+        raise UserError(f"--labels has {len(labels)} entries for {len(runs)} runs; give one per run")
+    out = check_output_file(cfg.out, cfg.force)
+    fmt = os.path.splitext(out)[1][1:].lower()
+    if fmt not in FORMATS:
+        raise UserError(f"--out {out}: matplotlib cannot write {fmt!r} files; use one of {', '.join(FORMATS)}")
+    print(plot_runs(runs, out, labels, cfg.metric, cfg.x, cfg.title or None))
 
 
 if __name__ == "__main__":

@@ -14,21 +14,23 @@ freezing, checkpoints, logging). Three modes:
     python train_distillation.py config/distill_prune.py            # GPT-2 -> 96M prune student, OpenWebText
     torchrun --standalone --nproc_per_node=8 train_distillation.py config/distill_prune.py
 
-The student is init_from: 'teacher' (decompose the teacher on the fly with kron_factors, kron_shape,
-kron_init, ...), a kron_decomp.py checkpoint, or 'resume'. Settings: DistillConfig below plus TrainConfig.
+The student is init_from: 'teacher' (decompose the teacher on the fly as kron_plan and kron_init say), a
+kron_decomp.py checkpoint, or 'resume'. Settings: DistillConfig below plus TrainConfig.
 """
 
 import copy
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kronygpt.checkpoint import load_model, save_checkpoint
 from configurator import configure, run_cli
 from kronygpt.data_utils import TokenData, batch_seed, dataset_dir
-from kronygpt.decompose import INITS, decompose_model, kron_config
-from kronygpt.distill import add_kron_layer, collect_activations, fit_layers, fit_units, make_distill_loss, progressive_order
+from kronygpt.distill import collect_activations, fit_layers, fit_units, make_distill_loss, progressive_order
+from kronygpt.factorize import INITS, InitSpec
+from kronygpt.plans import Plan
+from kronygpt.surgery import decompose_model, replace_block
 from kronygpt.errors import ConfigError, UserError
 from kronygpt.runtime import autocast, resolve_dtype, setup_runtime, teardown
 from kronygpt.trainer import Logger, TrainConfig, evaluate, init_model, train
@@ -44,10 +46,11 @@ class DistillConfig(TrainConfig):
     temperature: float = 2.0        # softening of both distributions in the KL term
     hidden_weight: float = 0.0      # weight of the per-block hidden-state MSE; 0 = off
     teacher_dtype: str = "auto"     # 'auto' (bfloat16 on CUDA if supported, else float16; CPU float32), or a dtype
-    # -- a student decomposed on the fly (init_from='teacher'); kron_factors/kron_shape/kron_scalars above
-    kron_init: str = "vl_norm"      # 'vl', 'vl_norm', 'prune' or 'random'
-    prune_keep: str = "even"
-    prune_eps: float = 0.0
+    # -- a student decomposed on the fly (init_from='teacher', and mode='progressive'): kron_plan and
+    #    kron_scalars above say what is factorised, these how
+    kron_init: str = "vl_norm"      # 'vl', 'vl_norm', 'prune' or 'random' (calibrated inits: kron_decomp.py)
+    prune_keep: str = "even"        # prune: keep the 'even' or 'odd' entry of every block
+    prune_eps: float = 0.0          # prune: value of B's other entries
     # -- layer-wise fitting (mode='layerwise', and progressive_fit)
     layerwise_tokens: int = 16384   # teacher activations per layer to fit on (a quarter as many held out)
     layerwise_steps: int = 200      # Adam steps per layer
@@ -62,8 +65,16 @@ class DistillConfig(TrainConfig):
         super().validate()
         if self.mode not in ("e2e", "layerwise", "progressive"):
             raise ConfigError(f"mode must be 'e2e', 'layerwise' or 'progressive', got {self.mode!r}")
-        if self.kron_init not in INITS:
-            raise ConfigError(f"kron_init must be one of {', '.join(INITS)}, got {self.kron_init!r}")
+        if self.kron_init not in INITS or self.kron_init in ("aware", "fisher"):
+            raise ConfigError(f"kron_init must be one of vl, vl_norm, prune, random, got {self.kron_init!r} (for the "
+                              f"calibrated inits decompose with kron_decomp.py and start from its checkpoint)")
+        self.init_spec()
+        if self.mode == "progressive" and not self.kron_plan:
+            raise ConfigError("mode='progressive' replaces the teacher's blocks by the plan in kron_plan; set it, "
+                              "e.g. kron_plan='*: mlp=256x256*1'")
+
+    def init_spec(self):
+        return InitSpec(self.kron_init, self.kron_scalars, self.prune_keep, self.prune_eps)
         progressive_order(2, self.progressive_order)
         if self.alpha < 0 or self.beta < 0 or self.hidden_weight < 0 or self.temperature <= 0:
             raise ConfigError("alpha, beta and hidden_weight must be >= 0 and temperature > 0")
@@ -75,6 +86,7 @@ class DistillHooks:
     def __init__(self, cfg, teacher, teacher_ctx, rt, fit_data=None):
         self.cfg, self.teacher, self.teacher_ctx, self.rt = cfg, teacher, teacher_ctx, rt
         self.teacher_val = None
+        self.full_plan = Plan.parse(cfg.kron_plan, teacher.config.layout()) if cfg.mode == "progressive" else None
         self.fit_data = fit_data  # (fit activations, held-out activations) for progressive_fit
         self.order = progressive_order(teacher.config.n_layer, cfg.progressive_order)
 
@@ -82,9 +94,9 @@ class DistillHooks:
         if self.cfg.mode != "progressive":
             return False
         due = self.order[:min(len(self.order), iter_num // self.cfg.progressive_interval + 1)]
-        missing = [i for i in due if not model.config.is_kron(i)]
+        missing = [i for i in due if i in self.full_plan.layers and i not in model.config.plan.layers]
         for i in missing:
-            add_kron_layer(model, i, self.cfg.kron_init, self.cfg.prune_keep, self.cfg.prune_eps)
+            replace_block(model, i, self.full_plan, self.cfg.init_spec())
             if self.cfg.progressive_fit and self.fit_data is not None:
                 fit_layers(model, *self.fit_data, [i], self.cfg.layerwise_steps, self.cfg.layerwise_lr,
                            self.cfg.layerwise_batch, self.rt.device, log=self.log)
@@ -106,8 +118,7 @@ class DistillHooks:
 
 
 def kron_layers(model):
-    cfg = model.config
-    layers = [i for i in range(cfg.n_layer) if cfg.is_kron(i)]
+    layers = model.config.plan.layers
     return ",".join(map(str, layers)) if layers else "none"
 
 
@@ -128,14 +139,13 @@ def build_student(cfg, teacher, rt):
         if cfg.mode == "progressive" and ckpt is None:
             raise UserError("mode='progressive' starts from the teacher; use init_from='teacher' (or 'resume')")
         return student, ckpt, tokenizer
-    if not cfg.kron_factors or len(cfg.kron_shape) != 2:
-        raise UserError("init_from='teacher' decomposes the teacher: set kron_factors and kron_shape=(m1, n1)")
-    if cfg.mode == "progressive":  # the dense teacher with the Kronecker spec set and no block replaced yet
+    if not cfg.kron_plan:
+        raise UserError("init_from='teacher' decomposes the teacher: set kron_plan, e.g. kron_plan='*: mlp=256x256*1'")
+    if cfg.mode == "progressive":  # the dense teacher; its blocks are replaced one at a time as training goes
         student = copy.deepcopy(teacher)
-        student.config = kron_config(teacher.config, cfg.kron_factors, cfg.kron_shape, cfg.kron_scalars, [])
+        student.config = replace(teacher.config, kron_scalars=cfg.kron_scalars)
     else:
-        student, _ = decompose_model(teacher, cfg.kron_factors, cfg.kron_shape, cfg.kron_init, None,
-                                     cfg.kron_scalars, cfg.prune_keep, cfg.prune_eps)
+        student, _ = decompose_model(teacher, cfg.kron_plan, cfg.init_spec())
     student = student.float().requires_grad_(True).set_dropout(cfg.dropout).train()
     return student, None, getattr(teacher, "tokenizer_name", "gpt2")
 
@@ -199,7 +209,7 @@ def distil(cfg, rt):
     if cfg.mode == "layerwise" and ckpt is None:
         val = data.val_windows(cfg.block_size, cfg.eval_tokens)
         before = evaluate(student, val, rt, cfg.batch_size)
-        layers = [i for i in range(student.config.n_layer) if student.config.is_kron(i)]
+        layers = student.config.plan.layers
         rows = fit_layers(student, *fit_data, layers, cfg.layerwise_steps, cfg.layerwise_lr, cfg.layerwise_batch,
                           rt.device, log=print if rt.master else (lambda s: None))
         after = evaluate(student, val, rt, cfg.batch_size)

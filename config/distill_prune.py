@@ -3,8 +3,7 @@
 out_dir = "out-distill-prune"
 teacher = "gpt2"
 init_from = "teacher"
-kron_factors = 1
-kron_shape = (3072, 384)
+kron_plan = "*: mlp=3072x384*1"   # every MLP matrix one Kronecker product (c_proj the opposite shape)
 kron_init = "prune"
 mode = "e2e"
 alpha = 0.5

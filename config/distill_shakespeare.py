@@ -4,8 +4,7 @@
 out_dir = "out-demo/distill"
 teacher = "out-demo/dense/best.pt"
 init_from = "teacher"
-kron_factors = 1
-kron_shape = (256, 256)
+kron_plan = "*: mlp=256x256*1"   # every MLP matrix one Kronecker product (c_proj the opposite shape)
 kron_init = "vl_norm"
 mode = "e2e"
 alpha = 0.5

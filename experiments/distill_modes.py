@@ -23,7 +23,7 @@ def main():
     ckpt, _ = ex.decompose(teacher, "krony", "--factors", "1", "--shape", f"{shape[0]}x{shape[1]}",
                            "--init", "vl_norm")
     budget = ["--decay_lr=False", f"--max_iters={args.steps}", f"--max_seconds={args.seconds}"]
-    student = [f"--teacher={teacher}", "--init_from=teacher", "--kron_factors=1", f"--kron_shape=({shape[0]},{shape[1]})",
+    student = [f"--teacher={teacher}", "--init_from=teacher", f"--kron_plan=*: mlp={shape[0]}x{shape[1]}*1",
                "--kron_init=vl_norm"]
     lw = ["--layerwise_tokens=512", "--layerwise_steps=5"] if args.smoke else \
         ["--layerwise_tokens=65536", "--layerwise_steps=150"]

@@ -22,12 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Experiment, evals, median_tok_s, parser, read_log, start_record  # noqa: E402
 
 from kronygpt.errors import UserError  # noqa: E402
-from kronygpt.kronecker import kron_shape as make_shape  # noqa: E402
+from model import GPTConfig  # noqa: E402
 
 
 def kron_shape_of(args):
-    """c_fc's KronShape from a checkpoint's model_args."""
-    return make_shape(args["mlp_hidden"], args["n_embd"], *args["kron_shape"])
+    """The first up matrix's KronShape from a checkpoint's model_args."""
+    config = GPTConfig.from_dict(args)
+    return config.plan.spec(config.plan.layers[0], config.family.up[0]).shape
 
 def plans(d, h):
     """(key, init, factors, c_fc shape) rows; for SmolLM2 (d=576, h=1536): (512,576)x(3,1) and
@@ -87,8 +88,8 @@ def main():
                 lw = ["--layerwise_tokens=512", "--layerwise_steps=5"] if args.smoke else \
                     ["--layerwise_tokens=16384", "--layerwise_steps=150", "--layerwise_batch=1024"]
                 ex.run("train_distillation.py", *scale, *lr, f"--teacher={model}", "--init_from=teacher",
-                       "--mode=layerwise", "--alpha=1", "--beta=0", "--kron_factors=1",
-                       f"--kron_shape=({shape.replace('x', ',')})", f"--kron_init={init}", *lw,
+                       "--mode=layerwise", "--alpha=1", "--beta=0",
+                       f"--kron_plan=*: mlp={shape}*1", f"--kron_init={init}", *lw,
                        f"--out_dir={run}", f"--max_iters={steps}", f"--lr_decay_iters={max(1, steps)}")
             else:
                 ckpt, _ = ex.decompose(model, key, "--factors", factors, "--shape", shape, "--init", init)

@@ -9,13 +9,20 @@ sequential mode (GPTQ-style) block l sees the states produced by blocks < l alre
 block's down matrices see the outputs of its already-compressed up matrices.
 """
 
+import hashlib
 import os
+import time
 
 import torch
 
+from .checkpoint import atomic_save
+from .data_utils import batch_seed
 from .errors import UserError
+from .plans import EMBED
 
-HEAD = ("head", "lm_head")  # the key of the lm_head's statistics: its input moment, its output gradients' diagonal
+# the statistics of the embedding as a planned matrix, (EMBED, 'wte'): the input moment of the lm_head tied to it
+# and the diagonal of its output (the logits') gradient moment
+HEAD = (EMBED, "wte")
 
 
 class MomentHooks:
@@ -137,7 +144,6 @@ def output_gradient_moments(model, batches, modules, diagonal=()):
 def calibration_batches(data, n_tokens, seq_len, batch_size=8, seed=0):
     """Batches of training sequences (int64, (B, seq_len)) totalling n_tokens, drawn from a TokenData with
     a seed disjoint from training's batch seeds."""
-    from .data_utils import batch_seed
     n_seq = max(1, n_tokens // seq_len)
     batches = []
     for k, start in enumerate(range(0, n_seq, batch_size)):
@@ -177,8 +183,19 @@ def collect_grads(dense, batches, layers, n_tokens):
     return {**{(b, n): G[f"{b}.{n}"] for b, n in mats}, HEAD: G["lm_head"]}
 
 
-def load_calib_cache(path, key):
-    """The statistics stored in --calib_cache for exactly this calibration (model, data, tokens, seed), or {}."""
+def content_hash(tensors):
+    """A short hash of tensors' contents (dtype, shape and bytes), in order."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_calib_cache(path, key, force=False):
+    """The statistics stored in the cache file for exactly this calibration, or {} when there is none. A file
+    holding another calibration is refused unless force (it would be replaced)."""
     if not path or not os.path.isfile(path):
         return {}
     try:
@@ -186,16 +203,48 @@ def load_calib_cache(path, key):
     except Exception as e:
         raise UserError(f"--calib_cache {path} could not be read ({type(e).__name__}); delete it to recollect") from None
     if not isinstance(stored, dict) or stored.get("key") != key:
+        if not force:
+            raise UserError(f"--calib_cache {path} holds the statistics of another model, dataset or setting; "
+                            f"choose another file or pass --force to replace it")
         print(f"--calib_cache {path} holds another calibration; collecting anew (it will be replaced)")
         return {}
     return stored
 
 
 def save_calib_cache(path, key, cached, moments, grads, fisher_tokens):
-    from .checkpoint import atomic_save  # checkpoint imports the model; calib stays importable without it
     out = {k: v for k, v in cached.items() if k != "key"}
     if moments is not None:
         out["moments"] = moments
     if grads is not None:
         out[f"grads_{fisher_tokens}"] = grads
     atomic_save({"key": key, **out}, path)
+
+
+def calibrate(dense, data, name, *, tokens, seq, seed, layers, moments=True, fisher_tokens=0, cache_path=None,
+              force=False, log=print):
+    """(batches, moments, grads) for decomposing `dense` on the prepared dataset `data` (a TokenData called
+    `name`): `tokens` training tokens in `seq`-token sequences, the input moments of every factorisable
+    matrix of `layers` and the lm_head's (if `moments`), and with fisher_tokens > 0 the output-gradient
+    moments on the first fisher_tokens of them. cache_path: a file that keeps the statistics; it is keyed by
+    the contents of the model's weights and of the calibration tokens (and the settings), so statistics of a
+    changed model or dataset are never reused."""
+    batches = calibration_batches(data, tokens, seq, seed=seed)
+    key = dict(weights=content_hash(dense.state_dict().values()), tokens=content_hash(batches), seq=seq,
+               layers=sorted(layers), contents="every block matrix and the lm_head")
+    cached = load_calib_cache(cache_path, key, force)
+    n = sum(b.numel() for b in batches)
+    C = G = None
+    if moments:
+        t = time.time()
+        C = cached.get("moments") or collect_moments(dense, batches, layers)
+        log(f"calibration: {n:,} tokens of {name} in {time.time() - t:.0f}s"
+            + (f" (from {cache_path})" if "moments" in cached else ""))
+    if fisher_tokens:
+        t, gkey = time.time(), f"grads_{fisher_tokens}"
+        G = cached.get(gkey) or collect_grads(dense, batches, layers, fisher_tokens)
+        log(f"output gradients: {min(fisher_tokens, n):,} tokens in {time.time() - t:.0f}s"
+            + (f" (from {cache_path})" if gkey in cached else ""))
+    collected = (C is not None and "moments" not in cached) or (G is not None and f"grads_{fisher_tokens}" not in cached)
+    if cache_path and collected:  # rewriting an unchanged cache (GBs for SmolLM2) only costs time
+        save_calib_cache(cache_path, key, cached, C, G, fisher_tokens)
+    return batches, C, G

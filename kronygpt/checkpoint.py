@@ -148,6 +148,39 @@ def model_from_checkpoint(ckpt, **overrides):
     return model
 
 
+def same_file(a, b):
+    """Whether two paths name the same file or directory (real paths: symlinks resolved)."""
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_file(path, force, *inputs, report=False):
+    """Check, before any work, that a command may write the file `path` (and with report=True the .json report
+    beside it, returned as a second path): not a directory, not under a file, not one of the `inputs` (a
+    checkpoint, or an out_dir standing for its best.pt), not an existing file unless `force`. The rule every
+    output of every script follows: nothing is overwritten without --force."""
+    if not path or not path.strip():
+        raise UserError("an empty output path was given; name the file to write")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory; give a file name such as {os.path.join(path, 'model.pt')}")
+    if report and path.endswith(".json"):
+        raise UserError(f"--out {path} ends in .json, the name of the report; give the checkpoint a .pt name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"cannot write {path}: {parent} is a file, not a directory")
+    outs = [path] + ([os.path.splitext(path)[0] + ".json"] if report else [])
+    for src in inputs:
+        for p in (src, resolve_checkpoint_path(str(src))):
+            if os.path.exists(p) and os.path.exists(path) and same_file(p, path):
+                raise UserError(f"{path} is the model being read; choose another output path")
+    if not force:
+        for p in outs:
+            if os.path.lexists(p):
+                raise UserError(f"{p} already exists; choose another name or pass --force to overwrite it")
+    return outs if report else path
+
+
 def resolve_checkpoint_path(path):
     """A training out_dir stands for its best.pt (or last.pt when there is no best)."""
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):

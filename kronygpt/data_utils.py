@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .tokenizer import get_tokenizer, same_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root (this file is in kronygpt/)
 
@@ -58,7 +59,6 @@ def split_point(n, val_fraction):
 
 def load_tokenizer(name):
     """get_tokenizer for a prepare script's --tokenizer, with one clear error when it cannot be loaded."""
-    from .tokenizer import get_tokenizer
     try:
         return get_tokenizer(name)
     except UserError:
@@ -164,7 +164,6 @@ def check_data_fits(data, model, name):
     if meta["vocab_size"] > vocab:
         raise UserError(f"dataset {name} has vocabulary {meta['vocab_size']} ({meta['tokenizer']}) but the model only "
                         f"{vocab}; prepare the data with the model's tokenizer")
-    from .tokenizer import same_tokenizer  # tokenizer imports hf_io and the model: only when checking
     verdict = same_tokenizer(meta["tokenizer"], getattr(model, "tokenizer_name", None))
     if verdict is False:
         raise UserError(f"dataset {name} was tokenised with {describe_tokenizer(meta['tokenizer'])} but the model "

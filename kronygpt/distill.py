@@ -1,6 +1,7 @@
 """
 Distillation pieces used by train_distillation.py: the teacher-student loss, layer-wise fitting of each
-Kronecker MLP to its dense MLP on real activations, and progressive one-block-at-a-time replacement.
+Kronecker MLP (or block) to its dense counterpart on real activations, and the order of progressive
+one-block-at-a-time replacement (the replacement itself is surgery.replace_block).
 """
 
 import math
@@ -8,7 +9,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .decompose import replace_mlp
 from .errors import ConfigError
 
 
@@ -60,7 +60,7 @@ def fit_units(model, layers):
     whose only factorised matrices are in its MLP fits the MLP (token by token); one with factorised
     attention fits the whole block (attention needs whole sequences)."""
     attn = set(model.config.family.attn_matrices)
-    return {i: "block" if attn & set(model.config.matrix_specs(i)) else "mlp" for i in layers}
+    return {i: "block" if attn & set(model.config.plan.layer_specs(i)) else "mlp" for i in layers}
 
 
 @torch.no_grad()
@@ -88,11 +88,6 @@ def collect_activations(model, batches, units, device):
     return {i: (torch.cat(a), torch.cat(b)) for i, (a, b) in acts.items()}
 
 
-def collect_mlp_activations(model, batches, layers, device):
-    """{layer: (inputs, outputs)} of the MLPs of `model`, as (tokens, n_embd) CPU tensors."""
-    return collect_activations(model, batches, {i: "mlp" for i in layers}, device)
-
-
 def unit_forward(model, layer, kind):
     """The function fitting trains: the block's MLP on tokens, or the whole block on sequences."""
     block = model.transformer.h[layer]
@@ -114,10 +109,6 @@ def unit_mse(fn, X, Y, device, batch=4096):
     for j in range(0, len(X), step):
         total += F.mse_loss(fn(X[j:j + step].to(device)), Y[j:j + step].to(device), reduction="sum").item()
     return total / Y.numel()
-
-
-def mlp_mse(mlp, X, Y, device, batch=4096):
-    return unit_mse(mlp, X, Y, device, batch)
 
 
 def fit_mlp(module, X, Y, steps, lr, batch, device, seed=0, fn=None):
@@ -175,12 +166,3 @@ def progressive_order(n_layer, order):
     if order == "top_down":
         return list(range(n_layer - 1, -1, -1))
     raise ConfigError(f"progressive_order must be 'top_down' or 'bottom_up', got {order!r}")
-
-
-def add_kron_layer(model, layer, init, prune_keep="even", prune_eps=0.0):
-    """Make block `layer` Kronecker (config and modules), initialised from its dense weights."""
-    cfg = model.config
-    current = set(range(cfg.n_layer)) if cfg.kron_layers is None else set(cfg.kron_layers)
-    current.add(layer)
-    cfg.kron_layers = None if len(current) == cfg.n_layer else tuple(sorted(current))
-    return replace_mlp(model, layer, init, prune_keep, prune_eps)

@@ -1,5 +1,6 @@
 """
-Kronecker-factored linear layers and the maths of Kronecker decompositions.
+The Kronecker-factored layers: a linear layer and a token embedding whose weight is a sum of Kronecker
+products, multiplied in factored form. (How factors are computed from a dense matrix is factorize.py.)
 
 A weight W of shape (out, in) = (m1*m2, n1*n2) is stored as r Kronecker products,
     W = sum_k s_k * A_k (x) B_k,    A_k: (m1, n1),  B_k: (m2, n2),
@@ -11,11 +12,10 @@ That identity lets the layer multiply by the factors without ever building W:
     A-first ("left"):   U = A X,   then U B^T  MACs/token = r * m1*n2 * (n1 + m2)
     materialised:       W = sum A (x) B, then x W^T   MACs/token = m1*m2*n1*n2 (+ building W once)
 The sum over k is folded into the contraction dimension of the second GEMM, so any r costs two
-GEMMs and at most one permute copy. `choose_impl` picks the cheapest of the three; see
-PERF_NOTES in README.md for the measurements behind the threshold.
+GEMMs and at most one permute copy. `choose_impl` picks the cheapest of the three (FACTORED_MAX_MAC_RATIO
+records the measurements behind its threshold).
 """
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +98,9 @@ def factored_macs(s, r):
     """Multiply-accumulates per token of the two factored orders: {'right': .., 'left': ..}."""
     return {"right": r * s.n1 * s.m2 * (s.n2 + s.m1),   # B-first
             "left": r * s.m1 * s.n2 * (s.n1 + s.m2)}    # A-first
+
+
+IMPLS = ("auto", "right", "left", "materialized")  # 'auto': the cost model's choice
 
 
 def choose_impl(s, r):
@@ -226,74 +229,6 @@ class KroneckerLinear(Factorized):
     def extra_repr(self):
         return (f"{self.shape}, factors={self.factors}, bias={self.bias is not None}, "
                 f"scalars={self.scalars is not None}, impl={self.impl}")
-
-
-# -----------------------------------------------------------------------------
-# nearest Kronecker products (Van Loan & Pitsianis)
-
-@contextmanager
-def lapack_threads(n=1):
-    """Run the enclosed decompositions (eigh, svd) on n threads. With the 2-core CPU shared by another job,
-    a 2-thread float64 eigh of a 576x576 matrix took 11.8 s against 0.12 s on one thread; the matrices here
-    are small enough that one thread costs little when the machine is idle."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def rearrange(W, s):
-    """R(W): the (m1*n1, m2*n2) matrix whose row (i,j) is the flattened block W[i-block, j-block].
-    ||W - sum A_k (x) B_k||_F = ||R(W) - sum vec(A_k) vec(B_k)^T||_F."""
-    return W.reshape(s.m1, s.m2, s.n1, s.n2).permute(0, 2, 1, 3).reshape(s.m1 * s.n1, s.m2 * s.n2)
-
-
-def balance(A, B):
-    """Rescale every pair (A_k, B_k) to equal Frobenius norms, the split Van Loan's factors have, leaving each
-    A_k (x) B_k unchanged. Whitened inits ('aware', 'fisher') undo their whitening factor by factor, which
-    leaves the pairs on arbitrary relative scales; Adam's steps are the same size for every entry, so a
-    factor far larger than its partner barely moves when fitted or trained. A pair with a zero factor is
-    left as it is."""
-    na, nb = A.flatten(1).norm(dim=1), B.flatten(1).norm(dim=1)
-    ok = (na > 0) & (nb > 0)
-    r = torch.where(ok, nb / torch.where(ok, na, torch.ones_like(na)), torch.ones_like(na)).sqrt()
-    return A * r.view(-1, 1, 1), B / r.view(-1, 1, 1)
-
-
-def van_loan(W, s, factors):
-    """Best `factors`-term Kronecker approximation of W in Frobenius norm.
-    Returns A (r, m1, n1), B (r, m2, n2), and all singular values of R(W) (for error analysis).
-
-    The top singular pairs of R = R(W) come from the eigendecomposition of its smaller Gram matrix in
-    float64 (3x faster than a full SVD for GPT-2's balanced shapes, same values to ~1e-15). With V the
-    top right singular vectors, the approximation is R V V^T: A_k = R v_k / sqrt(s_k), B_k = sqrt(s_k) v_k
-    (or the mirror image when the rows are fewer), which stays exact at full Kronecker rank."""
-    if factors > s.max_rank:
-        raise ConfigError(
-            f"{factors} factors exceed the maximum Kronecker rank {s.max_rank} of shape {s}; "
-            f"use at most {s.max_rank}")
-    R = rearrange(W.double(), s)                      # (m1*n1, m2*n2)
-    tall = R.shape[0] >= R.shape[1]
-    G = R.t() @ R if tall else R @ R.t()
-    with lapack_threads():
-        evals, evecs = torch.linalg.eigh(G)           # ascending
-    S = evals.flip(0).clamp_min(0).sqrt()
-    V = evecs.flip(1)[:, :factors]                    # top singular vectors of the smaller side
-    # components beyond the numerical Kronecker rank carry nothing: zero factors, not the inf/NaN a division
-    # by their ~0 singular value would give. Singular values from the Gram matrix are accurate to about
-    # sqrt(eps) * s_0, so that is the cut; the approximation stays exact to that precision.
-    keep = S[:factors] > S[0] * torch.finfo(torch.float64).eps ** 0.5
-    root = torch.where(keep, S[:factors], torch.ones_like(S[:factors])).sqrt()
-    if tall:   # columns of R V are s_k u_k
-        a, b = (R @ V) / root, V * root              # (m1*n1, r), (m2*n2, r)
-    else:      # rows of V^T R are s_k v_k^T
-        a, b = V * root, (R.t() @ V) / root
-    a, b = a * keep, b * keep
-    A = a.t().reshape(factors, s.m1, s.n1)
-    B = b.t().reshape(factors, s.m2, s.n2)
-    return A.to(W.dtype), B.to(W.dtype), S.to(W.dtype)
 
 
 class KroneckerEmbedding(KroneckerLinear):

@@ -16,13 +16,14 @@ The low-rank member is invariant under permutation (there is nothing to gain), s
 """
 
 import torch
+from scipy.optimize import linear_sum_assignment
 
-from .kronecker import kron_sum, van_loan
+from .factorize import van_loan, whitening
+from .kronecker import kron_sum
 
 
 def unit_features(mlp, family, moments, damping):
     """{name: (h, k) float64}: each hidden unit's row, for every MLP matrix (see the module docstring)."""
-    from .decompose import whitening
     feats = {}
     for name, up in family.mlp_matrices:
         W = getattr(mlp, name).weight.detach().double()
@@ -72,7 +73,6 @@ def block_error(feats, specs, family, perm):
 def find_permutation(feats, specs, family, iters=6):
     """(perm, error before, error after): perm[p] is the unit placed at position p. Starts from the better of
     the current order and grouped_order, then alternates decomposition and assignment."""
-    from scipy.optimize import linear_sum_assignment
     h = next(iter(feats.values())).shape[0]
     up_shape = next(specs[n][0] for n, up in family.mlp_matrices if n in specs and up) \
         if any(up and n in specs for n, up in family.mlp_matrices) else None

@@ -9,14 +9,19 @@ and, with calibration, which one loses the least on real activations.
     allocation      (see `allocate`) each matrix its own rank or dense, chosen from measured error curves.
 """
 
+import heapq
 import math
+import re
+import time
 
 import torch
 
-from .decompose import fisher_error, init_factors, is_lowrank, output_error
-from .kronecker import KronShape, all_shapes, factored_macs, kron_shape, kron_sum, lapack_threads
 from model import GPT
-from .plans import format_blocks
+
+from .errors import UserError
+from .factorize import fisher_error, init_factors, output_error, whitened_spectrum
+from .kronecker import KronShape, all_shapes, factored_macs, kron_shape, kron_sum
+from .plans import EMBED, MatrixSpec, Plan, format_blocks
 
 
 # -----------------------------------------------------------------------------
@@ -27,35 +32,39 @@ SCOPES = ("mlp", "blocks", "all")  # what the allocator may factorise: MLPs; + a
 
 def matrices(config, layers=None, scope="mlp"):
     """[(layer, name, out, in)] of the matrices of the given blocks (all by default) that `scope` factorises;
-    scope 'all' adds the token embedding as ('embed', 'wte', vocab_size, n_embd)."""
+    scope 'all' adds the token embedding as (EMBED, 'wte', vocab_size, n_embd)."""
     dims = config.matrix_dims()
     layers = range(config.n_layer) if layers is None else layers
     names = [n for n, _ in config.family.mlp_matrices] if scope == "mlp" else config.family.block_matrices
     mats = [(b, n, *dims[n]) for b in layers for n in names]
     if scope == "all" and config.tie_embeddings:
-        mats.append(("embed", "wte", config.vocab_size, config.n_embd))
+        mats.append((EMBED, "wte", config.vocab_size, config.n_embd))
     return mats
 
 
 def param_base(config, layers=None, scope="mlp"):
     """(parameters outside the planned matrices' weights, number of planned matrices) for a dense config."""
     with torch.device("meta"):
-        dense_total = GPT(type(config).from_dict({**config.to_dict(), "kron_factors": 0, "kron_shape": (),
-                                                  "kron_plan": "", "kron_layers": None})).param_counts()["total"]
+        dense_total = GPT(type(config).from_dict({**config.to_dict(), "kron_plan": ""})).param_counts()["total"]
     mats = matrices(config, layers, scope)
     return dense_total - sum(o * i for _, _, o, i in mats), len(mats)
 
 
+def is_lowrank(s):
+    """Whether a KronShape is the low-rank member of the family ((out,1)x(1,in) or (1,in)x(out,1))."""
+    return MatrixSpec(s, 1).lowrank
+
+
+def describe(s, factors):
+    return MatrixSpec(s, factors).describe()
+
+
 def uniform_plan(config, s, factors, layers=None):
-    """The plan text giving every MLP matrix of `layers` the up shape s (down: the opposite) with `factors`."""
+    """The Plan giving every MLP matrix of `layers` (None: every block) the up shape s (the down matrices the
+    opposite shape; for low rank, every matrix low rank) with `factors`."""
     blocks = format_blocks(range(config.n_layer) if layers is None else layers, config.n_layer)
     spec = "lowrank" if is_lowrank(s) else f"{s.m1}x{s.n1}"
-    return f"{blocks}: mlp={spec}*{factors}"
-
-
-def uniform_total(config, s, factors, scalars=False, layers=None):
-    base, n = param_base(config, layers)
-    return base + n * s.params(factors, scalars)
+    return Plan.parse(f"{blocks}: mlp={spec}*{factors}", config.layout())
 
 
 def mac_ratio(s, factors):
@@ -75,12 +84,6 @@ def factors_for_target(config, s, target, scalars=False, layers=None):
     base, n = param_base(config, layers)
     f = min(max(1, round((target - base) / (n * s.params(1, scalars)))), s.max_rank)
     return f, base + n * s.params(f, scalars)
-
-
-def planned_params(config, factors, shape, scalars=False, layers=None):
-    """Total parameters (tied embeddings once) of `config` with a uniform plan, without building it."""
-    base, n = param_base(config, layers)
-    return base + n * kron_shape(config.mlp_hidden, config.n_embd, *shape).params(factors, scalars)
 
 
 def plan_for_target(config, target, scalars=False, layers=None, max_factors=8):
@@ -131,23 +134,21 @@ def reachable(config, target, scalars=False, layers=None):
 # -----------------------------------------------------------------------------
 # scoring by calibrated error
 
-def score_plans(dense, candidates, moments, init, blocks, damping=0.0, grads=None, g_damping=1e-2):
+def score_plans(dense, candidates, moments, init, blocks, grads=None, cache=None):
     """The score of each candidate (total, factors, up shape) over the MLP matrices of `blocks`, with the init
-    actually used: the mean output error ||(W - W_hat) L|| / ||W L||, or with grads ({(layer, name):
-    E[g g^T]}) the summed predicted loss increase. moments: {(layer, name): E[x x^T]}."""
-    cfg, scores, cache = dense.config, [], {}
+    (an InitSpec) actually used: the mean output error ||(W - W_hat) L|| / ||W L||, or with grads
+    ({(layer, name): E[g g^T]}) the summed predicted loss increase. moments: {(layer, name): E[x x^T]}."""
+    cfg, scores = dense.config, []
     for _, factors, s in candidates:
         errs = []
         for b in blocks:
-            block = dense.transformer.h[b]
             for name, up in cfg.family.mlp_matrices:
                 shape = s if up else s.transposed()
                 if is_lowrank(s):  # canonical low rank for every matrix, as the plan grammar builds it
                     shape = KronShape(shape.out_features, 1, 1, shape.in_features)
-                W = block.matrix(name).weight.detach()
+                W = dense.matrix(b, name).weight.detach()
                 C, G = moments[(b, name)], grads[(b, name)] if grads else None
-                A, B, scal = init_factors(W, shape, factors, init, C=C, damping=damping, cache=cache, G=G,
-                                          g_damping=g_damping)
+                A, B, scal = init_factors(W, shape, factors, init, C, G, cache=cache)
                 errs.append(fisher_error(W, kron_sum(A, B, scal), C, G) if G is not None else
                             output_error(W, kron_sum(A, B, scal), C))
         scores.append(sum(errs) if grads else sum(errs) / len(errs))
@@ -165,30 +166,16 @@ def spread_blocks(n_layer, k):
 # allocation
 
 def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2, cache=None):
-    """{(layer, name): (sigma^2 in descending order, normaliser)}: the whitened spectrum of each matrix, of
-    W L, or of R^T W L with grads. With r kept components the low-rank member's squared error is
-    sum(sigma^2[r:]) exactly (whitening is exact for it on both sides). The normaliser is ||W L||^2, making
-    errors relative (each matrix counts alike), or 2 with grads, making them the predicted loss increase
-    tr(G dW C dW^T) / 2, comparable across matrices. cache: shared with decompose_model, which then reuses
-    the whitening of every covariance."""
-    from .calib import HEAD
-    from .decompose import side_whitening
+    """{(layer, name): (sigma^2 in descending order, normaliser)}: each matrix's whitened spectrum
+    (factorize.whitened_spectrum), from which the low-rank member's error at every rank is exact. The
+    normaliser makes errors relative (each matrix counts alike), or with grads the predicted loss increase,
+    comparable across matrices. cache: a WhiteningCache shared with decompose_model, which then reuses the
+    whitening of every moment."""
     out = {}
-    for b, name, o, i in mats:
-        key = HEAD if b == "embed" else (b, name)
-        W = (dense.transformer.wte if b == "embed" else dense.transformer.h[b].matrix(name)).weight.detach().double()
-        C = moments[key] if moments is not None else None  # no calibration: the Frobenius error
-        _, (L, _), _ = side_whitening(C, 1, i, damping, cache)  # low rank: the input lives in B
-        M = W @ L
-        if grads is not None and b == "embed":  # the logits: only the diagonal of their gradient moment
-            g = grads[key].double()
-            M = (g + g_damping * g.mean()).sqrt()[:, None] * M
-        elif grads is not None:
-            (R, _), _, _ = side_whitening(grads[key], o, 1, g_damping, cache)  # and the output in A
-            M = R.t() @ M
-        with lapack_threads():
-            sig2 = torch.linalg.svdvals(M).pow(2)
-        out[(b, name)] = (sig2, 2.0 if grads is not None else sig2.sum().item())
+    for b, name, _, _ in mats:
+        C = moments[(b, name)] if moments is not None else None  # no calibration: the Frobenius error
+        G = grads[(b, name)] if grads is not None else None
+        out[(b, name)] = whitened_spectrum(dense.matrix(b, name).weight, C, G, damping, g_damping, cache)
     return out
 
 
@@ -199,19 +186,18 @@ def allocate(curves, mats, budget, weights=None):
     convex in the rank. A matrix turns dense when its rank reaches the point where low rank costs as
     much as the dense matrix (then its error is 0).
     Returns {(layer, name): rank or 'dense'} and the parameters used."""
-    import heapq
     weights = weights or {}
     state, used, heap = {}, 0, []
-    for b, name, o, i in mats:
+    for n, (b, name, o, i) in enumerate(mats):  # n breaks ties between equal gains (keys mix ints and EMBED)
         key = (b, name)
         state[key] = 0
         sig2, total = curves[key]
         w = weights.get(key, 1.0) / max(total, 1e-30)
         full = min(o, i)
         dense_rank = o * i / (o + i)  # ranks above this cost more than the dense matrix
-        heapq.heappush(heap, (-(w * sig2[0].item()) / (o + i), key, w, o, i, full, dense_rank))
+        heapq.heappush(heap, (-(w * sig2[0].item()) / (o + i), n, key, w, o, i, full, dense_rank))
     while heap:
-        neg_gain, key, w, o, i, full, dense_rank = heapq.heappop(heap)
+        neg_gain, n, key, w, o, i, full, dense_rank = heapq.heappop(heap)
         r = state[key]
         cost = o + i
         if used + cost > budget:
@@ -220,7 +206,7 @@ def allocate(curves, mats, budget, weights=None):
         used += cost
         sig2, _ = curves[key]
         if r + 1 < full and r + 1 < dense_rank:
-            heapq.heappush(heap, (-(w * sig2[r + 1].item()) / cost, key, w, o, i, full, dense_rank))
+            heapq.heappush(heap, (-(w * sig2[r + 1].item()) / cost, n, key, w, o, i, full, dense_rank))
     out = {}
     for b, name, o, i in mats:
         r = state[(b, name)]
@@ -233,3 +219,147 @@ def curve_error(curves, key, r):
     root of the predicted loss increase, so that curve_error**2 is what `allocate` sums."""
     sig2, norm = curves[key]
     return math.sqrt(max(sig2[r:].sum().item(), 0.0) / norm) if norm > 0 else 0.0
+
+
+# -----------------------------------------------------------------------------
+# the policy: from what the user asked for to a Plan
+
+def parse_count(text):
+    """'81M', '81.9M', '81912576', '500k', or a model name ('distilgpt2') -> an integer."""
+    sizes = {"distilgpt2": 81_912_576, "gpt2": 124_439_808}
+    if text in sizes:
+        return sizes[text]
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([kKmMbB]?)", str(text).strip())
+    if not m:
+        raise UserError(f"--target_params {text!r} is not a count like 81M, 81.9M, 81912576 or distilgpt2")
+    n = int(round(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}[m.group(2).lower()]))
+    if n <= 0:
+        raise UserError(f"--target_params {text!r} must be a positive count")
+    return n
+
+
+def parse_shape(text, config):
+    """'m1xn1' -> the up matrices' KronShape; 'lowrank' -> (mlp_hidden,1)x(1,n_embd), W = sum_k a_k b_k^T."""
+    if text.strip().lower() == "lowrank":
+        return kron_shape(config.mlp_hidden, config.n_embd, config.mlp_hidden, 1)
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not m:
+        raise UserError(f"--shape {text!r} must look like m1xn1 (e.g. 768x768) or 'lowrank'")
+    return kron_shape(config.mlp_hidden, config.n_embd, int(m.group(1)), int(m.group(2)))
+
+
+def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", tolerance=0.01, allocate=False,
+                scope="mlp", scalars=False, init=None, moments=None, grads=None, candidates=16, score_blocks=6,
+                cache=None, log=print):
+    """The Plan for a decomposition request, over the blocks `layers` (None: all):
+        plan                 a plan string, used as written
+        shape (+ factors)    one shape for every MLP matrix; with target, the factor count that meets it
+        target               the plan nearest a parameter count: by count alone (Krony-PT's rank-preserving
+                             plans), or with calibration moments the candidate shapes' calibrated error
+                             (choose_uniform); with allocate, each matrix its own rank under the budget
+                             (allocated_plan)
+    The reasoning is printed through `log`."""
+    config = dense.config
+    if plan:
+        p = Plan.parse(plan, config.layout())
+        return p if layers is None else p.restrict([*layers, EMBED])
+    if not target:
+        if not shape:
+            raise UserError("give --shape m1xn1, --target_params N or --plan (see --list_shapes)")
+        return uniform_plan(config, parse_shape(shape, config), factors, layers)
+    target = parse_count(target)
+    if shape or allocate:  # a fixed shape (allocation: low rank) whose factor count meets the target
+        s = parse_shape(shape or "lowrank", config)
+        factors, total = factors_for_target(config, s, target, scalars, layers)
+        if abs(total - target) / target > tolerance:
+            lo, hi = reachable(config, target, scalars, layers)
+            raise UserError(f"--target_params {target:,}: the nearest total of {describe(s, factors)} plans is "
+                            f"{total:,}; change the target (uniform plans reach {lo:,} to {hi:,}) or the shape")
+        log(f"target {target:,}: {describe(s, factors)} -> {total:,} parameters ({100 * (total - target) / target:+.2f}%)")
+    else:
+        factors, s = choose_uniform(dense, target, tolerance, layers, scalars, init, moments, grads, candidates,
+                                    score_blocks, cache, log)
+    uniform = uniform_plan(config, s, factors, layers)
+    if not allocate:
+        return uniform
+    # the allocation gets exactly the uniform plan's budget, so the two compare at equal parameters
+    budget = param_base(config, layers)[0] + len(matrices(config, layers)) * s.params(factors, scalars)
+    return allocated_plan(dense, budget, layers, scope, init, moments, grads, (factors, s), cache, log) or uniform
+
+
+def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, grads, candidates, score_blocks,
+                   cache=None, log=print):
+    """(factors, up shape) of the uniform plan for a target: by parameter count alone, or with moments by the
+    calibrated error of the candidates within tolerance, scored on a few blocks."""
+    config = dense.config
+    lo, hi = reachable(config, target, scalars, layers)
+    if not lo * 0.99 <= target <= hi:
+        raise UserError(f"--target_params {target:,} cannot be reached: plans of this model range from {lo:,} "
+                        f"(one factor of the smallest shape) to {hi:,} (dense) parameters")
+    cands = shape_candidates(config, target, scalars, layers)
+    near = [c for c in cands if abs(c[0] - target) / target <= tolerance]
+    if not near:
+        closest = sorted(cands, key=lambda c: abs(c[0] - target))[:3]
+        raise UserError(f"no plan lands within {tolerance:.1%} of --target_params {target:,}; the nearest "
+                        f"reachable totals are " + ", ".join(f"{t:,} ({describe(s, f)})" for t, f, s in closest))
+    if moments is None:  # by parameter count alone: Krony-PT's rank-preserving, few-factor plans
+        near = [c for c in plan_for_target(config, target, scalars, layers)
+                if abs(c[0] - target) / target <= tolerance] or near
+        total, f, s = near[0]
+        log(f"target {target:,}: {describe(s, f)} -> {total:,} parameters ({100 * (total - target) / target:+.2f}%), "
+            f"MLP MACs {mac_ratio(s, f):.2f}x dense")
+        log("  alternatives: " + "; ".join(f"{describe(c, g)}: {t:,}" for t, g, c in near[1:5]))
+        return f, s
+    # score the fastest candidates and the low-rank member by calibrated output error on a subset of blocks
+    near = [c for c in near if not (is_lowrank(c[2]) and c[2].n1 != 1)]  # low rank once: (out,1)x(1,in)
+    pool = [c for c in near if mac_ratio(c[2], c[1]) <= 1.0][:candidates]
+    pool += [c for c in near if is_lowrank(c[2]) and c not in pool]
+    blocks = [b for b in spread_blocks(config.n_layer, score_blocks) if layers is None or b in layers] or \
+        (layers or [0])[:score_blocks]
+    t0 = time.time()
+    scores = score_plans(dense, pool, moments, init, blocks, grads, cache)
+    order = sorted(range(len(pool)), key=lambda i: scores[i])
+    metric = "predicted loss increase" if grads else "output error"
+    log(f"target {target:,}: {len(pool)} candidate plans scored by calibrated {metric} ({init.init}) on blocks "
+        f"{blocks} in {time.time() - t0:.0f}s; best first:")
+    log(f"  {'plan':<26} {'parameters':>12} {metric:>23} {'MACs':>6}")
+    for i in order[:6]:
+        t, f, s = pool[i]
+        log(f"  {describe(s, f):<26} {t:>12,} {scores[i]:>23.4f} {mac_ratio(s, f):>5.2f}x")
+    _, f, s = pool[order[0]]
+    return f, s
+
+
+def allocated_plan(dense, budget, layers, scope, init, moments, grads, uniform, cache=None, log=print):
+    """A per-matrix Plan (each matrix its own rank, or dense) for the budget, from the calibrated low-rank
+    curves: minimising the summed squared relative output error, or with grads ('fisher') the summed predicted
+    loss increase. scope says which matrices may be factorised (MLPs; + attention; + the embedding). With the
+    MLP scope it returns None when the uniform plan (factors, shape) scores lower on the same objective."""
+    config = dense.config
+    mats = matrices(config, layers, scope)
+    base, _ = param_base(config, layers, scope)
+    t0 = time.time()
+    curves = lowrank_curves(dense, moments, mats, init.damping, grads, init.g_damping, cache)
+    alloc, used = allocate(curves, mats, budget - base)
+    objective = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in alloc.items())
+    what = "predicted loss increase" if grads else "sum of squared output errors"
+    dims = {**config.matrix_dims(), "wte": (config.vocab_size, config.n_embd)}
+    plan = Plan({(b, n): MatrixSpec(KronShape(dims[n][0], 1, 1, dims[n][1]), r) for (b, n), r in alloc.items()
+                 if r != "dense"}, config.layout())
+    log(f"allocation over {scope} ({time.time() - t0:.0f}s): {base + used:,} parameters, {what} "
+        f"{objective:.4f} over {len(mats)} matrices; plan: {plan.text}")
+    f, s = uniform
+    if scope == "mlp" and is_lowrank(s):  # the uniform low-rank plan is in the search space: compare
+        uni = sum(curve_error(curves, (b, n), f) ** 2 for b, n, _, _ in mats)
+        log(f"  uniform {describe(s, f)}: {what} {uni:.4f}")
+        if uni < objective:
+            log("  the uniform plan scores lower; keeping it")
+            return None
+    rows = {}
+    for b, n, _, _ in mats:
+        r = alloc[(b, n)]
+        e = 0.0 if r == "dense" else curve_error(curves, (b, n), r)
+        rows.setdefault(b, []).append(f"{n} {r} ({'dloss' if grads else 'err'} {e * e if grads else e:.4f})")
+    for b, parts in rows.items():
+        log(f"  {'block ' + str(b) if b != EMBED else 'embedding':>9}: " + ", ".join(parts))
+    return plan

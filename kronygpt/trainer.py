@@ -14,7 +14,9 @@ one small state object:
 Parameter groups, schedules and freezing live in optim.py.
 """
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -59,9 +61,8 @@ class TrainConfig:
     n_head: int = 4
     n_embd: int = 128
     bias: bool = True
-    kron_factors: int = 0           # >0: a scratch model with Kronecker MLPs of this many factors
-    kron_shape: tuple = ()          # (m1, n1) of c_fc's first factor
-    kron_scalars: bool = False
+    kron_plan: str = ""             # a factorised scratch model's plan, e.g. '*: mlp=64x64*1' (kronygpt/plans.py)
+    kron_scalars: bool = False      # learnable per-factor scalars
     dropout: float = 0.0            # applied to any init_from
     # -- optimiser: AdamW, two parameter groups
     max_iters: int = 1000
@@ -128,7 +129,7 @@ def init_model(cfg, rt):
     if cfg.init_from == "scratch":
         model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                               vocab_size=data.meta["vocab_size"], dropout=cfg.dropout, bias=cfg.bias,
-                              kron_factors=cfg.kron_factors, kron_shape=cfg.kron_shape, kron_scalars=cfg.kron_scalars))
+                              kron_plan=cfg.kron_plan, kron_scalars=cfg.kron_scalars))
         model.tokenizer_name = data.meta["tokenizer"]
     elif cfg.init_from == "resume":
         ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"))
@@ -206,7 +207,6 @@ class Logger:
             return
         if line:
             print(line, flush=True)
-        import json
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
@@ -319,7 +319,6 @@ def link_best(out_dir):
     try:
         os.link(last, tmp)
     except OSError:
-        import shutil
         shutil.copyfile(last, tmp)
     os.replace(tmp, best)
 

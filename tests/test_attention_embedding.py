@@ -10,7 +10,8 @@ import torch
 from kronygpt.calib import collect_moments
 from kronygpt.checkpoint import load_model, save_checkpoint
 from conftest import REPO
-from kronygpt.decompose import decompose_model
+from kronygpt.factorize import InitSpec
+from kronygpt.surgery import decompose_model
 from kronygpt.hf_io import dense_state_dict, load_pretrained
 from kronygpt.kronecker import KroneckerEmbedding, KroneckerLinear, kron_shape
 from model import GPT, GPTConfig, KVCache
@@ -50,7 +51,7 @@ def test_full_rank_decomposition_of_everything_reproduces_the_logits(fixture, re
     cfg = dense.config
     dims = cfg.matrix_dims()
     full = ", ".join(f"{n}=lowrank*{min(dims[n])}" for n in cfg.family.block_matrices)
-    kron, rows = decompose_model(dense, init="vl", plan=f"*: {full}; embed=lowrank*{cfg.n_embd}")
+    kron, rows = decompose_model(dense, f"*: {full}; embed=lowrank*{cfg.n_embd}", InitSpec("vl"))
     assert any(r["layer"] == "embed" for r in rows) and all(r["rel_error"] < 1e-5 for r in rows)
     idx = torch.randint(0, cfg.vocab_size, (2, 16))
     torch.testing.assert_close(kron(idx, all_logits=True)[0], dense(idx, all_logits=True)[0], atol=1e-4, rtol=0)
@@ -85,7 +86,7 @@ def test_calibrated_decomposition_and_allocation_over_the_whole_model(tiny_llama
     plan = "; ".join(f"{b}: {', '.join(p)}" for b, p in plan_parts.items())
     if alloc[("embed", "wte")] != "dense":
         plan += f"; embed=lowrank*{alloc[('embed', 'wte')]}"
-    kron, rows = decompose_model(dense, init="aware", plan=plan, moments=moments)
+    kron, rows = decompose_model(dense, plan, InitSpec("aware"), moments=moments)
     assert all("output_error" in r for r in rows)
     assert kron.param_counts()["total"] <= budget
 

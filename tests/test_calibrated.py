@@ -12,8 +12,9 @@ import torch
 from kronygpt.calib import HEAD, BlockRunner, collect_moments
 from kronygpt.checkpoint import load_model
 from conftest import REPO
-from kronygpt.decompose import aware_factors, decompose_model, init_factors, output_error, whitening
-from kronygpt.kronecker import KronShape, balance, kron_shape, kron_sum
+from kronygpt.factorize import InitSpec, aware_factors, balance, init_factors, output_error, whitening
+from kronygpt.surgery import decompose_model
+from kronygpt.kronecker import KronShape, kron_shape, kron_sum
 from kronygpt.hf_io import load_pretrained
 from model import GPT
 from kronygpt.planner import allocate, lowrank_curves, matrices, curve_error
@@ -37,7 +38,7 @@ def test_aware_equals_vl_when_the_covariance_is_the_identity(s):
     C = torch.eye(s.in_features, dtype=torch.float64)
     for r in (1, 2):
         A, B, _ = aware_factors(W, s, r, C)
-        Av, Bv, _ = init_factors(W, s, r, "vl")
+        Av, Bv, _ = init_factors(W, s, r, InitSpec("vl"))
         torch.testing.assert_close(kron_sum(A, B), kron_sum(Av, Bv))
 
 
@@ -51,7 +52,7 @@ def test_whitened_inits_return_balanced_factors(s):
     A0, B0, _ = aware_factors(W, s, 2, C, G=G)
     na0, nb0 = A0.flatten(1).norm(dim=1), B0.flatten(1).norm(dim=1)
     assert not torch.allclose(na0, nb0, rtol=1e-3)  # unbalanced before
-    A, B, _ = init_factors(W, s, 2, "fisher", C=C, G=G)
+    A, B, _ = init_factors(W, s, 2, InitSpec("fisher", damping=0.0), C=C, G=G)
     torch.testing.assert_close(A.flatten(1).norm(dim=1), B.flatten(1).norm(dim=1))
     torch.testing.assert_close(kron_sum(A, B), kron_sum(A0, B0))
     Z = torch.zeros_like(B0)  # a pair with a zero factor stays as it is, finite
@@ -77,8 +78,8 @@ def test_aware_has_lower_calibrated_error_than_vl(s):
     else:
         C = torch.kron(random_cov(s.n1, 3), random_cov(s.n2, 4))
     for r in range(1, s.max_rank):
-        A, B, _ = init_factors(W, s, r, "aware", C=C)
-        Av, Bv, _ = init_factors(W, s, r, "vl")
+        A, B, _ = init_factors(W, s, r, InitSpec("aware", damping=0.0), C=C)
+        Av, Bv, _ = init_factors(W, s, r, InitSpec("vl"))
         assert output_error(W, kron_sum(A, B), C) <= output_error(W, kron_sum(Av, Bv), C) + 1e-9
 
 
@@ -88,7 +89,7 @@ def test_low_rank_member_is_truncated_svd():
     s = kron_shape(20, 12, 20, 1)   # (20,1)x(1,12): W = sum_k a_k b_k^T
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     for r in (1, 4, 11):
-        A, B, _ = init_factors(W, s, r, "vl")
+        A, B, _ = init_factors(W, s, r, InitSpec("vl"))
         torch.testing.assert_close(kron_sum(A, B), (U[:, :r] * S[:r]) @ Vh[:r])
         assert output_error(W, kron_sum(A, B)) == pytest.approx((S[r:].pow(2).sum() / S.pow(2).sum()).sqrt().item())
 
@@ -100,7 +101,7 @@ def test_aware_low_rank_error_is_the_discarded_whitened_spectrum():
     L, _ = whitening(C)
     S = torch.linalg.svdvals(W @ L)
     for r in (2, 5):
-        A, B, _ = init_factors(W, kron_shape(16, 10, 16, 1), r, "aware", C=C)
+        A, B, _ = init_factors(W, kron_shape(16, 10, 16, 1), r, InitSpec("aware", damping=0.0), C=C)
         expected = (S[r:].pow(2).sum() / S.pow(2).sum()).sqrt().item()
         assert output_error(W, kron_sum(A, B), C) == pytest.approx(expected, rel=1e-6)
 
@@ -111,7 +112,7 @@ def test_singular_or_zero_covariance_gives_finite_factors():
     for C in (x.t() @ x, torch.zeros(8, 8, dtype=torch.float64)):
         for s in (KronShape(12, 1, 1, 8), KronShape(4, 2, 3, 4)):
             for damping in (0.0, 1e-4, 1e-12):  # eigh; Cholesky; Cholesky refused (tiny pivot), eigh
-                A, B, _ = init_factors(W, s, 2, "aware", C=C, damping=damping)
+                A, B, _ = init_factors(W, s, 2, InitSpec("aware", damping=damping), C=C)
                 assert torch.isfinite(A).all() and torch.isfinite(B).all()
 
 
@@ -130,7 +131,7 @@ def test_cholesky_whitening_gives_the_factors_of_the_symmetric_square_root():
     for r in (2, 5):
         u, sig, vh = torch.linalg.svd(W @ S, full_matrices=False)
         expected = (u[:, :r] * sig[:r]) @ vh[:r] @ torch.linalg.inv(S)
-        A, B, _ = init_factors(W, kron_shape(16, 10, 16, 1), r, "aware", C=C, damping=1e-3)
+        A, B, _ = init_factors(W, kron_shape(16, 10, 16, 1), r, InitSpec("aware", damping=1e-3), C=C)
         assert torch.allclose(kron_sum(A, B), expected, atol=1e-9)
 
 
@@ -179,7 +180,7 @@ def test_full_rank_aware_reproduces_the_model(tiny_llama_dir, sequential):
     batches = [torch.randint(0, 256, (2, 16)) for _ in range(2)]
     kw = dict(calib=batches, sequential=True) if sequential else \
         dict(moments=collect_moments(dense, batches, {0, 1}))
-    kron, rows = decompose_model(dense, init="aware", plan="*: mlp=lowrank*64", **kw)
+    kron, rows = decompose_model(dense, "*: mlp=lowrank*64", InitSpec("aware", damping=0.0), **kw)
     assert all(r["output_error"] < 1e-6 and r["whitening"] == "exact" for r in rows)
     idx = torch.randint(0, 256, (2, 16))
     torch.testing.assert_close(kron(idx, all_logits=True)[0], dense(idx, all_logits=True)[0], atol=1e-4, rtol=0)
@@ -228,6 +229,7 @@ def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tm
     assert load_model(str(out)).param_counts()["total"] == report["params_after"]["total"]
 
 
+@pytest.mark.slow
 def test_cli_calibration_cache_is_reused_and_grows_only_when_needed(tiny_llama_dir, tiny_data_dir, tmp_path):
     cache = tmp_path / "calib.pt"
     common = ["--model", tiny_llama_dir, "--shape", "lowrank", "--factors", "4", "--calib", tiny_data_dir,
@@ -286,21 +288,21 @@ def test_cli_aware_needs_calibration(tiny_llama_dir, tmp_path):
 def test_fisher_is_aware_when_the_gradient_moment_is_the_identity_and_exact_at_full_rank(s):
     W = torch.randn(s.out_features, s.in_features, dtype=torch.float64)
     C, G = random_cov(s.in_features, 6), torch.eye(s.out_features, dtype=torch.float64)
-    A, B, _ = init_factors(W, s, 1, "fisher", C=C, G=G, g_damping=0.0)
-    Aa, Ba, _ = init_factors(W, s, 1, "aware", C=C)
+    A, B, _ = init_factors(W, s, 1, InitSpec("fisher", damping=0.0, g_damping=0.0), C=C, G=G)
+    Aa, Ba, _ = init_factors(W, s, 1, InitSpec("aware", damping=0.0), C=C)
     torch.testing.assert_close(kron_sum(A, B), kron_sum(Aa, Ba))
-    A, B, _ = init_factors(W, s, s.max_rank, "fisher", C=C, G=random_cov(s.out_features, 7))
+    A, B, _ = init_factors(W, s, s.max_rank, InitSpec("fisher", damping=0.0), C=C, G=random_cov(s.out_features, 7))
     torch.testing.assert_close(kron_sum(A, B), W)
 
 
 def test_fisher_low_rank_minimises_the_predicted_loss_increase():
-    from kronygpt.decompose import fisher_error
+    from kronygpt.factorize import fisher_error
     torch.manual_seed(0)
     s = kron_shape(12, 8, 12, 1)
     W = torch.randn(12, 8, dtype=torch.float64)
     C, G = random_cov(8, 8), random_cov(12, 9)
     for r in range(1, 8):
-        errs = {init: fisher_error(W, kron_sum(*init_factors(W, s, r, init, C=C, G=G, g_damping=0.0)[:2]), C, G)
+        errs = {init: fisher_error(W, kron_sum(*init_factors(W, s, r, InitSpec(init, damping=0.0, g_damping=0.0), C=C, G=G)[:2]), C, G)
                 for init in ("fisher", "aware", "vl")}
         assert errs["fisher"] <= min(errs.values()) + 1e-12
 
@@ -344,7 +346,7 @@ def test_permuting_hidden_units_preserves_the_function(fixture, request):
 def test_full_rank_decomposition_with_permutation_reproduces_the_logits(tiny_gpt2_dir):
     dense = load_pretrained(tiny_gpt2_dir).eval()   # MLP 32 <-> 128
     s = kron_shape(128, 32, 16, 8)
-    kron, rows = decompose_model(dense, s.max_rank, (16, 8), "vl", permute=True)
+    kron, rows = decompose_model(dense, f"*: mlp=16x8*{s.max_rank}", InitSpec("vl"), permute=True)
     assert all("permute_error_after" in r for r in rows)
     idx = torch.randint(0, 256, (2, 16))
     torch.testing.assert_close(kron(idx, all_logits=True)[0], dense(idx, all_logits=True)[0], atol=1e-4, rtol=0)

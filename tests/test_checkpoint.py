@@ -12,14 +12,14 @@ from model import GPT, GPTConfig
 TINY = dict(n_layer=2, n_head=2, n_embd=16, vocab_size=50, block_size=16)
 
 
-@pytest.mark.parametrize("kron", [{}, dict(kron_factors=2, kron_shape=(8, 4), kron_scalars=True, kron_layers=(1,))])
+@pytest.mark.parametrize("kron", [{}, dict(kron_plan="1: mlp=8x4*2", kron_scalars=True)])
 def test_round_trip(tmp_path, kron):
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY, **kron)).eval()
     opt = torch.optim.AdamW(model.parameters())
     path = save_checkpoint(tmp_path / "m.pt", model, optimizer=opt, iter_num=7, config={"a": 1})
     ckpt = load_checkpoint(path)
-    assert ckpt["iter_num"] == 7 and ckpt["model_args"]["kron_factors"] == kron.get("kron_factors", 0)
+    assert ckpt["iter_num"] == 7 and ckpt["model_args"]["kron_plan"] == GPTConfig(**TINY, **kron).kron_plan
     loaded = load_model(str(path)).eval()
     idx = torch.randint(0, 50, (2, 8))
     torch.testing.assert_close(loaded(idx, all_logits=True)[0], model(idx, all_logits=True)[0], rtol=0, atol=0)

@@ -83,7 +83,7 @@ def cases(ws, data):
               "--block_size=32", "--batch_size=2", "--eval_tokens=256"]
     return {
         # kron_decomp.py
-        "kd out is the model": ([*kd, "--shape", "64x16", "--out", d], "is the model being decomposed"),
+        "kd out is the model": ([*kd, "--shape", "64x16", "--out", d], "is the model being read"),
         "kd out is json": ([*kd, "--shape", "64x16", "--out", ws / "x.json"], "ends in .json"),
         "kd out exists": ([*kd, "--shape", "64x16", "--out", ws / "exists.pt"], "already exists"),
         "kd out is a dir": ([*kd, "--shape", "64x16", "--out", ws / "adir"], "is a directory"),
@@ -134,7 +134,7 @@ def cases(ws, data):
                                   "does not exist"),
         # train_distillation.py
         "distil bad mode": ([*distil, "--mode=foo"], "mode must be"),
-        "distil short progressive": ([*distil, "--mode=progressive", "--kron_factors=1", "--kron_shape=(16,8)",
+        "distil short progressive": ([*distil, "--mode=progressive", "--kron_plan=*: mlp=16x8*1",
                                       "--max_iters=10", "--progressive_interval=50"], "max_iters >="),
         "distil hidden across depths": ([*distil, f"--init_from={ws / 'trunc.pt'}", "--hidden_weight=1",
                                          "--max_iters=1"], "hidden_weight"),

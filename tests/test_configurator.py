@@ -2,6 +2,7 @@
 
 import glob
 import os
+from dataclasses import dataclass
 
 import pytest
 
@@ -12,17 +13,31 @@ from kronygpt.trainer import TrainConfig
 
 
 def test_overrides_and_types():
-    cfg = configure(TrainConfig(), ["--learning_rate=1", "--kron_shape=(768,768)", "--init_from=gpt2",
+    cfg = configure(TrainConfig(), ["--learning_rate=1", "--kron_plan=*: mlp=768x768*1", "--init_from=gpt2",
                                     "--out_dir=a=b", "--compile=True", "--freeze_schedule=freeze:10,release:5*2"],
                     verbose=False)
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)   # int accepted for float
-    assert cfg.kron_shape == (768, 768)
+    assert cfg.kron_plan == "*: mlp=768x768*1"
     assert cfg.init_from == "gpt2" and cfg.out_dir == "a=b"                    # split on the first '='
     assert cfg.compile is True
 
 
+def test_key_space_value_and_bare_flags():
+    """--key value works like --key=value; a bool field alone is True; a bool may still take True/False."""
+    from kron_decomp import DecompConfig
+    cfg = configure(DecompConfig(), ["--factors", "2", "--shape", "16x8", "--allocate", "--target_params", "81M",
+                                     "--scalars", "False", "--seed", "-3", "--out", "x.pt", "--force"], verbose=False)
+    assert (cfg.factors, cfg.shape, cfg.allocate, cfg.target_params) == (2, "16x8", True, "81M")
+    assert cfg.scalars is False and cfg.seed == -3 and cfg.force is True
+    with pytest.raises(ConfigError, match="needs a value"):
+        configure(DecompConfig(), ["--out", "x.pt", "--factors"], verbose=False)
+
+
 def test_list_becomes_tuple():
-    assert configure(TrainConfig(), ["--kron_shape=[4,2]"], verbose=False).kron_shape == (4, 2)
+    @dataclass
+    class C:
+        shape: tuple = ()
+    assert configure(C(), ["--shape=[4,2]"], verbose=False).shape == (4, 2)
 
 
 def test_unknown_key_names_closest():
@@ -38,7 +53,7 @@ def test_wrong_type_rejected():
 
 
 def test_none_default_takes_any_value():
-    from dataclasses import dataclass
+
 
     @dataclass
     class C:

@@ -25,14 +25,13 @@ def test_train_step_bf16_fused_adamw(tiny_data_dir, tmp_path):
     loss = train.main([f"--dataset={tiny_data_dir}", f"--out_dir={tmp_path}", "--device=cuda", "--dtype=bfloat16",
                        "--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=32", "--batch_size=8",
                        "--max_iters=30", "--eval_interval=30", "--eval_tokens=1024", "--learning_rate=3e-3",
-                       "--kron_factors=1", "--kron_shape=(64,64)"])
+                       "--kron_plan=*: mlp=64x64*1"])
     assert loss < 5.0
 
 
 def test_compiled_kron_model_matches_eager():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, block_size=64, kron_factors=2,
-                          kron_shape=(128, 64))).cuda().eval()
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, block_size=64, kron_plan="*: mlp=128x64*2")).cuda().eval()
     idx = torch.randint(0, 512, (4, 64), device="cuda")
     with torch.no_grad():
         eager, _ = model(idx, all_logits=True)

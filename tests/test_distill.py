@@ -12,14 +12,15 @@ import torch
 import train_distillation
 from kronygpt.checkpoint import load_checkpoint
 from conftest import REPO
-from kronygpt.distill import collect_mlp_activations, fit_layers, make_distill_loss
-from kronygpt.decompose import decompose_model
+from kronygpt.distill import collect_activations, fit_layers, make_distill_loss
+from kronygpt.factorize import InitSpec
+from kronygpt.surgery import decompose_model
 from kronygpt.kronecker import kron_shape
 from kronygpt.hf_io import load_pretrained
-from model import GPT
+from model import GPT, GPTConfig
 
 TINY = ["--block_size=32", "--batch_size=4", "--eval_tokens=1024", "--log_interval=1", "--warmup_iters=2",
-        "--learning_rate=3e-3", "--min_lr=3e-4", "--kron_factors=1", "--kron_shape=(16,8)"]
+        "--learning_rate=3e-3", "--min_lr=3e-4", "--kron_plan=*: mlp=16x8*1"]
 
 
 def args(teacher, data, out, *extra):
@@ -33,14 +34,14 @@ def records(out, kind):
 
 def test_loss_is_zero_when_student_equals_teacher(tiny_gpt2_dir):
     teacher = load_pretrained(tiny_gpt2_dir).eval()
-    student, _ = decompose_model(teacher, kron_shape(128, 32, 16, 8).max_rank, (16, 8), "vl")
+    student, _ = decompose_model(teacher, f"*: mlp=16x8*{kron_shape(128, 32, 16, 8).max_rank}", InitSpec("vl"))
     loss_fn = make_distill_loss(teacher, alpha=0.0, beta=1.0, temperature=2.0, hidden_weight=1.0,
                                 teacher_ctx=nullcontext())
     x = torch.randint(0, 256, (2, 16))
     loss, m = loss_fn(student.eval(), x, x, 0)
     assert abs(m["kl"].item()) < 1e-7 and m["hidden_mse"].item() < 1e-10
     assert abs(loss.item()) < 1e-6
-    low, _ = decompose_model(teacher, 1, (16, 8), "vl")  # a real student is not free
+    low, _ = decompose_model(teacher, "*: mlp=16x8*1", InitSpec("vl"))  # a real student is not free
     assert loss_fn(low.eval(), x, x, 0)[0].item() > 1e-5  # > 100x the float noise above
 
 
@@ -48,10 +49,11 @@ def fitting_setup(tiny_gpt2_dir, init):
     """(student decomposed with `init`, fit activations, held-out activations, layers) of the tiny GPT-2."""
     torch.manual_seed(0)
     teacher = load_pretrained(tiny_gpt2_dir).eval()
-    student, _ = decompose_model(teacher, 1, (16, 8), init)
+    student, _ = decompose_model(teacher, "*: mlp=16x8*1", InitSpec(init))
     layers = range(teacher.config.n_layer)
-    fit = collect_mlp_activations(teacher, [torch.randint(0, 256, (8, 32)) for _ in range(4)], layers, "cpu")
-    held = collect_mlp_activations(teacher, [torch.randint(0, 256, (8, 32))], layers, "cpu")
+    units = {i: "mlp" for i in layers}
+    fit = collect_activations(teacher, [torch.randint(0, 256, (8, 32)) for _ in range(4)], units, "cpu")
+    held = collect_activations(teacher, [torch.randint(0, 256, (8, 32))], units, "cpu")
     return student, fit, held, layers
 
 
@@ -80,7 +82,7 @@ def test_progressive_replaces_in_order_and_ends_kronecker(tiny_gpt2_dir, tiny_da
     assert seen[:2] == expected and seen[-1] == [0, 1]
     assert all("teacher_val_loss" in r for r in records(tmp_path, "eval"))
     ckpt = load_checkpoint(tmp_path / "last.pt")
-    assert ckpt["model_args"]["kron_factors"] == 1 and ckpt["model_args"]["kron_layers"] is None
+    assert GPTConfig.from_dict(ckpt["model_args"]).plan.layers == [0, 1]
     r = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--init_from={tmp_path}",
                         "--num_samples=1", "--max_new_tokens=5"], capture_output=True, text=True, cwd=REPO,
                        timeout=120)
@@ -98,6 +100,7 @@ def test_layerwise_mode_reports_and_trains(tiny_gpt2_dir, tiny_data_dir, tmp_pat
     assert {"ce", "kl", "hidden_mse"} <= set(train[0])
 
 
+@pytest.mark.slow
 def test_torchrun_distillation_smoke(tiny_gpt2_dir, tiny_data_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         os.path.join(REPO, "train_distillation.py"),
@@ -110,9 +113,9 @@ def test_torchrun_distillation_smoke(tiny_gpt2_dir, tiny_data_dir, tmp_path):
 
 def test_llama_teacher_distils(tiny_llama_dir, tiny_data_dir, tmp_path):
     train_distillation.main([f"--teacher={tiny_llama_dir}", f"--dataset={tiny_data_dir}", f"--out_dir={tmp_path}",
-                             *TINY[:-2], "--kron_factors=2", "--kron_shape=(12,8)", "--max_iters=3",
+                             *TINY[:-2], "--kron_plan=*: mlp=12x8*2", "--max_iters=3",
                              "--eval_interval=3", "--hidden_weight=0.1"])
     ckpt = load_checkpoint(tmp_path / "last.pt")
-    assert ckpt["model_args"]["arch"] == "llama" and ckpt["model_args"]["kron_factors"] == 2
+    assert ckpt["model_args"]["arch"] == "llama" and "12x8*2" in ckpt["model_args"]["kron_plan"]
     assert "model.transformer.h.0.mlp.gate_proj.A" not in ckpt["model"]
     assert ckpt["model"]["transformer.h.0.mlp.gate_proj.A"].shape == (2, 12, 8)

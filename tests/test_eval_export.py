@@ -13,7 +13,8 @@ from conftest import REPO
 from kronygpt.data_utils import write_meta, write_tokens
 from eval import stream_loss, windows
 from kronygpt.hf_io import export_hf, load_pretrained
-from kronygpt.decompose import decompose_model
+from kronygpt.factorize import InitSpec
+from kronygpt.surgery import decompose_model
 from model import GPT, GPTConfig
 
 CHARS = "\n !',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -68,7 +69,7 @@ def test_eval_file_equals_trainer_validation(tmp_path):
 def test_export_round_trip(fixture, shape, request, tmp_path):
     from transformers import AutoModelForCausalLM
     dense = load_pretrained(request.getfixturevalue(fixture))
-    kron, _ = decompose_model(dense, 2, shape, "vl_norm", scalars=True)
+    kron, _ = decompose_model(dense, f"*: mlp={shape[0]}x{shape[1]}*2", InitSpec("vl_norm", scalars=True))
     export_hf(kron.eval(), tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     idx = torch.randint(0, 256, (2, 16))

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # whole experiments in smoke mode: minutes
+
 
 @pytest.mark.parametrize("name", ["inits", "factors", "freezing", "distill_modes"])
 def test_experiment_smoke(name, tiny_data_dir, tmp_path):

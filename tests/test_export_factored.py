@@ -10,7 +10,8 @@ import torch
 
 from kronygpt.checkpoint import load_model, save_checkpoint
 from conftest import REPO
-from kronygpt.decompose import decompose_model
+from kronygpt.factorize import InitSpec
+from kronygpt.surgery import decompose_model
 from kronygpt.hf_io import REMOTE_MODULES, load_pretrained, remote_source
 
 PLANS = {"gpt2": "*: mlp=16x8*2; 1: c_proj=lowrank*5", "llama": "*: mlp=lowrank*6; 0: up_proj=24x4*1"}
@@ -19,7 +20,7 @@ PLANS = {"gpt2": "*: mlp=16x8*2; 1: c_proj=lowrank*5", "llama": "*: mlp=lowrank*
 def exported(fixture, request, tmp_path, fmt="factored"):
     dense = load_pretrained(request.getfixturevalue(fixture)).eval()
     arch = dense.config.arch
-    kron, _ = decompose_model(dense, init="vl", plan=PLANS[arch])
+    kron, _ = decompose_model(dense, PLANS[arch], InitSpec("vl"))
     ckpt = save_checkpoint(str(tmp_path / "k.pt"), kron, tokenizer=dense.tokenizer_name)
     out = tmp_path / "hf"
     r = subprocess.run([sys.executable, os.path.join(REPO, "export.py"), "--init_from", ckpt, "--out", str(out),

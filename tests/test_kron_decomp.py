@@ -10,10 +10,10 @@ import torch
 
 from kronygpt.checkpoint import load_model
 from conftest import REPO
-from kronygpt.decompose import decompose_model, init_factors
-from kron_decomp import parse_count
-from kronygpt.planner import list_shapes, plan_for_target, planned_params
-from kronygpt.kronecker import kron_shape, kron_sum, rearrange
+from kronygpt.factorize import InitSpec, init_factors, rearrange
+from kronygpt.surgery import decompose_model
+from kronygpt.planner import list_shapes, parse_count, plan_for_target
+from kronygpt.kronecker import kron_shape, kron_sum
 from kronygpt.hf_io import load_pretrained
 from model import GPT, GPTConfig
 
@@ -21,7 +21,7 @@ from model import GPT, GPTConfig
 def test_full_rank_vl_reproduces_model(tiny_gpt2_dir):
     dense = load_pretrained(tiny_gpt2_dir).eval()  # MLP 32 <-> 128
     s = kron_shape(128, 32, 16, 8)                      # B is (8, 4): max rank min(128, 32) = 32
-    kron, rows = decompose_model(dense, s.max_rank, (16, 8), "vl")
+    kron, rows = decompose_model(dense, f"*: mlp=16x8*{s.max_rank}", InitSpec("vl"))
     assert all(r["rel_error"] < 1e-6 for r in rows)
     idx = torch.randint(0, 256, (2, 16))
     _, loss_dense = dense(idx, idx)
@@ -36,7 +36,7 @@ def test_vl_error_is_the_discarded_singular_values(tiny_gpt2_dir):
     s = kron_shape(128, 32, 16, 8)
     S = torch.linalg.svdvals(rearrange(W, s))
     for r in (1, 3):
-        _, rows = decompose_model(dense, r, (16, 8), "vl", layers=[0])
+        _, rows = decompose_model(dense, f"0: mlp=16x8*{r}", InitSpec("vl"))
         got = rows[0]["rel_error"] * torch.linalg.norm(W).item()
         assert got == pytest.approx(S[r:].pow(2).sum().sqrt().item(), rel=1e-6)
 
@@ -44,9 +44,9 @@ def test_vl_error_is_the_discarded_singular_values(tiny_gpt2_dir):
 @pytest.mark.parametrize("scalars", [False, True])
 def test_vl_norm_keeps_the_norm(tiny_gpt2_dir, scalars):
     dense = load_pretrained(tiny_gpt2_dir)
-    kron, rows = decompose_model(dense, 2, (16, 8), "vl_norm", scalars=scalars)
+    kron, rows = decompose_model(dense, "*: mlp=16x8*2", InitSpec("vl_norm", scalars=scalars))
     assert all(r["norm_ratio"] == pytest.approx(1.0, abs=1e-5) for r in rows)
-    _, plain = decompose_model(dense, 2, (16, 8), "vl")
+    _, plain = decompose_model(dense, "*: mlp=16x8*2", InitSpec("vl"))
     assert all(p["norm_ratio"] < 0.999 for p in plain)  # Van Loan alone loses norm
     fc = kron.transformer.h[0].mlp.c_fc
     if scalars:
@@ -57,7 +57,7 @@ def test_vl_norm_keeps_the_norm(tiny_gpt2_dir, scalars):
 @pytest.mark.parametrize("keep,eps", [("even", 0.0), ("odd", 0.0), ("even", 0.1)])
 def test_prune_keeps_even_or_odd_features(tiny_gpt2_dir, keep, eps):
     dense = load_pretrained(tiny_gpt2_dir)
-    kron, _ = decompose_model(dense, 1, (128, 16), "prune", prune_keep=keep, prune_eps=eps)  # (128,16)x(1,2)
+    kron, _ = decompose_model(dense, "*: mlp=128x16*1", InitSpec("prune", prune_keep=keep, prune_eps=eps))  # (128,16)x(1,2)
     k = 0 if keep == "even" else 1
     for i in range(2):
         W_fc = dense.transformer.h[i].mlp.c_fc.weight.detach()
@@ -73,18 +73,19 @@ def test_prune_keeps_even_or_odd_features(tiny_gpt2_dir, keep, eps):
 def test_prune_with_every_offset_is_exact():
     W = torch.randn(6, 8, dtype=torch.float64)
     s = kron_shape(6, 8, 3, 4)  # blocks of (2, 2): four offsets
-    A, B, _ = init_factors(W, s, 4, "prune")
+    A, B, _ = init_factors(W, s, 4, InitSpec("prune"))
     torch.testing.assert_close(kron_sum(A, B), W)
 
 
 def test_random_init_scale():
     torch.manual_seed(0)
-    A, B, _ = init_factors(torch.zeros(3072, 768), kron_shape(3072, 768, 64, 32), 2, "random", random_std=0.02)
+    A, B, _ = init_factors(torch.zeros(3072, 768), kron_shape(3072, 768, 64, 32), 2, InitSpec("random"), random_std=0.02)
     assert kron_sum(A, B).std().item() == pytest.approx(0.02, rel=0.15)
 
 
 def built_count(config, factors, shape, layers=None):
-    cfg = GPTConfig(**{**config.to_dict(), "kron_factors": factors, "kron_shape": shape, "kron_layers": layers})
+    blocks = "*" if layers is None else ",".join(map(str, layers))
+    cfg = GPTConfig(**{**config.to_dict(), "kron_plan": f"{blocks}: mlp={shape[0]}x{shape[1]}*{factors}"})
     with torch.device("meta"):
         return GPT(cfg).param_counts()["total"]
 
@@ -99,7 +100,7 @@ SMOL = GPTConfig(arch="llama", n_embd=576, n_head=9, n_kv_head=3, head_dim=64, m
 def test_target_params_plans_hit_target(config, target):
     total, f, s = plan_for_target(config, parse_count(target))[0]
     assert abs(total - parse_count(target)) <= 0.01 * parse_count(target)
-    assert built_count(config, f, (s.m1, s.n1)) == total == planned_params(config, f, (s.m1, s.n1))
+    assert built_count(config, f, (s.m1, s.n1)) == total
 
 
 def test_known_plans():
@@ -131,13 +132,13 @@ def test_cli_writes_checkpoint_and_report(tiny_gpt2_dir, tmp_path):
     report = json.loads((tmp_path / "k.json").read_text())
     assert [m["layer"] for m in report["matrices"]] == [1, 1]
     model = load_model(str(out))
-    assert model.config.kron_layers == (1,) and report["params_after"]["total"] == model.param_counts()["total"]
+    assert model.config.plan.layers == [1] and report["params_after"]["total"] == model.param_counts()["total"]
 
 
 @pytest.mark.parametrize("args,message", [
     (["--shape", "5x8"], "does not divide"),
     (["--shape", "16x8", "--factors", "33"], "maximum Kronecker rank"),
-    (["--shape", "16x8", "--init", "svd"], "invalid choice"),
+    (["--shape", "16x8", "--init", "svd"], "--init must be one of"),
     (["--shape", "16x8", "--model", "/nonexistent/model.pt"], "neither an existing checkpoint"),
     (["--shape", "64x16", "--init", "prune", "--prune_keep", "odd", "--factors", "4"], "at most 3 factors"),
 ])

@@ -4,7 +4,8 @@
 import pytest
 import torch
 
-from kronygpt.kronecker import KroneckerLinear, all_shapes, choose_impl, kron_shape, kron_sum, rearrange, van_loan
+from kronygpt.factorize import rearrange, van_loan
+from kronygpt.kronecker import KroneckerLinear, all_shapes, choose_impl, kron_shape, kron_sum
 
 SHAPES = [  # (out, in, m1, n1): ordinary, tall, wide, degenerate 1xk / kx1 factors
     (12, 8, 3, 2), (12, 8, 12, 4), (8, 12, 2, 6), (6, 6, 1, 3), (6, 6, 3, 1), (8, 4, 8, 2), (4, 8, 2, 8),

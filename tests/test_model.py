@@ -62,9 +62,9 @@ def test_param_counts_match_published_gpt2_sizes():
     assert count()["total"] == 124_439_808
     assert count(n_layer=6)["total"] == 81_912_576
     # Krony-PT's 81M (768,768)x(4,1), 80M-2 (1024,256)x(3,3) x2, 96M (1536,768)x(2,1) ... c_fc is 3072x768
-    assert count(kron_factors=1, kron_shape=(768, 768))["total"] == 81_972_576
-    assert count(kron_factors=2, kron_shape=(1024, 256))["total"] == 80_400_048
-    assert count(kron_factors=1, kron_shape=(1536, 768))["total"] == 96_128_304
+    assert count(kron_plan="*: mlp=768x768*1")["total"] == 81_972_576
+    assert count(kron_plan="*: mlp=1024x256*2")["total"] == 80_400_048
+    assert count(kron_plan="*: mlp=1536x768*1")["total"] == 96_128_304
     c = count()
     assert c["embedding"] == 50257 * 768 + 1024 * 768
     assert c["non_embedding"] == c["total"] - c["embedding"]
@@ -79,8 +79,7 @@ def test_untied_counts_lm_head():
 
 
 def test_per_layer_mlp_choice():
-    cfg = GPTConfig(n_layer=3, n_head=2, n_embd=16, vocab_size=50, block_size=16, kron_factors=2,
-                    kron_shape=(8, 4), kron_layers=(0, 2))
+    cfg = GPTConfig(n_layer=3, n_head=2, n_embd=16, vocab_size=50, block_size=16, kron_plan="0,2: mlp=8x4*2")
     model = GPT(cfg)
     from kronygpt.kronecker import KroneckerLinear
     kinds = [type(b.mlp.c_fc).__name__ for b in model.transformer.h]
@@ -93,4 +92,4 @@ def test_per_layer_mlp_choice():
 
 def test_bad_kron_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="does not divide"):
-        GPTConfig(n_embd=48, n_head=3, kron_factors=1, kron_shape=(5, 4))
+        GPTConfig(n_embd=48, n_head=3, kron_plan="*: mlp=5x4*1")

@@ -9,13 +9,14 @@ import torch
 import train
 from kronygpt.checkpoint import load_checkpoint, load_model, model_from_checkpoint
 from conftest import REPO
-from kronygpt.decompose import decompose_model
+from kronygpt.factorize import InitSpec
+from kronygpt.surgery import decompose_model
 from kronygpt.errors import ConfigError
 from kronygpt.hf_io import export_hf
 from kronygpt.kronecker import KroneckerLinear
 from model import GPT, GPTConfig
 from kronygpt.planner import matrices, param_base
-from kronygpt.plans import format_plan, parse_plan
+from kronygpt.plans import EMBED, Plan
 
 GPT2_TINY = dict(n_layer=3, n_head=2, n_embd=32, vocab_size=256, block_size=32)
 LLAMA_TINY = dict(arch="llama", n_layer=3, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, vocab_size=256,
@@ -26,12 +27,26 @@ MIXED = {"gpt2": "*: mlp=16x8*2; 1: dense; 2: c_proj=lowrank*5",
 
 def test_grammar_round_trip_and_overrides():
     cfg = GPTConfig(**GPT2_TINY, kron_plan=MIXED["gpt2"])
-    plan = cfg.plan()
-    assert set(plan) == {0, 2}
-    assert plan[0] == {"c_fc": (16, 8, 2), "c_proj": (8, 16, 2)}      # 'mlp': down takes the opposite shape
-    assert plan[2] == {"c_fc": (16, 8, 2), "c_proj": (32, 1, 5)}      # a later item overrides one matrix
-    text = format_plan(plan, 3, cfg.matrix_dims())
-    assert parse_plan(text, 3, ("c_fc",), ("c_proj",), cfg.matrix_dims()) == (plan, None)
+    plan = cfg.plan
+    assert plan.layers == [0, 2]
+    spec = lambda b, n: (plan.spec(b, n).shape.m1, plan.spec(b, n).shape.n1, plan.spec(b, n).factors)  # noqa: E731
+    assert (spec(0, "c_fc"), spec(0, "c_proj")) == ((16, 8, 2), (8, 16, 2))  # 'mlp': down takes the opposite shape
+    assert (spec(2, "c_fc"), spec(2, "c_proj")) == ((16, 8, 2), (32, 1, 5))  # a later item overrides one matrix
+    assert plan.spec(1, "c_fc") is None and plan.embed is None
+    assert Plan.parse(plan.text, cfg.layout()) == plan                       # the text round-trips
+    assert plan.restrict([2]).layers == [2] and plan.restrict([2]).spec(2, "c_proj") == plan.spec(2, "c_proj")
+    assert Plan.parse("*: mlp=lowrank*4; embed=lowrank*8", cfg.layout()).restrict([0]).embed is None
+    assert Plan.parse("embed=lowrank*8", cfg.layout()).spec(EMBED, "wte").factors == 8
+
+
+def test_a_config_resolves_its_plan_once(monkeypatch):
+    """Layers receive their spec from the Plan the config resolved: building a model parses nothing again."""
+    calls = []
+    original = Plan.parse.__func__
+    monkeypatch.setattr(Plan, "parse", classmethod(lambda cls, *a: calls.append(a) or original(cls, *a)))
+    cfg = GPTConfig(**LLAMA_TINY, kron_plan=MIXED["llama"])
+    GPT(cfg)
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("plan,message", [
@@ -45,9 +60,10 @@ def test_bad_plans_are_one_clear_error(plan, message):
         GPTConfig(**GPT2_TINY, kron_plan=plan)
 
 
-def test_plan_and_shorthand_are_exclusive():
-    with pytest.raises(ConfigError, match="not both"):
-        GPTConfig(**GPT2_TINY, kron_plan="*: mlp=16x8*1", kron_factors=1, kron_shape=(16, 8))
+def test_legacy_shorthand_and_a_plan_are_exclusive():
+    with pytest.raises(ConfigError, match="both"):
+        GPTConfig.from_dict({**GPTConfig(**GPT2_TINY).to_dict(), "kron_plan": "*: mlp=16x8*1", "kron_factors": 1,
+                             "kron_shape": (16, 8)})
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -56,15 +72,15 @@ def test_mixed_plan_builds_and_counts(arch):
     cfg = GPTConfig(**kw, kron_plan=MIXED[arch])
     model = GPT(cfg)
     for b, block in enumerate(model.transformer.h):
-        specs = cfg.matrix_specs(b)
+        specs = cfg.plan.layer_specs(b)
         for name, _ in cfg.family.mlp_matrices:
             layer = getattr(block.mlp, name)
             assert isinstance(layer, KroneckerLinear) == (name in specs)
             if name in specs:
-                assert (layer.shape, layer.factors) == specs[name]
+                assert (layer.shape, layer.factors) == (specs[name].shape, specs[name].factors)
     base, _ = param_base(cfg)
     planned = sum(o * i for _, _, o, i in matrices(cfg))
-    expected = base + planned - sum(o * i for b, n, o, i in matrices(cfg) if n in cfg.matrix_specs(b)) + sum(
+    expected = base + planned - sum(o * i for b, n, o, i in matrices(cfg) if cfg.plan.spec(b, n)) + sum(
         m.A.numel() + m.B.numel() for m in model.modules() if isinstance(m, KroneckerLinear))
     assert model.param_counts()["total"] == expected
 
@@ -74,8 +90,8 @@ def test_mixed_plan_trains_resumes_and_exports(arch, tiny_data_dir, tmp_path):
     kw = GPT2_TINY if arch == "gpt2" else LLAMA_TINY
     torch.manual_seed(0)
     dense = GPT(GPTConfig(**kw))
-    mixed, rows = decompose_model(dense, init="vl", plan=MIXED[arch])
-    assert len(rows) == sum(len(s) for s in mixed.config.plan().values())
+    mixed, rows = decompose_model(dense, MIXED[arch], InitSpec("vl"))
+    assert len(rows) == len(mixed.config.plan.items())
     from kronygpt.checkpoint import save_checkpoint
     start = save_checkpoint(str(tmp_path / "start.pt"), mixed)
     common = [f"--dataset={tiny_data_dir}", f"--init_from={start}", "--block_size=16", "--batch_size=2",
@@ -84,7 +100,7 @@ def test_mixed_plan_trains_resumes_and_exports(arch, tiny_data_dir, tmp_path):
     train.main([*common, f"--out_dir={tmp_path / 'b'}", "--max_iters=2"])
     train.main([*common[:1], "--init_from=resume", *common[2:], f"--out_dir={tmp_path / 'b'}", "--max_iters=4"])
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
-    assert a["model_args"]["kron_plan"] == MIXED[arch]
+    assert a["model_args"]["kron_plan"] == GPTConfig(**kw, kron_plan=MIXED[arch]).kron_plan
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     model = load_model(str(tmp_path / "a")).eval()
     export_hf(model, str(tmp_path / "hf"))
@@ -101,7 +117,7 @@ def test_checkpoints_written_before_plans_still_load(arch):
     uniform kron_factors/kron_shape/kron_layers fields, with reference logits."""
     ckpt = load_checkpoint(os.path.join(REPO, "tests", "data", f"v1_{arch}_kron.pt"))
     model = model_from_checkpoint(ckpt).eval()
-    assert model.config.plan().keys() == {0, 2}
+    assert model.config.plan.layers == [0, 2]
     with torch.no_grad():
         logits, _ = model(ckpt["extra"]["reference_idx"], all_logits=True)
     torch.testing.assert_close(logits, ckpt["extra"]["reference_logits"], atol=1e-6, rtol=0)

@@ -8,9 +8,9 @@ import torch
 import train_distillation
 from kronygpt import trainer
 from conftest import REPO  # noqa: F401  (the repo on the path, as every test module)
-from kronygpt.decompose import init_factors
+from kronygpt.factorize import InitSpec, init_factors, van_loan
 from kronygpt.distill import fit_mlp
-from kronygpt.kronecker import KronShape, kron_sum, van_loan
+from kronygpt.kronecker import KronShape, kron_sum
 from model import GPT, GPTConfig
 from kronygpt.runtime import resolve_dtype, setup_runtime
 
@@ -26,7 +26,7 @@ def test_1_van_loan_beyond_the_numerical_rank_is_finite_and_exact():
 
 
 def test_2_vl_norm_of_a_zero_matrix_is_zero_not_nan():
-    A, B, _ = init_factors(torch.zeros(8, 6), KronShape(4, 3, 2, 2), 1, "vl_norm")
+    A, B, _ = init_factors(torch.zeros(8, 6), KronShape(4, 3, 2, 2), 1, InitSpec("vl_norm"))
     assert torch.equal(kron_sum(A, B), torch.zeros(8, 6, dtype=A.dtype))
 
 
@@ -44,7 +44,7 @@ def test_3_student_from_the_teacher_has_the_dropout_and_trains_in_train_mode(tin
         return wrapped
     monkeypatch.setattr(train_distillation, "make_distill_loss", spy)
     train_distillation.main([f"--teacher={tiny_gpt2_dir}", f"--dataset={tiny_data_dir}", f"--out_dir={tmp_path}",
-                             *TINY, "--kron_factors=1", "--kron_shape=(16,8)", "--max_iters=3", "--eval_interval=1",
+                             *TINY, "--kron_plan=*: mlp=16x8*1", "--max_iters=3", "--eval_interval=1",
                              "--dropout=0.1"])
     assert len(modes) == 3
     assert all(training and ps and all(p == 0.1 for p in ps) for training, ps in modes)
@@ -69,7 +69,7 @@ def test_5_progressive_schedule_that_cannot_finish_is_refused(tiny_gpt2_dir, tin
     from kronygpt.errors import ConfigError
     with pytest.raises(ConfigError, match="max_iters >= 4"):  # 2 blocks, interval 2: the last goes in at 2
         train_distillation.main([f"--teacher={tiny_gpt2_dir}", f"--dataset={tiny_data_dir}", f"--out_dir={tmp_path}",
-                                 *TINY, "--mode=progressive", "--kron_factors=1", "--kron_shape=(16,8)",
+                                 *TINY, "--mode=progressive", "--kron_plan=*: mlp=16x8*1",
                                  "--progressive_interval=2", "--max_iters=2"])
 
 
@@ -93,8 +93,7 @@ def test_6_logged_metrics_are_means_over_micro_batches(tiny_data_dir, tmp_path):
 
 def test_7_scratch_kronecker_residual_projections_get_the_scaled_init():
     torch.manual_seed(0)
-    cfg = GPTConfig(n_layer=8, n_head=4, n_embd=128, vocab_size=64, block_size=16, kron_factors=1,
-                    kron_shape=(256, 64))
+    cfg = GPTConfig(n_layer=8, n_head=4, n_embd=128, vocab_size=64, block_size=16, kron_plan="*: mlp=256x64*1")
     model = GPT(cfg)
     # the large factor A has 16k entries: its std is precise; std(W) = std(A) * std(B) for one factor, and
     # reset_parameters draws both with std (target^2)^(1/4) = sqrt(target)

@@ -32,17 +32,17 @@ def records(out, kind):
     return [r for r in map(json.loads, lines) if r["type"] == kind]
 
 
-@pytest.mark.parametrize("kron", [[], ["--kron_factors=2", "--kron_shape=(16,8)"]])
+@pytest.mark.parametrize("kron", [[], ["--kron_plan=*: mlp=16x8*2"]])
 def test_training_lowers_loss(tiny_data_dir, tmp_path, kron):
     train.main(args(tiny_data_dir, tmp_path, "--max_iters=40", "--eval_interval=40", *kron))
     evals = records(tmp_path, "eval")
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
     if kron:
-        assert load_checkpoint(tmp_path / "last.pt")["model_args"]["kron_factors"] == 2
+        assert load_checkpoint(tmp_path / "last.pt")["model_args"]["kron_plan"].endswith("*2")
 
 
 def test_resume_is_exact(tiny_data_dir, tmp_path):
-    common = ["--eval_interval=4", "--lr_decay_iters=8", "--dropout=0.1", "--kron_factors=1", "--kron_shape=(16,8)"]
+    common = ["--eval_interval=4", "--lr_decay_iters=8", "--dropout=0.1", "--kron_plan=*: mlp=16x8*1"]
     a, b = tmp_path / "a", tmp_path / "b"
     train.main(args(tiny_data_dir, a, "--max_iters=8", *common))
     train.main(args(tiny_data_dir, b, "--max_iters=4", *common))
@@ -56,7 +56,7 @@ def test_resume_is_exact(tiny_data_dir, tmp_path):
 
 
 def test_freezing_keeps_pretrained_bitwise_and_costs_no_state(tiny_data_dir, tmp_path):
-    common = ["--kron_factors=1", "--kron_shape=(16,8)", "--eval_interval=3", "--max_iters=3"]
+    common = ["--kron_plan=*: mlp=16x8*1", "--eval_interval=3", "--max_iters=3"]
     train.main(args(tiny_data_dir, tmp_path / "init", "--max_iters=1", "--eval_interval=1", *common[:2]))
     init = str(tmp_path / "init" / "last.pt")
     train.main(args(tiny_data_dir, tmp_path / "f", f"--init_from={init}", "--freeze_schedule=freeze:3",
@@ -74,8 +74,7 @@ def test_freeze_schedule_parsing_and_lr_groups():
     sched = parse_freeze_schedule("freeze:2,release:1*2")
     assert [is_frozen(sched, i) for i in range(7)] == [True, True, False, True, True, False, False]
     cfg = TrainConfig(learning_rate=1e-4, min_lr=1e-5, new_learning_rate=1e-2, weight_decay=0.1, new_weight_decay=0.0)
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8, kron_factors=1,
-                          kron_shape=(8, 4), kron_scalars=True))
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8, kron_plan="*: mlp=8x4*1", kron_scalars=True))
     groups = {g["name"]: g for g in make_optimizer(model, cfg, "cpu").param_groups}
     assert groups["new"]["lr"] == 1e-2 and groups["pretrained"]["lr"] == 1e-4
     assert groups["new"]["weight_decay"] == 0.0 and groups["pretrained"]["weight_decay"] == 0.1
@@ -151,9 +150,10 @@ save_checkpoint({str(path)!r}, GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, voc
     assert load_checkpoint(path)["iter_num"] == 1
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tiny_data_dir, tmp_path):
     common = args(tiny_data_dir, tmp_path / "x", "--max_iters=4", "--eval_interval=4",
-                  "--gradient_accumulation_steps=2", "--kron_factors=1", "--kron_shape=(16,8)")
+                  "--gradient_accumulation_steps=2", "--kron_plan=*: mlp=16x8*1")
     one = [a.replace(str(tmp_path / "x"), str(tmp_path / "one")) for a in common]
     two = [a.replace(str(tmp_path / "x"), str(tmp_path / "two")) for a in common]
     train.main(one)

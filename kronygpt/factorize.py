@@ -1,0 +1,351 @@
+"""
+The decomposition maths: how one dense (out, in) matrix W becomes r Kronecker products sum_k A_k (x) B_k with
+factor shapes s = (m1, n1) x (m2, n2), optionally calibrated on real activations. Read top to bottom:
+
+    1. Van Loan & Pitsianis: the best r-term approximation in Frobenius norm is a truncated SVD of the
+       rearranged matrix R(W) (rows: the (m1, n1) blocks' positions, columns: their flattened contents).
+    2. Whitening: what a compressed layer must keep is its output on real inputs,
+       E||(W - W_hat) x||^2 = ||(W - W_hat) L||_F^2 with C = E[x x^T] = L L^T, so Van Loan runs on W L and the
+       whitening is undone afterwards. For the loss itself (K-FAC, the empirical Fisher) the output side is
+       whitened too, by G = E[g g^T] of the loss gradients at the matrix's output: the loss increase of a
+       perturbation dW is about tr(G dW C dW^T) / 2.
+       Whitening is exact when each side's index lives in one factor (n1 = 1 or n2 = 1 for the input; m1 = 1
+       or m2 = 1 for the output): then L acts on that factor alone. Otherwise C is replaced by its nearest
+       Kronecker-factored PSD approximation C1 (x) C2 and the result is optimal for that covariance only.
+       Low rank, the (out,1)x(1,in) member, is exact on both sides: truncation-aware SVD (SVD-LLM).
+    3. The initialisations (InitSpec.init):
+           vl        Van Loan: the top r singular triplets of R(W). For low rank, the truncated SVD.
+           vl_norm   vl rescaled so ||sum A (x) B||_F = ||W||_F (into A and B, or per-factor scalars).
+           prune     B is a one-hot selector and A keeps one entry of every (m2, n2) block of W (Krony-PT).
+           random    factors whose product has the dense init's scale.
+           aware     Van Loan of W L, whitening undone: minimises the output error on the calibration inputs.
+           fisher    aware on both sides (R^T W L, R R^T = G): minimises the predicted loss increase.
+       aware and fisher return factor pairs rebalanced to equal norms (balance), Van Loan's own split.
+    4. Errors: the relative output error ||(W - W_hat) L|| / ||W L|| (C = I: the Frobenius error) and the
+       K-FAC predicted loss increase; and the whitened spectrum, from which the low-rank member's error at
+       every rank is read off exactly (the allocator's curves).
+"""
+
+import hashlib
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError, UserError
+from .kronecker import KronShape, KroneckerLinear, kron_sum
+
+INITS = ("vl", "vl_norm", "prune", "random", "aware", "fisher")
+
+
+@contextmanager
+def lapack_threads(n=1):
+    """Run the enclosed decompositions (eigh, svd) on n threads. With the 2-core CPU shared by another job,
+    a 2-thread float64 eigh of a 576x576 matrix took 11.8 s against 0.12 s on one thread; the matrices here
+    are small enough that one thread costs little when the machine is idle."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -----------------------------------------------------------------------------
+# 1. nearest Kronecker products (Van Loan & Pitsianis)
+
+def rearrange(W, s):
+    """R(W): the (m1*n1, m2*n2) matrix whose row (i,j) is the flattened block W[i-block, j-block].
+    ||W - sum A_k (x) B_k||_F = ||R(W) - sum vec(A_k) vec(B_k)^T||_F."""
+    return W.reshape(s.m1, s.m2, s.n1, s.n2).permute(0, 2, 1, 3).reshape(s.m1 * s.n1, s.m2 * s.n2)
+
+
+def van_loan(W, s, factors):
+    """Best `factors`-term Kronecker approximation of W in Frobenius norm.
+    Returns A (r, m1, n1), B (r, m2, n2), and all singular values of R(W) (for error analysis).
+
+    The top singular pairs of R = R(W) come from the eigendecomposition of its smaller Gram matrix in
+    float64 (3x faster than a full SVD for GPT-2's balanced shapes, same values to ~1e-15). With V the
+    top right singular vectors, the approximation is R V V^T: A_k = R v_k / sqrt(s_k), B_k = sqrt(s_k) v_k
+    (or the mirror image when the rows are fewer), which stays exact at full Kronecker rank."""
+    if factors > s.max_rank:
+        raise ConfigError(f"{factors} factors exceed the maximum Kronecker rank {s.max_rank} of shape {s}; "
+                          f"use at most {s.max_rank}")
+    R = rearrange(W.double(), s)                      # (m1*n1, m2*n2)
+    tall = R.shape[0] >= R.shape[1]
+    G = R.t() @ R if tall else R @ R.t()
+    with lapack_threads():
+        evals, evecs = torch.linalg.eigh(G)           # ascending
+    S = evals.flip(0).clamp_min(0).sqrt()
+    V = evecs.flip(1)[:, :factors]                    # top singular vectors of the smaller side
+    # components beyond the numerical Kronecker rank carry nothing: zero factors, not the inf/NaN a division
+    # by their ~0 singular value would give. Singular values from the Gram matrix are accurate to about
+    # sqrt(eps) * s_0, so that is the cut; the approximation stays exact to that precision.
+    keep = S[:factors] > S[0] * torch.finfo(torch.float64).eps ** 0.5
+    root = torch.where(keep, S[:factors], torch.ones_like(S[:factors])).sqrt()
+    if tall:   # columns of R V are s_k u_k
+        a, b = (R @ V) / root, V * root              # (m1*n1, r), (m2*n2, r)
+    else:      # rows of V^T R are s_k v_k^T
+        a, b = V * root, (R.t() @ V) / root
+    a, b = a * keep, b * keep
+    A = a.t().reshape(factors, s.m1, s.n1)
+    B = b.t().reshape(factors, s.m2, s.n2)
+    return A.to(W.dtype), B.to(W.dtype), S.to(W.dtype)
+
+
+def balance(A, B):
+    """Rescale every pair (A_k, B_k) to equal Frobenius norms, the split Van Loan's factors have, leaving each
+    A_k (x) B_k unchanged. Whitened inits undo their whitening factor by factor, which leaves the pairs on
+    arbitrary relative scales; Adam's steps are the same size for every entry, so a factor far larger than its
+    partner barely moves when fitted or trained. A pair with a zero factor is left as it is."""
+    na, nb = A.flatten(1).norm(dim=1), B.flatten(1).norm(dim=1)
+    ok = (na > 0) & (nb > 0)
+    r = torch.where(ok, nb / torch.where(ok, na, torch.ones_like(na)), torch.ones_like(na)).sqrt()
+    return A * r.view(-1, 1, 1), B / r.view(-1, 1, 1)
+
+
+# -----------------------------------------------------------------------------
+# 2. whitening
+
+def whitening(C, damping=0.0):
+    """(L, L^-1) with L L^T = C + damping * mean(diag C) * I (float64). Any such L gives the same factors
+    (an orthogonal Q in L Q cancels in the truncated SVD of W L Q and in (L Q)^-1), so with damping the
+    Cholesky factor is used: with its inverse, 3-4x faster than eigh for the 1536-wide covariances of
+    SmolLM2. Without damping, or when Cholesky finds C not safely positive definite, eigh runs instead and
+    clamps directions whose eigenvalue is below 1e-10 of the largest, so a singular or tiny C still gives
+    finite factors."""
+    C = C.double()
+    C = 0.5 * (C + C.t())
+    n = C.shape[0]
+    mean_diag = C.diagonal().mean().clamp_min(0)
+    eye = torch.eye(n, dtype=torch.float64)
+    if mean_diag == 0:  # no signal at all: the identity (plain Frobenius error)
+        return eye, eye
+    C = C + damping * mean_diag * eye
+    with lapack_threads():
+        if damping > 0:
+            L, info = torch.linalg.cholesky_ex(C)
+            # the pivots bound the spectrum from below (lambda_min <= min pivot): a tiny one means C is
+            # nearly singular, where eigh's clamping is the safer route
+            pivots = L.diagonal().pow(2)
+            if info == 0 and pivots.min() > 1e-10 * pivots.max():
+                return L, torch.linalg.solve_triangular(L, eye, upper=False)
+        evals, U = torch.linalg.eigh(C)
+    evals = evals.clamp_min(evals.max() * 1e-10)
+    root = evals.sqrt()
+    return U * root, (U / root).t()
+
+
+def nearest_kron_psd(C, n1, n2):
+    """(C1, C2), PSD, n1 x n1 and n2 x n2, with C1 (x) C2 nearest to C in Frobenius norm (one Van Loan term:
+    the top singular pair of a PSD matrix's rearrangement gives PSD factors up to a common sign). Only the
+    top pair is needed, so a few subspace iterations replace the full decomposition."""
+    R = rearrange(C.double(), KronShape(n1, n1, n2, n2))  # (n1*n1, n2*n2)
+    with lapack_threads():
+        U, S, V = torch.svd_lowrank(R, q=min(4, *R.shape), niter=8)
+    C1 = (U[:, 0] * S[0].sqrt()).reshape(n1, n1)
+    C2 = (V[:, 0] * S[0].sqrt()).reshape(n2, n2)
+    if C1.trace() < 0:
+        C1, C2 = -C1, -C2
+    psd = [0.5 * (M + M.t()) for M in (C1, C2)]
+    out = []
+    for M in psd:
+        with lapack_threads():
+            evals, U = torch.linalg.eigh(M)
+        out.append((U * evals.clamp_min(0)) @ U.t())
+    return out[0], out[1]
+
+
+class WhiteningCache:
+    """Whitenings already computed, keyed by the content of the second moment (a hash of its bytes), its split
+    and the damping: gate and up share their input moment, and plan candidates share every moment. A key
+    by content cannot outlive its tensor and be matched by another one (an id() key can: Python reuses ids)."""
+
+    def __init__(self):
+        self.store = {}
+
+    def get(self, C, split, damping, compute):
+        digest = hashlib.blake2b(C.detach().double().contiguous().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+        key = (tuple(C.shape), digest, split, damping)
+        if key not in self.store:
+            self.store[key] = compute()
+        return self.store[key]
+
+
+def side_whitening(C, d1, d2, damping=0.0, cache=None):
+    """Whitening of one side of a matrix whose index on that side is (d1, d2) = (n1, n2) for the input
+    (C = E[x x^T]) or (m1, m2) for the output (C = E[g g^T]). Returns ((T1, T1inv), (T2, T2inv), exact): the
+    side's whitening is T1 (x) T2, T1 acting on factor A and T2 on factor B. When d2 == 1 (or d1 == 1) the
+    side's index lives in A (or B) alone and the whitening is C's own (exact); otherwise it is that of C's
+    nearest Kronecker-factored approximation C1 (x) C2. C = None is the identity."""
+    one = torch.ones(1, 1, dtype=torch.float64)
+    if C is None:
+        return (torch.eye(d1, dtype=torch.float64),) * 2, (torch.eye(d2, dtype=torch.float64),) * 2, True
+
+    def compute():
+        if d2 == 1:
+            return whitening(C, damping), (one, one), True
+        if d1 == 1:
+            return (one, one), whitening(C, damping), True
+        C1, C2 = nearest_kron_psd(C, d1, d2)
+        return whitening(C1, damping), whitening(C2, damping), False
+
+    split = "A" if d2 == 1 else "B" if d1 == 1 else d1
+    return compute() if cache is None else cache.get(C, split, damping, compute)
+
+
+def whitening_is_exact(s, whitens_output):
+    """Whether calibrated factors of shape s are optimal (not optimal for an approximate covariance): the input
+    index lives in one factor, and so does the output index when the output is whitened too."""
+    return (s.n1 == 1 or s.n2 == 1) and (not whitens_output or s.m1 == 1 or s.m2 == 1)
+
+
+def aware_factors(W, s, factors, C, damping=0.0, cache=None, G=None, g_damping=1e-2):
+    """Factors minimising ||R^T (W - sum A (x) B) L||_F with C = L L^T (inputs) and G = R R^T (output
+    gradients; None: the identity, so only the inputs count). Both sides are whitened, Van Loan runs on
+    R^T W L, and the whitening is undone factor by factor:
+        (RA (x) RB)^T (A (x) B) (LA (x) LB) = (RA^T A LA) (x) (RB^T B LB).
+    Returns (A, B, exact), the pairs not yet rebalanced; exact: whether each side's whitening acted on one
+    factor only (whitening_is_exact)."""
+    W = W.double()
+    (LA, LAi), (LB, LBi), in_exact = side_whitening(C, s.n1, s.n2, damping, cache)
+    Wt = W @ torch.kron(LA, LB)
+    if G is None:
+        A, B, _ = van_loan(Wt, s, factors)
+        return A @ LAi, B @ LBi, in_exact
+    (RA, RAi), (RB, RBi), out_exact = side_whitening(G, s.m1, s.m2, g_damping, cache)
+    A, B, _ = van_loan(torch.kron(RA, RB).t() @ Wt, s, factors)
+    return RAi.t() @ A @ LAi, RBi.t() @ B @ LBi, in_exact and out_exact
+
+
+# -----------------------------------------------------------------------------
+# 3. initialisations
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How factors are initialised from a dense matrix: one small object passed down instead of threaded
+    arguments. damping and g_damping are relative (to the mean diagonal of C and G)."""
+    init: str = "vl"
+    scalars: bool = False        # learnable per-factor scalars (vl_norm puts its rescaling there)
+    prune_keep: str = "even"     # prune: keep the 'even' or 'odd' entry of every block
+    prune_eps: float = 0.0       # prune: value of B's other entries
+    damping: float = 1e-4        # aware/fisher: damping of the input second moment C
+    g_damping: float = 1e-2      # fisher: damping of the output-gradient second moment G
+
+    def __post_init__(self):
+        if self.init not in INITS:
+            raise UserError(f"unknown init {self.init!r}; use one of {', '.join(INITS)}")
+        if self.prune_keep not in ("even", "odd"):
+            raise UserError(f"prune_keep must be 'even' or 'odd', got {self.prune_keep!r}")
+        if not math.isfinite(self.prune_eps):
+            raise UserError(f"prune_eps must be a finite number, got {self.prune_eps}")
+        for name in ("damping", "g_damping"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value < 1e3):
+                raise UserError(f"{name} must be a small non-negative number (it is relative to the mean "
+                                f"diagonal), got {value}")
+
+    @property
+    def needs_moments(self):
+        return self.init in ("aware", "fisher")
+
+    @property
+    def needs_grads(self):
+        return self.init == "fisher"
+
+    def check_stats(self, have_moments, have_grads):
+        """The one 'needs calibration data' check."""
+        if (self.needs_moments and not have_moments) or (self.needs_grads and not have_grads):
+            raise UserError(f"--init {self.init} needs calibration data: pass --calib DATASET")
+
+
+def init_factors(W, s, factors, spec, C=None, G=None, random_std=0.02, cache=None):
+    """Factors for one (out, in) matrix W: (A (r,m1,n1), B (r,m2,n2), scalars (r,) or None), float64.
+    C, G: the input and output-gradient second moments (aware, fisher)."""
+    if factors > s.max_rank:
+        raise UserError(f"{factors} factors exceed the maximum Kronecker rank {s.max_rank} of shape {s}; "
+                        f"use at most {s.max_rank} factors or another shape")
+    init = spec.init
+    W = W.detach().double()
+    scal = None
+    if init in ("vl", "vl_norm"):
+        A, B, _ = van_loan(W, s, factors)
+        if init == "vl_norm":
+            approx = torch.linalg.norm(kron_sum(A, B))
+            alpha = (torch.linalg.norm(W) / approx).item() if approx > 0 else 1.0  # an all-zero W stays zero
+            if spec.scalars:
+                scal = torch.full((factors,), alpha, dtype=W.dtype)
+            else:
+                A, B = A * math.sqrt(alpha), B * math.sqrt(alpha)
+    elif init in ("aware", "fisher"):
+        spec.check_stats(C is not None, G is not None or init == "aware")
+        G = G if init == "fisher" else None
+        A, B = balance(*aware_factors(W, s, factors, C, spec.damping, cache, G, spec.g_damping)[:2])
+    elif init == "prune":
+        block = s.m2 * s.n2
+        offset = 0 if spec.prune_keep == "even" else 1
+        if factors + offset > block:
+            raise UserError(f"prune keeps one entry of every {s.m2}x{s.n2} block per factor, so shape {s} allows at "
+                            f"most {block - offset} factors with --prune_keep {spec.prune_keep}")
+        blocks = W.reshape(s.m1, s.m2, s.n1, s.n2)
+        A = torch.empty(factors, s.m1, s.n1, dtype=W.dtype)
+        B = torch.full((factors, s.m2, s.n2), spec.prune_eps, dtype=W.dtype)
+        for k in range(factors):
+            q, l = divmod(offset + k, s.n2)  # position of the kept entry inside each block
+            A[k] = blocks[:, q, :, l]
+            B[k, q, l] = 1.0
+    else:  # random
+        layer = KroneckerLinear(s, factors, bias=False)
+        layer.reset_parameters(std=random_std)
+        A, B = layer.A.detach().double(), layer.B.detach().double()
+    if spec.scalars and scal is None:
+        scal = torch.ones(factors, dtype=W.dtype)
+    for t in (A, B) + ((scal,) if scal is not None else ()):
+        if not torch.isfinite(t).all():
+            raise UserError(f"the {init} initialisation of a {tuple(W.shape)} matrix with shape {s} gave non-finite "
+                            f"factors (check --prune_eps and the model's weights); nothing was written")
+    return A, B, scal
+
+
+# -----------------------------------------------------------------------------
+# 4. errors and spectra
+
+def output_error(W, W_hat, C=None):
+    """||(W - W_hat) L|| / ||W L|| for C = L L^T (C = None: the relative Frobenius error)."""
+    W, D = W.double(), (W.double() - W_hat.double())
+    if C is None:
+        num, den = D.pow(2).sum(), W.pow(2).sum()
+    else:
+        C = C.double()
+        num, den = ((D @ C) * D).sum(), ((W @ C) * W).sum()
+    return math.sqrt(max(num.item(), 0.0) / den.item()) if den > 0 else 0.0
+
+
+def fisher_error(W, W_hat, C, G):
+    """The loss increase per token the K-FAC approximation predicts for replacing W by W_hat:
+    tr(G (W - W_hat) C (W - W_hat)^T) / 2. G may be a vector: the diagonal of the gradient moment (the
+    logits', whose full square would not fit)."""
+    D = W.double() - W_hat.double()
+    G = G.double()
+    GD = G[:, None] * D if G.dim() == 1 else G @ D
+    return 0.5 * ((GD @ C.double()) * D).sum().item()
+
+
+def whitened_spectrum(W, C=None, G=None, damping=0.0, g_damping=1e-2, cache=None):
+    """(sigma^2 descending, normaliser) of the whitened matrix: W L, or R^T W L with G (a square moment, or a
+    vector: its diagonal, e.g. the logits'). The low-rank member's squared error at rank r is exactly
+    sum(sigma^2[r:]) (whitening is exact for it on both sides); the normaliser makes it relative
+    (||W L||^2, so every matrix counts alike) or, with G, the predicted loss increase (2)."""
+    out_dim, in_dim = W.shape
+    _, (L, _), _ = side_whitening(C, 1, in_dim, damping, cache)  # low rank: the input lives in B
+    M = W.detach().double() @ L
+    if G is not None and G.dim() == 1:
+        g = G.double()
+        M = (g + g_damping * g.mean()).sqrt()[:, None] * M
+    elif G is not None:
+        (R, _), _, _ = side_whitening(G, out_dim, 1, g_damping, cache)  # and the output in A
+        M = R.t() @ M
+    with lapack_threads():
+        sig2 = torch.linalg.svdvals(M).pow(2)
+    return sig2, (2.0 if G is not None else sig2.sum().item())

@@ -1,0 +1,209 @@
+"""
+Model surgery: a dense model's matrices swapped for Kronecker layers as a plan says, each initialised from its
+dense weights by the maths in factorize.py; and layer truncation, the equal-size baseline.
+
+    model, rows = decompose_model(dense, plan, InitSpec("aware"), moments=moments)   # a compressed copy
+    replace_block(model, layer, full_plan, InitSpec("vl_norm"))   # one more block (progressive replacement)
+    small = truncate_blocks(dense, [0, 2, 4])                     # keep only some blocks
+
+Calibration statistics are dicts keyed like the plan, (layer, matrix): `moments` C = E[x x^T] of each matrix's
+inputs, `grads` G = E[g g^T] of the loss gradients at its outputs. The embedding's key is (EMBED, 'wte'): its
+moment is the tied lm_head's input, its G the diagonal of the logits' (calib.py). Every decomposed matrix gets
+a report row: relative Frobenius error, norm ratio, and where the statistics allow the calibrated output error,
+the predicted loss increase and whether the whitening was exact.
+"""
+
+import copy
+import math
+from dataclasses import replace
+
+import torch
+
+from model import GPT, GPTConfig
+
+from .calib import BlockRunner
+from .errors import UserError
+from .factorize import WhiteningCache, balance, fisher_error, init_factors, output_error, whitening_is_exact
+from .kronecker import Factorized, KroneckerEmbedding, KroneckerLinear
+from .permute import find_permutation, permute_mlp, permute_moments, unit_features
+from .plans import EMBED, Plan
+
+
+def as_plan(plan, config):
+    """A Plan for this model config from a Plan or a plan string."""
+    return plan if isinstance(plan, Plan) else Plan.parse(plan, config.layout())
+
+
+def report_row(layer, name, spec, W, W_hat, C=None, G=None, exact=None):
+    """What one decomposed matrix lost (see the module docstring)."""
+    row = dict(layer=layer, matrix=name, shape=str(spec.shape), factors=spec.factors, kind=spec.describe(),
+               params=spec.params(), rel_error=output_error(W, W_hat),
+               norm_ratio=torch.linalg.norm(W_hat.double()).item() / max(torch.linalg.norm(W.double()).item(), 1e-30))
+    if C is not None:
+        row["output_error"] = output_error(W, W_hat, C)
+    if C is not None and G is not None:
+        row["fisher_error"] = fisher_error(W, W_hat, C, G)
+    if exact is not None:
+        row["whitening"] = "exact" if exact else "kronecker-factored"
+    return row
+
+
+def factorised_like(dense, spec, scalars, impl, A, B, scal):
+    """A KroneckerLinear (or KroneckerEmbedding for an embedding) holding the given factors, with the dense
+    layer's bias, device and dtype."""
+    bias = getattr(dense, "bias", None)
+    cls = KroneckerEmbedding if isinstance(dense, torch.nn.Embedding) else KroneckerLinear
+    layer = cls(spec.shape, spec.factors, bias=bias is not None, scalars=scalars, impl=impl)
+    layer = layer.to(device=dense.weight.device, dtype=dense.weight.dtype)
+    with torch.no_grad():
+        layer.A.copy_(A)
+        layer.B.copy_(B)
+        if scal is not None:
+            layer.scalars.copy_(scal)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def replace_matrices(model, layer, names, init, moments=None, grads=None, cache=None):
+    """Swap the dense matrices `names` of block `layer` for Kronecker ones as model.config.plan says, initialised
+    from their weights (init: an InitSpec). moments, grads: {name: C}, {name: G} of this block. Returns one
+    report row per matrix."""
+    cfg, rows = model.config, []
+    for name in names:
+        dense = model.matrix(layer, name)
+        if isinstance(dense, Factorized):
+            raise UserError(f"block {layer}'s {name} is already Kronecker; pass the dense model")
+        spec = cfg.plan.spec(layer, name)
+        residual = name in cfg.family.down or name == "attn.c_proj"
+        std = 0.02 / math.sqrt(2 * cfg.n_layer) if residual else 0.02  # random: the dense init's scale
+        C, G = (moments or {}).get(name), (grads or {}).get(name)
+        A, B, scal = init_factors(dense.weight, spec.shape, spec.factors, init, C, G, std, cache)
+        kl = factorised_like(dense, spec, cfg.kron_scalars, cfg.kron_impl, A, B, scal)
+        exact = whitening_is_exact(spec.shape, init.init == "fisher") if init.needs_moments else None
+        rows.append(report_row(layer, name, spec, dense.weight.detach(), kl.weight.detach(), C, G, exact))
+        model.set_matrix(layer, name, kl)
+    return rows
+
+
+def replace_embedding(model, init, C=None, g_diag=None, cache=None):
+    """Swap the dense token embedding (and the lm_head tied to it) for a KroneckerEmbedding as the plan says.
+    C: the second moment of the lm_head's input (final hidden states), for 'aware' and 'fisher'; g_diag: the
+    diagonal of the logits' loss-gradient second moment, which 'fisher' uses as the output weighting when the
+    vocabulary index lives in A alone (m2 == 1, e.g. low rank; the full V x V moment is never formed);
+    otherwise 'fisher' weights the input side only. Returns the report row."""
+    cfg = model.config
+    spec = cfg.plan.embed
+    s, wte = spec.shape, model.transformer.wte
+    if isinstance(wte, Factorized):
+        raise UserError("the embedding is already factorised; pass the dense model")
+    W = W0 = wte.weight.detach().double()
+    scale = None
+    if init.init == "fisher" and g_diag is not None and s.m2 == 1:
+        scale = (g_diag.double() + init.g_damping * g_diag.double().mean()).clamp_min(1e-30).sqrt()  # R = diag(scale)
+        W = W * scale[:, None]
+    as_aware = replace(init, init="aware") if init.init == "fisher" else init
+    A, B, scal = init_factors(W, s, spec.factors, as_aware, C=C, cache=cache)
+    if scale is not None:
+        A, B = balance(A / scale.view(1, -1, 1), B)
+    emb = factorised_like(wte, spec, cfg.kron_scalars, cfg.kron_impl, A, B, scal)
+    exact = whitening_is_exact(s, scale is not None) if init.needs_moments else None
+    G = g_diag if cfg.tie_embeddings else None  # the tied lm_head's share of the loss, diagonal G
+    row = report_row(EMBED, "wte", spec, W0, emb.weight.detach(), C, G, exact)
+    model.set_matrix(EMBED, "wte", emb)
+    return row
+
+
+def permuted_block(model, layer, names, init, moments, grads, log=None):
+    """Reorder block `layer`'s MLP hidden units (function-preserving, permute.py) so that the planned shapes
+    lose less, and return (moments, grads, note) in the new order. Low-rank shapes have nothing to gain."""
+    cfg, fam = model.config, model.config.family
+    specs = {n: cfg.plan.spec(layer, n) for n in names if n not in fam.attn_matrices}
+    if not specs or all(s.lowrank for s in specs.values()):
+        return moments, grads, {}
+    mlp = model.transformer.h[layer].mlp
+    feats = unit_features(mlp, fam, moments, init.damping)
+    perm, before, after = find_permutation(feats, {n: (s.shape, s.factors) for n, s in specs.items()}, fam)
+    permute_mlp(mlp, fam, perm)
+    moments, grads = permute_moments(moments, grads, fam, perm)
+    if log:
+        log(f"block {layer}: permutation lowers the decomposition error {before:.4g} -> {after:.4g}")
+    return moments, grads, dict(permute_error_before=before, permute_error_after=after)
+
+
+def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, sequential=False, permute=False,
+                    cache=None, log=None):
+    """A copy of `dense` (left unchanged) whose matrices follow `plan` (a Plan or a plan string), initialised
+    as `init` (an InitSpec) says, and one report row per decomposed matrix.
+    Calibration ('aware' and 'fisher' need it; with other inits it adds the calibrated errors to the report):
+    `moments` {(layer, name): C} collected on the dense model, or `calib`, token batches (B, T) to collect them
+    on as the decomposition proceeds. sequential (with calib): each block's moments come from the model whose
+    earlier blocks (and the block's own earlier matrices) are already compressed, as GPTQ does. grads:
+    {(layer, name): G} of the dense model ('fisher'). permute: reorder each MLP's hidden units first
+    (permuted_block). cache: a WhiteningCache shared with whoever computed these moments' whitenings before."""
+    if dense.config.is_factorized:
+        raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
+    init.check_stats(calib is not None or moments is not None, grads is not None)
+    if sequential and calib is None:
+        raise UserError("sequential calibration collects statistics as it goes: give calib batches")
+    plan = as_plan(plan, dense.config)
+    model = copy.deepcopy(dense).eval()
+    model.config = replace(dense.config, kron_plan=plan.text, kron_scalars=init.scalars)
+    fam, cache = model.config.family, WhiteningCache() if cache is None else cache
+    runner = BlockRunner(model, calib, next(model.parameters()).device) if calib is not None else None
+    rows = []
+    for layer in range(model.config.n_layer):
+        names = [n for n in fam.block_matrices if plan.spec(layer, n) is not None]
+        g = {n: grads[(layer, n)] for n in names} if grads is not None else None
+        if not names:
+            if runner is not None:
+                runner.advance(layer)
+            continue
+        block = model.transformer.h[layer]
+        if runner is not None and sequential:  # each group on the inputs the already-compressed ones produce
+            for group in (fam.attn_matrices[:1], fam.attn_matrices[1:], fam.up, fam.down):
+                todo = [n for n in names if n in group]
+                if todo:
+                    group_moments = runner.moments(layer, {n: block.matrix(n) for n in todo})
+                    rows += replace_matrices(model, layer, todo, init, group_moments, g, cache)
+            runner.advance(layer)
+        else:
+            if runner is not None:  # the dense block's inputs: moments first, then the dense block moves on
+                block_moments = runner.moments(layer, {n: block.matrix(n) for n in names})
+                runner.advance(layer)
+            else:
+                block_moments = {n: moments[(layer, n)] for n in names} if moments is not None else None
+            note = {}
+            if permute:
+                block_moments, g, note = permuted_block(model, layer, names, init, block_moments, g, log)
+            rows += [{**r, **note} for r in replace_matrices(model, layer, names, init, block_moments, g, cache)]
+        if log and runner is not None:
+            errs = [r["output_error"] for r in rows if r["layer"] == layer]
+            log(f"block {layer}: {len(names)} matrices, mean output error {sum(errs) / len(errs):.4f}")
+    if plan.embed is not None:
+        C = runner.head_moment() if runner is not None else (moments or {}).get((EMBED, "wte"))
+        rows.append(replace_embedding(model, init, C, (grads or {}).get((EMBED, "wte")), cache))
+    return model.train(dense.training), rows
+
+
+def replace_block(model, layer, full_plan, init):
+    """Make block `layer` Kronecker as `full_plan` says (config and modules), initialised from its dense
+    weights without calibration: progressive replacement, one block at a time."""
+    done = set(model.config.plan.layers) | {layer}
+    model.config = replace(model.config, kron_plan=full_plan.restrict(done).text)
+    names = list(model.config.plan.layer_specs(layer))
+    return replace_matrices(model, layer, names, init)
+
+
+def truncate_blocks(model, keep):
+    """A copy of the dense `model` with only the blocks `keep` (in that order): layer truncation, the
+    equal-size baseline (DistilGPT2's student starts from every other teacher block)."""
+    if model.config.is_factorized:
+        raise UserError("--keep_blocks truncates a dense model; pass the dense model")
+    new = GPT(GPTConfig.from_dict({**model.config.to_dict(), "n_layer": len(keep)}))
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("transformer.h.")}
+    for j, i in enumerate(keep):
+        sd.update({f"transformer.h.{j}.{k}": v for k, v in model.transformer.h[i].state_dict().items()})
+    new.load_state_dict(sd)
+    new.tokenizer_name = getattr(model, "tokenizer_name", "gpt2")
+    return new.to(next(model.parameters()).device)
