@@ -16,7 +16,7 @@ import sys
 
 from configurator import configure, run_cli
 from kronygpt.runtime import setup_runtime, teardown
-from kronygpt.trainer import TrainConfig, init_model, train
+from kronygpt.trainer import TrainConfig, init_model, run_directory, train
 
 
 def lm_loss(model, x, y, iter_num):
@@ -29,8 +29,9 @@ def main(argv=None):
     cfg = configure(TrainConfig(), sys.argv[1:] if argv is None else argv)
     rt = setup_runtime(cfg.device, cfg.dtype)
     try:
-        model, ckpt, tokenizer = init_model(cfg, rt)
-        return train(cfg, model, rt, lm_loss, tokenizer, ckpt)
+        with run_directory(cfg, rt):  # locked while the run writes; --force clears an old run first
+            model, ckpt, tokenizer = init_model(cfg, rt)
+            return train(cfg, model, rt, lm_loss, tokenizer, ckpt)
     finally:
         teardown(rt)
 

@@ -33,7 +33,7 @@ from kronygpt.plans import Plan
 from kronygpt.surgery import decompose_model, replace_block
 from kronygpt.errors import ConfigError, UserError
 from kronygpt.runtime import autocast, resolve_dtype, setup_runtime, teardown
-from kronygpt.trainer import Logger, TrainConfig, evaluate, init_model, train
+from kronygpt.trainer import Logger, TrainConfig, evaluate, init_model, run_directory, train
 
 
 @dataclass
@@ -176,7 +176,8 @@ def main(argv=None):
     cfg = configure(DistillConfig(), sys.argv[1:] if argv is None else argv)
     rt = setup_runtime(cfg.device, cfg.dtype)
     try:
-        return distil(cfg, rt)
+        with run_directory(cfg, rt):  # locked while the run writes; --force clears an old run first
+            return distil(cfg, rt)
     finally:
         teardown(rt)
 

@@ -1,8 +1,9 @@
 """
 Token datasets: writing them (the data/*/prepare.py scripts) and reading them (train, distil, eval).
 
-A prepared dataset is a directory with train.bin and val.bin (uint16 token ids) and meta.pkl
-({'tokenizer': spec, 'vocab_size': n, ...}). Batches are drawn from a generator seeded by
+A prepared dataset is a directory with train.bin and val.bin (uint16 token ids) and meta.json
+({"tokenizer": spec, "vocab_size": n, ...}): metadata in a format that cannot run code. Datasets prepared
+before meta.json existed have a meta.pkl, read with an unpickler that admits only plain data. Batches are drawn from a generator seeded by
 (seed, iteration, micro-step, rank), so the data position of a run is just its iteration number and a
 resumed run sees exactly the batches an uninterrupted one would. Validation uses a fixed set: the
 first `eval_tokens` tokens of val.bin cut into block_size windows, the same for every run.
@@ -10,6 +11,8 @@ first `eval_tokens` tokens of val.bin cut into block_size windows, the same for 
 
 import glob
 import importlib.util
+import io
+import json
 import os
 import pickle
 
@@ -34,8 +37,71 @@ def write_tokens(ids, path, vocab_size):
 
 
 def write_meta(out_dir, tokenizer, vocab_size, **extra):
-    with open(os.path.join(out_dir, "meta.pkl"), "wb") as f:
-        pickle.dump(dict(tokenizer=tokenizer, vocab_size=vocab_size, **extra), f)
+    """meta.json of a prepared dataset (written in place: prepare scripts go through DatasetWriter)."""
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(dict(tokenizer=tokenizer, vocab_size=vocab_size, **extra), f, indent=1)
+
+
+DATASET_FILES = ("train.bin", "val.bin", "meta.json", "meta.pkl")
+
+
+class DatasetWriter:
+    """Writes a prepared dataset so that nothing is lost: an out_dir that already holds one is refused unless
+    force (checked when the writer is made, before any work); every file goes to a temporary name and is
+    renamed into place only by commit(), so an interrupted or failed prepare leaves the old dataset (or nothing:
+    a directory it created is removed again); with force, files of the old dataset that the new one lacks are
+    removed, leaving nothing stale.
+
+        with DatasetWriter(out_dir, force) as w:
+            w.write("train", ids, vocab_size)        # or np.memmap(w.path("train"), ...) for large splits
+            w.commit(tokenizer_spec, vocab_size, source="...")
+    """
+
+    def __init__(self, out_dir, force=False):
+        if not str(out_dir).strip():
+            raise UserError("--out_dir is empty; name the directory to write the dataset to")
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise UserError(f"--out_dir {out_dir} is a file; give a directory")
+        existing = [f for f in DATASET_FILES if os.path.exists(os.path.join(out_dir, f))]
+        if existing and not force:
+            raise UserError(f"{out_dir} already holds a prepared dataset ({', '.join(existing)}); choose another "
+                            f"--out_dir or pass --force to replace it")
+        self.out_dir, self.created = out_dir, not os.path.exists(out_dir)
+        self.temps, self.done = {}, False
+
+    def __enter__(self):
+        return self
+
+    def path(self, split):
+        """The temporary path split.bin is written to until commit."""
+        os.makedirs(self.out_dir, exist_ok=True)
+        name = f"{split}.bin"
+        self.temps[name] = os.path.join(self.out_dir, f".{name}.tmp{os.getpid()}")
+        return self.temps[name]
+
+    def write(self, split, ids, vocab_size):
+        return write_tokens(ids, self.path(split), vocab_size)
+
+    def commit(self, tokenizer, vocab_size, **extra):
+        tmp = self.path("meta")[:-len(".bin")] + ".json"
+        del self.temps["meta.bin"]
+        with open(tmp, "w") as f:
+            json.dump(dict(tokenizer=tokenizer, vocab_size=vocab_size, **extra), f, indent=1)
+        self.temps["meta.json"] = tmp
+        for name in DATASET_FILES:  # what the old dataset had and the new one does not
+            if name not in self.temps and os.path.exists(os.path.join(self.out_dir, name)):
+                os.remove(os.path.join(self.out_dir, name))
+        for name, tmp in self.temps.items():
+            os.replace(tmp, os.path.join(self.out_dir, name))
+        self.done = True
+
+    def __exit__(self, *exc):
+        for tmp in self.temps.values():
+            if not self.done and os.path.exists(tmp):
+                os.remove(tmp)
+        if not self.done and self.created and os.path.isdir(self.out_dir) and not os.listdir(self.out_dir):
+            os.rmdir(self.out_dir)
+        return False
 
 
 def shakespeare_files():
@@ -76,18 +142,34 @@ def dataset_dir(name):
     return name if os.path.isdir(name) else os.path.join(REPO, "data", name)
 
 
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (dicts, lists, tuples, strings, numbers): any class or function a pickle names
+    is refused, so an old meta.pkl cannot run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, and only plain data is accepted")
+
+
 def read_meta(data_dir):
-    """meta.pkl of a prepared dataset; its tokenizer is checked against every model that uses the data."""
-    path = os.path.join(data_dir, "meta.pkl")
-    if not os.path.isfile(path):
-        raise UserError(f"{data_dir} has no meta.pkl, which records its tokenizer; prepare it with a "
-                        f"data/*/prepare.py script, or write one with data_utils.write_meta(dir, 'gpt2', 50257) "
-                        f"if the .bin files hold GPT-2 tokens")
+    """The metadata of a prepared dataset (meta.json, or an old meta.pkl read as plain data only); its tokenizer is
+    checked against every model that uses the data."""
+    path = os.path.join(data_dir, "meta.json")
+    old = os.path.join(data_dir, "meta.pkl")
     try:
-        with open(path, "rb") as f:
-            meta = pickle.load(f)
-    except Exception as e:  # a truncated or foreign pickle
-        raise UserError(f"{path} could not be read ({type(e).__name__}); prepare the data again") from None
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+        elif os.path.isfile(old):
+            path = old
+            with open(old, "rb") as f:
+                meta = PlainUnpickler(io.BytesIO(f.read())).load()
+        else:
+            raise UserError(f"{data_dir} has no meta.json, which records its tokenizer; prepare it with a "
+                            f"data/*/prepare.py script, or write one with data_utils.write_meta(dir, 'gpt2', 50257) "
+                            f"if the .bin files hold GPT-2 tokens")
+    except (ValueError, UnicodeDecodeError, pickle.UnpicklingError, EOFError) as e:
+        raise UserError(f"{path} could not be read as dataset metadata ({str(e)[:120] or type(e).__name__}); "
+                        f"prepare the data again") from None
     if not isinstance(meta, dict) or "vocab_size" not in meta or "tokenizer" not in meta:
         raise UserError(f"{path} lacks 'tokenizer' and 'vocab_size'; prepare the data again")
     return meta

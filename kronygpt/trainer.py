@@ -15,18 +15,21 @@ Parameter groups, schedules and freezing live in optim.py.
 """
 
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import load_checkpoint, load_model, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (load_checkpoint, load_model, model_from_checkpoint, resolve_checkpoint_path, rng_state, same_file,
+                         save_checkpoint, set_rng_state)
 from configurator import as_dict
 from .data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir
 from .errors import CheckpointError, ConfigError, Stopped, UserError
@@ -40,6 +43,7 @@ class TrainConfig:
     # -- I/O
     out_dir: str = "out"            # checkpoints (last.pt, best.pt) and log.jsonl
     init_from: str = "scratch"      # 'scratch', 'resume' (out_dir/last.pt), a checkpoint, HF dir or hub name
+    force: bool = False             # start a new run in an out_dir that holds one (its files are removed first)
     eval_interval: int = 250        # evaluate and write last.pt every this many iterations
     log_interval: int = 10          # console / JSONL line every this many iterations
     eval_tokens: int = 131072       # size of the fixed validation set (first tokens of val.bin)
@@ -107,15 +111,109 @@ class TrainConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.decay_lr and self.learning_rate > 0 and self.min_lr > self.learning_rate:
             raise ConfigError(f"min_lr {self.min_lr} is above learning_rate {self.learning_rate}; lower min_lr")
+        if not self.out_dir.strip():
+            raise ConfigError("out_dir is empty; name the directory for the run's checkpoints and log")
+        if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
+            raise ConfigError(f"out_dir {self.out_dir} is a file; choose a directory name")
         if self.init_from == "resume" and not os.path.isfile(os.path.join(self.out_dir, "last.pt")):
             raise CheckpointError(f"init_from='resume' needs {self.out_dir}/last.pt; run without resume first "
                                   f"or fix out_dir")
         if self.init_from not in ("scratch", "resume") and not self.eval_only:
-            src = os.path.abspath(self.init_from)
-            src_dir = src if os.path.isdir(src) else os.path.dirname(src)
-            if os.path.exists(src) and os.path.abspath(self.out_dir) == src_dir:
+            src = resolve_checkpoint_path(self.init_from)
+            if os.path.exists(src) and (same_file(self.out_dir, src) or
+                                        (os.path.isfile(src) and same_file(self.out_dir, os.path.dirname(src) or "."))):
                 raise ConfigError(f"out_dir {self.out_dir} holds the checkpoint init_from starts from, and training "
                                   f"would overwrite it; choose another out_dir (or init_from='resume' to continue)")
+
+
+RUN_FILES = ("last.pt", "best.pt", "fitted.pt")  # the checkpoints a run writes into its out_dir
+
+
+def run_files(out_dir):
+    """The checkpoints in out_dir: a directory with any of them holds a run."""
+    return [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+
+
+def set_aside_log(out_dir):
+    """A new run in an out_dir whose log.jsonl belongs to an earlier run (one that saved no checkpoint, or one
+    replaced with --force) keeps that log as log.<n>.jsonl instead of appending to it."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.exists(path):
+        return None
+    n = 1
+    while os.path.exists(os.path.join(out_dir, f"log.{n}.jsonl")):
+        n += 1
+    os.replace(path, os.path.join(out_dir, f"log.{n}.jsonl"))
+    return f"log.{n}.jsonl"
+
+
+class RunLock:
+    """out_dir/.lock holds the pid of the process writing there: a second run into the same out_dir is refused
+    while that process lives; a lock left by a dead process (a SIGKILL) is taken over. Released on exit."""
+
+    def __init__(self, out_dir):
+        self.path = os.path.join(out_dir, ".lock")
+        os.makedirs(out_dir, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid = self.holder()
+                if pid is not None and pid != os.getpid() and alive(pid):
+                    raise ConfigError(f"out_dir {out_dir} is in use by another run (pid {pid}); wait for it, stop "
+                                      f"it, or choose another out_dir") from None
+                os.remove(self.path)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return
+        raise ConfigError(f"could not take the lock {self.path}; another run is starting there")
+
+    def holder(self):
+        try:
+            with open(self.path) as f:
+                return int(f.read().strip() or -1)
+        except (OSError, ValueError):
+            return None
+
+    def release(self):
+        if self.holder() == os.getpid():
+            os.remove(self.path)
+
+
+@contextmanager
+def run_directory(cfg, rt):
+    """Hold out_dir for the length of a run: locked (RunLock) on rank 0, and with force (a new run over an old
+    one) the old run's files removed first, so its log and checkpoints cannot mix with the new run's."""
+    if not rt.master:
+        yield
+        return
+    held = run_files(cfg.out_dir)
+    if cfg.init_from != "resume" and not cfg.eval_only and held and not cfg.force:
+        raise ConfigError(f"out_dir {cfg.out_dir} already holds a run ({', '.join(held)}); continue it with "
+                          f"--init_from=resume, choose another out_dir, or pass --force to start over there")
+    lock = RunLock(cfg.out_dir)
+    try:
+        if cfg.init_from != "resume" and not cfg.eval_only:
+            if cfg.force:
+                for name in run_files(cfg.out_dir):
+                    os.remove(os.path.join(cfg.out_dir, name))
+            kept = set_aside_log(cfg.out_dir)
+            if kept:
+                print(f"{cfg.out_dir}/log.jsonl of an earlier run is kept as {kept}")
+        yield
+    finally:
+        lock.release()
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -----------------------------------------------------------------------------
@@ -195,11 +293,13 @@ class Logger:
         self.path = os.path.join(cfg.out_dir, "log.jsonl")
         if not self.master:
             return
-        if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
-            raise ConfigError(f"out_dir {cfg.out_dir} is a file; choose a directory name")
         os.makedirs(cfg.out_dir, exist_ok=True)
         if cfg.wandb_log:
-            import wandb  # lazily: optional dependency; honours WANDB_MODE=offline/disabled
+            try:
+                import wandb  # lazily: optional dependency; honours WANDB_MODE=offline/disabled
+            except ImportError:
+                raise ConfigError("wandb_log=True but wandb is not installed; pip install wandb, or drop "
+                                  "--wandb_log") from None
             self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=config_dict)
 
     def log(self, record, line=None):
@@ -365,6 +465,10 @@ def evaluate_and_save(run, hooks):
         if cfg.eval_only:
             run.done = True
             return
+        if not math.isfinite(run.val_loss):  # never write non-finite weights over the last good checkpoint
+            kept = f"{cfg.out_dir}/last.pt" if os.path.isfile(os.path.join(cfg.out_dir, "last.pt")) else "nothing"
+            raise UserError(f"the validation loss became {run.val_loss} at iter {run.iter_num}; stopped without "
+                            f"saving, so {kept} is the last good checkpoint. Lower the learning rate or check the data")
         improved = run.val_loss < run.best_val
         run.best_val = min(run.best_val, run.val_loss)
         if run.iter_num > 0 and (improved or cfg.always_save_checkpoint):

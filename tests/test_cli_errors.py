@@ -126,7 +126,7 @@ def cases(ws, data):
         "train zero eval tokens": ([*train, "--eval_tokens=0"], "eval_tokens"),
         "train negative lr": ([*train, "--learning_rate=-1"], "learning_rate"),
         "train no meta": (["train.py", f"--dataset={ws / 'nometa'}", f"--out_dir={ws / 'new_run'}", *TINY],
-                          "no meta.pkl"),
+                          "no meta.json"),
         "train odd bin": (["train.py", f"--dataset={ws / 'odd'}", f"--out_dir={ws / 'new_run'}", "--max_iters=1",
                            *TINY], "odd number of bytes"),
         "train unknown key": ([*train, "--lr=1"], "unknown config key"),
@@ -177,6 +177,9 @@ def cases(ws, data):
 def results(ws, tiny_data_dir):
     before = snapshot(ws)
     todo = cases(ws, tiny_data_dir)
+    # every case its own new run directory: two cases at a time into one out_dir would meet its lock instead
+    todo = {name: ([str(a).replace("new_run", f"new_run_{i}") for a in argv], msg)
+            for i, (name, (argv, msg)) in enumerate(todo.items())}
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run, *argv) for name, (argv, _) in todo.items()}
         out = {name: f.result() for name, f in futures.items()}

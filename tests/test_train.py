@@ -167,3 +167,55 @@ def test_torchrun_two_processes_match_one(tiny_data_dir, tmp_path):
     assert l1 == pytest.approx(l2, abs=1e-5)
     v1, v2 = records(tmp_path / "one", "eval")[-1]["val_loss"], records(tmp_path / "two", "eval")[-1]["val_loss"]
     assert v1 == pytest.approx(v2, abs=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# the run directory: nothing overwritten without --force, one run at a time
+
+def test_a_new_run_never_overwrites_an_old_one(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(args(tiny_data_dir, out, "--max_iters=2", "--eval_interval=2"))
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        train.main(args(tiny_data_dir, out, "--max_iters=2", "--eval_interval=2"))
+    assert (out / "last.pt").read_bytes() == before and len(records(out, "start")) == 1
+    train.main(args(tiny_data_dir, out, "--max_iters=3", "--eval_interval=3", "--force"))
+    assert load_checkpoint(out / "last.pt")["iter_num"] == 3
+    assert len(records(out, "start")) == 1 and (out / "log.1.jsonl").exists()  # the old log set aside, not mixed
+
+
+def test_out_dir_holding_the_start_checkpoint_is_refused_through_a_symlink(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(args(tiny_data_dir, out, "--max_iters=2", "--eval_interval=2"))
+    os.symlink(out, tmp_path / "alias")
+    with pytest.raises(UserError, match="holds the checkpoint init_from starts from"):
+        train.main(args(tiny_data_dir, tmp_path / "alias", f"--init_from={out / 'best.pt'}", "--force"))
+
+
+def test_a_second_run_in_a_locked_out_dir_is_refused_and_a_stale_lock_taken_over(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(str(holder.pid))
+        with pytest.raises(UserError, match=f"in use by another run \\(pid {holder.pid}\\)"):
+            train.main(args(tiny_data_dir, out, "--max_iters=1", "--eval_interval=1"))
+    finally:
+        holder.kill()
+        holder.wait()
+    train.main(args(tiny_data_dir, out, "--max_iters=1", "--eval_interval=1"))  # its process is gone: taken over
+    assert load_checkpoint(out / "last.pt")["iter_num"] == 1 and not (out / ".lock").exists()
+
+
+def test_a_non_finite_validation_loss_never_replaces_the_last_good_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
+    import kronygpt.trainer as trainer
+    real, calls = trainer.evaluate, []
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        return real(*a, **k) if len(calls) <= 2 else float("nan")
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="validation loss became nan at iter 4.*last.pt is the last good"):
+        train.main(args(tiny_data_dir, out, "--max_iters=6", "--eval_interval=2"))
+    assert load_checkpoint(out / "last.pt")["iter_num"] == 2

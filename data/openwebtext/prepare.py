@@ -18,7 +18,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
 from kronygpt.errors import UserError  # noqa: E402
-from kronygpt.data_utils import load_tokenizer, write_meta  # noqa: E402
+from kronygpt.data_utils import DatasetWriter, load_tokenizer  # noqa: E402
 
 
 def load(args):
@@ -54,10 +54,12 @@ def main():
     p.add_argument("--num_proc", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     p.add_argument("--test_size", type=float, default=0.0005)
     p.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
+    p.add_argument("--force", action="store_true", help="replace a dataset already in --out_dir")
     args = p.parse_args()
     if not 0 < args.test_size < 1:
         raise UserError(f"--test_size must be between 0 and 1 (exclusive), got {args.test_size}")
     tok = load_tokenizer(args.tokenizer)  # before anything is read or written
+    writer = DatasetWriter(args.out_dir, args.force)
     ds = load(args)
     split = ds.train_test_split(test_size=args.test_size, seed=2357, shuffle=True)
     split["val"] = split.pop("test")
@@ -71,24 +73,24 @@ def main():
     num_proc = min(args.num_proc, len(ds))
     tokenized = split.map(process, remove_columns=split["train"].column_names, desc="tokenising",
                           num_proc=num_proc if num_proc > 1 else None)
-    os.makedirs(args.out_dir, exist_ok=True)
     assert tok.n_vocab < 2 ** 16
-    for name, dset in tokenized.items():
-        total = int(np.sum(dset["len"], dtype=np.uint64))
-        path = os.path.join(args.out_dir, f"{name}.bin")
-        arr = np.memmap(path, dtype=np.uint16, mode="w+", shape=(total,))
-        shards = max(1, min(1024, len(dset)))
-        idx = 0
-        for i in tqdm(range(shards), desc=f"writing {path}"):
-            batch = dset.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")
-            if len(batch) == 0:
-                continue
-            chunk = np.concatenate(batch["ids"])
-            arr[idx:idx + len(chunk)] = chunk
-            idx += len(chunk)
-        arr.flush()
-        print(f"{path}: {total:,} tokens")
-    write_meta(args.out_dir, tok.name, tok.n_vocab, source=args.files or args.dataset)
+    with writer:
+        for name, dset in tokenized.items():
+            total = int(np.sum(dset["len"], dtype=np.uint64))
+            arr = np.memmap(writer.path(name), dtype=np.uint16, mode="w+", shape=(total,))
+            shards = max(1, min(1024, len(dset)))
+            idx = 0
+            for i in tqdm(range(shards), desc=f"writing {name}.bin"):
+                batch = dset.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")
+                if len(batch) == 0:
+                    continue
+                chunk = np.concatenate(batch["ids"])
+                arr[idx:idx + len(chunk)] = chunk
+                idx += len(chunk)
+            arr.flush()
+            del arr
+            print(f"{os.path.join(args.out_dir, name)}.bin: {total:,} tokens")
+        writer.commit(tok.name, tok.n_vocab, source=args.files or args.dataset)
 
 
 if __name__ == "__main__":

