@@ -32,7 +32,7 @@ import torch
 from configurator import configure, run_cli
 from kronygpt.calib import calibrate
 from kronygpt.checkpoint import check_output_file, load_model, save_checkpoint
-from kronygpt.data_utils import TokenData, check_data_fits, dataset_dir
+from kronygpt.data_utils import check_data_fits, open_dataset
 from kronygpt.errors import ConfigError, UserError
 from kronygpt.factorize import INITS, InitSpec, WhiteningCache
 from kronygpt.planner import SCOPES, choose_plan, list_shapes, spread_blocks
@@ -191,7 +191,7 @@ def main(argv=None):
     init, cache, before = cfg.init_spec(), WhiteningCache(), dense.param_counts()
     batches = moments = grads = None
     if cfg.calib:
-        data = TokenData(dataset_dir(cfg.calib))
+        data = open_dataset(cfg.calib)
         check_data_fits(data, dense, cfg.calib)
         batches, moments, grads = calibrate(
             dense, data, cfg.calib, tokens=cfg.calib_tokens, seq=min(cfg.calib_seq, dense.config.block_size),

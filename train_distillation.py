@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from kronygpt.checkpoint import load_model, save_checkpoint
 from configurator import configure, run_cli
-from kronygpt.data_utils import TokenData, batch_seed, dataset_dir
+from kronygpt.data_utils import batch_seed, check_data_fits, open_dataset
 from kronygpt.distill import collect_activations, fit_layers, fit_units, make_distill_loss, progressive_order
 from kronygpt.factorize import INITS, InitSpec
 from kronygpt.plans import Plan
@@ -56,6 +56,8 @@ class DistillConfig(TrainConfig):
     layerwise_steps: int = 200      # Adam steps per layer
     layerwise_lr: float = 1e-3
     layerwise_batch: int = 1024     # tokens per step
+    fit_dataset: str = ""           # the dataset (or mixture) whose tokens the fit sees; '' = dataset. What the
+                                    # fit sees decides what the student keeps (teacher text: the teacher's own)
     # -- progressive replacement
     progressive_interval: int = 50  # iterations between two replacements
     progressive_order: str = "top_down"  # 'top_down' (last block first) or 'bottom_up'
@@ -193,18 +195,22 @@ def distil(cfg, rt):
     student, ckpt, tokenizer = build_student(cfg, teacher, rt)
     student.to(rt.device)
     check_setup(cfg, teacher, student, ckpt)
-    data = TokenData(dataset_dir(cfg.dataset))
+    data = open_dataset(cfg.dataset)
+    check_data_fits(data, teacher, cfg.dataset)  # the teacher reads the same tokens as the student
+    fit_source = open_dataset(cfg.fit_dataset) if cfg.fit_dataset else data
+    if cfg.fit_dataset:
+        check_data_fits(fit_source, teacher, cfg.fit_dataset)
     fit_data, t0 = None, time.time()
     if ckpt is None and (cfg.mode == "layerwise" or (cfg.mode == "progressive" and cfg.progressive_fit)):
         # progressive replacement swaps MLPs in; layer-wise fitting fits what the student factorised
         layers = range(teacher.config.n_layer)
         units = fit_units(student, layers) if cfg.mode == "layerwise" else {i: "mlp" for i in layers}
         with teacher_ctx:
-            fit = collect_activations(teacher, token_batches(data, "train", cfg.layerwise_tokens, cfg, 0), units,
+            fit = collect_activations(teacher, token_batches(fit_source, "train", cfg.layerwise_tokens, cfg, 0), units,
                                       rt.device)
             # held-out windows of the train split: they decide whether each fit is kept, so the validation
             # split that every table reports stays untouched
-            held = collect_activations(teacher, token_batches(data, "train", cfg.layerwise_tokens // 4, cfg, 1), units,
+            held = collect_activations(teacher, token_batches(fit_source, "train", cfg.layerwise_tokens // 4, cfg, 1), units,
                                        rt.device)
         fit_data = (fit, held)
     if cfg.mode == "layerwise" and ckpt is None:

@@ -116,6 +116,12 @@ def shakespeare_files():
     return files
 
 
+def dataset_name(corpus, tokenizer):
+    """The directory name under data/ of a corpus prepared with a tokenizer: 'milton' for GPT-2's,
+    'milton_smollm2-135m' for another's (the name the prepare scripts and the general suite use)."""
+    return corpus if tokenizer in (None, "gpt2") else f"{corpus}_{os.path.basename(str(tokenizer).rstrip('/'))}"
+
+
 def split_point(n, val_fraction):
     """Index where val starts: the last val_fraction of the stream (whole works at the end)."""
     if not 0 < val_fraction < 1:
@@ -232,6 +238,70 @@ class TokenData:
         return arr[:-1].view(n, block_size), arr[1:].view(n, block_size)
 
 
+class Mixture:
+    """Several prepared datasets sampled in fixed proportions, behind TokenData's interface: each training
+    sequence comes from one component, drawn by weight with a generator seeded by the batch's seed, so a
+    batch is still a pure function of (seed, iteration, micro-step) and resume stays exact. Validation is
+    the first component's fixed set (list the corpus the run is judged on first).
+
+        Mixture.parse("shakespeare_smollm2-135m:0.5,teacher_smollm2-135m:0.5")
+    """
+
+    def __init__(self, parts):
+        self.parts = parts  # [(name, TokenData, weight)]
+        total = sum(w for _, _, w in parts)
+        self.weights = torch.tensor([w / total for _, _, w in parts], dtype=torch.float64)
+        first = parts[0][1]
+        self.data_dir, self.meta = first.data_dir, first.meta
+        for name, data, _ in parts[1:]:
+            if data.meta["tokenizer"] != first.meta["tokenizer"] or data.meta["vocab_size"] != first.meta["vocab_size"]:
+                raise UserError(f"the mixture's datasets {parts[0][0]} and {name} were tokenised differently "
+                                f"({describe_tokenizer(first.meta['tokenizer'])} vs "
+                                f"{describe_tokenizer(data.meta['tokenizer'])}); prepare them with one tokenizer")
+
+    @classmethod
+    def parse(cls, spec):
+        parts = []
+        for item in filter(None, (t.strip() for t in spec.split(","))):
+            name, _, weight = item.rpartition(":") if ":" in item else (item, "", "1")
+            try:
+                w = float(weight)
+            except ValueError:
+                w = -1.0
+            if not (w > 0 and w != float("inf")):
+                raise UserError(f"dataset mixture item {item!r} must be NAME:WEIGHT with a positive weight, e.g. "
+                                f"shakespeare:0.5,teacher_smollm2-135m:0.5")
+            parts.append((name, TokenData(dataset_dir(name)), w))
+        if not parts:
+            raise UserError(f"dataset mixture {spec!r} names no dataset")
+        return cls(parts)
+
+    def check(self, split):
+        for _, data, _ in self.parts:
+            data.check(split)
+
+    def get_batch(self, split, batch_size, block_size, seed):
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.multinomial(self.weights, batch_size, replacement=True, generator=g)
+        x = torch.empty(batch_size, block_size, dtype=torch.long)
+        y = torch.empty_like(x)
+        for c, (_, data, _) in enumerate(self.parts):
+            rows = (pick == c).nonzero().flatten()
+            if len(rows):
+                x[rows], y[rows] = data.get_batch(split, len(rows), block_size, batch_seed(seed, c, 2 ** 20))
+        return x, y
+
+    def val_windows(self, block_size, eval_tokens):
+        return self.parts[0][1].val_windows(block_size, eval_tokens)
+
+
+def open_dataset(spec):
+    """A prepared dataset by name or path, or a Mixture of several ('a:0.7,b:0.3')."""
+    if ":" in spec or "," in spec:
+        return Mixture.parse(spec)
+    return TokenData(dataset_dir(spec))
+
+
 def batch_seed(seed, iter_num, global_micro_step):
     """The generator seed of one micro-batch: a pure function of where the run is. The micro-step
     is counted over all ranks (micro * world_size + rank), so 2 processes x 1 micro-step draw the
@@ -244,8 +314,9 @@ def check_data_fits(data, model, name):
     tokenizer family)."""
     meta, vocab = data.meta, model.config.vocab_size
     if meta["vocab_size"] > vocab:
-        raise UserError(f"dataset {name} has vocabulary {meta['vocab_size']} ({meta['tokenizer']}) but the model only "
-                        f"{vocab}; prepare the data with the model's tokenizer")
+        raise UserError(f"dataset {name} has vocabulary {meta['vocab_size']} ({describe_tokenizer(meta['tokenizer'])}) "
+                        f"but the model only {vocab} ({describe_tokenizer(getattr(model, 'tokenizer_name', None))}); "
+                        f"prepare the data with the model's tokenizer")
     verdict = same_tokenizer(meta["tokenizer"], getattr(model, "tokenizer_name", None))
     if verdict is False:
         raise UserError(f"dataset {name} was tokenised with {describe_tokenizer(meta['tokenizer'])} but the model "

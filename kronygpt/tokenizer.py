@@ -1,5 +1,5 @@
 """
-Tokenizers behind one small interface: encode(str) -> list[int], decode(list[int]) -> str, eot, n_vocab.
+Tokenizers behind one small interface: encode(str) -> list[int], decode(list[int]) -> str, eot, bos, n_vocab.
 
   'gpt2'                 tiktoken's GPT-2 BPE. tiktoken downloads its files on first use; without a
                          network we build the same Encoding from the byte-identical vocab.bpe and
@@ -18,8 +18,9 @@ from .hf_io import GGUF_MODELS, GPT2_HUB, resolve_gguf
 
 
 class Tokenizer:
-    def __init__(self, name, encode, decode, eot, n_vocab):
+    def __init__(self, name, encode, decode, eot, n_vocab, bos=None):
         self.name, self._encode, self._decode, self.eot, self.n_vocab = name, encode, decode, eot, n_vocab
+        self.bos = bos  # the document-start token (GPT-2 uses its end-of-text token), or None
 
     def encode(self, text):
         return self._encode(text)
@@ -50,7 +51,8 @@ def gpt2_encoding():
 
 def gpt2_tokenizer():
     enc = gpt2_encoding()
-    return Tokenizer("gpt2", lambda s: enc.encode_ordinary(s), enc.decode, enc.eot_token, enc.n_vocab)
+    return Tokenizer("gpt2", lambda s: enc.encode_ordinary(s), enc.decode, enc.eot_token, enc.n_vocab,
+                     bos=enc.eot_token)
 
 
 def char_tokenizer(chars):
@@ -81,7 +83,8 @@ def auto_tokenizer(name):
 def hf_tokenizer(name):
     tok = auto_tokenizer(name)
     return Tokenizer(name, lambda s: tok.encode(s, add_special_tokens=False),
-                     lambda ids: tok.decode(ids), tok.eos_token_id, len(tok))
+                     lambda ids: tok.decode(ids), tok.eos_token_id, len(tok),
+                     bos=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id)
 
 
 def get_tokenizer(spec):

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .checkpoint import (load_checkpoint, load_model, model_from_checkpoint, resolve_checkpoint_path, rng_state, same_file,
                          save_checkpoint, set_rng_state)
 from configurator import as_dict
-from .data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir
+from .data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir, open_dataset
 from .errors import CheckpointError, ConfigError, Stopped, UserError
 from model import GPT, GPTConfig
 from .optim import (group_stats, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule, rebuild_optimizer,
@@ -56,7 +56,8 @@ class TrainConfig:
     wandb_project: str = "kronygpt"
     wandb_run_name: str = "run"
     # -- data
-    dataset: str = "shakespeare"    # data/<dataset>/ (or a path) with train.bin, val.bin, meta.pkl
+    dataset: str = "shakespeare"    # data/<dataset>/ (or a path) with train.bin, val.bin, meta.json; or a mixture
+                                    # 'a:0.5,b:0.5' (each sequence from one of them; validation on the first)
     gradient_accumulation_steps: int = 1  # micro-steps per iteration, summed over all DDP ranks
     batch_size: int = 8             # sequences per micro-step per rank
     block_size: int = 256           # tokens per sequence
@@ -221,7 +222,7 @@ def alive(pid):
 
 def init_model(cfg, rt):
     """(model on rt.device in train mode, resume checkpoint or None, tokenizer spec) for cfg.init_from."""
-    data = TokenData(dataset_dir(cfg.dataset))
+    data = open_dataset(cfg.dataset)
     ckpt = None
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     if cfg.init_from == "scratch":
@@ -367,7 +368,7 @@ def start_run(cfg, model, rt, tokenizer, ckpt=None, start_seconds=0.0):
     if cfg.gradient_accumulation_steps % rt.world_size:
         raise ConfigError(f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} must be a multiple of "
                           f"the number of processes {rt.world_size}")
-    data = TokenData(dataset_dir(cfg.dataset))
+    data = open_dataset(cfg.dataset)
     if not cfg.eval_only:
         data.check("train")
     config = as_dict(cfg)

@@ -22,7 +22,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
 from kronygpt.errors import UserError  # noqa: E402
-from kronygpt.data_utils import REPO, DatasetWriter, load_tokenizer  # noqa: E402
+from kronygpt.data_utils import REPO, DatasetWriter, dataset_name, load_tokenizer  # noqa: E402
 
 TEXT_DIR = "miltondata/texts/"
 
@@ -69,8 +69,7 @@ def main():
     p.add_argument("--out_dir", default=None, help="default: data/milton[_<tokenizer>]")
     p.add_argument("--force", action="store_true", help="replace a dataset already in --out_dir")
     args = p.parse_args()
-    suffix = "" if args.tokenizer == "gpt2" else "_" + os.path.basename(args.tokenizer.rstrip("/"))
-    out_dir = args.out_dir or os.path.join(REPO, "data", "milton" + suffix)
+    out_dir = args.out_dir or os.path.join(REPO, "data", dataset_name("milton", args.tokenizer))
     tok = load_tokenizer(args.tokenizer)
     writer = DatasetWriter(out_dir, args.force)  # refuses an existing dataset before any work
     with tempfile.TemporaryDirectory() as tmp:

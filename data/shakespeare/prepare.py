@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from kronygpt.data_utils import REPO, DatasetWriter, load_tokenizer, shakespeare_files, split_point  # noqa: E402
+from kronygpt.data_utils import REPO, DatasetWriter, dataset_name, load_tokenizer, shakespeare_files, split_point  # noqa: E402
 
 
 def main():
@@ -25,8 +25,7 @@ def main():
     p.add_argument("--val_fraction", type=float, default=0.1)
     p.add_argument("--force", action="store_true", help="replace a dataset already in --out_dir")
     args = p.parse_args()
-    suffix = "" if args.tokenizer == "gpt2" else "_" + os.path.basename(args.tokenizer.rstrip("/"))
-    out_dir = args.out_dir or os.path.join(REPO, "data", "shakespeare" + suffix)
+    out_dir = args.out_dir or os.path.join(REPO, "data", dataset_name("shakespeare", args.tokenizer))
     tok = load_tokenizer(args.tokenizer)  # before anything is written
     split_point(2, args.val_fraction)  # validates --val_fraction before anything is written
     files = shakespeare_files()

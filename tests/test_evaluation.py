@@ -1,0 +1,137 @@
+"""The general-ability suite (kronygpt/evaluation.py), dataset mixtures, and teacher text."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from kronygpt.data_utils import Mixture, TokenData, write_meta, write_tokens
+from kronygpt.errors import UserError
+from kronygpt.evaluation import fact_probe, general_row, load_facts, teacher_agreement
+from kronygpt.factorize import InitSpec
+from kronygpt.hf_io import load_pretrained
+from kronygpt.runtime import setup_runtime
+from kronygpt.surgery import decompose_model
+from kronygpt.tokenizer import get_tokenizer
+
+
+def make_dataset(path, ids, vocab=256, tokenizer=None, train=True):
+    path.mkdir(parents=True, exist_ok=True)
+    write_tokens(ids, path / "val.bin", vocab)
+    if train:
+        write_tokens(ids, path / "train.bin", vocab)
+    write_meta(str(path), tokenizer, vocab)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def small_gpt2(tmp_path_factory):
+    """A random 1-block GPT with GPT-2's vocabulary (so real text encodes), saved as a checkpoint."""
+    from kronygpt.checkpoint import save_checkpoint
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64))
+    return save_checkpoint(str(tmp_path_factory.mktemp("small") / "m.pt"), model, tokenizer="gpt2")
+
+
+def test_the_fact_probe_is_well_formed():
+    items = load_facts()
+    assert len(items) >= 100
+    assert all(len(i["choices"]) == 4 and len(set(i["choices"])) == 4 and 0 <= i["answer"] < 4 for i in items)
+    assert len({i["context"] for i in items}) == len(items)
+    assert 0.15 < np.mean([i["answer"] == 0 for i in items]) < 0.35  # the correct choice's position is shuffled
+
+
+def test_fact_probe_scores_likelihoods_as_lm_eval_does(small_gpt2):
+    """A model whose bias makes one token overwhelmingly likely picks the choice made of it: acc 1 when that choice
+    is always the answer, 0 when it never is."""
+    from kronygpt.checkpoint import load_model
+    model = load_model(small_gpt2).eval()
+    tok = get_tokenizer(model.tokenizer_name)
+    target = tok.encode(" Paris")
+    assert len(target) == 1
+    model.lm_head.register_forward_hook(lambda m, a, out: out + 50.0 * torch.nn.functional.one_hot(
+        torch.tensor(target[0]), out.shape[-1]).to(out))
+    rt = setup_runtime("cpu", "float32")
+    items = [dict(context="The capital of France is", choices=[" Rome", " Paris", " Lyon", " Nice"], answer=1)]
+    assert fact_probe(model, tok, items, rt) == (1.0, 1.0)
+    items[0]["answer"] = 0
+    assert fact_probe(model, tok, items, rt) == (0.0, 0.0)
+
+
+def test_teacher_agreement_is_zero_kl_for_the_teacher_itself(tiny_gpt2_dir):
+    teacher = load_pretrained(tiny_gpt2_dir).eval()
+    student, _ = decompose_model(teacher, "*: mlp=16x8*1", InitSpec("vl"))
+    x = torch.randint(0, 256, (3, 16))
+    rt = setup_runtime("cpu", "float32")
+    ce, kl = teacher_agreement(teacher, teacher, (x, x.roll(-1, 1)), 2, rt)
+    assert abs(kl) < 1e-6 and ce > 0
+    _, kl_student = teacher_agreement(student, teacher, (x, x.roll(-1, 1)), 2, rt)
+    assert kl_student > 1e-4
+
+
+def test_general_suite_rows_from_the_command_line(small_gpt2, tmp_path):
+    rng = np.random.default_rng(0)
+    names = {}
+    for col in ("shakespeare", "milton", "pydoc", "teacher"):
+        names[col] = make_dataset(tmp_path / col, rng.integers(0, 50257, 3000), vocab=50257, tokenizer="gpt2")
+    tiny_gpt2_dir = small_gpt2
+    given = ",".join(f"{c}={p}" for c, p in names.items())
+    r = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--suite", "general", "--teacher",
+                        tiny_gpt2_dir, "--models", f"{tiny_gpt2_dir},{tiny_gpt2_dir}", "--suite_data", given,
+                        "--eval_tokens", "512", "--block_size", "32", "--json", str(tmp_path / "g.json"), "--md",
+                        str(tmp_path / "g.md")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    assert len(rows) == 2 and rows[0]["teacher_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert all(0 <= rows[0][k] <= 1 for k in ("facts_acc", "facts_acc_norm"))
+    assert rows[0]["milton"] > 0 and "facts_acc_norm" in (tmp_path / "g.md").read_text()
+
+
+def test_a_mixture_draws_each_sequence_from_one_component_deterministically(tmp_path):
+    a = make_dataset(tmp_path / "a", np.full(2000, 7))
+    b = make_dataset(tmp_path / "b", np.full(2000, 9))
+    mix = Mixture.parse(f"{a}:0.75,{b}:0.25")
+    x1, y1 = mix.get_batch("train", 400, 8, seed=123)
+    x2, _ = mix.get_batch("train", 400, 8, seed=123)
+    assert torch.equal(x1, x2)                                       # a pure function of the seed: resume is exact
+    rows_a = (x1 == 7).all(1)
+    assert torch.equal(rows_a | (x1 == 9).all(1), torch.ones(400, dtype=torch.bool))  # never mixed within a row
+    assert 0.68 < rows_a.float().mean().item() < 0.82
+    assert torch.equal(mix.val_windows(8, 64)[0], TokenData(a).val_windows(8, 64)[0])  # validation: the first
+    with pytest.raises(UserError, match="positive weight"):
+        Mixture.parse(f"{a}:0,{b}:1")
+    c = make_dataset(tmp_path / "c", np.full(2000, 9), vocab=300)
+    with pytest.raises(UserError, match="tokenised differently"):
+        Mixture.parse(f"{a}:1,{c}:1")
+
+
+@pytest.mark.slow
+def test_teacher_text_is_resumable_and_held_out(small_gpt2, tmp_path):
+    """Sampling is a pure function of (seed, split, batch): a run interrupted after its val split and restarted
+    gives the same corpus as one uninterrupted run; val prompts are never train prompts."""
+    cmd = [sys.executable, os.path.join(REPO, "data", "teacher", "prepare.py"), "--model", small_gpt2,
+           "--tokens", "300", "--val_tokens", "100", "--sample_len", "8", "--batch_size", "2"]
+    r = subprocess.run([*cmd, "--out_dir", str(tmp_path / "a")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["top_k"] == 0 and meta["batches"]["val"] >= 1
+    # an interrupted run: its val split done, then a batch torn mid-write after the last progress record
+    val = (tmp_path / "a" / "val.bin").read_bytes()
+    partial = tmp_path / "b.partial"
+    partial.mkdir()
+    (partial / "val.bin").write_bytes(val + b"\x01\x02\x03")
+    settings = {k: meta[k] for k in ("model", "sample_len", "batch_size", "temperature", "top_k", "seed",
+                                     "unconditional", "prompts")}
+    (partial / "progress.json").write_text(json.dumps(dict(settings=settings, val=meta["batches"]["val"], train=0,
+                                                           val_tokens=len(val) // 2, train_tokens=0)))
+    r = subprocess.run([*cmd, "--out_dir", str(tmp_path / "b")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming" in r.stdout + r.stderr and not partial.exists()
+    for split in ("train", "val"):
+        assert (tmp_path / "a" / f"{split}.bin").read_bytes() == (tmp_path / "b" / f"{split}.bin").read_bytes()
