@@ -33,7 +33,7 @@ from configurator import configure, run_cli
 from kronygpt.checkpoint import check_output_file, load_model
 from kronygpt.data_utils import TokenData, check_data_fits, dataset_dir
 from kronygpt.errors import UserError
-from kronygpt.evaluation import (SUITE_COLUMNS, general_row, load_facts, load_text, markdown_table, stream_loss,
+from kronygpt.evaluation import (FACTS, SUITE_COLUMNS, general_row, load_facts, load_text, markdown_table, stream_loss,
                                  suite_datasets, with_start_token)
 from kronygpt.runtime import setup_runtime
 from kronygpt.tokenizer import get_tokenizer
@@ -46,6 +46,7 @@ class EvalConfig:
     suite: str = ""                 # 'general': the general-ability suite (see above)
     teacher: str = "smollm2-135m"   # --suite general: the dense model whose samples and KL the suite measures against
     suite_data: str = ""            # --suite general: override its sets, e.g. 'milton=milton_smollm2-135m'
+    facts: str = FACTS              # --suite general: the fact probe's items ('' leaves the probe out)
     datasets: str = ""              # comma-separated benchmarks (see above) or file:PATH
     data: str = ""                  # a prepared dataset (data/<name> or a path): its fixed validation loss
     eval_tokens: int = 131072       # size of each fixed validation set (--data and the suite), as train.py's
@@ -76,6 +77,8 @@ class EvalConfig:
 
 def benchmark_row(model, texts, args, rt):
     """{benchmark: perplexity, benchmark_tokens: scored tokens} of one model under the stated protocol."""
+    if not texts:
+        return {}
     tok, row = get_tokenizer(model.tokenizer_name), {}
     for d, text in texts.items():
         ids = tok.encode(text)[:args.max_tokens or None]
@@ -101,7 +104,7 @@ def main():
     if args.suite:
         teacher = load_model(args.teacher, device=rt.device).eval()
         suite = suite_datasets(args.teacher, teacher.tokenizer_name, args.suite_data)
-        facts = load_facts()
+        facts = load_facts(args.facts) if args.facts else None
     rows = []
     for spec in [m for m in args.models.split(",") if m]:
         model = load_model(spec, device=rt.device).eval()
@@ -130,7 +133,7 @@ def report(rows, names, suite, args):
     if suite:
         lines += [f"general suite: fixed validation sets of {args.eval_tokens:,} tokens in {args.block_size}-token "
                   f"windows ({', '.join(f'{c}: {n}' for c, n in suite.items())}); teacher {args.teacher}; fact probe "
-                  f"{len(load_facts())} items", "", markdown_table(rows), ""]
+                  + (f"{len(load_facts(args.facts))} items" if args.facts else "left out"), "", markdown_table(rows), ""]
     cols = (["val_loss"] if args.data else []) + names
     if cols:
         if names:

@@ -44,7 +44,7 @@ ALL_ROWS = ("dense_zeroshot", "dense_ft", "pipeline", "pipeline_blocks", "today"
 LADDER = ["1e-5", "3e-5", "1e-4", "3e-4", "1e-3", "3e-3", "1e-2"]  # learning rates the sweep may extend to
 
 
-def parse_given_lr(text):
+def parse_given_lr(text, rows=ALL_ROWS):
     """--given_lr as {row: rate}: rows trained at a stated rate instead of their own sweep."""
     given = {}
     for item in filter(None, text.split(",")):
@@ -53,8 +53,8 @@ def parse_given_lr(text):
             given[key] = float(lr)
         except ValueError:
             raise SystemExit(f"--given_lr item {item!r} is not ROW=RATE; write e.g. pipeline_blocks=3e-5") from None
-        if key not in ALL_ROWS or not sep:
-            raise SystemExit(f"--given_lr item {item!r} names no row; rows: {', '.join(ALL_ROWS)}")
+        if key not in rows or not sep:
+            raise SystemExit(f"--given_lr item {item!r} names no row; rows: {', '.join(rows)}")
     return given
 
 
@@ -69,11 +69,13 @@ def finished(run, steps):
 
 
 class Flagship:
+    NAME, ROWS = "flagship", ALL_ROWS
+
     def __init__(self, args):
         self.args = args
-        self.ex = Experiment("flagship_gpu" if args.gpu else "flagship", args)
+        self.ex = Experiment(f"{self.NAME}_gpu" if args.gpu else self.NAME, args)
         self.model = args.model if not os.path.exists(args.model) else os.path.abspath(args.model)
-        self.given_lr = parse_given_lr(args.given_lr)  # a malformed --given_lr stops here, before any row runs
+        self.given_lr = parse_given_lr(args.given_lr, self.ROWS)  # a malformed --given_lr stops here, before any row runs
         if args.smoke:
             self.scale = [*self.ex.base, f"--eval_datasets={args.eval_data}"]
             self.lw = ["--layerwise_tokens=512", "--layerwise_steps=5"]
@@ -157,19 +159,20 @@ class Flagship:
 
     # -- training
 
-    def train(self, init, steps, lr, out_dir, interval):
-        """train.py from `init`, or from out_dir/last.pt when an earlier attempt was interrupted."""
+    def train(self, init, steps, lr, out_dir, interval, script="train.py", extra=()):
+        """`script` (train.py, or train_distillation.py with its options in `extra`) from `init`, or from
+        out_dir/last.pt when an earlier attempt was interrupted."""
         if finished(out_dir, steps):
             return
         resume = os.path.isfile(os.path.join(out_dir, "last.pt"))
         log = os.path.join(out_dir, "log.jsonl")
         if not resume and os.path.isfile(log):
             os.remove(log)  # a fresh log for a run that never reached its first checkpoint
-        self.ex.run("train.py", *self.scale, f"--init_from={'resume' if resume else init}", f"--out_dir={out_dir}",
+        self.ex.run(script, *self.scale, *extra, f"--init_from={'resume' if resume else init}", f"--out_dir={out_dir}",
                     f"--max_iters={steps}", f"--lr_decay_iters={max(1, steps)}", f"--eval_interval={interval}",
                     f"--learning_rate={lr:g}", f"--new_learning_rate={5 * lr:g}", f"--min_lr={lr / 10:g}")
 
-    def sweep(self, key, init):
+    def sweep(self, key, init, script="train.py", extra=()):
         """The learning rate with the lowest validation loss after --sweep_steps. The sweep starts with --lrs;
         while the best rate is at an end of the rates tried, the next rate of LADDER beyond it is tried too
         (the same rule for every row, so no row is held back by the grid)."""
@@ -177,7 +180,8 @@ class Flagship:
 
         def run(lr):
             out = os.path.join(self.ex.out, key, f"sweep_{lr}")
-            self.train(init, self.args.sweep_steps, float(lr), out, interval=self.args.sweep_steps)
+            self.train(init, self.args.sweep_steps, float(lr), out, interval=self.args.sweep_steps, script=script,
+                       extra=extra)
             results[lr] = evals(out)[-1]["val_loss"]
 
         for lr in self.args.lrs.split(","):

@@ -153,8 +153,13 @@ def teacher_agreement(student, teacher, windows_xy, batch_size, rt):
 
 
 def load_facts(path=FACTS):
-    with open(path, encoding="utf-8") as f:
-        items = [json.loads(line) for line in f if line.strip()]
+    """The fact probe's items: JSON lines with context, choices and the index of the answer."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            items = [json.loads(line) for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--facts {path} could not be read as JSON lines ({type(e).__name__}); give a file like "
+                        f"data/facts/facts.jsonl") from None
     if not items:
         raise UserError(f"{path} holds no items")
     return items
@@ -204,7 +209,8 @@ def general_row(model, teacher, datasets, facts, block_size, eval_tokens, batch_
             row["teacher_loss"], row["teacher_kl"] = teacher_agreement(model, teacher, windows_xy, batch_size, rt)
         else:
             row[col] = evaluate(model, windows_xy, rt, batch_size)
-    row["facts_acc"], row["facts_acc_norm"] = fact_probe(model, get_tokenizer(model.tokenizer_name), facts, rt)
+    if facts:
+        row["facts_acc"], row["facts_acc_norm"] = fact_probe(model, get_tokenizer(model.tokenizer_name), facts, rt)
     return row
 
 

@@ -1,5 +1,6 @@
 """Every experiment script, bench.py and plot.py run end to end in smoke mode (figures printed, not asserted)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,19 @@ def test_experiment_reuses_a_finished_teacher_and_resumes_an_interrupted_one(tmp
     (teacher / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     (teacher / "best.pt").write_bytes(b"")
     assert ex.teacher() == str(teacher / "best.pt") and len(runs) == 1  # finished: reused, not retrained
+
+
+def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """The general-ability study end to end on a tiny Llama: the decomposed start, a cross-entropy row at a
+    given rate and a distillation row on a mixture with its sweep, each measured by the general suite."""
+    r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "general.py"), "--smoke",
+                        f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2",
+                        "--sweep_steps=1", "--rows=dense_zeroshot,ce_shakespeare,kd_mix",
+                        "--given_lr=ce_shakespeare=1e-3"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    md = (tmp_path / "general.md").read_text()
+    rows = {line.split(" | ")[0][2:]: line for line in md.split("## Greedy")[0].splitlines() if line.startswith("| ")}
+    assert all(k in rows and "not run yet" not in rows[k] for k in ("dense_zeroshot", "ce_shakespeare", "kd_mix"))
+    assert "(given)" in rows["ce_shakespeare"] and "(given)" not in rows["kd_mix"]
+    suite = json.loads((tmp_path / "kd_mix" / "row.json").read_text())["suite"]
+    assert {"shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl"} <= set(suite)

@@ -1,0 +1,222 @@
+"""
+The general-ability study: recovery that keeps what the teacher knew. SmolLM2-135M compressed to <= 81.5M
+parameters (the flagship's whole-block pipeline: fisher, ranks allocated over MLPs and attention, block-wise
+fitting), then 300 steps of 4 x 256 tokens by each recovery, every row measured on the general suite
+(eval.py --suite general: Shakespeare, Milton, the Python language reference, the loss and KL on held-out
+teacher samples, the fact probe).
+
+Rows (every compressed row from the same decomposed start unless said):
+  dense_zeroshot   the dense teacher, no training
+  dense_ft         the dense model fine-tuned on Shakespeare (cross-entropy): the in-domain ceiling
+  ce_shakespeare   cross-entropy on Shakespeare: the flagship's headline row
+  kd_shakespeare   logit distillation from the teacher (KL at T=1, no cross-entropy) on Shakespeare
+  kd_teacher       logit distillation on teacher text (data/teacher/prepare.py): data-free, general by construction
+  kd_mix           logit distillation on a mixture, half Shakespeare and half teacher text
+  kd_mix_tcal      kd_mix from a start calibrated and fitted on the same mixture instead of on Shakespeare
+
+Equal tuning effort: every trained row gets the flagship's learning-rate sweep (--lrs at --sweep_steps,
+extended along the ladder while the best rate is at an end), selected on the validation set of the data the
+row trains on (a mixture's first component), unless a rate is given with --given_lr (the report says so).
+Resumable like flagship.py: finished runs are reused, interrupted ones continue, the report is rewritten
+from whatever has finished.
+
+    python data/shakespeare/prepare.py --tokenizer=smollm2-135m; python data/milton/prepare.py --tokenizer=smollm2-135m
+    python data/pydoc/prepare.py --tokenizer=smollm2-135m; python data/teacher/prepare.py --model smollm2-135m
+    nohup python experiments/general.py > general.log 2>&1 &
+    python experiments/general.py --report_only
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import REPO, fmt, median_tok_s, parser, read_log  # noqa: E402
+from flagship import Flagship, evals, finished  # noqa: E402
+
+ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal")
+KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
+SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
+
+
+class General(Flagship):
+    NAME, ROWS = "general", ALL_ROWS
+
+    # -- what each row trains on, and from where
+
+    def data_of(self, key):
+        a = self.args
+        return {"kd_teacher": a.teacher_data, "kd_mix": self.mix(), "kd_mix_tcal": self.mix()}.get(key, a.data)
+
+    def mix(self):
+        return f"{self.args.data}:0.5,{self.args.teacher_data}:0.5"
+
+    def start(self, key):
+        if key == "today":  # the flagship's plan, whose parameter count is the budget (Flagship.target)
+            return super().start(key)
+        if key in ("dense_zeroshot", "dense_ft"):
+            return self.model
+        tcal = key == "kd_mix_tcal"
+        name = "start_tcal" if tcal else "start"
+        path = os.path.join(self.ex.out, name, "start.pt")
+        if os.path.isfile(path):
+            return path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        decomp = os.path.join(self.ex.out, name, "decomposed.pt")
+        data = self.mix() if tcal else self.args.data
+        if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
+            self.ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--force", "--init", "fisher",
+                        "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks", f"--calib={data}",
+                        *self.calib)
+        fit_dir = os.path.join(self.ex.out, name, "fit")
+        self.ex.run("train_distillation.py", *self.scale, "--mode=layerwise", f"--teacher={self.model}",
+                    f"--init_from={decomp}", "--max_iters=0", f"--out_dir={fit_dir}", "--force",
+                    f"--fit_dataset={data}", *self.lw)
+        os.replace(os.path.join(fit_dir, "fitted.pt"), path)
+        return path
+
+    def recipe(self, key):
+        """(script, extra options) of a trained row."""
+        data = [f"--dataset={self.data_of(key)}"]
+        if key.startswith("kd_"):
+            return "train_distillation.py", [*data, f"--teacher={self.model}", *KD]
+        return "train.py", data
+
+    # -- rows
+
+    def run_row(self, key):
+        init = self.start(key)
+        run = os.path.join(self.ex.out, key, "run")
+        info = dict(key=key, init=init, data=self.data_of(key))
+        if key == "dense_zeroshot":
+            if not finished(run, 0):
+                self.ex.run("train.py", *self.scale, f"--init_from={init}", f"--out_dir={run}", "--eval_only=True")
+            model = init
+        else:
+            script, extra = self.recipe(key)
+            lr, info["sweep"] = (self.given_lr[key], {}) if key in self.given_lr else self.sweep(key, init, script,
+                                                                                                    extra)
+            info["lr"] = lr
+            self.train(init, self.args.steps, lr, run, interval=max(1, self.args.steps // 6), script=script,
+                       extra=extra)
+            model = os.path.join(run, "last.pt")
+        info["suite"] = self.suite(key, model)
+        info["completions"] = self.completions(key, model)
+        with open(os.path.join(self.ex.out, key, "row.json"), "w") as f:
+            json.dump(info, f, indent=1)
+
+    def suite(self, key, model):
+        out = os.path.join(self.ex.out, key, "suite.json")
+        if not os.path.isfile(out):
+            a = self.args
+            given = f"shakespeare={a.data},milton={a.milton},pydoc={a.pydoc},teacher={a.teacher_data}"
+            self.ex.run("eval.py", "--suite", "general", "--teacher", self.model, "--models", model,
+                        f"--suite_data={given}", f"--eval_tokens={self.eval_tokens()}", "--block_size",
+                        str(self.block()), "--json", out, "--force", *(["--facts="] if a.smoke else []))
+        with open(out) as f:
+            return json.load(f)["rows"][0]
+
+    def eval_tokens(self):
+        return 1024 if self.args.smoke else 131072 if self.args.gpu else 16384
+
+    def block(self):
+        return 32 if self.args.smoke else 1024 if self.args.gpu else 256
+
+    # -- the report
+
+    def curves(self):
+        """{name: corpus} of the validation curves plotted besides Shakespeare's (one per distinct corpus)."""
+        a = self.args
+        out = {}
+        for name, corpus in (("milton", a.milton), ("pydoc", a.pydoc), ("teacher", a.teacher_data)):
+            if corpus not in out.values():
+                out[name] = corpus
+        return out
+
+    def report(self):
+        ex, a = self.ex, self.args
+        rows, runs, labels = [], [], []
+        for key in a.rows.split(","):
+            info_path = os.path.join(ex.out, key, "row.json")
+            if not os.path.isfile(info_path):
+                rows.append((key, "running or not run yet", *["-"] * (len(SUITE) + 4)))
+                continue
+            with open(info_path) as f:
+                info = json.load(f)
+            run = os.path.join(ex.out, key, "run")
+            e = evals(run)
+            trained = key != "dense_zeroshot"
+            start = next(r for r in read_log(run) if r["type"] == "start")
+            s = info["suite"]
+            rows.append((key, os.path.basename(info["data"]) if trained else "-",
+                         f"{info['lr']:g}" + ("" if info.get("sweep") else " (given)") if trained else "-",
+                         start["params"]["total"], median_tok_s(run) if trained else "-",
+                         f"{e[-1]['train_seconds']:,.0f}" if trained else "-", *[s.get(c, "-") for c in SUITE]))
+            if trained:
+                runs.append(run)
+                labels.append(key)
+        header = ["row", "trained on", "lr", "parameters", "train tok/s", "train seconds", "Shakespeare", "Milton",
+                  "Python reference", "teacher-sample loss", "KL(teacher‖student)", "facts acc", "facts acc_norm"]
+        intro = (f"SmolLM2-135M -> <= 81.5M, {a.steps} steps of 4 x 256 tokens per row (CPU). Every column is "
+                 f"eval.py --suite general on {self.eval_tokens():,}-token fixed sets in {self.block()}-token windows; "
+                 f"facts: {a.facts_note}. Lower is better except the fact probe.")
+        md = ex.report(f"General ability after {a.steps} recovery steps", intro, header, rows, runs, labels,
+                       x="tokens")
+        if runs:
+            from plot import plot_runs
+            for name, corpus in self.curves().items():
+                plot_runs(runs, os.path.join(ex.report_dir, f"general_{name}.png"), labels,
+                          f"val_loss_{os.path.basename(corpus.rstrip('/'))}", "tokens", f"{name} (validation)")
+        with open(md, "a") as f:
+            f.write("".join(f"![{name}](general_{name}.png)\n" for name in self.curves()) if runs else "")
+            f.write(f"\n## Greedy completions ({a.complete_tokens} tokens)\n\n")
+            prompts = ["The capital of France is", "The largest planet in the solar system is",
+                       "Water freezes at a temperature of", "William Shakespeare was born in"]
+            f.write("| row | " + " | ".join(f"`{p}`" for p in prompts) + " |\n|" + "---|" * (len(prompts) + 1) + "\n")
+            for key in a.rows.split(","):
+                info_path = os.path.join(ex.out, key, "row.json")
+                comp = json.load(open(info_path)).get("completions", {}) if os.path.isfile(info_path) else {}
+                f.write(f"| {key} | " + " | ".join(fmt(comp.get(p, "-")).replace("|", "/").replace("\n", " ")
+                                                   for p in prompts) + " |\n")
+            log, commands = os.path.join(ex.out, "commands.log"), ""
+            if os.path.isfile(log):
+                with open(log) as lines:
+                    commands = "".join(line for line in lines if line.startswith("$ "))
+            f.write("\n## Commands\n\n```\n" + commands.replace(sys.executable, "python").replace(REPO + "/", "")
+                    + "```\n")
+
+
+def main():
+    p = parser(__doc__, steps=300)
+    p.add_argument("--sweep_steps", type=int, default=60, help="length of each learning-rate sweep run")
+    p.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="peak learning rates swept (new factors get 5x)")
+    p.add_argument("--rows", default=",".join(ALL_ROWS), help="rows to run, in order")
+    p.add_argument("--given_lr", default="", help="ROW=RATE,...: train these rows at RATE without a sweep")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--target", type=int, default=0, help="the parameter budget; 0: the flagship's (its 'today' plan, "
+                   "81,431,118 for SmolLM2-135M)")
+    p.add_argument("--teacher_data", default=None, help="teacher text (default teacher_smollm2-135m)")
+    p.add_argument("--milton", default=None)
+    p.add_argument("--pydoc", default=None)
+    p.add_argument("--complete_tokens", type=int, default=12)
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--report_only", action="store_true")
+    args = p.parse_args()
+    args.data = args.data or "shakespeare_smollm2-135m"
+    for name, default in (("teacher_data", "teacher_smollm2-135m"), ("milton", "milton_smollm2-135m"),
+                          ("pydoc", "pydoc_smollm2-135m")):
+        setattr(args, name, getattr(args, name) or (args.data if args.smoke else default))
+    args.eval_data = ",".join(dict.fromkeys([args.milton, args.pydoc, args.teacher_data]))
+    args.facts_note = "117 multiple-choice items, log-likelihood scoring as lm-eval's multiple_choice"
+    study = General(args)
+    if not args.report_only:
+        for key in ["dense_zeroshot"] + [k for k in args.rows.split(",") if k != "dense_zeroshot"]:
+            if key not in ALL_ROWS:
+                raise SystemExit(f"unknown row {key!r}; rows: {', '.join(ALL_ROWS)}")
+            study.run_row(key)
+            study.report()
+    study.report()
+
+
+if __name__ == "__main__":
+    main()
