@@ -104,10 +104,15 @@ def unit_forward(model, layer, kind):
 
 
 @torch.no_grad()
-def unit_mse(fn, X, Y, device, batch=4096):
+def unit_mse(module, fn, X, Y, device, batch=4096):
+    """The mean squared error of fn(X) against Y with `module` in eval mode (no dropout: the guard that keeps or
+    undoes a fit must compare like with like)."""
+    was_training = module.training
+    module.eval()
     total, step = 0.0, max(1, batch // (X.shape[1] if X.dim() == 3 else 1))
     for j in range(0, len(X), step):
         total += F.mse_loss(fn(X[j:j + step].to(device)), Y[j:j + step].to(device), reduction="sum").item()
+    module.train(was_training)
     return total / Y.numel()
 
 
@@ -143,10 +148,10 @@ def fit_layers(student, fit_acts, heldout_acts, layers, steps, lr, batch, device
     for i in layers:
         module, fn = unit_forward(student, i, units[i])
         Xh, Yh = heldout_acts[i]
-        before = unit_mse(fn, Xh, Yh, device)
+        before = unit_mse(module, fn, Xh, Yh, device)
         start = {k: v.detach().clone() for k, v in module.state_dict().items()}
         fit_mlp(module, *fit_acts[i], steps, lr, batch, device, seed=i, fn=fn)
-        fitted = unit_mse(fn, Xh, Yh, device)
+        fitted = unit_mse(module, fn, Xh, Yh, device)
         kept = "fitted" if fitted <= before else "start"
         if kept == "start":
             module.load_state_dict(start)

@@ -138,19 +138,30 @@ def whitening(C, damping=0.0):
 
 
 def nearest_kron_psd(C, n1, n2):
-    """(C1, C2), PSD, n1 x n1 and n2 x n2, with C1 (x) C2 nearest to C in Frobenius norm (one Van Loan term:
-    the top singular pair of a PSD matrix's rearrangement gives PSD factors up to a common sign). Only the
-    top pair is needed, so a few subspace iterations replace the full decomposition."""
+    """(C1, C2), PSD, n1 x n1 and n2 x n2, with C1 (x) C2 nearest to C in Frobenius norm: the top singular pair of
+    the rearranged C (a PSD matrix's gives PSD factors up to a common sign), by power iteration from a fixed start,
+    so the result never depends on the global random state."""
     R = rearrange(C.double(), KronShape(n1, n1, n2, n2))  # (n1*n1, n2*n2)
-    with lapack_threads():
-        U, S, V = torch.svd_lowrank(R, q=min(4, *R.shape), niter=8)
-    C1 = (U[:, 0] * S[0].sqrt()).reshape(n1, n1)
-    C2 = (V[:, 0] * S[0].sqrt()).reshape(n2, n2)
+    v = R.abs().sum(0) + 1.0                             # a deterministic start with weight on every column
+    v = v / v.norm()
+    u, sigma = R @ v, torch.zeros((), dtype=torch.float64)
+    for _ in range(200):
+        u = R @ v
+        u = u / u.norm().clamp_min(1e-300)
+        w = R.t() @ u
+        sigma = w.norm()
+        w = w / sigma.clamp_min(1e-300)
+        converged = (w - v).norm() < 1e-12
+        v = w
+        if converged:
+            break
+    C1 = (u * sigma.sqrt()).reshape(n1, n1)
+    C2 = (v * sigma.sqrt()).reshape(n2, n2)
     if C1.trace() < 0:
         C1, C2 = -C1, -C2
-    psd = [0.5 * (M + M.t()) for M in (C1, C2)]
     out = []
-    for M in psd:
+    for M in (C1, C2):
+        M = 0.5 * (M + M.t())
         with lapack_threads():
             evals, U = torch.linalg.eigh(M)
         out.append((U * evals.clamp_min(0)) @ U.t())

@@ -219,7 +219,7 @@ class KroneckerLinear(Factorized):
     def forward(self, x):
         A = self.A if self.scalars is None else self.A * self.scalars.view(-1, 1, 1)
         y = kron_matmul(x, A, self.B, self.impl)
-        return y if self.bias is None else y + self.bias
+        return y if self.bias is None else y + self.bias.to(y.dtype)  # nn.Linear's output dtype under autocast
 
     def macs_per_token(self):
         if self.impl == "materialized":
@@ -243,6 +243,12 @@ class KroneckerEmbedding(KroneckerLinear):
         return super().forward(x)
 
     def lookup(self, idx):
+        """Rows of the table in the factors' dtype, as nn.Embedding returns its weight's dtype whatever autocast
+        says (a bf16 embedding would make the residual stream and the rotary tables bf16)."""
+        with torch.autocast(idx.device.type, enabled=False):
+            return self.rows(idx)
+
+    def rows(self, idx):
         s = self.shape
         A = self.A if self.scalars is None else self.A * self.scalars.view(-1, 1, 1)
         i, k = idx // s.m2, idx % s.m2

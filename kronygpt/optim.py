@@ -45,6 +45,13 @@ def is_frozen(schedule, it):
     return False
 
 
+def min_lr_ratio(cfg):
+    """Where the cosine ends, as a share of each group's peak: min_lr / learning_rate, or, when the pretrained
+    weights do not train (learning_rate 0), min_lr / new_learning_rate."""
+    peak = cfg.learning_rate if cfg.learning_rate > 0 else cfg.new_learning_rate
+    return cfg.min_lr / peak if peak > 0 else 1.0
+
+
 def lr_multiplier(cfg, it):
     """Linear warmup to 1, then cosine down to min_lr/learning_rate, then flat."""
     if not cfg.decay_lr:
@@ -52,7 +59,7 @@ def lr_multiplier(cfg, it):
     if it < cfg.warmup_iters:
         return (it + 1) / (cfg.warmup_iters + 1)
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    floor = cfg.min_lr / cfg.learning_rate if cfg.learning_rate > 0 else 1.0
+    floor = min_lr_ratio(cfg)
     if it >= decay_iters:
         return floor
     ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
@@ -80,6 +87,23 @@ def param_groups(model, cfg):
 def make_optimizer(model, cfg, device_type):
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                              fused=device_type == "cuda")
+
+
+def apply_settings(optimizer, model, cfg):
+    """After loading a resumed optimizer's state: its groups take this run's learning rates, weight decays and
+    betas (the command line wins, and the saved config says so). Returns what changed, as 'name old -> new'."""
+    fresh = {g["name"]: g for g in param_groups(model, cfg)}
+    changed = []
+    for g in optimizer.param_groups:
+        if g.get("name") not in fresh:
+            continue
+        want = dict(base_lr=fresh[g["name"]]["base_lr"], weight_decay=fresh[g["name"]]["weight_decay"],
+                    betas=(cfg.beta1, cfg.beta2))
+        for key, value in want.items():
+            if g.get(key) != value:
+                changed.append(f"{g['name']} {key} {g.get(key)} -> {value}")
+                g[key] = value
+    return changed
 
 
 def rebuild_optimizer(old, model, cfg, device_type):

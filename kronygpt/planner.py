@@ -179,39 +179,82 @@ def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2
     return out
 
 
+def options(curve, o, i, weight=1.0):
+    """The lower convex hull of one matrix's (parameters, error) options, cheapest first: rank r costs r(o+i) with
+    error sum(sigma^2[r:]) (weighted, relative), dense costs o*i with error 0. Ranks that cost as much as dense
+    are dominated by it; every rank is at least 1 (a plan cannot hold a rank-0 matrix). Returns [(cost, error,
+    choice)] with choice a rank or 'dense'."""
+    sig2, norm = curve
+    w = weight / max(norm, 1e-30)
+    tail = sig2.flip(0).cumsum(0).flip(0).tolist() + [0.0]  # tail[r] = sum(sig2[r:])
+    points = [(r * (o + i), w * tail[r], r) for r in range(1, min(o, i) + 1) if r * (o + i) < o * i]
+    points.append((o * i, 0.0, "dense"))
+    hull = []
+    for p in points:  # monotone chain: keep the points where the error falls ever more slowly per parameter
+        while len(hull) >= 2 and (hull[-1][1] - p[1]) * (hull[-1][0] - hull[-2][0]) >= \
+                (hull[-2][1] - hull[-1][1]) * (p[0] - hull[-1][0]):
+            hull.pop()
+        hull.append(p)
+    return hull
+
+
 def allocate(curves, mats, budget, weights=None):
-    """Each matrix its rank (or dense) so that the total weight parameters stay within `budget` and the
-    summed (weighted) relative squared output error is smallest. Greedy by marginal error reduction per
-    parameter, which is optimal here: each matrix's gains sigma_k^2 are non-increasing in k, so its error is
-    convex in the rank. A matrix turns dense when its rank reaches the point where low rank costs as
-    much as the dense matrix (then its error is 0).
+    """Each matrix its rank (or dense) so that the total weight parameters stay within `budget` and the summed
+    (weighted) relative squared error is smallest. Each matrix's options are the lower convex hull of its
+    (parameters, error) points, dense included as a point of its own (its true cost o*i and error 0, not one more
+    rank); the allocator takes hull segments in order of error reduction per parameter. Optimality, as far as it
+    holds: the result is exactly optimal whenever the budget is a total this greedy reaches without skipping a
+    segment (every Lagrangian solution: for some price per parameter, each matrix at its best point); otherwise a
+    segment that did not fit is skipped and cheaper ones of other matrices fill the rest, within one segment of
+    the optimum. Every matrix starts at rank 1 (or dense, where that is cheaper).
     Returns {(layer, name): rank or 'dense'} and the parameters used."""
     weights = weights or {}
-    state, used, heap = {}, 0, []
-    for n, (b, name, o, i) in enumerate(mats):  # n breaks ties between equal gains (keys mix ints and EMBED)
-        key = (b, name)
-        state[key] = 0
-        sig2, total = curves[key]
-        w = weights.get(key, 1.0) / max(total, 1e-30)
-        full = min(o, i)
-        dense_rank = o * i / (o + i)  # ranks above this cost more than the dense matrix
-        heapq.heappush(heap, (-(w * sig2[0].item()) / (o + i), n, key, w, o, i, full, dense_rank))
+    hulls = {(b, n): options(curves[(b, n)], o, i, weights.get((b, n), 1.0)) for b, n, o, i in mats}
+    at = {k: 0 for k in hulls}
+    used = sum(h[0][0] for h in hulls.values())
+    if used > budget:
+        raise UserError(f"the budget leaves {budget:,} parameters for the factorised matrices, fewer than rank 1 of "
+                        f"each needs ({used:,}); raise --target_params or factorise fewer matrices")
+    heap = []
+
+    def push(n, key):
+        h, j = hulls[key], at[key]
+        if j + 1 < len(h):
+            (c0, e0, _), (c1, e1, _) = h[j], h[j + 1]
+            heapq.heappush(heap, (-(e0 - e1) / (c1 - c0), n, key))
+
+    for n, key in enumerate(hulls):  # n breaks ties between equal gains (keys mix ints and EMBED)
+        push(n, key)
     while heap:
-        neg_gain, n, key, w, o, i, full, dense_rank = heapq.heappop(heap)
-        r = state[key]
-        cost = o + i
+        _, n, key = heapq.heappop(heap)
+        h, j = hulls[key], at[key]
+        cost = h[j + 1][0] - h[j][0]
         if used + cost > budget:
-            continue  # this matrix cannot grow; others (cheaper units) may still fit
-        state[key] = r + 1
-        used += cost
-        sig2, _ = curves[key]
-        if r + 1 < full and r + 1 < dense_rank:
-            heapq.heappush(heap, (-(w * sig2[r + 1].item()) / cost, n, key, w, o, i, full, dense_rank))
-    out = {}
-    for b, name, o, i in mats:
-        r = state[(b, name)]
-        out[(b, name)] = "dense" if r >= o * i / (o + i) or r >= min(o, i) else r
-    return out, used
+            continue  # this matrix cannot take its next segment; cheaper segments of others may still fit
+        at[key], used = j + 1, used + cost
+        push(n, key)
+    alloc, left = fill({k: hulls[k][j][2] for k, j in at.items()}, curves, mats, budget - used, weights)
+    return alloc, budget - left
+
+
+def fill(alloc, curves, mats, left, weights):
+    """Spend what the hull segments left over on single ranks (a hull segment next to dense can span many ranks,
+    too many for the rest of the budget), best error reduction per parameter first, so the total lands within
+    one rank step of the budget. Returns (the allocation, the parameters still unspent)."""
+    while True:
+        best = None
+        for b, n, o, i in mats:
+            r = alloc[(b, n)]
+            if r == "dense" or r + 1 > min(o, i) or (r + 1) * (o + i) >= o * i or o + i > left:
+                continue
+            sig2, norm = curves[(b, n)]
+            gain = weights.get((b, n), 1.0) / max(norm, 1e-30) * sig2[r].item() / (o + i)
+            if best is None or gain > best[0]:
+                best = (gain, (b, n), o + i)
+        if best is None:
+            return alloc, left
+        alloc[best[1]] += 1
+        left -= best[2]
 
 
 def curve_error(curves, key, r):
@@ -268,8 +311,10 @@ def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", 
             raise UserError("give --shape m1xn1, --target_params N or --plan (see --list_shapes)")
         return uniform_plan(config, parse_shape(shape, config), factors, layers)
     target = parse_count(target)
-    if shape or allocate:  # a fixed shape (allocation: low rank) whose factor count meets the target
-        s = parse_shape(shape or "lowrank", config)
+    if allocate:  # each matrix its own rank: the allocator spends the target itself
+        return allocated_plan(dense, target, layers, scope, init, moments, grads, scalars, cache, log)
+    if shape:  # a fixed shape whose factor count meets the target
+        s = parse_shape(shape, config)
         factors, total = factors_for_target(config, s, target, scalars, layers)
         if abs(total - target) / target > tolerance:
             lo, hi = reachable(config, target, scalars, layers)
@@ -279,12 +324,7 @@ def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", 
     else:
         factors, s = choose_uniform(dense, target, tolerance, layers, scalars, init, moments, grads, candidates,
                                     score_blocks, cache, log)
-    uniform = uniform_plan(config, s, factors, layers)
-    if not allocate:
-        return uniform
-    # the allocation gets exactly the uniform plan's budget, so the two compare at equal parameters
-    budget = param_base(config, layers)[0] + len(matrices(config, layers)) * s.params(factors, scalars)
-    return allocated_plan(dense, budget, layers, scope, init, moments, grads, (factors, s), cache, log) or uniform
+    return uniform_plan(config, s, factors, layers)
 
 
 def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, grads, candidates, score_blocks,
@@ -330,31 +370,44 @@ def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, gra
     return f, s
 
 
-def allocated_plan(dense, budget, layers, scope, init, moments, grads, uniform, cache=None, log=print):
-    """A per-matrix Plan (each matrix its own rank, or dense) for the budget, from the calibrated low-rank
-    curves: minimising the summed squared relative output error, or with grads ('fisher') the summed predicted
-    loss increase. scope says which matrices may be factorised (MLPs; + attention; + the embedding). With the
-    MLP scope it returns None when the uniform plan (factors, shape) scores lower on the same objective."""
+def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=False, cache=None, log=print):
+    """A per-matrix Plan (each matrix its own rank, or dense) whose total is at most `target`, from the calibrated
+    low-rank curves: minimising the summed squared relative output error, or with grads ('fisher') the summed
+    predicted loss increase. scope says which matrices may be factorised (MLPs; + attention; + the embedding).
+    With the MLP scope the uniform low-rank plan with the most parameters within the allocation's total is
+    scored on the same objective, and chosen if it scores lower (said so)."""
     config = dense.config
+    if scalars:
+        raise UserError("--allocate builds low-rank plans, which have no per-factor scalars; drop --scalars")
     mats = matrices(config, layers, scope)
     base, _ = param_base(config, layers, scope)
+    if target <= base:
+        raise UserError(f"--target_params {target:,} is below the {base:,} parameters outside the matrices "
+                        f"--scope {scope} may factorise; raise it or widen --scope")
+    if moments is None:
+        raise UserError("--allocate chooses ranks by calibrated error: give --calib DATASET")
     t0 = time.time()
     curves = lowrank_curves(dense, moments, mats, init.damping, grads, init.g_damping, cache)
-    alloc, used = allocate(curves, mats, budget - base)
+    alloc, used = allocate(curves, mats, target - base)
     objective = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in alloc.items())
-    what = "predicted loss increase" if grads else "sum of squared output errors"
+    # the allocator's objective is computed on damped statistics (init.damping, g_damping); the report's total
+    # (kron_decomp.py's summary) on the undamped ones: the two differ a little, and each says which it is
+    what = "predicted loss increase (damped)" if grads else "sum of squared output errors (damped)"
     dims = {**config.matrix_dims(), "wte": (config.vocab_size, config.n_embd)}
     plan = Plan({(b, n): MatrixSpec(KronShape(dims[n][0], 1, 1, dims[n][1]), r) for (b, n), r in alloc.items()
                  if r != "dense"}, config.layout())
-    log(f"allocation over {scope} ({time.time() - t0:.0f}s): {base + used:,} parameters, {what} "
+    log(f"allocation over {scope} ({time.time() - t0:.0f}s): {base + used:,} parameters (target {target:,}), {what} "
         f"{objective:.4f} over {len(mats)} matrices; plan: {plan.text}")
-    f, s = uniform
-    if scope == "mlp" and is_lowrank(s):  # the uniform low-rank plan is in the search space: compare
-        uni = sum(curve_error(curves, (b, n), f) ** 2 for b, n, _, _ in mats)
-        log(f"  uniform {describe(s, f)}: {what} {uni:.4f}")
+    if scope == "mlp":  # the uniform low-rank plans are in the search space: compare at equal parameters
+        s = parse_shape("lowrank", config)
+        r = max(1, used // (len(mats) * s.params(1)))
+        while r > 1 and len(mats) * s.params(r) > used:
+            r -= 1
+        uni = sum(curve_error(curves, (b, n), r) ** 2 for b, n, _, _ in mats)
+        log(f"  uniform {describe(s, r)} ({base + len(mats) * s.params(r):,} parameters): {what} {uni:.4f}")
         if uni < objective:
             log("  the uniform plan scores lower; keeping it")
-            return None
+            return uniform_plan(config, s, r, layers)
     rows = {}
     for b, n, _, _ in mats:
         r = alloc[(b, n)]

@@ -34,8 +34,8 @@ from configurator import as_dict
 from .data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir, open_dataset
 from .errors import CheckpointError, ConfigError, Stopped, UserError
 from model import GPT, GPTConfig
-from .optim import (group_stats, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule, rebuild_optimizer,
-                   set_frozen)
+from .optim import (apply_settings, group_stats, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule,
+                    rebuild_optimizer, set_frozen)
 
 
 @dataclass
@@ -106,6 +106,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not value >= 0 or value == float("inf"):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        for name in ("new_learning_rate", "new_weight_decay"):  # negative: follow the pretrained group's
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number (negative: the same as the pretrained group's), "
+                                  f"got {getattr(self, name)}")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
         if not 0 <= self.dropout < 1:
@@ -239,8 +243,31 @@ def init_model(cfg, rt):
     else:
         model = load_model(cfg.init_from).set_dropout(cfg.dropout)
     check_data_fits(data, model, cfg.dataset)
+    if cfg.init_from != "scratch":
+        adopt_architecture(cfg, model)
     model.crop_block_size(cfg.block_size)
     return model.to(rt.device).train(), ckpt, getattr(model, "tokenizer_name", data.meta["tokenizer"])
+
+
+ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "kron_plan", "kron_scalars")  # what scratch models are built from
+
+
+def adopt_architecture(cfg, model):
+    """A model that was loaded brings its architecture: a field set to something else than both its default and
+    the model's value is refused (it would be ignored), and the run's config records the model's values, so the
+    config a checkpoint saves tells the truth."""
+    defaults = type(cfg)()
+    for name in ARCHITECTURE:
+        actual, given = getattr(model.config, name), getattr(cfg, name)
+        if name == "kron_plan" and given:  # plans compare as resolved, not as written
+            try:
+                given = GPTConfig.from_dict({**model.config.to_dict(), "kron_plan": given}).kron_plan
+            except ConfigError:
+                pass
+        if given != getattr(defaults, name) and given != actual:
+            raise ConfigError(f"{name}={given!r} was given, but the model from init_from={cfg.init_from!r} has "
+                              f"{name}={actual!r}; architecture settings apply to init_from='scratch' only: drop it")
+        setattr(cfg, name, actual)
 
 
 # -----------------------------------------------------------------------------
@@ -388,13 +415,17 @@ def start_run(cfg, model, rt, tokenizer, ckpt=None, start_seconds=0.0):
                         f"({counts['tying']}) | validation set {run.val[1].numel():,} tokens | git {git_hash()}")
     if ckpt is not None:
         run.optimizer.load_state_dict(ckpt["optimizer"])
+        changed = apply_settings(run.optimizer, model, cfg)
         run.iter_num, run.best_val = ckpt["iter_num"], ckpt["best_val_loss"] or float("inf")
         run.train_seconds = ckpt["extra"].get("train_seconds", 0.0)
+        if ckpt["extra"].get("scaler") and run.scaler.is_enabled():  # fp16: the loss scale resumes where it was
+            run.scaler.load_state_dict(ckpt["extra"]["scaler"])
         rngs = ckpt["rng"]
         if isinstance(rngs, list) and len(rngs) == rt.world_size:
             set_rng_state(rngs[rt.rank])
-        run.logger.log(dict(type="resume", iter=run.iter_num),
-                       line=f"resumed from {cfg.out_dir}/last.pt at iter {run.iter_num}")
+        run.logger.log(dict(type="resume", iter=run.iter_num, changed=changed),
+                       line=f"resumed from {cfg.out_dir}/last.pt at iter {run.iter_num}"
+                            + (f"; now with {', '.join(changed)}" if changed else ""))
     else:
         torch.manual_seed(cfg.seed + rt.rank)
     return run
@@ -410,7 +441,8 @@ def save(run, name, val_loss):
     if run.rt.master:
         save_checkpoint(os.path.join(run.cfg.out_dir, name), run.raw, tokenizer=run.tokenizer,
                         optimizer=run.optimizer, iter_num=run.iter_num, best_val_loss=run.best_val, config=run.config,
-                        rng=rngs, extra=dict(train_seconds=run.train_seconds, val_loss=val_loss))
+                        rng=rngs, extra=dict(train_seconds=run.train_seconds, val_loss=val_loss,
+                                             scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None))
 
 
 def link_best(out_dir):

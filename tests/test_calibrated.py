@@ -366,3 +366,28 @@ def test_permutation_recovers_shuffled_kronecker_structure(tiny_gpt2_dir):
     specs = {"c_fc": (kron_shape(128, 32, 32, 32), 1), "c_proj": (kron_shape(32, 128, 32, 32), 1)}
     perm, before, after = find_permutation(unit_features(mlp, fam, None, 0.0), specs, fam, iters=20)
     assert after < 0.05 * before
+
+
+def test_whitening_cache_is_keyed_by_content_not_identity():
+    """A moment tensor changed in place (or a new one that reuses a freed tensor's id, as permuted moments did)
+    must not get another tensor's whitening: the cache is keyed by content."""
+    from kronygpt.factorize import WhiteningCache, side_whitening
+    cache = WhiteningCache()
+    C = random_cov(8, 1)
+    first = side_whitening(C, 1, 8, 1e-4, cache)[1][0].clone()
+    C.copy_(random_cov(8, 2))  # same tensor, same id, new content
+    again = side_whitening(C, 1, 8, 1e-4, cache)[1][0]
+    assert not torch.allclose(first, again)
+    torch.testing.assert_close(again, side_whitening(C, 1, 8, 1e-4, None)[1][0])
+
+
+def test_nearest_kronecker_covariance_does_not_depend_on_the_global_rng():
+    from kronygpt.factorize import nearest_kron_psd
+    C = torch.kron(random_cov(4, 1), random_cov(3, 2)) + 0.01 * random_cov(12, 3)
+    torch.manual_seed(0)
+    a = nearest_kron_psd(C, 4, 3)
+    torch.manual_seed(1)
+    b = nearest_kron_psd(C, 4, 3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    exact = torch.kron(random_cov(4, 1), random_cov(3, 2))
+    torch.testing.assert_close(torch.kron(*nearest_kron_psd(exact, 4, 3)), exact)

@@ -93,3 +93,24 @@ def test_per_layer_mlp_choice():
 def test_bad_kron_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="does not divide"):
         GPTConfig(n_embd=48, n_head=3, kron_plan="*: mlp=5x4*1")
+
+
+def test_factorised_layers_keep_the_dense_layers_dtypes_under_autocast():
+    """bf16 autocast: a factorised embedding returns float32 rows as nn.Embedding does (so the residual stream and
+    the rotary tables stay float32), and a factorised layer with a bias returns nn.Linear's bf16."""
+    from kronygpt.kronecker import KroneckerLinear, kron_shape
+    torch.manual_seed(0)
+    for arch in ("gpt2", "llama"):
+        kw = dict(arch=arch, n_layer=1, n_head=2, n_embd=16, vocab_size=64, block_size=16,
+                  kron_plan="*: mlp=lowrank*4; embed=lowrank*8")
+        if arch == "llama":
+            kw.update(bias=False, activation="silu")
+        dense, kron = GPT(GPTConfig(**{**kw, "kron_plan": ""})), GPT(GPTConfig(**kw))
+        idx = torch.randint(0, 64, (2, 8))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert kron.embed(idx)[0].dtype == dense.embed(idx)[0].dtype == torch.float32
+            rope = kron.embed(idx)[1]
+            assert rope is None or rope[0].dtype == torch.float32
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert KroneckerLinear(kron_shape(32, 16, 32, 1), 4)(x).dtype == torch.nn.Linear(16, 32)(x).dtype

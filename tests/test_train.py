@@ -219,3 +219,34 @@ def test_a_non_finite_validation_loss_never_replaces_the_last_good_checkpoint(ti
     with pytest.raises(UserError, match="validation loss became nan at iter 4.*last.pt is the last good"):
         train.main(args(tiny_data_dir, out, "--max_iters=6", "--eval_interval=2"))
     assert load_checkpoint(out / "last.pt")["iter_num"] == 2
+
+
+def test_a_new_group_alone_decays_to_its_floor():
+    """learning_rate=0 (pretrained weights still) with new_learning_rate > 0: the new group's cosine still ends at
+    min_lr, not at its peak."""
+    cfg = TrainConfig(learning_rate=0.0, new_learning_rate=1e-3, min_lr=1e-4, warmup_iters=0, max_iters=100)
+    assert lr_multiplier(cfg, 100) == pytest.approx(0.1)
+
+
+def test_resume_applies_the_new_rates_and_the_saved_config_tells_the_truth(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    common = ["--kron_plan=*: mlp=16x8*1", "--eval_interval=2", "--decay_lr=False"]
+    train.main(args(tiny_data_dir, out, *common, "--max_iters=2"))
+    train.main(args(tiny_data_dir, out, *common, "--max_iters=4", "--init_from=resume", "--learning_rate=1e-4",
+                    "--new_weight_decay=0.0", "--beta2=0.99"))
+    ckpt = load_checkpoint(out / "last.pt")
+    groups = {g["name"]: g for g in ckpt["optimizer"]["param_groups"]}
+    assert groups["pretrained"]["lr"] == pytest.approx(1e-4) and groups["new"]["weight_decay"] == 0.0
+    assert all(g["betas"] == (0.9, 0.99) for g in groups.values())
+    assert ckpt["config"]["learning_rate"] == 1e-4
+    resume = records(out, "resume")[0]
+    assert any("base_lr 0.003 -> 0.0001" in c for c in resume["changed"])
+    with pytest.raises(UserError, match="n_layer=3 was given, but the model"):
+        train.main(args(tiny_data_dir, out, *common, "--max_iters=6", "--init_from=resume", "--n_layer=3"))
+    assert load_checkpoint(out / "last.pt")["config"]["n_layer"] == 2  # the model's own value, recorded
+
+
+def test_non_finite_new_learning_rate_is_refused():
+    from configurator import configure
+    with pytest.raises(UserError, match="new_learning_rate must be a finite number"):
+        configure(TrainConfig(), ["--new_learning_rate=nan"], verbose=False)
