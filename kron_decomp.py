@@ -55,7 +55,7 @@ class DecompConfig:
     scope: str = "mlp"              # --allocate: 'mlp', 'blocks' (+ attention) or 'all' (+ the embedding)
     plan: str = ""                  # a plan string (kronygpt/plans.py), e.g. '*: mlp=lowrank*64; 0: dense'
     layers: str = "all"             # blocks to decompose: 'all', '0,2,4', '6-11'; the others stay dense
-    keep_blocks: str = ""           # layer truncation first: 'even', 'first:K', 'spread:K' or indices
+    keep_blocks: str = None         # layer truncation first: 'even', 'first:K', 'spread:K' or indices
     list_shapes: bool = False       # print every valid shape with its parameter counts and exit
     # -- initialisation (kronygpt/factorize.py)
     init: str = "vl"                # vl, vl_norm, prune, random, aware, fisher
@@ -93,6 +93,28 @@ class DecompConfig:
         for name in ("calib_tokens", "calib_seq", "fisher_tokens", "plan_candidates", "score_blocks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.keep_blocks is not None:  # '0,2' arrives as a tuple, '3' as a number: all mean block indices
+            kb = self.keep_blocks
+            self.keep_blocks = ",".join(map(str, kb)) if isinstance(kb, (tuple, list)) else str(kb).strip()
+            if not self.keep_blocks:
+                raise ConfigError("--keep_blocks is empty; give 'even', 'first:K', 'spread:K' or block indices, or "
+                                  "drop it")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.scope != "mlp" and not self.allocate:
+            raise ConfigError(f"--scope {self.scope} says what --allocate may factorise; add --allocate (or drop "
+                              f"--scope)")
+        if self.allocate and not self.calib:
+            raise ConfigError("--allocate chooses ranks by calibrated error: give --calib DATASET")
+        if self.sequential and not self.calib:
+            raise ConfigError("--sequential calibrates block by block: give --calib DATASET")
+        if self.sequential and self.permute:
+            raise ConfigError("--permute works on the dense model's statistics, --sequential on the compressed "
+                              "model's: choose one")
+        if (self.sequential or self.permute or self.calib) and self.keep_blocks and not (
+                self.shape or self.target_params or self.plan):
+            raise ConfigError("--keep_blocks alone truncates without decomposing: drop --calib, --sequential and "
+                              "--permute, or give a plan to decompose to")
         if not 0 < self.tolerance < 1:
             raise ConfigError(f"--tolerance must be between 0 and 1 (a relative distance), got {self.tolerance}")
         self.init_spec()  # checks the initialisation's own settings
@@ -193,6 +215,9 @@ def main(argv=None):
     if cfg.calib:
         data = open_dataset(cfg.calib)
         check_data_fits(data, dense, cfg.calib)
+        if cfg.calib_tokens > len(data.tokens("train")):
+            raise UserError(f"--calib_tokens {cfg.calib_tokens:,} exceeds the {len(data.tokens('train')):,} training "
+                            f"tokens of {cfg.calib}; lower it")
         batches, moments, grads = calibrate(
             dense, data, cfg.calib, tokens=cfg.calib_tokens, seq=min(cfg.calib_seq, dense.config.block_size),
             seed=cfg.seed, layers=set(layers or range(dense.config.n_layer)),

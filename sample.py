@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kronygpt.checkpoint import load_model
+from kronygpt.checkpoint import check_output_file, load_model
 from configurator import configure, run_cli
 from kronygpt.errors import ConfigError
 from kronygpt.runtime import DTYPES, autocast, resolve_device, resolve_dtype
@@ -34,6 +34,7 @@ class SampleConfig:
     dtype: str = "float32"             # 'float32', 'bfloat16', 'float16' (autocast on CUDA) or 'auto'
     prompts_json: str = ""             # a JSON list of prompts, each sampled num_samples times (replaces start)
     json: str = ""                     # also write {prompt: completion} (the first sample of each) to this file
+    force: bool = False                # overwrite --json
 
     def validate(self):
         if self.max_new_tokens < 1 or self.num_samples < 1:
@@ -43,6 +44,8 @@ class SampleConfig:
             raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if self.dtype not in ("auto", *DTYPES):
             raise ConfigError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
 
@@ -61,13 +64,18 @@ def prompts(cfg):
         path = cfg.start[5:]
         if not os.path.isfile(path):
             raise ConfigError(f"start=FILE:{path}: no such file")
-        with open(path, encoding="utf-8") as f:
-            return [f.read()]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return [f.read()]
+        except UnicodeDecodeError:
+            raise ConfigError(f"start=FILE:{path} is not UTF-8 text; give a text file as the prompt") from None
     return [cfg.start]
 
 
 def main():
-    cfg = configure(SampleConfig(), sys.argv[1:], verbose=False)
+    cfg = configure(SampleConfig(), sys.argv[1:], verbose=False, doc=__doc__)
+    if cfg.json:
+        check_output_file(cfg.json, cfg.force)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     device_type = "cuda" if device.startswith("cuda") else "cpu"

@@ -24,16 +24,18 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
-from kronygpt.checkpoint import load_model, save_checkpoint
+import torch
+
+from kronygpt.checkpoint import atomic_save, load_model, save_checkpoint
 from configurator import configure, run_cli
 from kronygpt.data_utils import batch_seed, check_data_fits, open_dataset
 from kronygpt.distill import collect_activations, fit_layers, fit_units, make_distill_loss, progressive_order
 from kronygpt.factorize import INITS, InitSpec
 from kronygpt.plans import Plan
 from kronygpt.surgery import decompose_model, replace_block
-from kronygpt.errors import ConfigError, UserError
+from kronygpt.errors import ConfigError, Stopped, UserError
 from kronygpt.runtime import autocast, resolve_dtype, setup_runtime, teardown
-from kronygpt.trainer import Logger, TrainConfig, evaluate, init_model, run_directory, train
+from kronygpt.trainer import Logger, StopSignal, TrainConfig, evaluate, init_model, run_directory, train
 
 
 @dataclass
@@ -74,12 +76,18 @@ class DistillConfig(TrainConfig):
         if self.mode == "progressive" and not self.kron_plan:
             raise ConfigError("mode='progressive' replaces the teacher's blocks by the plan in kron_plan; set it, "
                               "e.g. kron_plan='*: mlp=256x256*1'")
-
-    def init_spec(self):
-        return InitSpec(self.kron_init, self.kron_scalars, self.prune_keep, self.prune_eps)
         progressive_order(2, self.progressive_order)
         if self.alpha < 0 or self.beta < 0 or self.hidden_weight < 0 or self.temperature <= 0:
             raise ConfigError("alpha, beta and hidden_weight must be >= 0 and temperature > 0")
+        for name, low in (("layerwise_tokens", 1), ("layerwise_batch", 1), ("layerwise_steps", 0),
+                          ("progressive_interval", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if not self.layerwise_lr > 0 or self.layerwise_lr == float("inf"):
+            raise ConfigError(f"layerwise_lr must be a positive number, got {self.layerwise_lr}")
+
+    def init_spec(self):
+        return InitSpec(self.kron_init, self.kron_scalars, self.prune_keep, self.prune_eps)
 
 
 class DistillHooks:
@@ -160,6 +168,9 @@ def check_setup(cfg, teacher, student, ckpt):
         raise ConfigError(f"hidden_weight > 0 compares block outputs, but the student ({student.config.n_layer} "
                           f"blocks of {student.config.n_embd}) and the teacher ({teacher.config.n_layer} of "
                           f"{teacher.config.n_embd}) differ; set hidden_weight=0")
+    if cfg.mode == "progressive" and Plan.parse(cfg.kron_plan, teacher.config.layout()).embed is not None:
+        raise ConfigError("mode='progressive' replaces blocks one at a time; a plan with 'embed=' cannot be reached "
+                          "that way: drop the embedding from kron_plan (or use mode='e2e')")
     if cfg.mode == "progressive":
         need = teacher.config.n_layer * cfg.progressive_interval
         if cfg.max_iters < need:
@@ -167,6 +178,20 @@ def check_setup(cfg, teacher, student, ckpt):
                               f"{cfg.progressive_interval} iterations, so the last one goes in at iteration "
                               f"{need - cfg.progressive_interval} and needs {cfg.progressive_interval} more: set "
                               f"max_iters >= {need} (or lower progressive_interval)")
+
+
+def resume_fitting(path, student):
+    """(validation loss before fitting, rows of the layers already fitted) of an interrupted layer-wise fit saved at
+    `path`, with those layers' weights put back into the student; (None, []) when there is none."""
+    if not os.path.isfile(path):
+        return None, []
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        student.load_state_dict(saved["student"])
+    except RuntimeError:
+        raise UserError(f"{path} holds an interrupted fit of another student; delete it to fit from the start") from None
+    print(f"resuming layer-wise fitting from {path}: {len(saved['rows'])} layers already fitted")
+    return saved["val_loss_before"], list(saved["rows"])
 
 
 def teacher_context(cfg, rt):
@@ -195,6 +220,9 @@ def distil(cfg, rt):
     student, ckpt, tokenizer = build_student(cfg, teacher, rt)
     student.to(rt.device)
     check_setup(cfg, teacher, student, ckpt)
+    if cfg.mode == "layerwise" and ckpt is None and not student.config.plan.layers:
+        raise UserError("mode='layerwise' fits the student's factorised blocks, and this student has none; "
+                        "start from a decomposed checkpoint (kron_decomp.py) or use mode='e2e'")
     data = open_dataset(cfg.dataset)
     check_data_fits(data, teacher, cfg.dataset)  # the teacher reads the same tokens as the student
     fit_source = open_dataset(cfg.fit_dataset) if cfg.fit_dataset else data
@@ -215,10 +243,21 @@ def distil(cfg, rt):
         fit_data = (fit, held)
     if cfg.mode == "layerwise" and ckpt is None:
         val = data.val_windows(cfg.block_size, cfg.eval_tokens)
-        before = evaluate(student, val, rt, cfg.batch_size)
-        layers = student.config.plan.layers
-        rows = fit_layers(student, *fit_data, layers, cfg.layerwise_steps, cfg.layerwise_lr, cfg.layerwise_batch,
-                          rt.device, log=print if rt.master else (lambda s: None))
+        progress_path = os.path.join(cfg.out_dir, "fitting.pt")
+        before, rows = resume_fitting(progress_path, student)
+        before = evaluate(student, val, rt, cfg.batch_size) if before is None else before
+        todo = [i for i in student.config.plan.layers if i not in {r["layer"] for r in rows}]
+        stop = StopSignal()
+        try:
+            rows += fit_layers(student, *fit_data, todo, cfg.layerwise_steps, cfg.layerwise_lr, cfg.layerwise_batch,
+                               rt.device, log=print if rt.master else (lambda s: None), stop=lambda: stop.signum)
+        finally:
+            stop.restore()
+        if stop.signum:  # save what is fitted; the same command continues from there
+            if rt.master:
+                atomic_save(dict(student=student.state_dict(), rows=rows, val_loss_before=before), progress_path)
+            raise Stopped(stop.signum, f"layer-wise fitting stopped by signal {stop.signum} after {len(rows)} "
+                                       f"layers; {progress_path} keeps them: run the same command to continue")
         after = evaluate(student, val, rt, cfg.batch_size)
         seconds = time.time() - t0
         Logger(cfg, rt, {}).log(dict(type="layerwise", layers=rows, val_loss_before=before, val_loss_after=after,
@@ -228,6 +267,8 @@ def distil(cfg, rt):
         if rt.master:  # the fitted student on its own, to train from (or compare) without refitting
             save_checkpoint(os.path.join(cfg.out_dir, "fitted.pt"), student, tokenizer=tokenizer,
                             extra=dict(layerwise=dict(val_loss_before=before, val_loss_after=after, seconds=seconds)))
+            if os.path.exists(progress_path):
+                os.remove(progress_path)
         fit_data = None  # free the activations before training
     fit_seconds = time.time() - t0 if cfg.mode == "layerwise" and ckpt is None else 0.0  # counts as training time
     hooks = DistillHooks(cfg, teacher, teacher_ctx, rt, fit_data)

@@ -140,10 +140,18 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def model_from_checkpoint(ckpt, **overrides):
+    if not isinstance(ckpt.get("model_args"), dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError("the checkpoint lacks its model_args or its weights; it was not written by this "
+                              "repo's save_checkpoint: write it again")
     args = dict(ckpt["model_args"])
     args.update(overrides)
     model = GPT(GPTConfig.from_dict(args))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # missing or unexpected tensors, or wrong shapes
+        detail = " ".join(str(e).split())[:240]
+        raise CheckpointError(f"the checkpoint's weights do not fit its model_args ({detail}); it is damaged or "
+                              f"was edited: write it again") from None
     model.tokenizer_name = ckpt.get("tokenizer", "gpt2")
     return model
 
@@ -165,10 +173,12 @@ def check_output_file(path, force, *inputs, report=False):
     if report and path.endswith(".json"):
         raise UserError(f"--out {path} ends in .json, the name of the report; give the checkpoint a .pt name")
     parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UserError(f"cannot write {path}: {parent} is a file, not a directory")
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"cannot write {path}: {existing} is a file, not a directory")
+    os.makedirs(parent, exist_ok=True)  # now, before the work, so that nothing fails after it
     outs = [path] + ([os.path.splitext(path)[0] + ".json"] if report else [])
     for src in inputs:
         for p in (src, resolve_checkpoint_path(str(src))):

@@ -203,6 +203,8 @@ class TokenData:
         self.check(split)
         path = os.path.join(self.data_dir, f"{split}.bin")
         size = os.path.getsize(path)
+        if size == 0:
+            raise UserError(f"{path} is empty; prepare the data again with a data/*/prepare.py script")
         if size % 2:
             raise UserError(f"{path} has an odd number of bytes ({size}), so it is not uint16 token ids; "
                             f"prepare the data again with a data/*/prepare.py script")

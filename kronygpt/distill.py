@@ -137,15 +137,18 @@ def fit_mlp(module, X, Y, steps, lr, batch, device, seed=0, fn=None):
     return module.train(was_training)
 
 
-def fit_layers(student, fit_acts, heldout_acts, layers, steps, lr, batch, device, log=print):
+def fit_layers(student, fit_acts, heldout_acts, layers, steps, lr, batch, device, log=print, stop=None):
     """Fit each listed block's factorised unit (fit_units: its MLP, or the whole block when attention is
     factorised) to the dense unit's outputs on the teacher's own inputs. Returns rows {layer, unit,
     mse_before, mse_after, kept} measured on held-out activations. A unit whose held-out error the fit
     raised gets its starting weights back (kept='start', mse_after = mse_before): fitting never leaves a
     layer worse than its decomposition. A factorised embedding is not fitted here: end-to-end training
-    adapts it."""
+    adapts it. stop: a function asked after each layer; when it says True, the rows fitted so far are returned
+    (an interrupted fit; each layer's fit is seeded by its index, so resuming gives the same result)."""
     rows, units = [], fit_units(student, layers)
     for i in layers:
+        if stop is not None and stop():
+            break
         module, fn = unit_forward(student, i, units[i])
         Xh, Yh = heldout_acts[i]
         before = unit_mse(module, fn, Xh, Yh, device)

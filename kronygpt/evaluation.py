@@ -43,11 +43,21 @@ def load_text(name):
         path = name[5:] if name.startswith("file:") else name
         if not os.path.isfile(path):
             raise UserError(f"{path} does not exist")
-        if path.endswith((".jsonl", ".json")):
+        try:
             with open(path, encoding="utf-8") as f:
-                return "\n\n".join(json.loads(line)["text"] for line in f if line.strip())
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+                if not path.endswith((".jsonl", ".json")):
+                    return f.read()
+                docs = [json.loads(line) for line in f if line.strip()]
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text; give a text or JSON-lines file") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}, line {e.lineno}: not valid JSON; each line must be one object with a "
+                            f"'text' field") from None
+        missing = next((k for k, d in enumerate(docs, 1) if not isinstance(d, dict) or "text" not in d), None)
+        if missing:
+            raise UserError(f"{path}, line {missing}: no 'text' field; each line must be one object with a 'text' "
+                            f"field")
+        return "\n\n".join(str(d["text"]) for d in docs)
     if name not in BENCHMARKS:
         raise UserError(f"unknown benchmark {name!r}; use one of {', '.join(BENCHMARKS)} or file:PATH")
     from datasets import load_dataset
@@ -124,7 +134,7 @@ def suite_datasets(teacher_name, tokenizer, given=""):
             raise UserError(f"--suite_data item {item!r} must be COLUMN=DATASET with COLUMN one of {', '.join(out)}")
         out[col] = name
     for col, name in out.items():
-        if not os.path.isdir(dataset_dir(name)):
+        if not os.path.isfile(os.path.join(dataset_dir(name), "val.bin")):
             how = {"teacher": f"data/teacher/prepare.py --model {teacher_name}"}.get(col, f"data/{col}/prepare.py")
             raise UserError(f"the suite's {col} set {name} is not prepared; run: python {how} --tokenizer="
                             f"{tokenizer} (or point --suite_data {col}=DATASET elsewhere)"

@@ -231,8 +231,12 @@ def is_factored_dir(path):
     cfg = os.path.join(str(path), "config.json")
     if not os.path.isfile(cfg):
         return False
-    with open(cfg) as f:
-        return json.load(f).get("model_type") == FACTORED_TYPE
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg} is not valid JSON ({str(e)[:100]}); the model directory is damaged") from None
+    return isinstance(config, dict) and config.get("model_type") == FACTORED_TYPE
 
 
 def export_factored(model, out_dir, tokenizer_spec, card=""):

@@ -27,6 +27,12 @@ def resolve_device(device):
         raise ConfigError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
     if not (device == "cpu" or device.startswith(("cuda", "mps"))):
         raise ConfigError(f"device {device!r} is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if device.startswith("mps") and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} was asked for but MPS is not available here; use device='cpu'")
+    if device.startswith("cuda:"):
+        index = device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
     return device
 
 

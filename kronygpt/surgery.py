@@ -147,6 +147,10 @@ def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, 
     if sequential and calib is None:
         raise UserError("sequential calibration collects statistics as it goes: give calib batches")
     plan = as_plan(plan, dense.config)
+    fam = dense.config.family
+    if permute and all(s.lowrank for (b, n), s in plan.items() if b != EMBED and n not in fam.attn_matrices):
+        raise UserError("--permute reorders MLP hidden units, which changes nothing for low-rank matrices (and "
+                        "this plan has no other MLP matrix); drop --permute")
     model = copy.deepcopy(dense).eval()
     model.config = replace(dense.config, kron_plan=plan.text, kron_scalars=init.scalars)
     fam, cache = model.config.family, WhiteningCache() if cache is None else cache

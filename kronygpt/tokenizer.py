@@ -81,7 +81,11 @@ def auto_tokenizer(name):
 
 @functools.lru_cache(maxsize=None)
 def hf_tokenizer(name):
-    tok = auto_tokenizer(name)
+    try:
+        tok = auto_tokenizer(name)
+    except (OSError, ValueError, TypeError) as e:  # no tokenizer files, or ones transformers cannot read
+        raise UserError(f"the tokenizer of {name!r} could not be loaded ({type(e).__name__}); a model directory needs "
+                        f"its tokenizer files (tokenizer.json or the files of its tokenizer class)") from None
     return Tokenizer(name, lambda s: tok.encode(s, add_special_tokens=False),
                      lambda ids: tok.decode(ids), tok.eos_token_id, len(tok),
                      bos=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id)

@@ -110,6 +110,8 @@ class TrainConfig:
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be a finite number (negative: the same as the pretrained group's), "
                                   f"got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
         if not 0 <= self.dropout < 1:

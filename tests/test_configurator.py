@@ -26,9 +26,10 @@ def test_key_space_value_and_bare_flags():
     """--key value works like --key=value; a bool field alone is True; a bool may still take True/False."""
     from kron_decomp import DecompConfig
     cfg = configure(DecompConfig(), ["--factors", "2", "--shape", "16x8", "--allocate", "--target_params", "81M",
-                                     "--scalars", "False", "--seed", "-3", "--out", "x.pt", "--force"], verbose=False)
+                                     "--scalars", "False", "--seed", "3", "--calib", "d", "--out", "x.pt", "--force"],
+                    verbose=False)
     assert (cfg.factors, cfg.shape, cfg.allocate, cfg.target_params) == (2, "16x8", True, "81M")
-    assert cfg.scalars is False and cfg.seed == -3 and cfg.force is True
+    assert cfg.scalars is False and cfg.seed == 3 and cfg.force is True
     with pytest.raises(ConfigError, match="needs a value"):
         configure(DecompConfig(), ["--out", "x.pt", "--factors"], verbose=False)
 

@@ -119,3 +119,38 @@ def test_llama_teacher_distils(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert ckpt["model_args"]["arch"] == "llama" and "12x8*2" in ckpt["model_args"]["kron_plan"]
     assert "model.transformer.h.0.mlp.gate_proj.A" not in ckpt["model"]
     assert ckpt["model"]["transformer.h.0.mlp.gate_proj.A"].shape == (2, 12, 8)
+
+
+@pytest.mark.slow
+def test_layerwise_fitting_stopped_by_a_signal_keeps_its_layers_and_resumes(tiny_gpt2_dir, tiny_data_dir, tmp_path):
+    """SIGTERM during layer-wise fitting saves the layers fitted so far (exit 143); the same command continues
+    from there and ends with the student an uninterrupted fit gives (each layer's fit is seeded)."""
+    import signal
+    from kronygpt.checkpoint import save_checkpoint
+    student, _ = decompose_model(load_pretrained(tiny_gpt2_dir), "*: mlp=16x8*1", InitSpec("vl"))
+    start = save_checkpoint(str(tmp_path / "start.pt"), student, tokenizer="gpt2")
+    cmd = [sys.executable, os.path.join(REPO, "train_distillation.py"), f"--teacher={tiny_gpt2_dir}",
+           f"--init_from={start}", f"--dataset={tiny_data_dir}", "--mode=layerwise", "--max_iters=0",
+           "--block_size=32", "--batch_size=2", "--eval_tokens=256", "--layerwise_tokens=2048",
+           "--layerwise_steps=400"]
+    r = subprocess.run([*cmd, f"--out_dir={tmp_path / 'whole'}"], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = subprocess.Popen([*cmd, f"--out_dir={tmp_path / 'cut'}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=REPO)
+    lines = []
+    for line in p.stdout:  # wait until the first layer is fitted
+        lines.append(line)
+        if line.startswith("layer 0:"):
+            break
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert (tmp_path / "cut" / "fitting.pt").exists() and not (tmp_path / "cut" / "fitted.pt").exists()
+    r = subprocess.run([*cmd, f"--out_dir={tmp_path / 'cut'}"], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming layer-wise fitting" in r.stdout and not (tmp_path / "cut" / "fitting.pt").exists()
+    a = load_checkpoint(tmp_path / "whole" / "fitted.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "fitted.pt")["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

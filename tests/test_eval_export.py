@@ -11,7 +11,7 @@ import torch
 from kronygpt.checkpoint import save_checkpoint
 from conftest import REPO
 from kronygpt.data_utils import write_meta, write_tokens
-from eval import stream_loss, windows
+from kronygpt.evaluation import stream_loss, windows
 from kronygpt.hf_io import export_hf, load_pretrained
 from kronygpt.factorize import InitSpec
 from kronygpt.surgery import decompose_model

@@ -40,8 +40,11 @@ def load(args):
         return ds.rename_column(args.text_field, "text")
     texts = []  # plain text: one document per file, as OpenWebText's documents are whole web pages
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            texts.append(fh.read())
+        try:
+            with open(f, encoding="utf-8") as fh:
+                texts.append(fh.read())
+        except UnicodeDecodeError:
+            raise UserError(f"--files {f} is not UTF-8 text; give text or JSON-lines files") from None
     return Dataset.from_dict({"text": texts})
 
 
