@@ -19,12 +19,13 @@ compressing: the dense form gives the size and the speed back.
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from kronygpt.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
+from kronygpt.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path, same_file
 from configurator import configure, run_cli
 from kronygpt.errors import UserError
 from kronygpt.hf_io import export_factored, export_hf
@@ -86,24 +87,57 @@ class ExportConfig:
             raise UserError(f"--format must be auto, factored or dense, got {self.format!r}")
 
 
+def check_out_dir(out, force, source):
+    """Before any work: --out may be new, empty, or (with --force) a previous export of this repo, which is
+    replaced whole. A directory holding anything else (a training run, another model) is never written into."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file; give a directory for the Hugging Face model")
+    if os.path.exists(source) and same_file(source, out):
+        raise UserError(f"--out {out} is the model being exported; choose another directory")
+    if not os.path.isdir(out) or not os.listdir(out):
+        return
+    if not force:
+        raise UserError(f"--out {out} is not empty; choose another directory or pass --force to replace the export "
+                        f"there")
+    if not os.path.isfile(os.path.join(out, "kronygpt_export.json")):
+        raise UserError(f"--out {out} holds files that are not an export of this repo ({', '.join(sorted(os.listdir(out))[:4])}"
+                        f"...); --force replaces only a previous export: choose another directory")
+
+
+def replace_dir(staged, out):
+    """Put the staged export at `out`, replacing a previous export there whole (no stale file of another format)."""
+    old = None
+    if os.path.isdir(out):
+        old = f"{out.rstrip('/')}.old{os.getpid()}"
+        os.replace(out, old)
+    os.replace(staged, out)
+    if old:
+        shutil.rmtree(old)
+
+
 def main():
     args = configure(ExportConfig(), sys.argv[1:], verbose=False, doc=__doc__)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is a file; give a directory for the Hugging Face model")
-    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
-        raise UserError(f"--out {args.out} is not empty; choose another directory or pass --force to overwrite")
+    check_out_dir(args.out, args.force, resolve_checkpoint_path(args.init_from))
     model = load_model(args.init_from).eval()
     fmt = args.format if args.format != "auto" else ("factored" if model.config.is_factorized else "dense")
     extra = checkpoint_extra(args.init_from)
-    if fmt == "factored":
-        export_factored(model, args.out, model.tokenizer_name, model_card(model, args.init_from, extra))
-    else:
-        export_hf(model, args.out)
+    staged = f"{args.out.rstrip('/')}.tmp{os.getpid()}"
     try:
-        wrote_tok = save_hf_tokenizer(model.tokenizer_name, args.out)
-    except Exception as e:  # a model whose tokenizer has no Hugging Face files (a random test model, say)
-        print(f"note: no tokenizer written ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-        wrote_tok = False
+        if fmt == "factored":
+            export_factored(model, staged, model.tokenizer_name, model_card(model, args.init_from, extra))
+        else:
+            export_hf(model, staged)
+        try:
+            wrote_tok = save_hf_tokenizer(model.tokenizer_name, staged)
+        except Exception as e:  # a model whose tokenizer has no Hugging Face files (a random test model, say)
+            print(f"note: no tokenizer written ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            wrote_tok = False
+        with open(os.path.join(staged, "kronygpt_export.json"), "w") as f:
+            json.dump(dict(source=args.init_from, format=fmt, params=model.param_counts()["total"]), f, indent=1)
+        replace_dir(staged, args.out)
+    finally:
+        if os.path.isdir(staged):
+            shutil.rmtree(staged)
     print(f"wrote {args.out} ({fmt}; {model.config.arch}, {model.param_counts()['total']:,} parameters; "
           f"{dir_size(args.out) / 2 ** 20:.1f} MiB on disk; {'with' if wrote_tok else 'without'} a tokenizer)")
     if args.check:
@@ -113,8 +147,6 @@ def main():
         with torch.no_grad():
             diff = (hf(idx).logits - model(idx, all_logits=True)[0]).abs().max().item()
         print(f"max |logit difference| transformers vs checkpoint: {diff:.2e}")
-    with open(os.path.join(args.out, "kronygpt_export.json"), "w") as f:
-        json.dump(dict(source=args.init_from, format=fmt, params=model.param_counts()["total"]), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -82,3 +82,23 @@ def test_sample_and_eval_take_the_exported_directory(tmp_path, request, tiny_dat
                        timeout=120)
     assert r.returncode == 0, r.stderr[-1500:]
     assert "val_loss" in r.stdout
+
+
+def test_force_replaces_an_export_whole_and_never_writes_into_a_run(request, tmp_path):
+    """--force over a factored export with a dense one leaves no file of the old format; a run directory (or any
+    directory that is not an export) is refused even with --force, and left as it was."""
+    _, out = exported("tiny_gpt2_dir", request, tmp_path)
+    assert (out / "modeling_kronygpt.py").exists()
+    export = [sys.executable, os.path.join(REPO, "export.py"), "--init_from", str(tmp_path / "k.pt")]
+    r = subprocess.run([*export, "--out", str(out), "--format", "dense"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "--force" in r.stderr
+    r = subprocess.run([*export, "--out", str(out), "--format", "dense", "--force"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (out / "modeling_kronygpt.py").exists() and not (out / "kronecker.py").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"a week of training")
+    r = subprocess.run([*export, "--out", str(run), "--force"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "not an export" in r.stderr
+    assert os.listdir(run) == ["last.pt"] and (run / "last.pt").read_bytes() == b"a week of training"
