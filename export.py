@@ -29,7 +29,7 @@ from kronygpt.checkpoint import load_checkpoint, load_model, resolve_checkpoint_
 from configurator import configure, run_cli
 from kronygpt.errors import UserError
 from kronygpt.hf_io import export_factored, export_hf
-from kronygpt.tokenizer import save_hf_tokenizer
+from kronygpt.tokenizer import save_hf_tokenizer, special_token_ids
 
 
 def dir_size(path):
@@ -45,7 +45,7 @@ def model_card(model, source, extra):
              "(out,1)x(1,in) member), and multiplied in factored form. Made with KronyGPT.", "",
              "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
              "model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)",
-             "tok = AutoTokenizer.from_pretrained(DIR)",
+             "tok = AutoTokenizer.from_pretrained(DIR, trust_remote_code=False)  # the tokenizer needs no code",
              "out = model.generate(**tok('The capital of France is', return_tensors='pt'), max_new_tokens=20)",
              "```", "",
              "| | |", "|---|---|",
@@ -59,8 +59,8 @@ def model_card(model, source, extra):
                      + (f", calibrated on `{dec['calib']}`" if dec.get("calib") else "") + " |")
     if extra.get("val_loss") is not None and extra["val_loss"] == extra["val_loss"]:
         lines.append(f"| validation loss | {extra['val_loss']:.4f} (the training run's fixed validation set) |")
-    lines += ["", "Limits of the bundled code: no padding mask and no key/value cache in `generate` "
-              "(each step recomputes the prefix).", ""]
+    lines += ["", "The bundled code supports transformers' KV cache, padding masks (batched generation), "
+              "`attn_implementation` 'sdpa' or 'eager', `output_hidden_states`, and `AutoModel` (the base model).", ""]
     return "\n".join(lines)
 
 
@@ -77,6 +77,7 @@ class ExportConfig:
     init_from: str = ""             # checkpoint, out_dir, HF directory or hub name
     out: str = ""                   # the output directory
     format: str = "auto"            # 'factored', 'dense', or 'auto': factored for a factorised model, dense otherwise
+    dtype: str = "float32"          # the weights' dtype on disk: float32, bfloat16 or float16
     check: bool = False             # reload with transformers and compare logits
     force: bool = False             # replace an existing export in --out
 
@@ -85,6 +86,8 @@ class ExportConfig:
             raise UserError("give --init_from MODEL and --out DIRECTORY")
         if self.format not in ("auto", "factored", "dense"):
             raise UserError(f"--format must be auto, factored or dense, got {self.format!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise UserError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
 
 def check_out_dir(out, force, source):
@@ -123,10 +126,12 @@ def main():
     extra = checkpoint_extra(args.init_from)
     staged = f"{args.out.rstrip('/')}.tmp{os.getpid()}"
     try:
+        special = {k: v for k, v in special_token_ids(model.tokenizer_name).items() if v < model.config.vocab_size}
         if fmt == "factored":
-            export_factored(model, staged, model.tokenizer_name, model_card(model, args.init_from, extra))
+            export_factored(model, staged, model.tokenizer_name, model_card(model, args.init_from, extra), args.dtype,
+                            special)
         else:
-            export_hf(model, staged)
+            export_hf(model, staged, args.dtype, special)
         try:
             wrote_tok = save_hf_tokenizer(model.tokenizer_name, staged)
         except Exception as e:  # a model whose tokenizer has no Hugging Face files (a random test model, say)

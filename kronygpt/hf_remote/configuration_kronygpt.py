@@ -18,5 +18,5 @@ class KronyGPTConfig(PretrainedConfig):
             if ours in self.model_args:
                 kwargs.setdefault(theirs, self.model_args[ours])
         kwargs.setdefault("tie_word_embeddings", bool(self.model_args.get("tie_embeddings", True)))
-        kwargs.setdefault("use_cache", False)  # the model recomputes the prefix: no key/value cache across calls
+        kwargs.setdefault("use_cache", True)  # keys and values of past positions kept in transformers' Cache
         super().__init__(**kwargs)

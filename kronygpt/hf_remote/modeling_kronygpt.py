@@ -1,25 +1,41 @@
 """
 Hugging Face wrapper of an exported KronyGPT model: `AutoModelForCausalLM.from_pretrained(dir,
-trust_remote_code=True)` builds this class, whose `gpt` is this repo's own GPT (model.py, kronecker.py and
-the modules they use are copied next to this file by export.py, with only their imports made relative), so
-the forward is the repo's factored one: no weight matrix is materialised.
+trust_remote_code=True)` builds KronyGPTForCausalLM (and `AutoModel` the base KronyGPTModel), whose `gpt` is this
+repo's own GPT (model.py, kronecker.py and the modules they use are copied next to this file by export.py, with
+only their imports made relative), so the forward is the repo's factored one: no weight matrix is materialised.
 
-Limits: no padding mask (generate from one prompt, or prompts of equal length) and no key/value cache across
-generation steps (each step recomputes the prefix).
+It behaves like any causal LM of transformers: a KV cache through transformers' Cache classes (`cache`, the
+deprecated `past_key_values`, `use_cache`), padding masks (`attention_mask`; a left-padded row gets its own
+positions and the same tokens as the prompt alone), `attn_implementation` 'sdpa' (default) or 'eager' (which
+alone returns `output_attentions`), `output_hidden_states`, stop tokens from generation_config.json, and a clear
+error for inputs longer than the context.
 """
 
 import torch
 import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_kronygpt import KronyGPTConfig
+from .errors import UserError
 from .model import GPT, GPTConfig, rotary_table
 
 
-class KronyGPTForCausalLM(PreTrainedModel, GenerationMixin):
+class CacheView:
+    """model.py's KV-cache interface (update(layer, k, v) -> all keys and values, pos) over a transformers Cache."""
+
+    def __init__(self, cache):
+        self.cache, self.pos = cache, cache.get_seq_length()
+
+    def update(self, layer, k, v):
+        return self.cache.update(k, v, layer)
+
+
+class KronyGPTPreTrainedModel(PreTrainedModel):
     config_class = KronyGPTConfig
     base_model_prefix = "gpt"
+    _supports_sdpa = True
     _tied_weights_keys = {"gpt.lm_head.weight": "gpt.transformer.wte.weight"}
 
     def __init__(self, config):
@@ -42,20 +58,61 @@ class KronyGPTForCausalLM(PreTrainedModel, GenerationMixin):
     def get_input_embeddings(self):
         return self.gpt.transformer.wte
 
+    def trunk(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None,
+              output_hidden_states=None, output_attentions=None, inputs_embeds=None, past_key_values=None, **kwargs):
+        """(final hidden states, cache, hidden states, attentions) of the GPT's blocks, the Hugging Face way."""
+        if inputs_embeds is not None:
+            raise ValueError("KronyGPT takes input_ids, not inputs_embeds (its embedding may be factorised)")
+        cache = cache if cache is not None else past_key_values
+        use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        output_attentions = getattr(self.config, "output_attentions", False) if output_attentions is None \
+            else output_attentions
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError("output_attentions needs attn_implementation='eager' (sdpa never forms the weights); "
+                             "load the model with attn_implementation='eager'")
+        view = CacheView(cache) if cache is not None else None
+        T = input_ids.shape[1]
+        keep = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
+        if position_ids is None and keep is not None:  # a left-padded row counts its positions from its first token
+            position_ids = (keep.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
+        hidden = [] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        try:
+            x = self.gpt.trunk(input_ids, view, hidden, keep, position_ids, attentions, embeddings=bool(hidden is not None))
+        except UserError as e:  # an input longer than the context, say
+            raise ValueError(str(e)) from None
+        if hidden is not None:
+            hidden[-1] = x  # transformers' convention: the last hidden state after the final norm
+        return x, cache, tuple(hidden) if hidden is not None else None, \
+            tuple(attentions) if attentions is not None else None
+
+
+class KronyGPTModel(KronyGPTPreTrainedModel):
+    """The base model (AutoModel): the blocks' final hidden states, without the head."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None, **kwargs):
+        x, cache, hidden, attentions = self.trunk(input_ids, attention_mask, position_ids, cache, use_cache, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=x, cache=cache, hidden_states=hidden, attentions=attentions)
+
+
+class KronyGPTForCausalLM(KronyGPTPreTrainedModel, GenerationMixin):
+
     def get_output_embeddings(self):
         return self.gpt.lm_head
 
-    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
-        T = self.gpt.config.block_size
-        logits, _ = self.gpt(input_ids[:, -T:], all_logits=True)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, labels=None, use_cache=None,
+                logits_to_keep=0, **kwargs):
+        x, cache, hidden, attentions = self.trunk(input_ids, attention_mask, position_ids, cache, use_cache, **kwargs)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.gpt.lm_head(x)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, -T:][:, 1:].flatten(),
-                                   ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
-
-    def prepare_inputs_for_generation(self, input_ids, **kwargs):
-        return {"input_ids": input_ids}
+            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache, hidden_states=hidden,
+                                      attentions=attentions)
 
     @torch.no_grad()
     def num_parameters_factored(self):
