@@ -134,6 +134,9 @@ def kron_matmul(x, A, B, impl):
     # Every GEMM below is an explicit 2-D product. torch.matmul(2-D, 3-D) and F.linear on a transposed
     # 3-D input fold into one GEMM only while autograd records; under no_grad (eval, generation) they
     # run N tiny GEMMs, 3-10x slower than dense on the CPU. The permute copies are written out instead.
+    if n1 == 1 and m2 == 1:  # low rank, W = U V^T: exactly two GEMMs on views of the factors, no copies
+        V, Ut = B.reshape(r, n2), A.reshape(r, m1)              # (r, in), (r, out): A (r, out, 1) is U^T in memory
+        return (x.reshape(-1, n2) @ V.t() @ Ut).reshape(*lead, m1)
     X = x.reshape(-1, n1, n2)                                   # (N, n1, n2)
     N = X.shape[0]
     if impl == "right":

@@ -135,3 +135,34 @@ def test_teacher_text_is_resumable_and_held_out(small_gpt2, tmp_path):
     assert "resuming" in r.stdout + r.stderr and not partial.exists()
     for split in ("train", "val"):
         assert (tmp_path / "a" / f"{split}.bin").read_bytes() == (tmp_path / "b" / f"{split}.bin").read_bytes()
+
+
+@pytest.mark.slow
+def test_lm_eval_harness_scores_an_export_as_the_fact_probe_does(small_gpt2, tmp_path):
+    """lm-evaluation-harness (optional: requirements-optional.txt) runs on a factored export with a local task, and
+    its multiple-choice accuracy equals this repo's fact probe on the same items and model."""
+    pytest.importorskip("lm_eval")
+    from kronygpt.checkpoint import load_model
+    items = load_facts()[:40]
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps(i) + "\n" for i in items))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "krony_facts.yaml").write_text(
+        f"task: krony_facts\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: context\ndoc_to_choice: choices\n"
+        "doc_to_target: answer\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    out = tmp_path / "hf"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "export.py"), "--init_from", small_gpt2, "--out", str(out),
+                        "--format", "factored"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                        f"pretrained={out},trust_remote_code=True", "--tasks", "krony_facts", "--include_path",
+                        str(tmp_path / "tasks"), "--device", "cpu", "--batch_size", "1", "--output_path",
+                        str(tmp_path / "lm_eval")], capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    found = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "lm_eval") for f in fs if f.endswith(".json")]
+    scores = json.loads(open(found[0]).read())["results"]["krony_facts"]
+    acc, acc_norm = fact_probe(load_model(small_gpt2).eval(), get_tokenizer("gpt2"), items,
+                               setup_runtime("cpu", "float32"))
+    assert scores["acc,none"] == pytest.approx(acc) and scores["acc_norm,none"] == pytest.approx(acc_norm)

@@ -11,6 +11,7 @@ SHAPES = [  # (out, in, m1, n1): ordinary, tall, wide, degenerate 1xk / kx1 fact
     (12, 8, 3, 2), (12, 8, 12, 4), (8, 12, 2, 6), (6, 6, 1, 3), (6, 6, 3, 1), (8, 4, 8, 2), (4, 8, 2, 8),
     (3072, 768, 3072, 384),  # the 96M pruning shape (3072,384)x(1,2)
     (768, 3072, 384, 3072),
+    (12, 8, 12, 1), (96, 40, 96, 1),  # low rank (out,1)x(1,in): the two-GEMM path
 ]
 
 
@@ -92,3 +93,17 @@ def test_all_shapes_divide():
     assert all(s.out_features == 12 and s.in_features == 8 for s in shapes)
     assert len(shapes) == len(set(shapes)) == 6 * 4 - 2
     assert all(not ((s.m1, s.n1) == (1, 1) or (s.m2, s.n2) == (1, 1)) for s in shapes)
+
+
+def test_low_rank_runs_as_two_gemms_without_copying_its_factors():
+    """W = U V^T: the forward reads the factors through views (no weight copies per call), and the gradients have
+    the parameters' own strides (what DDP's buckets want)."""
+    layer = KroneckerLinear(kron_shape(48, 16, 48, 1), 6, bias=False)
+    x = torch.randn(5, 16)
+    copies = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: copies.append(t) or t, lambda t: t):
+        y = layer(x)
+    assert all(t.data_ptr() in (x.data_ptr(), layer.A.data_ptr(), layer.B.data_ptr()) or tuple(t.shape) == (5, 6)
+               for t in copies)  # saved: the input, views of A and B, and the (N, r) intermediate only
+    y.sum().backward()
+    assert layer.A.grad.stride() == layer.A.stride() and layer.B.grad.stride() == layer.B.stride()
