@@ -104,7 +104,11 @@ IMPLS = ("auto", "right", "left", "materialized")  # 'auto': the cost model's ch
 
 
 def choose_impl(s, r):
-    """'right' (B-first), 'left' (A-first) or 'materialized', whichever is cheapest."""
+    """'right' (B-first), 'left' (A-first) or 'materialized', whichever is cheapest. Low rank is always factored:
+    its two GEMMs need no copies, and below the rank where it would cost as much as dense (no plan goes beyond)
+    they are cheaper than building W, above all when decoding one token at a time."""
+    if s.n1 == 1 and s.m2 == 1:
+        return "right"
     macs = factored_macs(s, r)
     best = min(macs, key=macs.get)
     dense = s.out_features * s.in_features
@@ -221,8 +225,19 @@ class KroneckerLinear(Factorized):
 
     def forward(self, x):
         A = self.A if self.scalars is None else self.A * self.scalars.view(-1, 1, 1)
-        y = kron_matmul(x, A, self.B, self.impl)
+        if self.impl == "materialized" and not torch.is_grad_enabled():  # inference: build W once, not per call
+            y = F.linear(x, self.materialized(A))
+        else:
+            y = kron_matmul(x, A, self.B, self.impl)
         return y if self.bias is None else y + self.bias.to(y.dtype)  # nn.Linear's output dtype under autocast
+
+    def materialized(self, A):
+        """W for inference, cached until a factor changes (the parameters' version counters say when)."""
+        key = (self.A._version, self.B._version, None if self.scalars is None else self.scalars._version,
+               self.A.data_ptr(), self.B.data_ptr(), A.dtype, A.device)
+        if getattr(self, "_w_key", None) != key:
+            self._w, self._w_key = kron_sum(A, self.B), key
+        return self._w
 
     def macs_per_token(self):
         if self.impl == "materialized":

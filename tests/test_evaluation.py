@@ -1,6 +1,7 @@
 """The general-ability suite (kronygpt/evaluation.py), dataset mixtures, and teacher text."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -166,3 +167,37 @@ def test_lm_eval_harness_scores_an_export_as_the_fact_probe_does(small_gpt2, tmp
     acc, acc_norm = fact_probe(load_model(small_gpt2).eval(), get_tokenizer("gpt2"), items,
                                setup_runtime("cpu", "float32"))
     assert scores["acc,none"] == pytest.approx(acc) and scores["acc_norm,none"] == pytest.approx(acc_norm)
+
+
+@pytest.mark.slow
+def test_eval_py_with_a_start_token_agrees_with_lm_eval_rolling_perplexity(small_gpt2, tmp_path):
+    """eval.py --start_token (non-overlapping windows, the document-start token in front) scores a document as
+    lm-evaluation-harness's loglikelihood_rolling does: the same total log-likelihood."""
+    pytest.importorskip("lm_eval")
+    text = " ".join(load_facts()[k]["context"] + load_facts()[k]["choices"][0] + "." for k in range(60))
+    (tmp_path / "doc.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "krony_ppl.yaml").write_text(
+        f"task: krony_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'doc.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: text\n"
+        "metric_list:\n  - metric: bits_per_byte\n")
+    out = tmp_path / "hf"
+    assert subprocess.run([sys.executable, os.path.join(REPO, "export.py"), "--init_from", small_gpt2, "--out",
+                           str(out)], capture_output=True, cwd=REPO, timeout=300).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                        f"pretrained={out},trust_remote_code=True", "--tasks", "krony_ppl", "--include_path",
+                        str(tmp_path / "tasks"), "--device", "cpu", "--batch_size", "1", "--output_path",
+                        str(tmp_path / "lm_eval")], capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    found = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "lm_eval") for f in fs if f.endswith(".json")]
+    bpb = json.loads(open(found[0]).read())["results"]["krony_ppl"]["bits_per_byte,none"]
+    theirs = bpb * len(text.encode("utf-8")) * math.log(2)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--models", str(out), "--datasets",
+                        f"file:{tmp_path / 'doc.jsonl'}", "--block_size", "64", "--start_token", "--json",
+                        str(tmp_path / "ours.json")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads((tmp_path / "ours.json").read_text())["rows"][0]
+    name = f"file:{tmp_path / 'doc.jsonl'}"
+    ours = math.log(row[name]) * row[f"{name}_tokens"]
+    assert ours == pytest.approx(theirs, rel=1e-4)

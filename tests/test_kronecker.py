@@ -107,3 +107,18 @@ def test_low_rank_runs_as_two_gemms_without_copying_its_factors():
                for t in copies)  # saved: the input, views of A and B, and the (N, r) intermediate only
     y.sum().backward()
     assert layer.A.grad.stride() == layer.A.stride() and layer.B.grad.stride() == layer.B.stride()
+
+
+def test_inference_builds_a_materialised_weight_once_and_notices_updates():
+    s = kron_shape(3072, 768, 3072, 384)  # (3072,384)x(1,2) with 2 factors: materialised
+    layer = KroneckerLinear(s, 2, bias=False)
+    assert layer.impl == "materialized"
+    x = torch.randn(3, 768)
+    with torch.no_grad():
+        y1 = layer(x)
+        w = layer._w
+        layer(x)
+        assert layer._w is w  # cached
+        layer.A.mul_(2.0)     # an in-place update (an optimizer step) invalidates it
+        torch.testing.assert_close(layer(x), 2 * y1)
+    torch.testing.assert_close(layer(x), 2 * y1)  # and with autograd the factored path is used
