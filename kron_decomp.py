@@ -53,6 +53,7 @@ class DecompConfig:
     tolerance: float = 0.01         # --target_params: accepted relative distance
     allocate: bool = False          # --target_params: each matrix its own rank (or dense) under the budget
     scope: str = "mlp"              # --allocate: 'mlp', 'blocks' (+ attention) or 'all' (+ the embedding)
+    rank_multiple: int = 0          # --allocate: every rank a multiple of this (0: 1 for --device cpu, 32 for cuda)
     plan: str = ""                  # a plan string (kronygpt/plans.py), e.g. '*: mlp=lowrank*64; 0: dense'
     layers: str = "all"             # blocks to decompose: 'all', '0,2,4', '6-11'; the others stay dense
     keep_blocks: str = None         # layer truncation first: 'even', 'first:K', 'spread:K' or indices
@@ -115,6 +116,8 @@ class DecompConfig:
                 self.shape or self.target_params or self.plan):
             raise ConfigError("--keep_blocks alone truncates without decomposing: drop --calib, --sequential and "
                               "--permute, or give a plan to decompose to")
+        if self.rank_multiple < 0:
+            raise ConfigError(f"--rank_multiple must be >= 1 (or 0 for the device's default), got {self.rank_multiple}")
         if not 0 < self.tolerance < 1:
             raise ConfigError(f"--tolerance must be between 0 and 1 (a relative distance), got {self.tolerance}")
         self.init_spec()  # checks the initialisation's own settings
@@ -229,7 +232,8 @@ def main(argv=None):
         plan = choose_plan(dense, layers=layers, plan=cfg.plan, shape=cfg.shape, factors=cfg.factors,
                            target=cfg.target_params, tolerance=cfg.tolerance, allocate=cfg.allocate, scope=cfg.scope,
                            scalars=cfg.scalars, init=init, moments=moments, grads=grads,
-                           candidates=cfg.plan_candidates, score_blocks=cfg.score_blocks, cache=cache)
+                           candidates=cfg.plan_candidates, score_blocks=cfg.score_blocks, cache=cache,
+                           rank_multiple=cfg.rank_multiple or (32 if cfg.device.startswith("cuda") else 1))
         torch.manual_seed(cfg.seed)
         td = time.time()
         model, rows = decompose_model(dense, plan, init, moments=None if cfg.sequential else moments, grads=grads,

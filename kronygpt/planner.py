@@ -179,15 +179,16 @@ def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2
     return out
 
 
-def options(curve, o, i, weight=1.0):
+def options(curve, o, i, weight=1.0, multiple=1):
     """The lower convex hull of one matrix's (parameters, error) options, cheapest first: rank r costs r(o+i) with
     error sum(sigma^2[r:]) (weighted, relative), dense costs o*i with error 0. Ranks that cost as much as dense
-    are dominated by it; every rank is at least 1 (a plan cannot hold a rank-0 matrix). Returns [(cost, error,
-    choice)] with choice a rank or 'dense'."""
+    are dominated by it; every rank is at least 1 (a plan cannot hold a rank-0 matrix), and a multiple of
+    `multiple` (ranks the hardware likes: GEMMs whose inner size is a multiple of 8-64 use the tensor cores fully).
+    Returns [(cost, error, choice)] with choice a rank or 'dense'."""
     sig2, norm = curve
     w = weight / max(norm, 1e-30)
     tail = sig2.flip(0).cumsum(0).flip(0).tolist() + [0.0]  # tail[r] = sum(sig2[r:])
-    points = [(r * (o + i), w * tail[r], r) for r in range(1, min(o, i) + 1) if r * (o + i) < o * i]
+    points = [(r * (o + i), w * tail[r], r) for r in range(multiple, min(o, i) + 1, multiple) if r * (o + i) < o * i]
     points.append((o * i, 0.0, "dense"))
     hull = []
     for p in points:  # monotone chain: keep the points where the error falls ever more slowly per parameter
@@ -198,7 +199,7 @@ def options(curve, o, i, weight=1.0):
     return hull
 
 
-def allocate(curves, mats, budget, weights=None):
+def allocate(curves, mats, budget, weights=None, multiple=1):
     """Each matrix its rank (or dense) so that the total weight parameters stay within `budget` and the summed
     (weighted) relative squared error is smallest. Each matrix's options are the lower convex hull of its
     (parameters, error) points, dense included as a point of its own (its true cost o*i and error 0, not one more
@@ -209,7 +210,7 @@ def allocate(curves, mats, budget, weights=None):
     the optimum. Every matrix starts at rank 1 (or dense, where that is cheaper).
     Returns {(layer, name): rank or 'dense'} and the parameters used."""
     weights = weights or {}
-    hulls = {(b, n): options(curves[(b, n)], o, i, weights.get((b, n), 1.0)) for b, n, o, i in mats}
+    hulls = {(b, n): options(curves[(b, n)], o, i, weights.get((b, n), 1.0), multiple) for b, n, o, i in mats}
     at = {k: 0 for k in hulls}
     used = sum(h[0][0] for h in hulls.values())
     if used > budget:
@@ -233,27 +234,27 @@ def allocate(curves, mats, budget, weights=None):
             continue  # this matrix cannot take its next segment; cheaper segments of others may still fit
         at[key], used = j + 1, used + cost
         push(n, key)
-    alloc, left = fill({k: hulls[k][j][2] for k, j in at.items()}, curves, mats, budget - used, weights)
+    alloc, left = fill({k: hulls[k][j][2] for k, j in at.items()}, curves, mats, budget - used, weights, multiple)
     return alloc, budget - left
 
 
-def fill(alloc, curves, mats, left, weights):
+def fill(alloc, curves, mats, left, weights, multiple=1):
     """Spend what the hull segments left over on single ranks (a hull segment next to dense can span many ranks,
     too many for the rest of the budget), best error reduction per parameter first, so the total lands within
     one rank step of the budget. Returns (the allocation, the parameters still unspent)."""
     while True:
         best = None
         for b, n, o, i in mats:
-            r = alloc[(b, n)]
-            if r == "dense" or r + 1 > min(o, i) or (r + 1) * (o + i) >= o * i or o + i > left:
+            r, m = alloc[(b, n)], multiple
+            if r == "dense" or r + m > min(o, i) or (r + m) * (o + i) >= o * i or m * (o + i) > left:
                 continue
             sig2, norm = curves[(b, n)]
-            gain = weights.get((b, n), 1.0) / max(norm, 1e-30) * sig2[r].item() / (o + i)
+            gain = weights.get((b, n), 1.0) / max(norm, 1e-30) * sig2[r:r + m].sum().item() / (m * (o + i))
             if best is None or gain > best[0]:
-                best = (gain, (b, n), o + i)
+                best = (gain, (b, n), m * (o + i))
         if best is None:
             return alloc, left
-        alloc[best[1]] += 1
+        alloc[best[1]] += multiple
         left -= best[2]
 
 
@@ -293,7 +294,7 @@ def parse_shape(text, config):
 
 def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", tolerance=0.01, allocate=False,
                 scope="mlp", scalars=False, init=None, moments=None, grads=None, candidates=16, score_blocks=6,
-                cache=None, log=print):
+                cache=None, log=print, rank_multiple=1):
     """The Plan for a decomposition request, over the blocks `layers` (None: all):
         plan                 a plan string, used as written
         shape (+ factors)    one shape for every MLP matrix; with target, the factor count that meets it
@@ -312,7 +313,7 @@ def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", 
         return uniform_plan(config, parse_shape(shape, config), factors, layers)
     target = parse_count(target)
     if allocate:  # each matrix its own rank: the allocator spends the target itself
-        return allocated_plan(dense, target, layers, scope, init, moments, grads, scalars, cache, log)
+        return allocated_plan(dense, target, layers, scope, init, moments, grads, scalars, cache, log, rank_multiple)
     if shape:  # a fixed shape whose factor count meets the target
         s = parse_shape(shape, config)
         factors, total = factors_for_target(config, s, target, scalars, layers)
@@ -370,7 +371,8 @@ def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, gra
     return f, s
 
 
-def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=False, cache=None, log=print):
+def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=False, cache=None, log=print,
+                   multiple=1):
     """A per-matrix Plan (each matrix its own rank, or dense) whose total is at most `target`, from the calibrated
     low-rank curves: minimising the summed squared relative output error, or with grads ('fisher') the summed
     predicted loss increase. scope says which matrices may be factorised (MLPs; + attention; + the embedding).
@@ -388,8 +390,13 @@ def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=F
         raise UserError("--allocate chooses ranks by calibrated error: give --calib DATASET")
     t0 = time.time()
     curves = lowrank_curves(dense, moments, mats, init.damping, grads, init.g_damping, cache)
-    alloc, used = allocate(curves, mats, target - base)
+    alloc, used = allocate(curves, mats, target - base, multiple=multiple)
     objective = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in alloc.items())
+    if multiple > 1:  # what the rounding costs, on the same objective and budget
+        free, _ = allocate(curves, mats, target - base)
+        unrounded = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in free.items())
+        log(f"ranks in multiples of {multiple}: objective {objective:.4f} against {unrounded:.4f} with any rank "
+            f"({100 * (objective - unrounded) / max(unrounded, 1e-30):+.2f}%)")
     # the allocator's objective is computed on damped statistics (init.damping, g_damping); the report's total
     # (kron_decomp.py's summary) on the undamped ones: the two differ a little, and each says which it is
     what = "predicted loss increase (damped)" if grads else "sum of squared output errors (damped)"

@@ -84,3 +84,22 @@ def test_allocate_honours_an_ordinary_target(tmp_path, tiny_data_dir):
     total = load_model(str(tmp_path / "a.pt")).param_counts()["total"]
     assert target - 2 * (32 + 128) < total <= target
     assert "lowrank*0" not in load_model(str(tmp_path / "a.pt")).config.kron_plan
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ranks_in_multiples_stay_within_the_budget_and_cost_little(seed):
+    """--rank_multiple: every rank a multiple of m (or dense), the budget kept, and the objective close to the
+    unrounded allocation's (the allocator trades ranks between matrices)."""
+    g = torch.Generator().manual_seed(seed)
+    mats, curves = [], {}
+    for k in range(12):
+        o, i = 256, 96
+        sig2 = torch.rand(96, generator=g, dtype=torch.float64).sort(descending=True).values ** 4
+        mats.append((k, f"m{k}", o, i))
+        curves[(k, f"m{k}")] = (sig2, sig2.sum().item())
+    budget = 12 * 40 * (256 + 96)
+    free, _ = allocate(curves, mats, budget)
+    rounded, used = allocate(curves, mats, budget, multiple=4)
+    assert used <= budget and all(r == "dense" or r % 4 == 0 for r in rounded.values())
+    assert budget - used < 4 * (256 + 96) * 2
+    assert objective(curves, rounded) <= 1.02 * objective(curves, free) + 1e-9
