@@ -15,6 +15,7 @@ import shutil
 import torch
 
 from .errors import CheckpointError
+from .families import family_of_hf
 from .kronecker import Factorized
 from model import GPT, GPTConfig
 
@@ -50,29 +51,8 @@ def is_pretrained_name(name):
 
 
 def config_from_hf(hf, **overrides):
-    """GPTConfig from a transformers config object (GPT-2 or Llama), with overrides (e.g. dropout)."""
-    if hf.model_type == "gpt2":
-        act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(hf.activation_function)
-        if act is None:
-            raise CheckpointError(f"GPT-2 activation {hf.activation_function!r} is not supported; use gelu or gelu_new")
-        args = dict(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer, n_head=hf.n_head,
-                    n_embd=hf.n_embd, mlp_hidden=hf.n_inner or 4 * hf.n_embd, bias=True, activation=act,
-                    norm_eps=hf.layer_norm_epsilon, tie_embeddings=getattr(hf, "tie_word_embeddings", True))
-    elif hf.model_type == "llama":
-        rope = getattr(hf, "rope_parameters", None) or {}
-        if rope.get("rope_type", "default") != "default":
-            raise CheckpointError(f"rope scaling {rope.get('rope_type')!r} is not supported; only plain rotary")
-        if getattr(hf, "attention_bias", False) != getattr(hf, "mlp_bias", False):
-            raise CheckpointError("Llama models with attention_bias != mlp_bias are not supported")
-        args = dict(arch="llama", block_size=hf.max_position_embeddings, vocab_size=hf.vocab_size,
-                    n_layer=hf.num_hidden_layers, n_head=hf.num_attention_heads, n_kv_head=hf.num_key_value_heads,
-                    n_embd=hf.hidden_size, head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
-                    mlp_hidden=hf.intermediate_size, bias=bool(getattr(hf, "mlp_bias", False)), activation="silu",
-                    norm_eps=hf.rms_norm_eps, rope_theta=float(rope.get("rope_theta", getattr(hf, "rope_theta", 1e4))),
-                    tie_embeddings=bool(hf.tie_word_embeddings))
-    else:
-        raise CheckpointError(f"model type {hf.model_type!r} is not supported; use a GPT-2 or Llama model")
-    return GPTConfig(**{**args, **overrides})
+    """GPTConfig from a transformers config object (any family of families.py), with overrides (e.g. dropout)."""
+    return GPTConfig(**{**family_of_hf(hf.model_type).from_hf(hf), **overrides})
 
 
 def hf_name(name, family):
@@ -176,20 +156,8 @@ def dense_state_dict(model):
 
 
 def hf_config(config, special=None):
-    from transformers import GPT2Config, LlamaConfig
-    special = special or {}
-    if config.arch == "gpt2":
-        return GPT2Config(**special,vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-                          n_layer=config.n_layer, n_head=config.n_head, n_inner=config.mlp_hidden,
-                          activation_function="gelu_new" if config.activation == "gelu_tanh" else "gelu",
-                          layer_norm_epsilon=config.norm_eps, tie_word_embeddings=config.tie_embeddings)
-    return LlamaConfig(**special, vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.mlp_hidden,
-                       num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
-                       num_key_value_heads=config.n_kv_head, head_dim=config.head_dim,
-                       max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps,
-                       rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-                       attention_bias=config.bias, mlp_bias=config.bias,
-                       tie_word_embeddings=config.tie_embeddings)
+    """The transformers config of a GPTConfig (its family's), with special token ids."""
+    return config.family.to_hf(config, special or {})
 
 
 def export_hf(model, out_dir, dtype="float32", special=None):
