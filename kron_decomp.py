@@ -38,6 +38,7 @@ from kronygpt.factorize import INITS, InitSpec, WhiteningCache
 from kronygpt.planner import SCOPES, choose_plan, list_shapes, spread_blocks
 from kronygpt.plans import parse_blocks
 from kronygpt.runtime import resolve_device
+from kronygpt.streaming import stream_decompose
 from kronygpt.surgery import decompose_model, truncate_blocks
 
 
@@ -72,6 +73,8 @@ class DecompConfig:
     fisher_tokens: int = 4096       # fisher: tokens for the output-gradient moments
     calib_cache: str = ""           # a file keeping the statistics for the next run (keyed by model and data content)
     sequential: bool = False        # calibrate each block on the already-compressed blocks (GPTQ-style)
+    stream: bool = False            # one block's statistics in memory at a time, the model decomposed in place (big models)
+    spill_dir: str = ""             # --stream with fisher: where the gradient moments wait (default: the system's temp)
     permute: bool = False           # reorder each MLP's hidden units first (kronygpt/permute.py)
     plan_candidates: int = 16       # --target_params with --calib: candidate shapes scored
     score_blocks: int = 6           # --target_params with --calib: blocks the candidates are scored on
@@ -116,6 +119,11 @@ class DecompConfig:
                 self.shape or self.target_params or self.plan):
             raise ConfigError("--keep_blocks alone truncates without decomposing: drop --calib, --sequential and "
                               "--permute, or give a plan to decompose to")
+        if self.stream and self.calib_cache:
+            raise ConfigError("--stream keeps no statistics to cache (each block's are freed once used); drop "
+                              "--calib_cache")
+        if self.spill_dir and not self.stream:
+            raise ConfigError("--spill_dir is where --stream keeps the gradient moments; add --stream or drop it")
         if self.rank_multiple < 0:
             raise ConfigError(f"--rank_multiple must be >= 1 (or 0 for the device's default), got {self.rank_multiple}")
         if not 0 < self.tolerance < 1:
@@ -224,21 +232,28 @@ def main(argv=None):
         batches, moments, grads = calibrate(
             dense, data, cfg.calib, tokens=cfg.calib_tokens, seq=min(cfg.calib_seq, dense.config.block_size),
             seed=cfg.seed, layers=set(layers or range(dense.config.n_layer)),
-            moments=bool(cfg.target_params) or not cfg.sequential,
-            fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" else 0, cache_path=cfg.calib_cache, force=cfg.force)
-    init.check_stats(batches is not None, grads is not None)
+            moments=not cfg.stream and (bool(cfg.target_params) or not cfg.sequential),
+            fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" and not cfg.stream else 0,
+            cache_path=cfg.calib_cache, force=cfg.force)
+    init.check_stats(batches is not None, grads is not None or (cfg.stream and batches is not None))
     rows, model = [], dense
     if not (cfg.keep_blocks and not (cfg.shape or cfg.target_params or cfg.plan)):  # truncation alone otherwise
-        plan = choose_plan(dense, layers=layers, plan=cfg.plan, shape=cfg.shape, factors=cfg.factors,
-                           target=cfg.target_params, tolerance=cfg.tolerance, allocate=cfg.allocate, scope=cfg.scope,
-                           scalars=cfg.scalars, init=init, moments=moments, grads=grads,
-                           candidates=cfg.plan_candidates, score_blocks=cfg.score_blocks, cache=cache,
-                           rank_multiple=cfg.rank_multiple or (32 if cfg.device.startswith("cuda") else 1))
-        torch.manual_seed(cfg.seed)
+        request = dict(plan=cfg.plan, shape=cfg.shape, factors=cfg.factors, target=cfg.target_params,
+                       tolerance=cfg.tolerance, allocate=cfg.allocate, scope=cfg.scope, scalars=cfg.scalars,
+                       candidates=cfg.plan_candidates, score_blocks=cfg.score_blocks,
+                       rank_multiple=cfg.rank_multiple or (32 if cfg.device.startswith("cuda") else 1))
         td = time.time()
-        model, rows = decompose_model(dense, plan, init, moments=None if cfg.sequential else moments, grads=grads,
-                                      calib=batches if cfg.sequential else None, sequential=cfg.sequential,
-                                      permute=cfg.permute, cache=cache, log=print)
+        if cfg.stream:  # the same factors in one block's memory (kronygpt/streaming.py)
+            torch.manual_seed(cfg.seed)
+            model, rows = stream_decompose(dense, batches, init, layers=layers, sequential=cfg.sequential,
+                                           permute=cfg.permute, spill_dir=cfg.spill_dir or None,
+                                           fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" else 0, **request)
+        else:
+            plan = choose_plan(dense, layers=layers, init=init, moments=moments, grads=grads, cache=cache, **request)
+            torch.manual_seed(cfg.seed)
+            model, rows = decompose_model(dense, plan, init, moments=None if cfg.sequential else moments,
+                                          grads=grads, calib=batches if cfg.sequential else None,
+                                          sequential=cfg.sequential, permute=cfg.permute, cache=cache, log=print)
         print_table(rows)
         print(f"decomposition: {time.time() - td:.0f}s")
     totals = summary(rows, before, model.param_counts(), cfg.permute)

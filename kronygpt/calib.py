@@ -12,8 +12,10 @@ block's down matrices see the outputs of its already-compressed up matrices.
 import hashlib
 import os
 import time
+from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import atomic_save
 from .data_utils import batch_seed
@@ -104,41 +106,134 @@ class BlockRunner:
         self.hidden = [block(x, rope) for x, rope in zip(self.hidden, self.rope, strict=True)]
 
 
-def output_gradient_moments(model, batches, modules, diagonal=()):
-    """{name: E[g g^T]} (float64, CPU) over every token, where g is the gradient of the summed next-token loss
-    with respect to the output of each module in `modules` ({name: module} inside `model`). It is the
-    empirical Fisher of the module's output, the output-side factor of a K-FAC approximation: the loss
-    increase from perturbing the output by d is about d^T G d / 2. For the names in `diagonal` only the
-    diagonal E[g * g] is kept (the lm_head: a vocabulary-sized square would not fit). batches: token
-    sequences (B, T); the first T-1 tokens are the input and the last T-1 the targets."""
-    sums, count, handles = {}, {}, []
+class SpilledMoments(Mapping):
+    """Second moments accumulated in files, one per name, and read back one at a time: {name: E[g g^T]} for
+    models whose moments together would not fit in memory (GPT-2 XL's output-gradient moments are about
+    25 GB in float64). add(name, gram, n) adds a batch's sum; m[name] is the mean, float64 on the CPU."""
 
-    def forward_hook(name):
+    def __init__(self, directory):
+        self.dir, self.count = directory, {}
+        os.makedirs(directory, exist_ok=True)
+
+    def _path(self, name):
+        return os.path.join(self.dir, hashlib.blake2b(str(name).encode(), digest_size=8).hexdigest() + ".pt")
+
+    def add(self, name, gram, n):
+        path = self._path(name)
+        if name in self.count:
+            gram = torch.load(path, weights_only=True).add_(gram)
+        torch.save(gram.cpu(), path)
+        self.count[name] = self.count.get(name, 0) + n
+
+    def __getitem__(self, name):
+        if name not in self.count:
+            raise KeyError(name)
+        return torch.load(self._path(name), weights_only=True) / self.count[name]
+
+    def __iter__(self):
+        return iter(self.count)
+
+    def __len__(self):
+        return len(self.count)
+
+
+
+class Moments:
+    """Second moments accumulated in memory: add(name, gram, n) adds a batch's sum, m[name] is the mean."""
+
+    def __init__(self):
+        self.sums, self.count = {}, {}
+
+    def add(self, name, gram, n):
+        self.sums[name] = gram if name not in self.sums else self.sums[name].add_(gram)
+        self.count[name] = self.count.get(name, 0) + n
+
+    def means(self):
+        return {k: (v / self.count[k]).cpu() for k, v in self.sums.items()}
+
+
+class GradientHooks:
+    """Forward hooks on modules that add E[g g^T] of the loss gradient g at each module's output to `store`
+    (a Moments or a SpilledMoments) as the backward pass reaches it; for the names in `diagonal` only the
+    diagonal E[g * g] is kept."""
+
+    def __init__(self, modules, store, diagonal=()):
+        self.handles = [m.register_forward_hook(self._hook(name, store, name in diagonal))
+                        for name, m in modules.items()]
+
+    @staticmethod
+    def _hook(name, store, diag):
         def hook(module, args, out):
             def grad_hook(g):
                 flat = g.detach().reshape(-1, g.shape[-1]).float()
-                gram = flat.pow(2).sum(0).double() if name in diagonal else (flat.t() @ flat).double()
-                sums[name] = gram if name not in sums else sums[name].add_(gram)
-                count[name] = count.get(name, 0) + flat.shape[0]
+                store.add(name, flat.pow(2).sum(0).double() if diag else (flat.t() @ flat).double(), flat.shape[0])
             out.register_hook(grad_hook)
         return hook
 
-    for name, m in modules.items():
-        handles.append(m.register_forward_hook(forward_hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            for x in batches:
-                x = x.to(next(model.parameters()).device)
-                _, loss = model(x[:, :-1].contiguous(), x[:, 1:].contiguous())
-                (loss * (x.shape[0] * (x.shape[1] - 1))).backward()  # the summed loss: per-token gradients
-    finally:
-        for h in handles:
+    def remove(self):
+        for h in self.handles:
             h.remove()
-        model.zero_grad(set_to_none=True)
+
+
+def output_gradient_moments(model, batches, layers, spill=None):
+    """{(layer, name): E[g g^T]} (float64, CPU) over every token, where g is the gradient of the summed
+    next-token loss with respect to the output of each factorisable matrix of the blocks `layers`, and under
+    HEAD the diagonal of the logits' (a vocabulary-sized square would not fit). It is the empirical Fisher of
+    the matrix's output, the output-side factor of a K-FAC approximation: the loss increase from perturbing
+    the output by d is about d^T G d / 2. batches: token sequences (B, T); the first T-1 tokens are the
+    input and the last T-1 the targets.
+
+    The backward pass runs one block at a time (activation checkpointing at every block): a forward pass
+    without autograd keeps each block's input, the loss's gradient at the last block's output comes from the
+    head, and each block, top first, is recomputed and back-propagated alone. Memory holds the blocks' inputs
+    and one block's activations, never the whole model's, and no weight gradient is formed. spill: a directory
+    where each moment is accumulated as it is computed (a SpilledMoments is returned, read back one at a time)
+    instead of memory."""
+    store = SpilledMoments(spill) if spill else Moments()
+    n_layer, device = model.config.n_layer, next(model.parameters()).device
+    was_training, frozen = model.training, [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        states, ropes, grads, targets = [], [], [], []
+        with torch.no_grad():  # every block's input, per batch
+            for x in batches:
+                x = x.to(device)
+                h, rope = model.embed(x[:, :-1].contiguous())
+                seq = [h]
+                for block in model.transformer.h[:n_layer]:
+                    seq.append(block(seq[-1], rope))
+                states.append(seq)
+                ropes.append(rope)
+                targets.append(x[:, 1:].contiguous())
+        hooks = GradientHooks({HEAD: model.lm_head}, store, diagonal=(HEAD,))
+        try:
+            with torch.enable_grad():
+                for seq, y in zip(states, targets, strict=True):
+                    h = seq[-1].requires_grad_()
+                    logits = model.lm_head(model.transformer.ln_f(h))
+                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum")
+                    grads.append(torch.autograd.grad(loss, h)[0])
+                    seq.pop()
+        finally:
+            hooks.remove()
+        for layer in reversed(range(min(layers, default=0), n_layer)):
+            block = model.transformer.h[layer]
+            names = model.config.family.block_matrices if layer in layers else ()
+            hooks = GradientHooks({(layer, n): block.matrix(n) for n in names}, store)
+            try:
+                with torch.enable_grad():
+                    for i, (seq, rope) in enumerate(zip(states, ropes, strict=True)):
+                        h = seq.pop().requires_grad_()
+                        grads[i] = torch.autograd.grad(block(h, rope), h, grads[i])[0]
+            finally:
+                hooks.remove()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
         model.train(was_training)
-    return {n: (s / count[n]).cpu() for n, s in sums.items()}
+    return store if spill else store.means()
 
 
 def calibration_batches(data, n_tokens, seq_len, batch_size=8, seed=0):
@@ -167,20 +262,16 @@ def collect_moments(dense, batches, layers):
     return out
 
 
-def collect_grads(dense, batches, layers, n_tokens):
-    """{(layer, name): E[g g^T]} of the loss gradients at every factorisable matrix output of `layers` (dense
-    model), and the diagonal one of the logits under HEAD, on the first n_tokens of the batches."""
-    mats = [(b, n) for b in sorted(layers) for n in dense.config.family.block_matrices]
-    modules = {f"{b}.{n}": dense.transformer.h[b].matrix(n) for b, n in mats}
-    modules["lm_head"] = dense.lm_head
+def collect_grads(dense, batches, layers, n_tokens, spill=None):
+    """output_gradient_moments of every factorisable matrix of `layers` (dense model) and of the logits, on
+    the first n_tokens of the batches (whole batches). spill: a directory to keep them in."""
     use, total = [], 0
     for x in batches:
         if total >= n_tokens:
             break
         use.append(x)
         total += x.numel()
-    G = output_gradient_moments(dense, use, modules, diagonal=("lm_head",))
-    return {**{(b, n): G[f"{b}.{n}"] for b, n in mats}, HEAD: G["lm_head"]}
+    return output_gradient_moments(dense, use, set(layers), spill)
 
 
 def content_hash(tensors):
@@ -230,7 +321,7 @@ def calibrate(dense, data, name, *, tokens, seq, seed, layers, moments=True, fis
     changed model or dataset are never reused."""
     batches = calibration_batches(data, tokens, seq, seed=seed)
     key = dict(weights=content_hash(dense.state_dict().values()), tokens=content_hash(batches), seq=seq,
-               layers=sorted(layers), contents="every block matrix and the lm_head")
+               layers=sorted(layers), contents="every block matrix and the lm_head") if cache_path else None
     cached = load_calib_cache(cache_path, key, force)
     n = sum(b.numel() for b in batches)
     C = G = None

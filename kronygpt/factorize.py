@@ -183,6 +183,9 @@ class WhiteningCache:
             self.store[key] = compute()
         return self.store[key]
 
+    def clear(self):
+        self.store.clear()
+
 
 def side_whitening(C, d1, d2, damping=0.0, cache=None):
     """Whitening of one side of a matrix whose index on that side is (d1, d2) = (n1, n2) for the input

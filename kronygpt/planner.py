@@ -155,6 +155,11 @@ def score_plans(dense, candidates, moments, init, blocks, grads=None, cache=None
     return scores
 
 
+def scored_blocks(n_layer, layers, k):
+    """The blocks choose_uniform scores candidate plans on: k spread over the model, within `layers`."""
+    return [b for b in spread_blocks(n_layer, k) if layers is None or b in layers] or (layers or [0])[:k]
+
+
 def spread_blocks(n_layer, k):
     """k block indices spread evenly over 0..n_layer-1 (all of them when k >= n_layer)."""
     if k >= n_layer:
@@ -294,7 +299,7 @@ def parse_shape(text, config):
 
 def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", tolerance=0.01, allocate=False,
                 scope="mlp", scalars=False, init=None, moments=None, grads=None, candidates=16, score_blocks=6,
-                cache=None, log=print, rank_multiple=1):
+                cache=None, log=print, rank_multiple=1, curves=None):
     """The Plan for a decomposition request, over the blocks `layers` (None: all):
         plan                 a plan string, used as written
         shape (+ factors)    one shape for every MLP matrix; with target, the factor count that meets it
@@ -313,7 +318,8 @@ def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", 
         return uniform_plan(config, parse_shape(shape, config), factors, layers)
     target = parse_count(target)
     if allocate:  # each matrix its own rank: the allocator spends the target itself
-        return allocated_plan(dense, target, layers, scope, init, moments, grads, scalars, cache, log, rank_multiple)
+        return allocated_plan(dense, target, layers, scope, init, moments, grads, scalars, cache, log, rank_multiple,
+                              curves)
     if shape:  # a fixed shape whose factor count meets the target
         s = parse_shape(shape, config)
         factors, total = factors_for_target(config, s, target, scalars, layers)
@@ -355,8 +361,7 @@ def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, gra
     near = [c for c in near if not (is_lowrank(c[2]) and c[2].n1 != 1)]  # low rank once: (out,1)x(1,in)
     pool = [c for c in near if mac_ratio(c[2], c[1]) <= 1.0][:candidates]
     pool += [c for c in near if is_lowrank(c[2]) and c not in pool]
-    blocks = [b for b in spread_blocks(config.n_layer, score_blocks) if layers is None or b in layers] or \
-        (layers or [0])[:score_blocks]
+    blocks = scored_blocks(config.n_layer, layers, score_blocks)
     t0 = time.time()
     scores = score_plans(dense, pool, moments, init, blocks, grads, cache)
     order = sorted(range(len(pool)), key=lambda i: scores[i])
@@ -372,12 +377,13 @@ def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, gra
 
 
 def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=False, cache=None, log=print,
-                   multiple=1):
+                   multiple=1, curves=None):
     """A per-matrix Plan (each matrix its own rank, or dense) whose total is at most `target`, from the calibrated
     low-rank curves: minimising the summed squared relative output error, or with grads ('fisher') the summed
     predicted loss increase. scope says which matrices may be factorised (MLPs; + attention; + the embedding).
     With the MLP scope the uniform low-rank plan with the most parameters within the allocation's total is
-    scored on the same objective, and chosen if it scores lower (said so)."""
+    scored on the same objective, and chosen if it scores lower (said so). curves: the lowrank_curves already
+    computed (streaming.streamed_curves computes them block by block); then moments are not needed."""
     config = dense.config
     if scalars:
         raise UserError("--allocate builds low-rank plans, which have no per-factor scalars; drop --scalars")
@@ -386,10 +392,11 @@ def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=F
     if target <= base:
         raise UserError(f"--target_params {target:,} is below the {base:,} parameters outside the matrices "
                         f"--scope {scope} may factorise; raise it or widen --scope")
-    if moments is None:
+    if moments is None and curves is None:
         raise UserError("--allocate chooses ranks by calibrated error: give --calib DATASET")
     t0 = time.time()
-    curves = lowrank_curves(dense, moments, mats, init.damping, grads, init.g_damping, cache)
+    if curves is None:
+        curves = lowrank_curves(dense, moments, mats, init.damping, grads, init.g_damping, cache)
     alloc, used = allocate(curves, mats, target - base, multiple=multiple)
     objective = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in alloc.items())
     if multiple > 1:  # what the rounding costs, on the same objective and budget

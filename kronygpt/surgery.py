@@ -132,7 +132,7 @@ def permuted_block(model, layer, names, init, moments, grads, log=None):
 
 
 def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, sequential=False, permute=False,
-                    cache=None, log=None):
+                    cache=None, log=None, stream=False):
     """A copy of `dense` (left unchanged) whose matrices follow `plan` (a Plan or a plan string), initialised
     as `init` (an InitSpec) says, and one report row per decomposed matrix.
     Calibration ('aware' and 'fisher' need it; with other inits it adds the calibrated errors to the report):
@@ -140,7 +140,10 @@ def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, 
     on as the decomposition proceeds. sequential (with calib): each block's moments come from the model whose
     earlier blocks (and the block's own earlier matrices) are already compressed, as GPTQ does. grads:
     {(layer, name): G} of the dense model ('fisher'). permute: reorder each MLP's hidden units first
-    (permuted_block). cache: a WhiteningCache shared with whoever computed these moments' whitenings before."""
+    (permuted_block). cache: a WhiteningCache shared with whoever computed these moments' whitenings before.
+    stream: decompose `dense` itself (no copy) and keep nothing of a block's statistics once it is done (its
+    moments, grads and whitenings), so memory holds the model and one block's statistics (streaming.py); grads
+    may then be a SpilledMoments read one block at a time. The factors are the same as without it."""
     if dense.config.is_factorized:
         raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
     init.check_stats(calib is not None or moments is not None, grads is not None)
@@ -151,7 +154,10 @@ def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, 
     if permute and all(s.lowrank for (b, n), s in plan.items() if b != EMBED and n not in fam.attn_matrices):
         raise UserError("--permute reorders MLP hidden units, which changes nothing for low-rank matrices (and "
                         "this plan has no other MLP matrix); drop --permute")
-    model = copy.deepcopy(dense).eval()
+    if stream and moments is not None:
+        raise UserError("a streamed decomposition collects each block's moments as it goes: give calib, not moments")
+    was_training = dense.training
+    model = (dense if stream else copy.deepcopy(dense)).eval()
     model.config = replace(dense.config, kron_plan=plan.text, kron_scalars=init.scalars)
     fam, cache = model.config.family, WhiteningCache() if cache is None else cache
     runner = BlockRunner(model, calib, next(model.parameters()).device) if calib is not None else None
@@ -184,10 +190,12 @@ def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, 
         if log and runner is not None:
             errs = [r["output_error"] for r in rows if r["layer"] == layer]
             log(f"block {layer}: {len(names)} matrices, mean output error {sum(errs) / len(errs):.4f}")
+        if stream:
+            cache.clear()
     if plan.embed is not None:
         C = runner.head_moment() if runner is not None else (moments or {}).get((EMBED, "wte"))
         rows.append(replace_embedding(model, init, C, (grads or {}).get((EMBED, "wte")), cache))
-    return model.train(dense.training), rows
+    return model.train(was_training), rows
 
 
 def replace_block(model, layer, full_plan, init):

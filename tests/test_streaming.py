@@ -1,0 +1,64 @@
+"""Block-streamed decomposition (kronygpt/streaming.py) gives the all-at-once path's plan and factors."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import kron_decomp
+from kronygpt.calib import SpilledMoments, collect_grads
+from kronygpt.checkpoint import load_model
+
+CALIB = ["--calib_tokens", "512", "--calib_seq", "32", "--fisher_tokens", "256"]
+CASES = {  # what kron_decomp.py is asked: every way a plan is chosen, both families of statistics, --sequential
+    "allocate_all_fisher": ["--target_params", "60k", "--allocate", "--scope", "all", "--init", "fisher"],
+    "allocate_blocks_aware_sequential": ["--target_params", "70k", "--allocate", "--scope", "blocks", "--init",
+                                         "aware", "--sequential"],
+    "uniform_scored_fisher": ["--target_params", "60k", "--init", "fisher", "--score_blocks", "1"],
+    "kronecker_shape_aware_permute": ["--shape", "16x8", "--factors", "2", "--init", "aware", "--permute"],
+    "plan_vl_calibrated_report": ["--plan", "*: mlp=lowrank*5; 1: attn=lowrank*3", "--init", "vl"],
+}
+
+
+def decompose(model_dir, data_dir, out, args, stream):
+    kron_decomp.main(["--model", model_dir, "--calib", data_dir, *CALIB, *args, "--out", str(out),
+                      *(["--stream"] if stream else [])])
+    return load_model(str(out)).state_dict(), json.loads(out.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_streamed_decomposition_equals_all_at_once(case, tiny_llama_dir, tiny_gpt2_dir, tiny_data_dir, tmp_path):
+    model_dir = tiny_gpt2_dir if case.startswith("plan") else tiny_llama_dir
+    sd_a, rep_a = decompose(model_dir, tiny_data_dir, tmp_path / "all.pt", CASES[case], stream=False)
+    sd_s, rep_s = decompose(model_dir, tiny_data_dir, tmp_path / "streamed.pt", CASES[case], stream=True)
+    assert rep_s["plan"] == rep_a["plan"]
+    assert sd_s.keys() == sd_a.keys()
+    assert any(".A" in k for k in sd_a)  # something was decomposed
+    for k in sd_a:
+        torch.testing.assert_close(sd_s[k], sd_a[k], rtol=1e-6, atol=1e-7, msg=k)
+    for key in ("output_error", "fisher_error", "rel_error"):
+        assert [m.get(key) for m in rep_s["matrices"]] == pytest.approx([m.get(key) for m in rep_a["matrices"]])
+
+
+def test_spilled_gradient_moments_equal_the_in_memory_ones(tiny_llama_dir, tiny_data_dir, tmp_path):
+    from kronygpt.calib import calibration_batches
+    from kronygpt.data_utils import open_dataset
+    dense = load_model(tiny_llama_dir).eval()
+    batches = calibration_batches(open_dataset(tiny_data_dir), 512, 32, batch_size=4)  # 4 batches: files added to
+    kept = collect_grads(dense, batches, {0, 1}, 512)
+    spilled = collect_grads(dense, batches, {0, 1}, 512, spill=str(tmp_path / "g"))
+    assert set(spilled) == set(kept)
+    for k in kept:
+        torch.testing.assert_close(spilled[k], kept[k], rtol=1e-12, atol=0)
+    assert len(os.listdir(tmp_path / "g")) == len(kept)
+    with pytest.raises(KeyError):
+        SpilledMoments(str(tmp_path / "g"))["absent"]
+
+
+def test_stream_refuses_a_calibration_cache(tiny_llama_dir, tiny_data_dir, tmp_path, capsys):
+    from kronygpt.errors import ConfigError
+    with pytest.raises((SystemExit, ConfigError)):
+        kron_decomp.main(["--model", tiny_llama_dir, "--calib", tiny_data_dir, "--shape", "lowrank", "--init",
+                          "aware", "--stream", "--calib_cache", str(tmp_path / "c.pt"), "--out", str(tmp_path / "k.pt")])
+    assert not (tmp_path / "k.pt").exists()
