@@ -175,7 +175,7 @@ class GradientHooks:
             h.remove()
 
 
-def output_gradient_moments(model, batches, layers, spill=None):
+def output_gradient_moments(model, batches, layers, spill=None, head_tokens=512):
     """{(layer, name): E[g g^T]} (float64, CPU) over every token, where g is the gradient of the summed
     next-token loss with respect to the output of each factorisable matrix of the blocks `layers`, and under
     HEAD the diagonal of the logits' (a vocabulary-sized square would not fit). It is the empirical Fisher of
@@ -186,7 +186,8 @@ def output_gradient_moments(model, batches, layers, spill=None):
     The backward pass runs one block at a time (activation checkpointing at every block): a forward pass
     without autograd keeps each block's input, the loss's gradient at the last block's output comes from the
     head, and each block, top first, is recomputed and back-propagated alone. Memory holds the blocks' inputs
-    and one block's activations, never the whole model's, and no weight gradient is formed. spill: a directory
+    and one block's activations, never the whole model's, and no weight gradient is formed; the logits are
+    formed for head_tokens tokens at a time (a 2,048-token batch of SmolLM2's would take 0.4 GB). spill: a directory
     where each moment is accumulated as it is computed (a SpilledMoments is returned, read back one at a time)
     instead of memory."""
     store = SpilledMoments(spill) if spill else Moments()
@@ -207,15 +208,18 @@ def output_gradient_moments(model, batches, layers, spill=None):
                 states.append(seq)
                 ropes.append(rope)
                 targets.append(x[:, 1:].contiguous())
+        rows = max(1, head_tokens // targets[0].shape[1])  # sequences whose logits are formed at once
         hooks = GradientHooks({HEAD: model.lm_head}, store, diagonal=(HEAD,))
         try:
             with torch.enable_grad():
                 for seq, y in zip(states, targets, strict=True):
-                    h = seq[-1].requires_grad_()
-                    logits = model.lm_head(model.transformer.ln_f(h))
-                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum")
-                    grads.append(torch.autograd.grad(loss, h)[0])
-                    seq.pop()
+                    h, g = seq.pop(), []
+                    for hc, yc in zip(h.split(rows), y.split(rows), strict=True):  # a vocabulary-wide slice at a time
+                        hc = hc.requires_grad_()
+                        logits = model.lm_head(model.transformer.ln_f(hc))
+                        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), yc.view(-1), reduction="sum")
+                        g.append(torch.autograd.grad(loss, hc)[0])
+                    grads.append(torch.cat(g))
         finally:
             hooks.remove()
         for layer in reversed(range(min(layers, default=0), n_layer)):
