@@ -16,6 +16,7 @@ medians, so drift of the machine hits all of them alike. Figures are printed, ne
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -86,30 +87,37 @@ def bench_layers(args, ctx):
         for name, s in (("c_fc", up), ("c_proj", up.transposed())):
             x = torch.randn(tokens, s.in_features, device=args.device, dtype=dt, requires_grad=True)
             layers = {"dense": torch.nn.Linear(s.in_features, s.out_features)}
-            for impl in ("auto", "materialized"):
+            for impl in ("auto", "measured", "materialized"):
                 layers[impl] = KroneckerLinear(s, r, impl=impl)
             layers = {k: v.to(args.device, dt) for k, v in layers.items()}
             if args.compile:
                 layers = {k: torch.compile(v) for k, v in layers.items()}
             fwd = {k: (lambda l=l, x=x: l(x)) for k, l in layers.items()}
             fb = {k: (lambda l=l, x=x: l(x).float().sum().backward()) for k, l in layers.items()}
+            eager = {k: getattr(v, "_orig_mod", v) for k, v in layers.items()}
             with ctx:
+                eager["measured"](x)  # the order is timed eagerly, before any compiled call and the timing
                 tf = round_robin(fwd, args.rounds, args.device)
+                measured_fwd = eager["measured"].last_impl
+                eager["measured"](x).float().sum().backward()
                 tb = round_robin(fb, args.rounds, args.device)
-            auto_impl = layers["auto"].impl if not args.compile else layers["auto"]._orig_mod.impl
-            results.append(dict(matrix=name, shape=str(s), factors=r, impl=auto_impl,
+                measured_fb = eager["measured"].last_impl
+            results.append(dict(matrix=name, shape=str(s), factors=r, impl=eager["auto"].impl,
+                                measured=f"{measured_fwd}/{measured_fb}",
                                 fwd_ms={k: v * 1e3 for k, v in tf.items()}, fb_ms={k: v * 1e3 for k, v in tb.items()}))
         results.append(bench_mlp(args, d, h, (m1, n1), r, tokens))
     print(f"\nLayers: {tokens} tokens, {args.dtype}, {args.device}{', compiled' if args.compile else ''} "
           f"(time / dense; dense in ms)")
-    print(f"{'matrix':<7} {'factors':<22} {'auto impl':<13} {'dense fwd':>9} {'kron fwd':>9} {'kron(x) fwd':>11} "
-          f"{'dense f+b':>9} {'kron f+b':>9} {'kron(x) f+b':>11}")
+    print(f"{'matrix':<7} {'factors':<22} {'auto impl':<13} {'measured fwd/f+b':<25} {'dense fwd':>9} {'kron fwd':>9} "
+          f"{'meas. fwd':>9} {'kron(x) fwd':>11} {'dense f+b':>9} {'kron f+b':>9} {'meas. f+b':>9} {'kron(x) f+b':>11}")
     for r in results:
         f, b = r["fwd_ms"], r["fb_ms"]
-        print(f"{r['matrix']:<7} {r['shape'] + ' x' + str(r['factors']):<22} {r['impl']:<13} {f['dense']:>8.2f}m "
-              f"{f['auto'] / f['dense']:>9.2f} {f['materialized'] / f['dense']:>11.2f} {b['dense']:>8.2f}m "
-              f"{b['auto'] / b['dense']:>9.2f} {b['materialized'] / b['dense']:>11.2f}")
-    print("kron = factored (cost-model order), kron(x) = materialised sum of torch.kron, as Krony-PT computes it")
+        print(f"{r['matrix']:<7} {r['shape'] + ' x' + str(r['factors']):<22} {r['impl']:<13} {r['measured']:<25} "
+              f"{f['dense']:>8.2f}m {f['auto'] / f['dense']:>9.2f} {f['measured'] / f['dense']:>9.2f} "
+              f"{f['materialized'] / f['dense']:>11.2f} {b['dense']:>8.2f}m {b['auto'] / b['dense']:>9.2f} "
+              f"{b['measured'] / b['dense']:>9.2f} {b['materialized'] / b['dense']:>11.2f}")
+    print("kron = factored (cost-model order), meas. = kron_impl 'measured' (the order timed fastest, named in "
+          "'measured fwd/f+b'), kron(x) = materialised sum of torch.kron, as Krony-PT computes it")
     print("activations saved for backward by the whole MLP, MiB: " + "; ".join(
         f"{r['shape']} x{r['factors']}: dense {r['saved_mib']['dense']:.0f}, kron {r['saved_mib']['auto']:.0f}, "
         f"kron(x) {r['saved_mib']['materialized']:.0f}" for r in results if r["matrix"] == "MLP"))
@@ -120,7 +128,7 @@ def bench_mlp(args, d, h, shape, r, tokens):
     """The whole GPT-2 MLP block (c_fc, GELU, c_proj): dense vs factored vs materialised Kronecker."""
     x = torch.randn(tokens, d, device=args.device, dtype=args.ptdtype, requires_grad=True)
     mlps = {"dense": MLP(GPTConfig(n_embd=d, mlp_hidden=h, n_head=1), 0)}
-    for impl in ("auto", "materialized"):
+    for impl in ("auto", "measured", "materialized"):
         mlps[impl] = MLP(GPTConfig(n_embd=d, mlp_hidden=h, n_head=1, n_layer=1,
                                    kron_plan=f"*: mlp={shape[0]}x{shape[1]}*{r}", kron_impl=impl), 0)
     mlps = {k: v.to(args.device, args.ptdtype) for k, v in mlps.items()}
@@ -129,7 +137,7 @@ def bench_mlp(args, d, h, shape, r, tokens):
     tf = round_robin({k: (lambda m=m: m(x)) for k, m in mlps.items()}, args.rounds, args.device)
     tb = round_robin({k: (lambda m=m: m(x).float().sum().backward()) for k, m in mlps.items()}, args.rounds, args.device)
     mem = {k: saved_bytes(lambda m=m: m(x).float().sum()) / 2 ** 20 for k, m in mlps.items()}
-    return dict(matrix="MLP", shape=str(kron_shape(h, d, *shape)), factors=r, impl="-", saved_mib=mem,
+    return dict(matrix="MLP", shape=str(kron_shape(h, d, *shape)), factors=r, impl="-", measured="-", saved_mib=mem,
                 fwd_ms={k: v * 1e3 for k, v in tf.items()}, fb_ms={k: v * 1e3 for k, v in tb.items()})
 
 
@@ -155,8 +163,27 @@ def saved_bytes(fn):
 
 def build(base, kron, args):
     torch.manual_seed(0)
+    kron = {**kron, **({"kron_impl": args.kron_impl} if kron else {})}
     model = GPT(GPTConfig(**base, **kron)).to(args.device)
     return model
+
+
+def plan_variants(paths):
+    """(name, {'kron_plan': plan}) of each kron_decomp.py report (.json) or checkpoint: the plans people get
+    from --allocate (each matrix its own rank), timed on random weights of the family's shape."""
+    out = []
+    for path in filter(None, paths.split(",")):
+        if path.endswith(".json"):
+            with open(path) as f:
+                plan = json.load(f).get("plan")
+        else:
+            from kronygpt.checkpoint import load_checkpoint
+            plan = load_checkpoint(path)["model_args"].get("kron_plan")
+        if not plan:
+            raise UserError(f"--plans_from {path} holds no factorisation plan; give a kron_decomp.py report or a "
+                            f"decomposed checkpoint")
+        out.append((os.path.splitext(os.path.basename(path))[0], dict(kron_plan=plan)))
+    return out
 
 
 def workloads(model, fwd_model, opt, x, prompt, gen, ctx):
@@ -193,6 +220,7 @@ def bench_models(args, ctx):
         variants, (B, T), gen = VARIANTS[args.family], (args.batch_size, args.seq_len), args.gen_tokens
         if args.variants:  # the dense row always stays: every ratio is to it
             variants = [v for i, v in enumerate(variants) if i == 0 or i in args.variants]
+        variants = variants + plan_variants(args.plans_from)
     results = []
     for name, kron in variants:
         model = build(base, kron, args)
@@ -247,6 +275,8 @@ class BenchConfig:
     rounds: int = 0                 # timed rounds, the median reported (0: CPU 5, CUDA 20, smoke 2)
     threads: int = 0                # CPU threads (0 = torch's default)
     variants: str = ""              # models: indices of the family's variants (the dense row 0 always runs), e.g. 1,4
+    plans_from: str = ""            # models: kron_decomp reports/checkpoints whose plans are rows too (comma-separated)
+    kron_impl: str = "auto"         # models: contraction order of Kronecker layers ('measured': timed per shape)
     smoke: bool = False             # tiny sizes for a quick check
     json: str = ""                  # write the results here
     force: bool = False             # overwrite --json
@@ -259,6 +289,9 @@ class BenchConfig:
         for name in ("batch_size", "seq_len", "layer_tokens", "rounds", "threads"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be at least 1 (or 0 for the device's default), got {getattr(self, name)}")
+        from kronygpt.kronecker import IMPLS
+        if self.kron_impl not in IMPLS:
+            raise UserError(f"--kron_impl must be one of {', '.join(IMPLS)}, got {self.kron_impl!r}")
         if self.gen_tokens < 1:
             raise UserError(f"--gen_tokens must be at least 1, got {self.gen_tokens}")
         n = len(VARIANTS[self.family])

@@ -16,6 +16,10 @@ GEMMs and at most one permute copy. `choose_impl` picks the cheapest of the thre
 records the measurements behind its threshold).
 """
 
+import json
+import math
+import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +104,8 @@ def factored_macs(s, r):
             "left": r * s.m1 * s.n2 * (s.n1 + s.m2)}    # A-first
 
 
-IMPLS = ("auto", "right", "left", "materialized")  # 'auto': the cost model's choice
+IMPLS = ("auto", "measured", "right", "left", "materialized")  # 'auto': the cost model's; 'measured': timed
+ORDERS = ("right", "left", "materialized")
 
 
 def choose_impl(s, r):
@@ -113,6 +118,83 @@ def choose_impl(s, r):
     best = min(macs, key=macs.get)
     dense = s.out_features * s.in_features
     return best if macs[best] < FACTORED_MAX_MAC_RATIO * dense else "materialized"
+
+
+class OrderTimer:
+    """The fastest contraction order, measured: each (device, dtype, shape, factors, token count rounded up to
+    a power of two, forward or forward+backward) is timed once on random data of that size (every candidate
+    order, a median of a few runs after a warm-up) and the winner kept for the process (and in the JSON file
+    $KRONYGPT_ORDERS, when set, for later runs). The cost model (choose_impl) decides where nothing may be
+    timed: inside torch.compile's tracing and CUDA graph capture. On a GPU the multiply-add count misleads:
+    there, materialising was faster than the factored orders for every Kronecker shape measured in
+    forward+backward (results/gpu_h200_2026-11-30)."""
+
+    def __init__(self, path=None, repeats=5):
+        self.path, self.repeats, self.choices, self.timings = path, repeats, {}, {}
+        if path and os.path.isfile(path):
+            with open(path) as f:
+                self.choices = {k: v for k, v in json.load(f).items() if v in ORDERS}
+
+    @staticmethod
+    def key(s, r, n_tokens, device, dtype, backward):
+        bucket = 1 << max(0, math.ceil(math.log2(max(1, n_tokens))))
+        return f"{device.type}|{str(dtype).replace('torch.', '')}|{s}|r{r}|n{bucket}|{'fwd+bwd' if backward else 'fwd'}"
+
+    def choose(self, s, r, x):
+        """The order to run for input x (..., in) on a layer of shape s with r factors."""
+        if s.n1 == 1 and s.m2 == 1:
+            return "right"  # low rank: two plain GEMMs, nothing to choose
+        n_tokens = x.numel() // x.shape[-1]
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        key = self.key(s, r, n_tokens, x.device, dtype, torch.is_grad_enabled())
+        if key in self.choices:
+            return self.choices[key]
+        if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return choose_impl(s, r)
+        bucket = int(key.split("|n")[1].split("|")[0])
+        self.choices[key] = self.measure(s, r, bucket, x.device, dtype, torch.is_grad_enabled(), key)
+        self.save()
+        return self.choices[key]
+
+    def measure(self, s, r, n_tokens, device, dtype, backward, key=None):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            x = torch.randn(n_tokens, s.in_features, device=device, dtype=dtype, requires_grad=backward)
+            A = torch.randn(r, s.m1, s.n1, device=device, dtype=dtype, requires_grad=backward)
+            B = torch.randn(r, s.m2, s.n2, device=device, dtype=dtype, requires_grad=backward)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+        def run(impl):
+            y = kron_matmul(x, A, B, impl)
+            if backward:
+                y.backward(torch.ones_like(y))
+            sync()
+
+        times = {impl: [] for impl in ORDERS}
+        with torch.enable_grad() if backward else torch.no_grad():
+            for impl in ORDERS:
+                run(impl)  # warm-up (allocator, kernels)
+            for _ in range(self.repeats):  # rounds alternate between orders: drift hits all alike
+                for impl in ORDERS:
+                    t0 = time.perf_counter()
+                    run(impl)
+                    times[impl].append(time.perf_counter() - t0)
+        medians = {impl: sorted(t)[len(t) // 2] for impl, t in times.items()}
+        if key is not None:
+            self.timings[key] = medians
+        return min(medians, key=medians.get)
+
+    def save(self):
+        if not self.path:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.choices, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+TIMER = OrderTimer(os.environ.get("KRONYGPT_ORDERS") or None)
 
 
 def kron_sum(A, B, scalars=None):
@@ -188,7 +270,8 @@ class KroneckerLinear(Factorized):
     """A drop-in for nn.Linear whose weight is sum_k s_k * A[k] (x) B[k] (+ bias).
 
     Parameters: A (r, m1, n1), B (r, m2, n2), bias (m1*m2,) or None, scalars (r,) or None.
-    impl: 'auto' (cost model), 'right', 'left' or 'materialized'.
+    impl: 'auto' (cost model), 'measured' (timed once per device, dtype, shape and token count: OrderTimer),
+    'right', 'left' or 'materialized'. last_impl: the order the latest 'measured' forward ran.
     """
     new_parameters = ("A", "B", "scalars")  # the bias is copied from the dense layer: it is pretrained
 
@@ -205,6 +288,7 @@ class KroneckerLinear(Factorized):
         self.bias = nn.Parameter(torch.zeros(shape.out_features)) if bias else None
         self.scalars = nn.Parameter(torch.ones(factors)) if scalars else None
         self.impl = choose_impl(shape, factors) if impl == "auto" else impl
+        self.last_impl = None
         self.reset_parameters()
 
     def reset_parameters(self, std=0.02):
@@ -225,10 +309,16 @@ class KroneckerLinear(Factorized):
 
     def forward(self, x):
         A = self.A if self.scalars is None else self.A * self.scalars.view(-1, 1, 1)
-        if self.impl == "materialized" and not torch.is_grad_enabled():  # inference: build W once, not per call
+        impl = self.impl
+        if impl == "measured":  # compiled code keeps the order last measured eagerly (nothing is timed in tracing)
+            if torch.compiler.is_compiling():
+                impl = self.last_impl or choose_impl(self.shape, self.factors)
+            else:
+                impl = self.last_impl = TIMER.choose(self.shape, self.factors, x)
+        if impl == "materialized" and not torch.is_grad_enabled():  # inference: build W once, not per call
             y = F.linear(x, self.materialized(A))
         else:
-            y = kron_matmul(x, A, self.B, self.impl)
+            y = kron_matmul(x, A, self.B, impl)
         return y if self.bias is None else y + self.bias.to(y.dtype)  # nn.Linear's output dtype under autocast
 
     def materialized(self, A):
@@ -240,9 +330,10 @@ class KroneckerLinear(Factorized):
         return self._w
 
     def macs_per_token(self):
-        if self.impl == "materialized":
+        impl = self.impl if self.impl != "measured" else self.last_impl or choose_impl(self.shape, self.factors)
+        if impl == "materialized":
             return self.in_features * self.out_features
-        return factored_macs(self.shape, self.factors)[self.impl]
+        return factored_macs(self.shape, self.factors)[impl]
 
     def extra_repr(self):
         return (f"{self.shape}, factors={self.factors}, bias={self.bias is not None}, "

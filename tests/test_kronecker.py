@@ -122,3 +122,36 @@ def test_inference_builds_a_materialised_weight_once_and_notices_updates():
         layer.A.mul_(2.0)     # an in-place update (an optimizer step) invalidates it
         torch.testing.assert_close(layer(x), 2 * y1)
     torch.testing.assert_close(layer(x), 2 * y1)  # and with autograd the factored path is used
+
+
+def test_measured_order_times_once_per_size_and_gives_the_same_product(tmp_path, monkeypatch):
+    from kronygpt import kronecker
+    from kronygpt.kronecker import ORDERS, KroneckerLinear, OrderTimer
+    timer = OrderTimer(str(tmp_path / "orders.json"), repeats=1)
+    monkeypatch.setattr(kronecker, "TIMER", timer)
+    s = kron_shape(48, 40, 8, 5)
+    torch.manual_seed(0)
+    auto = KroneckerLinear(s, 2, bias=True)
+    measured = KroneckerLinear(s, 2, bias=True, impl="measured")
+    measured.load_state_dict(auto.state_dict())
+    x = torch.randn(3, 7, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(measured(x), auto(x))
+    assert measured.last_impl in ORDERS and len(timer.choices) == 1
+    y = measured(x)  # with autograd: a second size of its own
+    y.sum().backward()
+    assert len(timer.choices) == 2 and any(k.endswith("fwd+bwd") for k in timer.choices)
+    torch.testing.assert_close(measured.A.grad, torch.autograd.grad(auto(x).sum(), auto.A)[0])
+    monkeypatch.setattr(timer, "measure", lambda *a, **k: pytest.fail("an order was timed twice"))
+    measured(torch.randn(2, 9, 40)).sum()  # 18 tokens: the same power-of-two bucket as 21
+    assert OrderTimer(str(tmp_path / "orders.json")).choices == timer.choices  # kept for later runs
+
+
+def test_measured_order_leaves_low_rank_alone(monkeypatch):
+    from kronygpt import kronecker
+    from kronygpt.kronecker import KroneckerLinear, OrderTimer
+    timer = OrderTimer()
+    monkeypatch.setattr(kronecker, "TIMER", timer)
+    layer = KroneckerLinear(kron_shape(48, 40, 48, 1), 3, impl="measured")
+    layer(torch.randn(4, 40))
+    assert layer.last_impl == "right" and not timer.choices
