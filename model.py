@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from kronygpt.errors import ConfigError, UserError
 from kronygpt.families import family
-from kronygpt.kronecker import IMPLS, Factorized, KroneckerEmbedding, KroneckerLinear
+from kronygpt.kronecker import IMPLS, Factorized, KroneckerEmbedding, KroneckerLinear, choose_impl
 from kronygpt.plans import EMBED, Layout, Plan
 
 
@@ -43,7 +43,7 @@ class GPTConfig:
     #    string (grammar in kronygpt/plans.py), resolved once into self.plan when the config is made
     kron_plan: str = ""           # e.g. "*: mlp=lowrank*139; 11,28: dense"; '' = every matrix dense
     kron_scalars: bool = False    # learnable per-factor scalars s_k
-    kron_impl: str = "auto"       # 'auto' (cost model), 'right', 'left' or 'materialized'
+    kron_impl: str = "auto"       # 'auto' (cost model), 'measured' (timed per shape), 'right', 'left', 'materialized'
 
     def __post_init__(self):
         self.family = family(self.arch)  # raises for an unknown arch
@@ -336,6 +336,18 @@ class GPT(nn.Module):
         else:
             self.rope_cos = self.rope_cos[:block_size]
             self.rope_sin = self.rope_sin[:block_size]
+        return self
+
+    def set_kron_impl(self, impl):
+        """Run every Kronecker layer in contraction order `impl` ('auto': each layer's cost-model choice;
+        'measured': timed, kronecker.OrderTimer), config and modules alike; the factors are unchanged."""
+        if impl not in IMPLS:
+            raise ConfigError(f"kron_impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        self.config = replace(self.config, kron_impl=impl)
+        for m in self.modules():
+            if isinstance(m, KroneckerLinear):
+                m.impl = choose_impl(m.shape, m.factors) if impl == "auto" else impl
+                m.last_impl = None
         return self
 
     def set_dropout(self, p):

@@ -157,6 +157,8 @@ def build_student(cfg, teacher, rt):
     else:
         student, _ = decompose_model(teacher, cfg.kron_plan, cfg.init_spec())
     student = student.float().requires_grad_(True).set_dropout(cfg.dropout).train()
+    if cfg.kron_impl:
+        student.set_kron_impl(cfg.kron_impl)
     return student, None, getattr(teacher, "tokenizer_name", "gpt2")
 
 

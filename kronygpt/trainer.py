@@ -33,6 +33,7 @@ from .checkpoint import (load_checkpoint, load_model, model_from_checkpoint, res
 from configurator import as_dict
 from .data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir, open_dataset
 from .errors import CheckpointError, ConfigError, Stopped, UserError
+from .kronecker import IMPLS
 from model import GPT, GPTConfig
 from .optim import (apply_settings, group_stats, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule,
                     rebuild_optimizer, set_frozen)
@@ -69,6 +70,8 @@ class TrainConfig:
     kron_plan: str = ""             # a factorised scratch model's plan, e.g. '*: mlp=64x64*1' (kronygpt/plans.py)
     kron_scalars: bool = False      # learnable per-factor scalars
     dropout: float = 0.0            # applied to any init_from
+    kron_impl: str = ""             # Kronecker layers' contraction order: auto, measured (timed), right, left,
+                                    # materialized; '' keeps the model's
     # -- optimiser: AdamW, two parameter groups
     max_iters: int = 1000
     learning_rate: float = 6e-4     # peak learning rate of the 'pretrained' group
@@ -114,6 +117,9 @@ class TrainConfig:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
+        if self.kron_impl and self.kron_impl not in IMPLS:
+            raise ConfigError(f"kron_impl must be one of {', '.join(IMPLS)} (or empty: the model's), got "
+                              f"{self.kron_impl!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.decay_lr and self.learning_rate > 0 and self.min_lr > self.learning_rate:
@@ -244,6 +250,8 @@ def init_model(cfg, rt):
         model = model_from_checkpoint(ckpt, dropout=cfg.dropout)
     else:
         model = load_model(cfg.init_from).set_dropout(cfg.dropout)
+    if cfg.kron_impl:
+        model.set_kron_impl(cfg.kron_impl)
     check_data_fits(data, model, cfg.dataset)
     if cfg.init_from != "scratch":
         adopt_architecture(cfg, model)

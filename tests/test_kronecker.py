@@ -155,3 +155,19 @@ def test_measured_order_leaves_low_rank_alone(monkeypatch):
     layer = KroneckerLinear(kron_shape(48, 40, 48, 1), 3, impl="measured")
     layer(torch.randn(4, 40))
     assert layer.last_impl == "right" and not timer.choices
+
+
+def test_set_kron_impl_changes_the_order_not_the_function():
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=16, kron_plan="*: mlp=16x8*2"))
+    x = torch.randint(0, 64, (2, 16))
+    before = model(x, all_logits=True)[0]
+    for impl in ("materialized", "left", "auto"):
+        model.set_kron_impl(impl)
+        layers = [m for m in model.modules() if isinstance(m, KroneckerLinear)]
+        assert model.config.kron_impl == impl
+        assert all(m.impl == (choose_impl(m.shape, m.factors) if impl == "auto" else impl) for m in layers)
+        torch.testing.assert_close(model(x, all_logits=True)[0], before, rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="kron_impl must be one of"):
+        model.set_kron_impl("fastest")
