@@ -10,6 +10,8 @@ Decompose a dense model's matrices into sums of Kronecker products and write a c
         --out out-decomp/smollm2_81M.pt                          # the calibrated planner picks shape and factors
     python kron_decomp.py --model smollm2-135m --target_params 81.4M --init fisher --calib shakespeare_smollm2-135m \\
         --allocate --scope blocks --out out-decomp/smollm2_81M_alloc.pt   # each matrix its own rank (or dense)
+    python kron_decomp.py --model gpt2-xl --target_params 935M --init fisher --calib shakespeare --allocate \
+        --scope blocks --calib_tokens 2048 --stream --out out-decomp/gpt2xl.pt   # one block's statistics at a time
     python kron_decomp.py --model smollm2-135m --keep_blocks even --out out-decomp/smollm2_15blocks.pt  # truncation
     python kron_decomp.py config/decomp_smollm2_81M.py           # the same settings from a config file
 
