@@ -163,7 +163,8 @@ def saved_bytes(fn):
 
 def build(base, kron, args):
     torch.manual_seed(0)
-    kron = {**kron, **({"kron_impl": args.kron_impl} if kron else {})}
+    impl = getattr(args, "kron_impl", "auto")
+    kron = {**kron, **({"kron_impl": impl} if kron else {})}
     model = GPT(GPTConfig(**base, **kron)).to(args.device)
     return model
 
@@ -220,7 +221,7 @@ def bench_models(args, ctx):
         variants, (B, T), gen = VARIANTS[args.family], (args.batch_size, args.seq_len), args.gen_tokens
         if args.variants:  # the dense row always stays: every ratio is to it
             variants = [v for i, v in enumerate(variants) if i == 0 or i in args.variants]
-        variants = variants + plan_variants(args.plans_from)
+        variants = variants + plan_variants(getattr(args, "plans_from", ""))
     results = []
     for name, kron in variants:
         model = build(base, kron, args)
