@@ -137,6 +137,10 @@ NOTES = """
 - Targets (issue 31): peak memory <= 2.2x the fp32 model and under 45 minutes for the GPT-2 XL and SmolLM2-1.7B
   shapes. GPT-2 XL: **missed on both**, 2.36x (by 7%) and 53.9 min (by 20%). SmolLM2-1.7B: not measured yet
   (`python experiments/scale.py --rows smollm2-1.7b` continues the table).
+- Growth, streamed (the table): from the 135M to the 362M to the 1,558M shape, wall time 1.5 -> 6.1 -> 53.9 min
+  (36x for 11.6x the parameters: the widest moments' float64 work grows with the cube of the width) and
+  peak memory 1.55 -> 3.17 -> 13.69 GiB, a near-constant 2.35x of the fp32 model once the fixed ~1 GiB of
+  the Python process stops dominating. All at once, the 135M shape alone took 8.32 GiB (16.6x).
 - Where GPT-2 XL's 53.9 minutes went (its log): loading 0.5 min; the fisher gradient pass (block-wise backward,
   2,048 tokens, 25 GB of gradient moments written to --spill_dir) 230 s; the whitened spectra of the 192
   matrices, block by block, 862 s; the decomposition itself, block by block, about 35 min (44 s per block,
