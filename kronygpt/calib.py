@@ -137,7 +137,6 @@ class SpilledMoments(Mapping):
         return len(self.count)
 
 
-
 class Moments:
     """Second moments accumulated in memory: add(name, gram, n) adds a batch's sum, m[name] is the mean."""
 
@@ -203,7 +202,7 @@ def output_gradient_moments(model, batches, layers, spill=None, head_tokens=512)
                 x = x.to(device)
                 h, rope = model.embed(x[:, :-1].contiguous())
                 seq = [h]
-                for block in model.transformer.h[:n_layer]:
+                for block in model.transformer.h:
                     seq.append(block(seq[-1], rope))
                 states.append(seq)
                 ropes.append(rope)

@@ -136,22 +136,20 @@ class OrderTimer:
                 self.choices = {k: v for k, v in json.load(f).items() if v in ORDERS}
 
     @staticmethod
-    def key(s, r, n_tokens, device, dtype, backward):
-        bucket = 1 << max(0, math.ceil(math.log2(max(1, n_tokens))))
+    def key(s, r, bucket, device, dtype, backward):
         return f"{device.type}|{str(dtype).replace('torch.', '')}|{s}|r{r}|n{bucket}|{'fwd+bwd' if backward else 'fwd'}"
 
     def choose(self, s, r, x):
         """The order to run for input x (..., in) on a layer of shape s with r factors."""
         if s.n1 == 1 and s.m2 == 1:
             return "right"  # low rank: two plain GEMMs, nothing to choose
-        n_tokens = x.numel() // x.shape[-1]
+        bucket = 1 << max(0, math.ceil(math.log2(max(1, x.numel() // x.shape[-1]))))  # tokens, rounded up
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        key = self.key(s, r, n_tokens, x.device, dtype, torch.is_grad_enabled())
+        key = self.key(s, r, bucket, x.device, dtype, torch.is_grad_enabled())
         if key in self.choices:
             return self.choices[key]
         if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             return choose_impl(s, r)
-        bucket = int(key.split("|n")[1].split("|")[0])
         self.choices[key] = self.measure(s, r, bucket, x.device, dtype, torch.is_grad_enabled(), key)
         self.save()
         return self.choices[key]

@@ -6,8 +6,8 @@ The all-at-once path (kron_decomp.py without --stream) collects every matrix's i
 'fisher', output-gradient moment G, then plans, then decomposes. The streamed path gives the same factors
 with at most one block's statistics in memory:
 
-    1. G (fisher only): one backward pass per batch as before, each moment accumulated in a file as it is
-       computed (calib.SpilledMoments) and read back one at a time;
+    1. G (fisher only): the block-wise backward pass of calib.output_gradient_moments, each moment
+       accumulated in a file as it is computed (calib.SpilledMoments) and read back one block at a time;
     2. the plan: --allocate needs each matrix's whitened spectrum, computed block by block from the block's
        moments, which are then freed (streamed_curves); --target_params without --allocate scores its
        candidates on --score_blocks blocks, whose moments alone are kept;
