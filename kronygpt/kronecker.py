@@ -201,7 +201,15 @@ def kron_sum(A, B, scalars=None):
     _, m2, n2 = B.shape
     if scalars is not None:
         A = A * scalars.view(r, 1, 1)
+    if r == 1:  # squeezed, so the gradients keep the parameters' strides (see _merge01)
+        return torch.einsum("ij,kl->ikjl", A.squeeze(0), B.squeeze(0)).reshape(m1 * m2, n1 * n2)
     return torch.einsum("rij,rkl->ikjl", A, B).reshape(m1 * m2, n1 * n2)
+
+
+def _merge01(t):
+    """(r, m, n) -> (r*m, n) as a view. squeeze when r == 1: the gradient of a reshape that drops a size-1
+    dimension comes back with another stride on it, which DDP reports as a layout mismatch (and copies)."""
+    return t.squeeze(0) if t.shape[0] == 1 else t.reshape(-1, t.shape[-1])
 
 
 def kron_matmul(x, A, B, impl):
@@ -212,29 +220,32 @@ def kron_matmul(x, A, B, impl):
     lead = x.shape[:-1]
     if impl == "materialized":
         return F.linear(x, kron_sum(A, B))
-    # (A permute that only moves a size-1 dimension is skipped: the gradient then has the parameter's
-    # exact strides, which DDP's gradient buckets require to avoid a copy. A product whose inner
+    # (A permute that only moves a size-1 dimension is skipped, and size-1 dimensions are dropped by squeeze,
+    # not reshape: the gradient then has the parameter's exact strides, which DDP's gradient buckets require
+    # to avoid a copy; tests/test_train.py checks torchrun gives no stride warning. A product whose inner
     # dimension is 1 is an outer product, done as a broadcast multiply: 15-20% faster than a K=1 GEMM.)
     # Every GEMM below is an explicit 2-D product. torch.matmul(2-D, 3-D) and F.linear on a transposed
     # 3-D input fold into one GEMM only while autograd records; under no_grad (eval, generation) they
     # run N tiny GEMMs, 3-10x slower than dense on the CPU. The permute copies are written out instead.
     if n1 == 1 and m2 == 1:  # low rank, W = U V^T: exactly two GEMMs on views of the factors, no copies
-        V, Ut = B.reshape(r, n2), A.reshape(r, m1)              # (r, in), (r, out): A (r, out, 1) is U^T in memory
+        V, Ut = B.squeeze(1), A.squeeze(2)                      # (r, in), (r, out): A (r, out, 1) is U^T in memory
         return (x.reshape(-1, n2) @ V.t() @ Ut).reshape(*lead, m1)
     X = x.reshape(-1, n1, n2)                                   # (N, n1, n2)
     N = X.shape[0]
     if impl == "right":
-        Xf, Bt = X.reshape(N * n1, n2), B.reshape(r * m2, n2).t()
+        Xf, Bt = X.reshape(N * n1, n2), (B.view(1, r * m2) if n2 == 1 else _merge01(B).t())
         T = Xf * Bt if n2 == 1 else Xf @ Bt                     # T[(n, j), (k, q)] = sum_l X[n,j,l] B_k[q,l]
         T = T.view(N, n1, r, m2).permute(0, 3, 2, 1).reshape(N * m2, r * n1)  # [(n, q), (k, j)]
-        A_cat = A.reshape(m1, n1) if r == 1 else A.permute(1, 0, 2).reshape(m1, r * n1)  # [i, (k, j)]
+        A_cat = (A.squeeze(0) if r == 1 else A.view(1, r * n1) if m1 == 1 else A.squeeze(2).t() if n1 == 1
+                 else A.permute(1, 0, 2).reshape(m1, r * n1))  # [i, (k, j)]
         Y = F.linear(T, A_cat)                                  # Y[(n, q), i] = sum_{k,j} A_k[i,j] T
         Y = Y.view(N, m2, m1).transpose(1, 2)                   # (N, m1, m2); a view when m2 == 1
     else:  # "left"
         Xt = X.transpose(1, 2).reshape(N * n2, n1)              # [(n, l), j]; a view when n2 == 1
-        U = F.linear(Xt, A.reshape(r * m1, n1))                 # U[(n, l), (k, i)] = sum_j A_k[i,j] X[n,j,l]
+        U = F.linear(Xt, _merge01(A))                           # U[(n, l), (k, i)] = sum_j A_k[i,j] X[n,j,l]
         U = U.view(N, n2, r, m1).permute(0, 3, 2, 1).reshape(N * m1, r * n2)  # [(n, i), (k, l)]
-        B_stack = B.reshape(r, m2) if n2 == 1 else B.permute(0, 2, 1).reshape(r * n2, m2)  # [(k, l), q]
+        B_stack = (B.squeeze(2) if n2 == 1 else B.squeeze(0).t() if r == 1 else B.view(r * n2, 1) if m2 == 1
+                   else B.permute(0, 2, 1).reshape(r * n2, m2))  # [(k, l), q]
         Y = U * B_stack if r * n2 == 1 else U @ B_stack         # Y[(n, i), q] = sum_{k,l} U B_k[q,l]
     return Y.reshape(*lead, m1 * m2)
 

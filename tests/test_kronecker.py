@@ -35,10 +35,14 @@ def test_forward_and_grads_equal_materialised(out_f, in_f, m1, n1, impl):
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
         g = torch.randn_like(out)
         params = [x, layer.A, layer.B, layer.bias] + ([layer.scalars] if layer.scalars is not None else [])
-        got = torch.autograd.grad(out, params, g)
+        got = torch.autograd.grad(out, params, g, retain_graph=True)
         want = torch.autograd.grad(ref, params, g)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        # .grad has the parameters' exact strides, size-1 dimensions included (autograd's layout contract
+        # ignores those; DDP's gradient buckets do not, and warn)
+        out.backward(g)
+        assert layer.A.grad.stride() == layer.A.stride() and layer.B.grad.stride() == layer.B.stride()
 
 
 def test_weight_property_is_kron_sum():
