@@ -184,43 +184,62 @@ def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2
     return out
 
 
-def options(curve, o, i, weight=1.0, multiple=1):
-    """The lower convex hull of one matrix's (parameters, error) options, cheapest first: rank r costs r(o+i) with
-    error sum(sigma^2[r:]) (weighted, relative), dense costs o*i with error 0. Ranks that cost as much as dense
-    are dominated by it; every rank is at least 1 (a plan cannot hold a rank-0 matrix), and a multiple of
-    `multiple` (ranks the hardware likes: GEMMs whose inner size is a multiple of 8-64 use the tensor cores fully).
-    Returns [(cost, error, choice)] with choice a rank or 'dense'."""
+def lowrank_points(curve, o, i, weight=1.0, multiple=1):
+    """One matrix's low-rank (parameters, error, rank) points, cheapest first: rank r costs r(o+i) with error
+    sum(sigma^2[r:]) (weighted, relative); ranks that cost as much as dense are left out (dense dominates them).
+    Every rank is at least 1 (a plan cannot hold a rank-0 matrix) and a multiple of `multiple` (ranks the
+    hardware likes: GEMMs whose inner size is a multiple of 8-64 use the tensor cores fully)."""
     sig2, norm = curve
     w = weight / max(norm, 1e-30)
     tail = sig2.flip(0).cumsum(0).flip(0).tolist() + [0.0]  # tail[r] = sum(sig2[r:])
-    points = [(r * (o + i), w * tail[r], r) for r in range(multiple, min(o, i) + 1, multiple) if r * (o + i) < o * i]
-    points.append((o * i, 0.0, "dense"))
-    hull = []
-    for p in points:  # monotone chain: keep the points where the error falls ever more slowly per parameter
-        while len(hull) >= 2 and (hull[-1][1] - p[1]) * (hull[-1][0] - hull[-2][0]) >= \
-                (hull[-2][1] - hull[-1][1]) * (p[0] - hull[-1][0]):
-            hull.pop()
-        hull.append(p)
-    return hull
+    return [(r * (o + i), w * tail[r], r) for r in range(multiple, min(o, i) + 1, multiple) if r * (o + i) < o * i]
+
+
+def hull(points):
+    """The lower convex hull of (cost, error, choice) points: the points where the error falls ever more slowly
+    per parameter, cheapest first (points that cost more and lose more than another are dropped)."""
+    out = []
+    for p in sorted(points, key=lambda p: (p[0], p[1])):
+        if out and p[1] >= out[-1][1]:
+            continue  # dominated: no cheaper, no better
+        while len(out) >= 2 and (out[-1][1] - p[1]) * (out[-1][0] - out[-2][0]) >= \
+                (out[-2][1] - out[-1][1]) * (p[0] - out[-1][0]):
+            out.pop()
+        out.append(p)
+    return out
+
+
+def options(curve, o, i, weight=1.0, multiple=1):
+    """The lower convex hull of one matrix's low-rank points and dense (cost o*i, error 0): [(cost, error,
+    choice)] with choice a rank or 'dense'."""
+    return hull(lowrank_points(curve, o, i, weight, multiple) + [(o * i, 0.0, "dense")])
 
 
 def allocate(curves, mats, budget, weights=None, multiple=1):
     """Each matrix its rank (or dense) so that the total weight parameters stay within `budget` and the summed
-    (weighted) relative squared error is smallest. Each matrix's options are the lower convex hull of its
-    (parameters, error) points, dense included as a point of its own (its true cost o*i and error 0, not one more
-    rank); the allocator takes hull segments in order of error reduction per parameter. Optimality, as far as it
-    holds: the result is exactly optimal whenever the budget is a total this greedy reaches without skipping a
-    segment (every Lagrangian solution: for some price per parameter, each matrix at its best point); otherwise a
-    segment that did not fit is skipped and cheaper ones of other matrices fill the rest, within one segment of
-    the optimum. Every matrix starts at rank 1 (or dense, where that is cheaper).
+    (weighted) relative squared error is smallest: allocate_points over each matrix's low-rank points and dense.
     Returns {(layer, name): rank or 'dense'} and the parameters used."""
     weights = weights or {}
-    hulls = {(b, n): options(curves[(b, n)], o, i, weights.get((b, n), 1.0), multiple) for b, n, o, i in mats}
+    points = {(b, n): lowrank_points(curves[(b, n)], o, i, weights.get((b, n), 1.0), multiple) + [(o * i, 0.0, "dense")]
+              for b, n, o, i in mats}
+    return allocate_points(points, budget)
+
+
+def allocate_points(points, budget):
+    """One choice per matrix from its (cost, error, choice) points (any family: low-rank ranks, Kronecker factor
+    counts, dense), total cost within `budget`, summed error smallest. Each matrix's options are the lower convex
+    hull of its points; the allocator takes hull segments in order of error reduction per parameter. Optimality,
+    as far as it holds: the result is exactly optimal whenever the budget is a total this greedy reaches without
+    skipping a segment (every Lagrangian solution: for some price per parameter, each matrix at its best point);
+    otherwise a segment that did not fit is skipped and cheaper ones of other matrices fill the rest (`fill`),
+    within one segment of the optimum. Every matrix starts at its cheapest point.
+    Returns ({key: choice}, the cost used)."""
+    hulls = {k: hull(p) for k, p in points.items()}
     at = {k: 0 for k in hulls}
     used = sum(h[0][0] for h in hulls.values())
     if used > budget:
-        raise UserError(f"the budget leaves {budget:,} parameters for the factorised matrices, fewer than rank 1 of "
-                        f"each needs ({used:,}); raise --target_params or factorise fewer matrices")
+        raise UserError(f"the budget leaves {budget:,} parameters for the factorised matrices, fewer than the "
+                        f"cheapest choice of each needs ({used:,}); raise --target_params or factorise fewer matrices")
     heap = []
 
     def push(n, key):
@@ -239,28 +258,34 @@ def allocate(curves, mats, budget, weights=None, multiple=1):
             continue  # this matrix cannot take its next segment; cheaper segments of others may still fit
         at[key], used = j + 1, used + cost
         push(n, key)
-    alloc, left = fill({k: hulls[k][j][2] for k, j in at.items()}, curves, mats, budget - used, weights, multiple)
-    return alloc, budget - left
+    chosen = {k: hulls[k][j] for k, j in at.items()}
+    chosen, left = fill(chosen, points, budget - used)
+    return {k: p[2] for k, p in chosen.items()}, budget - left
 
 
-def fill(alloc, curves, mats, left, weights, multiple=1):
-    """Spend what the hull segments left over on single ranks (a hull segment next to dense can span many ranks,
-    too many for the rest of the budget), best error reduction per parameter first, so the total lands within
-    one rank step of the budget. Returns (the allocation, the parameters still unspent)."""
+def fill(chosen, points, left):
+    """Spend what the hull segments left over on any point off the hull (a hull segment next to dense can span
+    many ranks, too many for the rest of the budget): repeatedly the move of one matrix to a point that costs at
+    most what is left and loses less, best error reduction per parameter first, so the total lands within one
+    step of the budget. chosen: {key: (cost, error, choice)}. Returns (chosen, the parameters still unspent)."""
+    table = {k: (torch.tensor([p[0] for p in pts], dtype=torch.float64),
+                 torch.tensor([p[1] for p in pts], dtype=torch.float64)) for k, pts in points.items()}
     while True:
         best = None
-        for b, n, o, i in mats:
-            r, m = alloc[(b, n)], multiple
-            if r == "dense" or r + m > min(o, i) or (r + m) * (o + i) >= o * i or m * (o + i) > left:
+        for k, (cost, err) in table.items():
+            c, e = chosen[k][0], chosen[k][1]
+            ok = (cost > c) & (cost - c <= left) & (err < e)
+            if not ok.any():
                 continue
-            sig2, norm = curves[(b, n)]
-            gain = weights.get((b, n), 1.0) / max(norm, 1e-30) * sig2[r:r + m].sum().item() / (m * (o + i))
-            if best is None or gain > best[0]:
-                best = (gain, (b, n), m * (o + i))
+            gain = torch.where(ok, (e - err) / (cost - c).clamp_min(1), torch.tensor(-1.0, dtype=torch.float64))
+            j = int(gain.argmax())
+            if best is None or gain[j] > best[0]:
+                best = (gain[j].item(), k, j)
         if best is None:
-            return alloc, left
-        alloc[best[1]] += multiple
-        left -= best[2]
+            return chosen, left
+        _, k, j = best
+        left -= points[k][j][0] - chosen[k][0]
+        chosen[k] = points[k][j]
 
 
 def curve_error(curves, key, r):
