@@ -10,6 +10,9 @@ Decompose a dense model's matrices into sums of Kronecker products and write a c
         --out out-decomp/smollm2_81M.pt                          # the calibrated planner picks shape and factors
     python kron_decomp.py --model smollm2-135m --target_params 81.4M --init fisher --calib shakespeare_smollm2-135m \\
         --allocate --scope blocks --out out-decomp/smollm2_81M_alloc.pt   # each matrix its own rank (or dense)
+    python kron_decomp.py --model smollm2-135m --target_params 81.4M --init fisher --calib shakespeare_smollm2-135m \
+        --allocate --scope blocks --families lowrank,kron:3x1 --permute --out out-decomp/smollm2_81M_mixed.pt
+                                                                 # low rank or Kronecker, matrix by matrix
     python kron_decomp.py --model gpt2-xl --target_params 935M --init fisher --calib shakespeare --allocate \
         --scope blocks --calib_tokens 2048 --stream --out out-decomp/gpt2xl.pt   # one block's statistics at a time
     python kron_decomp.py --model smollm2-135m --keep_blocks even --out out-decomp/smollm2_15blocks.pt  # truncation
@@ -37,11 +40,12 @@ from kronygpt.checkpoint import check_output_file, load_model, save_checkpoint
 from kronygpt.data_utils import check_data_fits, open_dataset
 from kronygpt.errors import ConfigError, UserError
 from kronygpt.factorize import INITS, InitSpec, WhiteningCache
+from kronygpt.mixed import Family, parse_families
 from kronygpt.planner import SCOPES, choose_plan, list_shapes, spread_blocks
 from kronygpt.plans import parse_blocks
 from kronygpt.runtime import resolve_device
 from kronygpt.streaming import stream_decompose
-from kronygpt.surgery import decompose_model, truncate_blocks
+from kronygpt.surgery import decompose_model, permutes, truncate_blocks
 
 
 @dataclass
@@ -57,6 +61,8 @@ class DecompConfig:
     allocate: bool = False          # --target_params: each matrix its own rank (or dense) under the budget
     scope: str = "mlp"              # --allocate: 'mlp', 'blocks' (+ attention) or 'all' (+ the embedding)
     rank_multiple: int = 0          # --allocate: every rank a multiple of this (0: 1 for --device cpu, 32 for cuda)
+    families: str = "lowrank"       # --allocate: what a matrix may become, e.g. 'lowrank,kron:3x1' (kronygpt/mixed.py)
+    kron_factors: int = 8           # --families with kron: at most this many Kronecker factors per matrix
     plan: str = ""                  # a plan string (kronygpt/plans.py), e.g. '*: mlp=lowrank*64; 0: dense'
     layers: str = "all"             # blocks to decompose: 'all', '0,2,4', '6-11'; the others stay dense
     keep_blocks: str = None         # layer truncation first: 'even', 'first:K', 'spread:K' or indices
@@ -126,6 +132,16 @@ class DecompConfig:
                               "--calib_cache")
         if self.spill_dir and not self.stream:
             raise ConfigError("--spill_dir is where --stream keeps the gradient moments; add --stream or drop it")
+        families = parse_families(self.families)
+        if families != (Family("lowrank"),) and not self.allocate:
+            raise ConfigError(f"--families {self.families} chooses matrix by matrix, which --allocate does; add "
+                              f"--allocate (with --target_params)")
+        if self.kron_factors < 1:
+            raise ConfigError(f"--kron_factors must be at least 1, got {self.kron_factors}")
+        if self.permute and self.allocate and all(f.kind == "lowrank" for f in families):
+            raise ConfigError("--permute reorders MLP hidden units for Kronecker shapes, and --allocate with "
+                              "--families lowrank gives none; add a Kronecker family (e.g. --families "
+                              "lowrank,kron:3x1) or drop --permute")
         if self.rank_multiple < 0:
             raise ConfigError(f"--rank_multiple must be >= 1 (or 0 for the device's default), got {self.rank_multiple}")
         if not 0 < self.tolerance < 1:
@@ -243,7 +259,8 @@ def main(argv=None):
         request = dict(plan=cfg.plan, shape=cfg.shape, factors=cfg.factors, target=cfg.target_params,
                        tolerance=cfg.tolerance, allocate=cfg.allocate, scope=cfg.scope, scalars=cfg.scalars,
                        candidates=cfg.plan_candidates, score_blocks=cfg.score_blocks,
-                       rank_multiple=cfg.rank_multiple or (32 if cfg.device.startswith("cuda") else 1))
+                       rank_multiple=cfg.rank_multiple or (32 if cfg.device.startswith("cuda") else 1),
+                       families=parse_families(cfg.families), max_factors=cfg.kron_factors)
         td = time.time()
         if cfg.stream:  # the same factors in one block's memory (kronygpt/streaming.py)
             torch.manual_seed(cfg.seed)
@@ -251,7 +268,11 @@ def main(argv=None):
                                            permute=cfg.permute, spill_dir=cfg.spill_dir or None,
                                            fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" else 0, **request)
         else:
-            plan = choose_plan(dense, layers=layers, init=init, moments=moments, grads=grads, cache=cache, **request)
+            plan = choose_plan(dense, layers=layers, init=init, moments=moments, grads=grads, cache=cache,
+                               permute=cfg.permute, **request)
+            if cfg.permute and cfg.allocate and not permutes(plan, dense.config):
+                print("--permute: the allocation gave no MLP matrix a Kronecker shape; nothing to reorder")
+                cfg.permute = False
             torch.manual_seed(cfg.seed)
             model, rows = decompose_model(dense, plan, init, moments=None if cfg.sequential else moments,
                                           grads=grads, calib=batches if cfg.sequential else None,

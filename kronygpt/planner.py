@@ -21,6 +21,7 @@ from model import GPT
 from .errors import UserError
 from .factorize import fisher_error, init_factors, output_error, whitened_spectrum
 from .kronecker import KronShape, all_shapes, factored_macs, kron_shape, kron_sum
+from .mixed import Family, candidates, family_of
 from .plans import EMBED, MatrixSpec, Plan, format_blocks
 
 
@@ -324,14 +325,15 @@ def parse_shape(text, config):
 
 def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", tolerance=0.01, allocate=False,
                 scope="mlp", scalars=False, init=None, moments=None, grads=None, candidates=16, score_blocks=6,
-                cache=None, log=print, rank_multiple=1, curves=None):
+                cache=None, log=print, rank_multiple=1, curves=None, families=None, permute=False, kron_points=None,
+                max_factors=8):
     """The Plan for a decomposition request, over the blocks `layers` (None: all):
         plan                 a plan string, used as written
         shape (+ factors)    one shape for every MLP matrix; with target, the factor count that meets it
         target               the plan nearest a parameter count: by count alone (Krony-PT's rank-preserving
                              plans), or with calibration moments the candidate shapes' calibrated error
-                             (choose_uniform); with allocate, each matrix its own rank under the budget
-                             (allocated_plan)
+                             (choose_uniform); with allocate, each matrix its own rank (or, with Kronecker
+                             families, factor count and shape) under the budget (allocated_plan)
     The reasoning is printed through `log`."""
     config = dense.config
     if plan:
@@ -344,7 +346,9 @@ def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", 
     target = parse_count(target)
     if allocate:  # each matrix its own rank: the allocator spends the target itself
         return allocated_plan(dense, target, layers, scope, init, moments, grads, scalars, cache, log, rank_multiple,
-                              curves)
+                              curves, families, permute, kron_points, max_factors)
+    if families and any(f.kind == "kron" for f in families):
+        raise UserError("--families chooses among families matrix by matrix, which only --allocate does; add --allocate")
     if shape:  # a fixed shape whose factor count meets the target
         s = parse_shape(shape, config)
         factors, total = factors_for_target(config, s, target, scalars, layers)
@@ -402,16 +406,21 @@ def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, gra
 
 
 def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=False, cache=None, log=print,
-                   multiple=1, curves=None):
-    """A per-matrix Plan (each matrix its own rank, or dense) whose total is at most `target`, from the calibrated
-    low-rank curves: minimising the summed squared relative output error, or with grads ('fisher') the summed
-    predicted loss increase. scope says which matrices may be factorised (MLPs; + attention; + the embedding).
-    With the MLP scope the uniform low-rank plan with the most parameters within the allocation's total is
-    scored on the same objective, and chosen if it scores lower (said so). curves: the lowrank_curves already
-    computed (streaming.streamed_curves computes them block by block); then moments are not needed."""
+                   multiple=1, curves=None, families=None, permute=False, kron_points=None, max_factors=8):
+    """A per-matrix Plan whose total is at most `target`, from calibrated error curves: minimising the summed
+    squared relative output error, or with grads ('fisher') the summed predicted loss increase. scope says which
+    matrices may be factorised (MLPs; + attention; + the embedding). families (mixed.parse_families; default
+    low rank alone): what each matrix may become besides dense; with a Kronecker family every candidate is
+    scored on the same damped criterion (kronygpt/mixed.py) and one budget is spent across matrices and
+    families, and the log compares the mixed allocation with each family alone at the same budget.
+    With low rank alone and the MLP scope the uniform low-rank plan with the most parameters within the
+    allocation's total is scored on the same objective, and chosen if it scores lower (said so). curves: the
+    lowrank_curves already computed (streaming.streamed_curves computes them block by block, and kron_points
+    with them); then moments are not needed."""
     config = dense.config
+    families = families or (Family("lowrank"),)
     if scalars:
-        raise UserError("--allocate builds low-rank plans, which have no per-factor scalars; drop --scalars")
+        raise UserError("--allocate builds plans without per-factor scalars; drop --scalars")
     mats = matrices(config, layers, scope)
     base, _ = param_base(config, layers, scope)
     if target <= base:
@@ -422,22 +431,53 @@ def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=F
     t0 = time.time()
     if curves is None:
         curves = lowrank_curves(dense, moments, mats, init.damping, grads, init.g_damping, cache)
-    alloc, used = allocate(curves, mats, target - base, multiple=multiple)
-    objective = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in alloc.items())
-    if multiple > 1:  # what the rounding costs, on the same objective and budget
-        free, _ = allocate(curves, mats, target - base)
-        unrounded = sum(0.0 if r == "dense" else curve_error(curves, k, r) ** 2 for k, r in free.items())
+    mixed = any(f.kind == "kron" for f in families)
+    if mixed and kron_points is None:
+        kron_points = candidates(dense, moments, grads, mats, curves, init, families, permute, max_factors, cache)
+    lowrank = any(f.kind == "lowrank" for f in families)
+
+    def points(kinds):
+        return {(b, n): (lowrank_points(curves[(b, n)], o, i, 1.0, multiple) if "lowrank" in kinds else []) +
+                ((kron_points or {}).get((b, n), []) if "kron" in kinds else []) + [(o * i, 0.0, "dense")]
+                for b, n, o, i in mats}
+
+    kinds = {f.kind for f in families}
+    pts = points(kinds)
+    alloc, used = allocate_points(pts, target - base)
+    err_of = {k: {p[2]: p[1] for p in v} for k, v in pts.items()}
+    objective = sum(err_of[k][c] for k, c in alloc.items())
+    what = "predicted loss increase (damped)" if grads else "sum of squared output errors (damped)"
+    if multiple > 1 and lowrank:  # what the rounding costs, on the same objective and budget
+        free_pts = {k: [p for p in v if not isinstance(p[2], int)] +
+                    lowrank_points(curves[k], o, i) for (k, v), (_, _, o, i) in zip(pts.items(), mats)}
+        free, _ = allocate_points(free_pts, target - base)
+        free_err = {k: {p[2]: p[1] for p in v} for k, v in free_pts.items()}
+        unrounded = sum(free_err[k][c] for k, c in free.items())
         log(f"ranks in multiples of {multiple}: objective {objective:.4f} against {unrounded:.4f} with any rank "
             f"({100 * (objective - unrounded) / max(unrounded, 1e-30):+.2f}%)")
-    # the allocator's objective is computed on damped statistics (init.damping, g_damping); the report's total
-    # (kron_decomp.py's summary) on the undamped ones: the two differ a little, and each says which it is
-    what = "predicted loss increase (damped)" if grads else "sum of squared output errors (damped)"
     dims = {**config.matrix_dims(), "wte": (config.vocab_size, config.n_embd)}
-    plan = Plan({(b, n): MatrixSpec(KronShape(dims[n][0], 1, 1, dims[n][1]), r) for (b, n), r in alloc.items()
-                 if r != "dense"}, config.layout())
-    log(f"allocation over {scope} ({time.time() - t0:.0f}s): {base + used:,} parameters (target {target:,}), {what} "
-        f"{objective:.4f} over {len(mats)} matrices; plan: {plan.text}")
-    if scope == "mlp":  # the uniform low-rank plans are in the search space: compare at equal parameters
+
+    def spec(key, choice):
+        return choice if isinstance(choice, MatrixSpec) else MatrixSpec(KronShape(dims[key[1]][0], 1, 1, dims[key[1]][1]), choice)
+
+    plan = Plan({k: spec(k, c) for k, c in alloc.items() if c != "dense"}, config.layout())
+    log(f"allocation over {scope}, families {','.join(f.text for f in families)} ({time.time() - t0:.0f}s): "
+        f"{base + used:,} parameters (target {target:,}), {what} {objective:.4f} over {len(mats)} matrices; "
+        f"plan: {plan.text}")
+    if mixed:
+        counts = {}
+        for c in alloc.values():
+            counts[family_of(c)] = counts.get(family_of(c), 0) + 1
+        log("  matrices by family: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        for alone in sorted(kinds):  # each family alone, same budget and objective
+            try:
+                a, u = allocate_points(points({alone}), target - base)
+            except UserError:
+                log(f"  {alone} alone cannot meet the budget")
+                continue
+            e = {k: {p[2]: p[1] for p in v} for k, v in points({alone}).items()}
+            log(f"  {alone} alone: {base + u:,} parameters, {what} {sum(e[k][c] for k, c in a.items()):.4f}")
+    if scope == "mlp" and not mixed:  # the uniform low-rank plans are in the search space: compare at equal parameters
         s = parse_shape("lowrank", config)
         r = max(1, used // (len(mats) * s.params(1)))
         while r > 1 and len(mats) * s.params(r) > used:
@@ -449,9 +489,10 @@ def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=F
             return uniform_plan(config, s, r, layers)
     rows = {}
     for b, n, _, _ in mats:
-        r = alloc[(b, n)]
-        e = 0.0 if r == "dense" else curve_error(curves, (b, n), r)
-        rows.setdefault(b, []).append(f"{n} {r} ({'dloss' if grads else 'err'} {e * e if grads else e:.4f})")
+        c = alloc[(b, n)]
+        e = err_of[(b, n)][c]
+        label = c.text if isinstance(c, MatrixSpec) else c
+        rows.setdefault(b, []).append(f"{n} {label} ({'dloss' if grads else 'err'} {e if grads else e ** 0.5:.4f})")
     for b, parts in rows.items():
         log(f"  {'block ' + str(b) if b != EMBED else 'embedding':>9}: " + ", ".join(parts))
     return plan

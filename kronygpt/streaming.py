@@ -26,28 +26,34 @@ import time
 
 from .calib import BlockRunner, collect_grads, collect_moments
 from .factorize import WhiteningCache, whitened_spectrum
+from .mixed import block_candidates
 from .planner import choose_plan, matrices, scored_blocks
 from .plans import EMBED
-from .surgery import decompose_model
+from .surgery import decompose_model, permutes
 
 
-def streamed_curves(dense, batches, mats, init, grads=None, log=print):
-    """lowrank_curves of the matrices `mats` (planner.matrices) computed block by block: each block's input
-    moments are collected on the dense model's hidden states, turned into the block's whitened spectra and
-    freed before the next block runs. Equal to lowrank_curves on collect_moments' statistics."""
+def streamed_curves(dense, batches, mats, init, grads=None, log=print, families=None, permute=False, max_factors=8):
+    """(curves, kron_points): lowrank_curves of the matrices `mats` (planner.matrices) computed block by block,
+    and with Kronecker families their candidates (mixed.block_candidates; empty otherwise): each block's input
+    moments are collected on the dense model's hidden states, turned into the block's spectra and candidates
+    and freed before the next block runs. Equal to lowrank_curves and mixed.candidates on collect_moments'
+    statistics."""
     t0 = time.time()
     by_block = {}
     for b, name, _, _ in mats:
         by_block.setdefault(b, []).append(name)
     runner = BlockRunner(dense, batches, next(dense.parameters()).device)
-    curves = {}
+    curves, kron = {}, {}
 
     def spectra(b, names, moments):
         cache = WhiteningCache()  # shared within the block only (gate and up share their input moment)
+        g = {name: grads[(b, name)] for name in names} if grads is not None else None
         for name in names:
-            G = grads[(b, name)] if grads is not None else None
-            curves[(b, name)] = whitened_spectrum(dense.matrix(b, name).weight, moments[name], G, init.damping,
-                                                  init.g_damping, cache)
+            curves[(b, name)] = whitened_spectrum(dense.matrix(b, name).weight, moments[name], (g or {}).get(name),
+                                                  init.damping, init.g_damping, cache)
+        if families:
+            kron.update(block_candidates(dense, b, names, moments, g, curves, init, families, permute, max_factors,
+                                         cache))
 
     for b in range(dense.config.n_layer):
         if b in by_block:
@@ -56,8 +62,9 @@ def streamed_curves(dense, batches, mats, init, grads=None, log=print):
         runner.advance(b)
     if EMBED in by_block:
         spectra(EMBED, by_block[EMBED], {"wte": runner.head_moment()})
-    log(f"spectra of {len(mats)} matrices, block by block: {time.time() - t0:.0f}s")
-    return curves
+    log(f"spectra{' and Kronecker candidates' if kron else ''} of {len(mats)} matrices, block by block: "
+        f"{time.time() - t0:.0f}s")
+    return curves, kron
 
 
 def stream_decompose(dense, batches, init, *, layers=None, fisher_tokens=0, sequential=False, permute=False,
@@ -65,7 +72,7 @@ def stream_decompose(dense, batches, init, *, layers=None, fisher_tokens=0, sequ
     """(model, rows) as choose_plan(**request) then decompose_model would give on all-at-once statistics, in
     one block's memory (the module docstring). `dense` is decomposed in place. request: choose_plan's keywords
     (plan, shape, factors, target, tolerance, allocate, scope, scalars, candidates, score_blocks,
-    rank_multiple). spill_dir: where the output-gradient moments are kept while they are used (a temporary
+    rank_multiple, families, max_factors). spill_dir: where the output-gradient moments are kept while they are used (a temporary
     directory inside it, removed afterwards; default: the system's)."""
     config = dense.config
     all_layers = set(layers if layers is not None else range(config.n_layer))
@@ -77,16 +84,20 @@ def stream_decompose(dense, batches, init, *, layers=None, fisher_tokens=0, sequ
             grads = collect_grads(dense, batches, all_layers, fisher_tokens, spill=spill)
             log(f"output gradients: {min(fisher_tokens, sum(x.numel() for x in batches)):,} tokens in "
                 f"{time.time() - t:.0f}s (kept in {spill}, read back one block at a time)")
-        moments = curves = None
+        moments = curves = kron = None
         if request.get("target") and request.get("allocate"):
             mats = matrices(config, layers, request.get("scope", "mlp"))
-            curves = streamed_curves(dense, batches, mats, init, grads, log)
+            curves, kron = streamed_curves(dense, batches, mats, init, grads, log, request.get("families"), permute,
+                                           request.get("max_factors", 8))
         elif request.get("target") and not request.get("shape") and batches is not None:
             scored = set(scored_blocks(config.n_layer, layers, request.get("score_blocks", 6)))
             moments = collect_moments(dense, batches, scored)  # the scored blocks' statistics only
         plan = choose_plan(dense, layers=layers, init=init, moments=moments, grads=grads, curves=curves, log=log,
-                           **request)
-        moments = curves = None
+                           kron_points=kron, permute=permute, **request)
+        moments = curves = kron = None
+        if permute and request.get("families") and not permutes(plan, config):
+            log("--permute: the allocation gave no MLP matrix a Kronecker shape; nothing to reorder")
+            permute = False
         return decompose_model(dense, plan, init, grads=grads, calib=batches, sequential=sequential,
                                permute=permute, log=log, stream=True)
     finally:

@@ -131,6 +131,12 @@ def permuted_block(model, layer, names, init, moments, grads, log=None):
     return moments, grads, dict(permute_error_before=before, permute_error_after=after)
 
 
+def permutes(plan, config):
+    """Whether --permute can change anything for this plan: some MLP matrix has a shape other than low rank."""
+    attn = config.family.attn_matrices
+    return any(not s.lowrank for (b, n), s in plan.items() if b != EMBED and n not in attn)
+
+
 def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, sequential=False, permute=False,
                     cache=None, log=None, stream=False):
     """A copy of `dense` (left unchanged) whose matrices follow `plan` (a Plan or a plan string), initialised
@@ -151,7 +157,7 @@ def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, 
         raise UserError("sequential calibration collects statistics as it goes: give calib batches")
     plan = as_plan(plan, dense.config)
     fam = dense.config.family
-    if permute and all(s.lowrank for (b, n), s in plan.items() if b != EMBED and n not in fam.attn_matrices):
+    if permute and not permutes(plan, dense.config):
         raise UserError("--permute reorders MLP hidden units, which changes nothing for low-rank matrices (and "
                         "this plan has no other MLP matrix); drop --permute")
     if stream and moments is not None:

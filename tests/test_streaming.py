@@ -17,6 +17,8 @@ CASES = {  # what kron_decomp.py is asked: every way a plan is chosen, both fami
                                          "aware", "--sequential"],
     "uniform_scored_fisher": ["--target_params", "60k", "--init", "fisher", "--score_blocks", "1"],
     "kronecker_shape_aware_permute": ["--shape", "16x8", "--factors", "2", "--init", "aware", "--permute"],
+    "allocate_mixed_families_fisher_permute": ["--target_params", "60k", "--allocate", "--scope", "blocks", "--init",
+                                               "fisher", "--families", "lowrank,kron:2x1,kron:1x2", "--permute"],
     "plan_vl_calibrated_report": ["--plan", "*: mlp=lowrank*5; 1: attn=lowrank*3", "--init", "vl"],
 }
 

@@ -1,0 +1,180 @@
+"""
+One allocator over several factorisation families (kron_decomp.py --allocate --families lowrank,kron:3x1).
+
+Each matrix may be dense, low rank at any rank, or a Kronecker shape with any number of factors. Every
+candidate is scored by the same calibrated criterion, computed for the factors the decomposition would
+actually build (not for an approximation of them): the squared whitened error
+
+    err = ||R^T (W - W_hat) L||^2 / norm,     C + d I = L L^T (inputs),  G + d' I = R R^T (output gradients),
+
+with the damping the decomposition uses, normalised as the low-rank curves are (planner.lowrank_curves):
+relative to ||R^T W L||^2 without gradients, or with 'fisher' the K-FAC predicted loss increase (norm 2).
+For low rank the error at every rank is exact from the whitened spectrum; for a Kronecker shape the factors
+come from init_factors with the run's init ('aware' or 'fisher'), k = 1..K factors from one decomposition
+(Van Loan's terms are ordered: the first k are the k-factor solution). The allocator (planner.allocate_points)
+then spends one budget across all matrices and families.
+
+A family is 'lowrank' or 'kron:M2xN2', the size of the small factor B of the up matrices, attention and the
+embedding; down matrices take the transposed size (their hidden index is the input), so that 'kron:3x1' is the
+(h/3, d)x(3, 1) / (d, h/3)x(1, 3) pair of the earlier default. A matrix whose sizes the factor does not divide
+has no candidate of that family.
+
+With permute, each block's MLP candidates are scored after its hidden units are reordered for the first
+Kronecker family's shape (permute.py: function-preserving; low rank is invariant, so its candidates do not
+change). decompose_model then finds the order for the shapes actually chosen, which fits them at least as
+well as the order they were scored in.
+"""
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+from .factorize import init_factors, lapack_threads
+from .kronecker import kron_shape, kron_sum
+from .permute import find_permutation, unit_features
+from .plans import EMBED, MatrixSpec
+
+
+@dataclass(frozen=True)
+class Family:
+    kind: str            # 'lowrank' or 'kron'
+    b: tuple = None      # kron: (m2, n2) of the up matrices' small factor
+
+    @property
+    def text(self):
+        return self.kind if self.kind == "lowrank" else f"kron:{self.b[0]}x{self.b[1]}"
+
+
+def parse_families(text):
+    """'lowrank,kron:3x1' -> (Family('lowrank'), Family('kron', (3, 1)))."""
+    out = []
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        m = re.fullmatch(r"kron:(\d+)x(\d+)", part)
+        if part == "lowrank":
+            out.append(Family("lowrank"))
+        elif m and int(m.group(1)) * int(m.group(2)) > 1:
+            out.append(Family("kron", (int(m.group(1)), int(m.group(2)))))
+        else:
+            raise UserError(f"--families item {part!r} must be 'lowrank' or 'kron:M2xN2' (the small factor of the up "
+                            f"matrices, e.g. kron:3x1; not 1x1)")
+    if not out:
+        raise UserError("--families is empty; give e.g. 'lowrank' or 'lowrank,kron:3x1'")
+    if len(set(out)) < len(out):
+        raise UserError(f"--families {text!r} names a family twice")
+    return tuple(out)
+
+
+def kron_shape_of(family, o, i, down):
+    """The KronShape family `family` gives an (o, i) matrix (down: the transposed small factor), or None when
+    the small factor does not divide the sizes or the shape is a low-rank one."""
+    m2, n2 = family.b[::-1] if down else family.b
+    if o % m2 or i % n2 or (o // m2, i // n2) in ((o, 1), (1, i)):
+        return None
+    return kron_shape(o, i, o // m2, i // n2)
+
+
+def damped(M, d):
+    """M + d * mean(diag M) * I (M a square moment) or, for a vector (a diagonal moment), M + d * mean(M)."""
+    M = M.double()
+    if M.dim() == 1:
+        return M + d * M.mean().clamp_min(0)
+    return M + d * M.diagonal().mean().clamp_min(0) * torch.eye(M.shape[0], dtype=torch.float64)
+
+
+def whitened_error(D, Cd, Gd):
+    """||R^T D L||^2 = tr(G D C D^T) for damped moments (None: the identity; G may be a diagonal vector)."""
+    DC = D if Cd is None else D @ Cd
+    GD = D if Gd is None else (Gd[:, None] * D if Gd.dim() == 1 else Gd @ D)
+    return (GD * DC).sum().item()
+
+
+def kron_points(W, s, init, C, G, norm, max_factors, cache=None):
+    """[(cost, error, MatrixSpec)] of shape s with k = 1..K factors (K: max_factors, the shape's rank, and
+    fewer parameters than dense), errors of the actual factors on the damped criterion (module docstring)."""
+    o, i = W.shape
+    K = min(max_factors, s.max_rank)
+    while K > 0 and s.params(K) >= o * i:
+        K -= 1
+    if K == 0:
+        return []
+    A, B, scal = init_factors(W, s, K, init, C, G if init.needs_grads else None, cache=cache)
+    Cd = damped(C, init.damping) if C is not None else None
+    Gd = damped(G, init.g_damping) if G is not None and init.needs_grads else None
+    W = W.double()
+    out = []
+    with lapack_threads(max(o, i)):
+        for k in range(1, K + 1):
+            W_hat = kron_sum(A[:k], B[:k], scal[:k] if scal is not None else None)
+            out.append((s.params(k), whitened_error(W - W_hat, Cd, Gd) / norm, MatrixSpec(s, k)))
+    return out
+
+
+def block_permutation(mlp, fam, shapes, moments, init):
+    """perm[p] (the unit placed at position p) of one MLP for its matrices' Kronecker shapes {name: KronShape},
+    or None when no MLP matrix has one."""
+    specs = {n: (s, 1) for n, s in shapes.items() if s is not None}
+    if not specs:
+        return None
+    perm, _, _ = find_permutation(unit_features(mlp, fam, moments, init.damping), specs, fam)
+    return perm
+
+
+def block_candidates(dense, b, names, moments, grads, curves, init, families, permute=False, max_factors=8,
+                     cache=None):
+    """{(b, name): [(cost, error, choice)]} of the Kronecker families for the matrices `names` of block b
+    (EMBED: the embedding) while the block's statistics are at hand. moments, grads: {name: C}, {name: G} or
+    None. curves: the block's low-rank curves, whose normalisers the Kronecker errors share."""
+    kron = [f for f in families if f.kind == "kron"]
+    if not kron:
+        return {}
+    fam = dense.config.family
+    down = set(fam.down)
+    weights = {n: (dense.matrix(b, n).weight.detach().double()) for n in names}
+    moments, grads = dict(moments or {}), dict(grads or {})
+    mlp_names = [n for n, _ in fam.mlp_matrices if n in names]
+    if permute and b != EMBED and mlp_names:  # score the MLP in the order that suits the first Kronecker shape
+        shapes = {n: kron_shape_of(kron[0], *weights[n].shape, n in down) for n in mlp_names}
+        perm = block_permutation(dense.transformer.h[b].mlp, fam, shapes, moments, init)
+        if perm is not None:
+            for n, up in fam.mlp_matrices:
+                if n not in names:
+                    continue
+                weights[n] = weights[n][perm] if up else weights[n][:, perm]
+                if not up and n in moments:
+                    moments[n] = moments[n][perm][:, perm]
+                if up and n in grads:
+                    grads[n] = grads[n][perm][:, perm]
+    out = {}
+    for n in names:
+        W = weights[n]
+        o, i = W.shape
+        _, norm = curves[(b, n)]
+        pts = []
+        for f in kron:
+            s = kron_shape_of(f, o, i, n in down)
+            if s is not None:
+                pts += kron_points(W, s, init, moments.get(n), grads.get(n), max(norm, 1e-30), max_factors, cache)
+        out[(b, n)] = pts
+    return out
+
+
+def candidates(dense, moments, grads, mats, curves, init, families, permute=False, max_factors=8, cache=None):
+    """block_candidates of every matrix in `mats` (planner.matrices), from all-at-once statistics."""
+    by_block = {}
+    for b, n, _, _ in mats:
+        by_block.setdefault(b, []).append(n)
+    out = {}
+    for b, names in by_block.items():
+        m = {n: moments[(b, n)] for n in names} if moments is not None else None
+        g = {n: grads[(b, n)] for n in names} if grads is not None else None
+        out.update(block_candidates(dense, b, names, m, g, curves, init, families, permute, max_factors, cache))
+    return out
+
+
+def family_of(choice):
+    """'dense', 'lowrank' or 'kron' of an allocated choice (a rank, 'dense' or a MatrixSpec)."""
+    if choice == "dense":
+        return "dense"
+    return "lowrank" if isinstance(choice, int) or choice.lowrank else "kron"
