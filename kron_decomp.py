@@ -254,7 +254,7 @@ def main(argv=None):
             fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" and not cfg.stream else 0,
             cache_path=cfg.calib_cache, force=cfg.force)
     init.check_stats(batches is not None, grads is not None or (cfg.stream and batches is not None))
-    rows, model = [], dense
+    rows, model, planning = [], dense, []
     if not (cfg.keep_blocks and not (cfg.shape or cfg.target_params or cfg.plan)):  # truncation alone otherwise
         request = dict(plan=cfg.plan, shape=cfg.shape, factors=cfg.factors, target=cfg.target_params,
                        tolerance=cfg.tolerance, allocate=cfg.allocate, scope=cfg.scope, scalars=cfg.scalars,
@@ -262,14 +262,20 @@ def main(argv=None):
                        rank_multiple=cfg.rank_multiple or (32 if cfg.device.startswith("cuda") else 1),
                        families=parse_families(cfg.families), max_factors=cfg.kron_factors)
         td = time.time()
+        planning = []  # the planner's reasoning, as printed, kept in the report
+
+        def log(line):
+            print(line)
+            planning.append(line)
         if cfg.stream:  # the same factors in one block's memory (kronygpt/streaming.py)
             torch.manual_seed(cfg.seed)
             model, rows = stream_decompose(dense, batches, init, layers=layers, sequential=cfg.sequential,
                                            permute=cfg.permute, spill_dir=cfg.spill_dir or None,
-                                           fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" else 0, **request)
+                                           fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" else 0, log=log,
+                                           **request)
         else:
             plan = choose_plan(dense, layers=layers, init=init, moments=moments, grads=grads, cache=cache,
-                               permute=cfg.permute, **request)
+                               permute=cfg.permute, log=log, **request)
             if cfg.permute and cfg.allocate and not permutes(plan, dense.config):
                 print("--permute: the allocation gave no MLP matrix a Kronecker shape; nothing to reorder")
                 cfg.permute = False
@@ -282,7 +288,7 @@ def main(argv=None):
     totals = summary(rows, before, model.param_counts(), cfg.permute)
     report = {**{k: v for k, v in vars(cfg).items() if k not in ("out", "force", "list_shapes")},
               "plan": model.config.kron_plan, "params_before": before, "params_after": model.param_counts(),
-              "seconds": time.time() - t0, **totals, "matrices": rows, "model_args": model.config.to_dict()}
+              "seconds": time.time() - t0, **totals, "planning": planning, "matrices": rows, "model_args": model.config.to_dict()}
     save_checkpoint(out, model.cpu(), tokenizer=getattr(dense, "tokenizer_name", "gpt2"),
                     extra=dict(decomposition={k: v for k, v in report.items() if k not in ("matrices", "model_args")}))
     with open(report_path, "w") as f:

@@ -44,23 +44,15 @@ def rows_for(d, h, demo):
     return rows
 
 
-def main():
-    p = parser(__doc__, steps=0)
-    p.add_argument("--demo", action="store_true", help="the demo model (character level) instead of SmolLM2")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--rows", default="", help="comma-separated row keys to run (default: all)")
-    p.add_argument("--layerwise_steps", type=int, default=150)
-    p.add_argument("--layerwise_tokens", type=int, default=16384)
-    args = p.parse_args()
-    ex = Experiment("calibrated_demo" if args.demo else "calibrated", args)
-    if args.demo or args.smoke:
-        model = ex.teacher()
+def setup(args, name):
+    """(Experiment, model, data, scale, calib, lw, dense val loss) shared by every row of a calibrated study."""
+    ex = Experiment(name, args)
+    if getattr(args, "demo", False) or args.smoke:
+        model = args.model if args.smoke and os.path.isdir(args.model) else ex.teacher()  # smoke: a model dir given
         data = args.data if args.smoke else "shakespeare_char"
-        d, h = teacher_dims(model)
         block, evt, calib_seq = (32, 1024, 32) if args.smoke else (128, 65536, 128)
     else:
         model, data, block, evt, calib_seq = args.model, args.data or "shakespeare_smollm2-135m", 256, 16384, 256
-        d, h = 576, 1536
     scale = [f"--dataset={data}", f"--block_size={block}", f"--eval_tokens={evt}", "--batch_size=4"]
     calib = [f"--calib={data}", f"--calib_seq={calib_seq}", f"--calib_cache={os.path.join(ex.out, 'calib.pt')}"] + \
         (["--calib_tokens=256", "--fisher_tokens=128", "--tolerance=0.05"] if args.smoke else [])
@@ -71,34 +63,52 @@ def main():
     if not os.path.isfile(os.path.join(dense_run, "log.jsonl")):
         ex.run("train.py", *scale, f"--init_from={model}", f"--out_dir={dense_run}", "--eval_only=True")
     dense = [r for r in read_log(dense_run) if r["type"] == "eval"][0]["val_loss"]
+    return ex, model, data, scale, calib, lw, dense
+
+
+def run_row(ex, model, key, argv, scale, calib, lw):
+    """Decompose (kron_decomp.py) and fit layer-wise (train_distillation.py --mode=layerwise) one row, reusing
+    whatever finished before. Returns (kron_decomp's report, the layer-wise fit's record)."""
+    slug = key.replace(" ", "_")
+    ckpt, fit_dir = os.path.join(ex.out, f"{slug}.pt"), ex.run_dir(f"fit_{slug}")
+    report = os.path.splitext(ckpt)[0] + ".json"
+    if not os.path.isfile(report):  # kron_decomp writes its report last: without it the row is unfinished
+        if os.path.isfile(ckpt):
+            os.remove(ckpt)
+        ex.run("kron_decomp.py", "--model", model, "--out", ckpt, *argv, *calib)
+    log = os.path.join(fit_dir, "log.jsonl")
+    fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"] if os.path.isfile(log) else []
+    if not fit:
+        if os.path.isfile(log):
+            os.remove(log)
+        ex.run("train_distillation.py", *scale, "--mode=layerwise", f"--teacher={model}", f"--init_from={ckpt}",
+               "--max_iters=0", f"--out_dir={fit_dir}", *lw)
+        fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"]
+    return json.load(open(report)), fit[0]
+
+
+def main():
+    p = parser(__doc__, steps=0)
+    p.add_argument("--demo", action="store_true", help="the demo model (character level) instead of SmolLM2")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--rows", default="", help="comma-separated row keys to run (default: all)")
+    p.add_argument("--layerwise_steps", type=int, default=150)
+    p.add_argument("--layerwise_tokens", type=int, default=16384)
+    args = p.parse_args()
+    ex, model, data, scale, calib, lw, dense = setup(args, "calibrated_demo" if args.demo else "calibrated")
+    d, h = teacher_dims(model) if (args.demo or args.smoke) else (576, 1536)
     wanted = set(filter(None, args.rows.split(",")))
     table, same = [], None
     for key, argv in rows_for(d, h, args.demo or args.smoke):
         if wanted and key not in wanted:
             continue
-        slug = key.replace(" ", "_")
-        ckpt, fit_dir = os.path.join(ex.out, f"{slug}.pt"), ex.run_dir(f"fit_{slug}")
         if "SAME" in argv:  # the parameter count of the current shape
             same = same or json.load(open(os.path.join(ex.out, "current_vl.json")))["params_after"]["total"]
             argv = [str(same) if a == "SAME" else a for a in argv]
-        report = os.path.splitext(ckpt)[0] + ".json"
-        if not os.path.isfile(report):  # kron_decomp writes its report last: without it the row is unfinished
-            if os.path.isfile(ckpt):
-                os.remove(ckpt)
-            ex.run("kron_decomp.py", "--model", model, "--out", ckpt, *argv, *calib)
-        fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"] \
-            if os.path.isfile(os.path.join(fit_dir, "log.jsonl")) else []
-        if not fit:
-            if os.path.isdir(fit_dir):
-                os.remove(os.path.join(fit_dir, "log.jsonl")) if os.path.isfile(os.path.join(fit_dir, "log.jsonl")) \
-                    else None
-            ex.run("train_distillation.py", *scale, "--mode=layerwise", f"--teacher={model}", f"--init_from={ckpt}",
-                   "--max_iters=0", f"--out_dir={fit_dir}", *lw)
-            fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"]
-        rep = json.load(open(report))
+        rep, fit = run_row(ex, model, key, argv, scale, calib, lw)
         table.append((key, rep["plan"] if len(rep["plan"]) <= 40 else "per-matrix ranks (see report)",
                       rep["params_after"]["total"], rep.get("mean_output_error", float("nan")),
-                      rep.get("predicted_loss_increase", "-"), fit[0]["val_loss_before"], fit[0]["val_loss_after"],
+                      rep.get("predicted_loss_increase", "-"), fit["val_loss_before"], fit["val_loss_after"],
                       f"{rep['seconds']:.0f}"))
     what = "demo model (character-level Shakespeare)" if args.demo else f"{args.model} on Shakespeare"
     ex.report(f"Calibrated decomposition: {what}",

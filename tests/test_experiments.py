@@ -117,3 +117,16 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert "(given)" in rows["ce_shakespeare"] and "(given)" not in rows["kd_mix"]
     suite = json.loads((tmp_path / "kd_mix" / "row.json").read_text())["suite"]
     assert {"shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl"} <= set(suite)
+
+
+def test_families_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """The families study end to end on a tiny Llama: every row decomposed by its families and fitted; the
+    table says which family each allocation used."""
+    r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "families.py"), "--smoke",
+                        f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    table = (tmp_path / "families.md").read_text()
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    assert {"lowrank", "kron", "mixed", "mixed_wide"} <= set(rows), table
+    assert "lowrank only" in rows["lowrank"] and "kron" in rows["kron"].split(" | ")[3], table

@@ -1,0 +1,84 @@
+"""
+Kronecker or low rank, matrix by matrix (issue 30): SmolLM2-135M -> <= 81.5M parameters, the budget allocated
+over whole blocks (MLPs and attention), 'fisher' statistics, the same calibration and layer-wise (block-wise)
+fitting for every row; only the families the allocator may choose from differ (kron_decomp.py --families,
+kronygpt/mixed.py):
+
+  lowrank          each matrix low rank at its own rank, or dense (the flagship pipeline's start)
+  kron             each matrix a (h/3, d)x(3, 1)-type Kronecker shape with its own factor count, or dense,
+                   hidden units permuted for the shape
+  mixed            either, matrix by matrix, scored on one criterion, hidden units permuted
+  mixed_wide       the same with three Kronecker shapes to choose from (small factor 2x1, 3x1, 4x1)
+
+Columns: the allocator's predicted loss increase (damped K-FAC; comparable across rows), kron_decomp's
+report (undamped), the validation loss right after decomposition and after block-wise fitting. Resumable:
+finished rows are reused (calibration statistics are shared through calib.pt).
+
+    python experiments/families.py                      # ~1 hour on 2 CPU cores, alone
+    python experiments/families.py --rows lowrank,mixed
+"""
+
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from calibrated import run_row, setup  # noqa: E402
+from common import parser  # noqa: E402
+
+TARGET = "81.5M"
+SMOKE_FAMILIES = {"kron:3x1": "kron:2x1", "lowrank,kron:3x1": "lowrank,kron:2x1",
+                  "lowrank,kron:2x1,kron:3x1,kron:4x1": "lowrank,kron:2x1,kron:1x2"}
+COMMON = ["--init", "fisher", "--allocate", "--scope", "blocks"]
+ROWS = {
+    "lowrank": ["--families", "lowrank"],
+    "kron": ["--families", "kron:3x1", "--permute"],
+    "mixed": ["--families", "lowrank,kron:3x1", "--permute"],
+    "mixed_wide": ["--families", "lowrank,kron:2x1,kron:3x1,kron:4x1", "--permute"],
+}
+
+
+def allocator_line(rep):
+    """The allocator's damped objective and family counts, from the planner's log in kron_decomp's report."""
+    text = "\n".join(rep.get("planning", []))
+    obj = re.search(r"predicted loss increase \(damped\) ([0-9.]+)", text)
+    fams = re.search(r"matrices by family: (.*)", text)
+    return (float(obj.group(1)) if obj else "-"), (fams.group(1) if fams else "lowrank only")
+
+
+def main():
+    p = parser(__doc__, steps=0)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    p.add_argument("--target", default=TARGET, help="--target_params of every row")
+    p.add_argument("--layerwise_steps", type=int, default=150)
+    p.add_argument("--layerwise_tokens", type=int, default=16384)
+    args = p.parse_args()
+    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    ex, model, data, scale, calib, lw, dense = setup(args, "families")
+    target = "60k" if args.smoke else args.target
+    fams = ["--kron_factors", "2"] if args.smoke else []
+    table = []
+    for key in args.rows.split(","):
+        argv = ["--target_params", target, *COMMON, *ROWS[key], *fams]
+        if args.smoke:  # the tiny model's sizes: small factors that divide them
+            argv = [SMOKE_FAMILIES.get(a, a) for a in argv]
+        rep, fit = run_row(ex, model, key, argv, scale, calib, lw)
+        objective, counts = allocator_line(rep)
+        table.append((key, " ".join(argv[argv.index("--families"):]), rep["params_after"]["total"], counts, objective,
+                      rep.get("predicted_loss_increase", "-"), fit["val_loss_before"], fit["val_loss_after"],
+                      f"{rep['seconds']:.0f}"))
+    ex.report(f"Kronecker or low rank, matrix by matrix: {args.model} at <= {target} parameters",
+              f"Dense validation loss {dense:.4f} (Shakespeare). Every row: `kron_decomp.py --target_params {target} "
+              f"{' '.join(COMMON)}` plus its families; layer-wise fitting {' '.join(lw)} (whole blocks where "
+              f"attention is factorised). 'allocator objective' is the damped K-FAC predicted loss increase the "
+              f"allocator minimised (one criterion for every family); 'report' is kron_decomp's undamped one.",
+              ["row", "families", "parameters", "matrices by family", "allocator objective",
+               "predicted loss increase (report)", "val after decomposition", "val after block-wise fitting",
+               "decomposition seconds"], table, [], [])
+
+
+if __name__ == "__main__":
+    main()
