@@ -69,6 +69,9 @@ class DistillConfig(TrainConfig):
         super().validate()
         if self.mode not in ("e2e", "layerwise", "progressive"):
             raise ConfigError(f"mode must be 'e2e', 'layerwise' or 'progressive', got {self.mode!r}")
+        if self.fsdp and self.mode == "progressive":
+            raise ConfigError("mode='progressive' replaces modules during training, which a sharded (fsdp) model "
+                              "cannot; use mode='e2e' or 'layerwise', or drop fsdp")
         if self.kron_init not in INITS or self.kron_init in ("aware", "fisher"):
             raise ConfigError(f"kron_init must be one of vl, vl_norm, prune, random, got {self.kron_init!r} (for the "
                               f"calibrated inits decompose with kron_decomp.py and start from its checkpoint)")

@@ -98,19 +98,21 @@ def atomic_save(obj, path):
 
 
 def save_checkpoint(path, model, tokenizer="gpt2", optimizer=None, iter_num=0, best_val_loss=None,
-                    config=None, rng=None, extra=None):
-    """rng: RNG states to store (the trainer passes one per rank), or None for none."""
+                    config=None, rng=None, extra=None, state=None, optimizer_state=None):
+    """rng: RNG states to store (the trainer passes one per rank), or None for none. state, optimizer_state:
+    the model's and optimizer's state dicts when they are not the objects' own (a sharded run gathers them)."""
     model = unwrap(model)
     ckpt = {
         "format": FORMAT,
         "version": CHECKPOINT_VERSION,
         "model_args": model.config.to_dict(),
-        "model": clean_state_dict(model.state_dict()),
+        "model": clean_state_dict(model.state_dict() if state is None else state),
         "tokenizer": tokenizer,
         "iter_num": iter_num,
         "best_val_loss": best_val_loss,
         "config": config or {},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": optimizer_state if optimizer_state is not None else
+                     optimizer.state_dict() if optimizer is not None else None,
         "rng": rng,
         "extra": extra or {},
     }

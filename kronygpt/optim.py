@@ -12,7 +12,9 @@ import math
 
 import torch
 
+
 from .errors import ConfigError
+from .sharding import local
 
 
 # -----------------------------------------------------------------------------
@@ -124,19 +126,25 @@ def set_frozen(model, group, frozen):
             p.requires_grad_(not frozen)
 
 
-def group_stats(optimizer, before):
+def group_stats(optimizer, before, reduce=None):
     """Per-kind ('new', 'pretrained') gradient norm and update/weight norm ratio of the last step
-    (one device sync for all of them)."""
+    (one device sync for all of them). before: {id(param): its local values before the step}. reduce: sums the
+    per-rank squares when parameters are sharded (sharding.all_sum)."""
     sums = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             if p.grad is not None and id(p) in before:
                 old = before[id(p)]
+                grad, now = local(p.grad).float(), local(p.detach()).float()
                 sums.setdefault(group["kind"], []).append(torch.stack(
-                    [p.grad.float().pow(2).sum(), (p.detach().float() - old).pow(2).sum(), old.pow(2).sum()]))
+                    [grad.pow(2).sum(), (now - old).pow(2).sum(), old.pow(2).sum()]))
     stats = {}
-    for kind, parts in sums.items():
-        g2, u2, w2 = torch.stack(parts).sum(0).tolist()
+    kinds = sorted(sums)
+    totals = [torch.stack(sums[k]).sum(0) for k in kinds]
+    if reduce is not None and totals:
+        totals = list(reduce(torch.stack(totals)))
+    for kind, t in zip(kinds, totals):
+        g2, u2, w2 = t.tolist()
         if w2 > 0:
             stats[f"grad_norm_{kind}"] = math.sqrt(g2)
             stats[f"update_ratio_{kind}"] = math.sqrt(u2 / w2)

@@ -34,6 +34,7 @@ from configurator import as_dict
 from .data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir, open_dataset
 from .errors import CheckpointError, ConfigError, Stopped, UserError
 from .kronecker import IMPLS
+from .sharding import all_sum, full, full_state, is_sharded, load_optimizer, local, same_steps, shard
 from model import GPT, GPTConfig
 from .optim import (apply_settings, group_stats, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule,
                     rebuild_optimizer, set_frozen)
@@ -93,6 +94,8 @@ class TrainConfig:
     device: str = "auto"            # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
     dtype: str = "auto"             # 'auto': bfloat16 on CUDA if supported, else float16; float32 on CPU
     compile: bool = False           # torch.compile the model (checkpoints never carry its prefix)
+    fsdp: bool = False              # under torchrun: shard parameters, gradients and optimizer states over the
+                                    # processes (FSDP2, one unit per block) instead of DDP's full replicas
     seed: int = 1337
     peak_tflops: float = 312.0      # for MFU, per device: peak (A100 bf16 = 312, H100/H200 dense bf16 ~ 990)
 
@@ -115,6 +118,12 @@ class TrainConfig:
                                   f"got {getattr(self, name)}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.fsdp and self.freeze_schedule:
+            raise ConfigError("fsdp shards the parameters once; a freeze_schedule changes which train. Drop one of "
+                              "them")
+        if self.fsdp and self.dtype == "float16":
+            raise ConfigError("fsdp runs in bfloat16 or float32 (float16's loss scaling is not sharded here); set "
+                              "dtype=bfloat16")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
         if self.kron_impl and self.kron_impl not in IMPLS:
@@ -292,13 +301,16 @@ def evaluate(model, val, rt, batch_size):
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=rt.device)
     mine = list(range(rt.rank, len(x_all), rt.world_size))
-    for i in range(0, len(mine), batch_size):
+    # sharded parameters: every rank runs as many forwards as the busiest (an idle rank's count nothing)
+    n = same_steps(len(mine), rt.device) if is_sharded(model) else len(mine)
+    for i in range(0, n, batch_size):
         sel = mine[i:i + batch_size]
-        x, y = x_all[sel].to(rt.device), y_all[sel].to(rt.device)
+        x, y = x_all[sel or [0]].to(rt.device), y_all[sel or [0]].to(rt.device)
         with rt.ctx:
             _, loss = model(x, y)
-        total[0] += loss.double() * y.numel()
-        total[1] += y.numel()
+        if sel:
+            total[0] += loss.double() * y.numel()
+            total[1] += y.numel()
     if rt.ddp:
         dist.all_reduce(total)
     model.train(was_training)
@@ -405,6 +417,13 @@ def start_run(cfg, model, rt, tokenizer, ckpt=None, start_seconds=0.0):
     if cfg.gradient_accumulation_steps % rt.world_size:
         raise ConfigError(f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} must be a multiple of "
                           f"the number of processes {rt.world_size}")
+    if cfg.fsdp:
+        if not rt.ddp:
+            raise ConfigError("fsdp shards the model over the processes torchrun starts; launch with torchrun "
+                              "--nproc_per_node=N (or drop fsdp)")
+        if rt.dtype == "float16":
+            raise ConfigError("fsdp runs in bfloat16 or float32; set dtype=bfloat16")
+        shard(model, rt)  # before the optimizer, which then holds the shards
     data = open_dataset(cfg.dataset)
     if not cfg.eval_only:
         data.check("train")
@@ -424,7 +443,10 @@ def start_run(cfg, model, rt, tokenizer, ckpt=None, start_seconds=0.0):
                    line=f"tokens per iteration {run.tokens_per_iter:,} | parameters {counts['total']:,} "
                         f"({counts['tying']}) | validation set {run.val[1].numel():,} tokens | git {git_hash()}")
     if ckpt is not None:
-        run.optimizer.load_state_dict(ckpt["optimizer"])
+        if cfg.fsdp:
+            load_optimizer(model, run.optimizer, ckpt["optimizer"])
+        else:
+            run.optimizer.load_state_dict(ckpt["optimizer"])
         changed = apply_settings(run.optimizer, model, cfg)
         run.iter_num, run.best_val = ckpt["iter_num"], ckpt["best_val_loss"] or float("inf")
         run.train_seconds = ckpt["extra"].get("train_seconds", 0.0)
@@ -448,11 +470,15 @@ def save(run, name, val_loss):
         dist.all_gather_object(rngs, rng_state())
     else:
         rngs = [rng_state()]
+    state = optimizer_state = None
+    if run.cfg.fsdp:  # every rank helps gather the full state; rank 0 writes it
+        state, optimizer_state = full_state(run.raw, run.optimizer)
     if run.rt.master:
         save_checkpoint(os.path.join(run.cfg.out_dir, name), run.raw, tokenizer=run.tokenizer,
                         optimizer=run.optimizer, iter_num=run.iter_num, best_val_loss=run.best_val, config=run.config,
                         rng=rngs, extra=dict(train_seconds=run.train_seconds, val_loss=val_loss,
-                                             scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None))
+                                             scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None),
+                        state=state, optimizer_state=optimizer_state)
 
 
 def link_best(out_dir):
@@ -480,7 +506,7 @@ def prepare_iteration(run, hooks):
             raise ConfigError(f"freezing the '{cfg.freeze_group}' group leaves nothing to train "
                               f"(a dense model has no 'new' parameters); drop freeze_schedule")
         m = torch.compile(raw) if cfg.compile else raw
-        if run.rt.ddp:
+        if run.rt.ddp and not cfg.fsdp:
             m = DDP(m, device_ids=[run.rt.local_rank] if run.rt.device_type == "cuda" else None)
         run.frozen, run.model = want, m
     mult = lr_multiplier(cfg, run.iter_num)
@@ -533,7 +559,9 @@ def optimisation_step(run, loss_fn):
         seed = batch_seed(cfg.seed, run.iter_num, micro * rt.world_size + rt.rank)
         x, y = run.data.get_batch("train", cfg.batch_size, cfg.block_size, seed)
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-        if rt.ddp:
+        if cfg.fsdp:  # gradients are reduce-scattered on the last micro-batch only
+            raw.set_requires_gradient_sync(micro == run.local_accum - 1)
+        elif rt.ddp:
             run.model.require_backward_grad_sync = micro == run.local_accum - 1
         with rt.ctx:
             loss, metrics = loss_fn(run.model, x, y, run.iter_num)
@@ -542,12 +570,12 @@ def optimisation_step(run, loss_fn):
             sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=rt.device).detach().float()
     run.scaler.unscale_(run.optimizer)
     trainable = [p for p in raw.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    norm = full(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
     if not torch.isfinite(norm) and not run.scaler.is_enabled():
         raise UserError(f"the gradient became {norm.item()} at iter {run.iter_num} (loss {loss.item()}); "
                         f"stopped without saving, so {cfg.out_dir}/last.pt is the last good checkpoint. "
                         f"Lower the learning rate or check the data")
-    before = {id(p): p.detach().float().clone() for p in trainable} if log_now else None
+    before = {id(p): local(p.detach()).float().clone() for p in trainable} if log_now else None
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
@@ -564,7 +592,7 @@ def optimisation_step(run, loss_fn):
     lossf = means.pop("loss")
     run.losses = (run.losses + [lossf])[-cfg.eval_interval:]
     if log_now:
-        stats = group_stats(run.optimizer, before)
+        stats = group_stats(run.optimizer, before, all_sum if cfg.fsdp else None)
         lrs = {g["kind"]: g["lr"] for g in run.optimizer.param_groups}
         tok_s = run.tokens_per_iter / dt
         # MFU per device: this device's share of the tokens against one device's peak

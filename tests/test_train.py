@@ -171,6 +171,39 @@ def test_torchrun_two_processes_match_one(tiny_data_dir, tmp_path, plan):
     assert v1 == pytest.approx(v2, abs=1e-5)
 
 
+@pytest.mark.slow
+def test_fsdp_two_processes_match_one_and_resume(tiny_data_dir, tmp_path):
+    """--fsdp (parameters, gradients and Adam states sharded over two gloo ranks) follows the one-process loss
+    curve, and a sharded run stopped at iter 3 and resumed (sharded) continues it: the checkpoint is the
+    one-process format."""
+    common = ["--eval_interval=3", "--gradient_accumulation_steps=2", "--lr_decay_iters=6",
+              "--kron_plan=*: mlp=16x8*2, attn=lowrank*4", "--dropout=0"]
+    train.main(args(tiny_data_dir, tmp_path / "one", "--max_iters=6", *common))
+
+    def torchrun(*extra):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            os.path.join(REPO, "train.py"), *args(tiny_data_dir, tmp_path / "two", "--fsdp=True",
+                                                                  *common, *extra)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    torchrun("--max_iters=3")
+    assert load_checkpoint(tmp_path / "two" / "last.pt")["iter_num"] == 3
+    torchrun("--max_iters=6", "--init_from=resume")
+    l1 = [x["loss"] for x in records(tmp_path / "one", "train")]
+    l2 = [x["loss"] for x in records(tmp_path / "two", "train")]
+    assert len(l1) == len(l2) == 6
+    assert l1 == pytest.approx(l2, abs=1e-5)
+    v1, v2 = records(tmp_path / "one", "eval")[-1]["val_loss"], records(tmp_path / "two", "eval")[-1]["val_loss"]
+    assert v1 == pytest.approx(v2, abs=1e-5)
+    # the sharded run's checkpoint loads in one process and holds the same weights as the unsharded one
+    a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5)
+    assert len(a["optimizer"]["state"]) == len(b["optimizer"]["state"])
+
+
 # -----------------------------------------------------------------------------
 # the run directory: nothing overwritten without --force, one run at a time
 
