@@ -398,3 +398,21 @@ def test_nearest_kronecker_covariance_does_not_depend_on_the_global_rng():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     exact = torch.kron(random_cov(4, 1), random_cov(3, 2))
     torch.testing.assert_close(torch.kron(*nearest_kron_psd(exact, 4, 3)), exact)
+
+
+def test_report_errors_in_float32_equal_the_float64_definitions():
+    """kron_decomp's report computes its calibrated errors with float32 GEMMs (speed); they agree with
+    factorize.output_error and fisher_error to far more digits than the report prints."""
+    from kronygpt.factorize import fisher_error, output_error
+    from kronygpt.surgery import calibrated_errors
+    torch.manual_seed(0)
+    W = torch.randn(96, 64, dtype=torch.float64) * 0.02
+    W_hat = W + torch.randn(96, 64, dtype=torch.float64) * 0.004
+    X, Y = torch.randn(500, 64, dtype=torch.float64), torch.randn(500, 96, dtype=torch.float64)
+    C, G = X.t() @ X / 500, Y.t() @ Y / 500 * 1e-3
+    got = calibrated_errors(W, W_hat, C, G)
+    assert got["output_error"] == pytest.approx(output_error(W, W_hat, C), rel=1e-5)
+    assert got["fisher_error"] == pytest.approx(fisher_error(W, W_hat, C, G), rel=1e-5)
+    g_diag = G.diagonal().clone()
+    assert calibrated_errors(W, W_hat, C, g_diag)["fisher_error"] == pytest.approx(fisher_error(W, W_hat, C, g_diag), rel=1e-5)
+    assert "fisher_error" not in calibrated_errors(W, W_hat, C)
