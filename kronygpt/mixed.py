@@ -178,3 +178,40 @@ def family_of(choice):
     if choice == "dense":
         return "dense"
     return "lowrank" if isinstance(choice, int) or choice.lowrank else "kron"
+
+
+# -----------------------------------------------------------------------------
+# sums of a low-rank term and Kronecker terms: W ~ U V^T + sum_k A_k (x) B_k
+
+def sum_fit(W, s, k, r, init, C, G=None, rounds=3, cache=None):
+    """(W_hat, error) of the sum of a rank-r term and k Kronecker terms of shape s, fitted greedily on the
+    residual of the other (low rank first), `rounds` times, on the damped calibrated criterion (module
+    docstring, unnormalised). The low-rank step is exact (truncated SVD of the whitened residual, the optimal
+    rank-r term given the Kronecker part); the Kronecker step is init_factors' ('aware'/'fisher') on the
+    low-rank step's residual. The error never rises from one round to the next by more than the Kronecker
+    step's approximation (its whitening is exact only when one factor holds each side's index)."""
+    from .factorize import whitening  # noqa: PLC0415 (kept local: a measurement helper)
+    W = W.detach().double()
+    Cd = damped(C, init.damping) if C is not None else None
+    Gd = damped(G, init.g_damping) if G is not None and init.needs_grads else None
+    L, Li = whitening(C, init.damping) if C is not None else (None, None)
+    R, Ri = whitening(G, init.g_damping) if Gd is not None and Gd.dim() == 2 else (None, None)
+    K = torch.zeros_like(W)
+    LR = torch.zeros_like(W)
+    best = None
+    for _ in range(rounds):
+        M = W - K
+        M = M @ L if L is not None else M
+        M = R.t() @ M if R is not None else M
+        if r > 0:
+            U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+            Mr = (U[:, :r] * S[:r]) @ Vh[:r]
+            Mr = Ri.t() @ Mr if R is not None else Mr
+            LR = Mr @ Li if L is not None else Mr
+        if k > 0:
+            A, B, scal = init_factors(W - LR, s, k, init, C, G if init.needs_grads else None, cache=cache)
+            K = kron_sum(A, B, scal)
+        err = whitened_error(W - K - LR, Cd, Gd)
+        if best is None or err < best[1]:
+            best = (K + LR, err)
+    return best

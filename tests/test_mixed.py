@@ -125,3 +125,20 @@ def test_permuting_for_the_kronecker_shape_lowers_its_candidates_error(tiny_llam
     one = lambda pts: next(e for _, e, s in pts if s.factors == 1)  # noqa: E731
     for key in plain:
         assert one(plain[key]) > 0.1 and one(permuted[key]) < 1e-6, (key, one(plain[key]), one(permuted[key]))
+
+
+def test_a_sum_of_low_rank_and_kronecker_terms_recovers_a_matrix_that_is_one():
+    from kronygpt.kronecker import kron_shape
+    from kronygpt.mixed import sum_fit
+    torch.manual_seed(0)
+    o, i = 48, 32
+    s = kron_shape(o, i, 16, 32)  # (16, 32) x (3, 1)
+    W = torch.kron(torch.randn(16, 32), torch.randn(3, 1)) + torch.randn(o, 3) @ torch.randn(3, i)
+    X = torch.randn(400, i, dtype=torch.float64)
+    C = X.t() @ X / 400
+    _, err = sum_fit(W, s, 1, 3, INIT, C, rounds=6)
+    norm = whitened_error(W.double(), damped(C, INIT.damping), None)
+    assert err / norm < 1e-3
+    # low rank alone at the same parameter count (a rank of (16*32 + 3 + 3*80) / 80 = 9) is far worse
+    sig = torch.linalg.svdvals(W.double() @ torch.linalg.cholesky(damped(C, INIT.damping)))
+    assert sig[9:].pow(2).sum() / sig.pow(2).sum() > 100 * err / norm
