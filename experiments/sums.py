@@ -76,7 +76,7 @@ def main():
                 acc[3] += 1
         print(f"block {b} done ({time.time() - t0:.0f}s)", flush=True)
     lines = ["# Low rank, Kronecker, or their sum, at equal parameters per matrix", "",
-             __doc__.split("\n\n")[1].strip(), "",
+             __doc__.split("\n\n")[1].strip("\n"), "",
              f"Command: `python experiments/sums.py --blocks {args.blocks} --budgets {args.budgets}` "
              f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()}-core CPU); mean over blocks {blocks}.", "",
              "| matrix | budget (x dense) | lowrank | kron | sum (1 Kronecker factor + rank) | sum / lowrank |",
