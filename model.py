@@ -164,6 +164,40 @@ class KVCache:
         return k, v
 
 
+class StaticKVCache:
+    """Keys and values in buffers of max_len positions, allocated at the first update: every decoding step then has
+    the same shapes, so a compiled step (torch.compile; CUDA graphs with mode='reduce-overhead') is traced once.
+    The positions a step writes come from the `positions` tensor the trunk is given (never a Python int, which
+    would specialise the compiled code), and attention runs over all max_len positions with the unwritten
+    ones masked (static_mask). `pos` (positions written) is kept by the caller (GPT.generate)."""
+    static = True
+
+    def __init__(self, n_layer, max_len):
+        self.n_layer, self.max_len = n_layer, max_len
+        self.k = self.v = None
+        self.index = None  # (T,) the positions the current step writes (set by GPT.trunk)
+        self.pos = 0
+
+    def update(self, layer, k, v):
+        if self.k is None:
+            B, nkv, _, hs = k.shape
+            self.k = k.new_zeros(self.n_layer, B, nkv, self.max_len, hs)
+            self.v = v.new_zeros(self.n_layer, B, nkv, self.max_len, hs)
+        self.k[layer].index_copy_(2, self.index, k)
+        self.v[layer].index_copy_(2, self.index, v)
+        return self.k[layer], self.v[layer]
+
+
+def static_mask(positions, S, keep=None):
+    """(B, 1, T, S) bool for queries at `positions` (B, T) over S cached slots: each sees the slots up to its own
+    position (later slots are unwritten or in its future); with keep (B, S), padded slots are hidden too."""
+    k = torch.arange(S, device=positions.device)
+    m = k[None, None, :] <= positions[:, :, None]                      # (B, T, S)
+    if keep is not None:
+        m = (m & keep.bool()[:, None, :]) | (k[None, None, :] == positions[:, :, None])
+    return m[:, None]
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer):
@@ -388,13 +422,14 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def embed(self, idx, start=0, positions=None):
+    def embed(self, idx, start=0, positions=None, check=True):
         """(x, rope): the input of block 0 for tokens idx (B, T) at positions start.. (or at `positions`, (B, T),
-        e.g. a left-padded row's own), and the rotary tables every block takes (None for learned positions)."""
+        e.g. a left-padded row's own), and the rotary tables every block takes (None for learned positions).
+        check: refuse positions beyond the context (a host sync; a static cache checked its length once)."""
         T = idx.size(1)
         if positions is None:
             positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        length = int(positions.max()) + 1 if positions.numel() else start
+        length = (int(positions.max()) + 1 if positions.numel() else start) if check else 0
         if length > self.config.block_size:
             raise UserError(f"a sequence of length {length} exceeds the model's context (block_size "
                             f"{self.config.block_size}); shorten the prompt or max_new_tokens")
@@ -413,17 +448,24 @@ class GPT(nn.Module):
         keep: (B, S) 1 for real tokens, 0 for padding, over the cached and the new positions (S = cache.pos + T);
         positions: (B, T) each token's position (a left-padded row starts at 0); attentions: a list for each
         layer's attention weights."""
-        start = cache.pos if cache is not None else 0
-        x, rope = self.embed(idx, start, positions)
         T = idx.size(1)
-        mask = causal_mask(T, start + T, idx.device, keep) if keep is not None else None
+        if getattr(cache, "static", False):  # fixed shapes: the positions tensor says where this step writes
+            if positions is None:
+                raise UserError("a StaticKVCache step needs its positions (B, T); GPT.generate passes them")
+            cache.index = positions[0]
+            x, rope = self.embed(idx, positions=positions, check=False)
+            mask = static_mask(positions, cache.max_len, keep)
+        else:
+            start = cache.pos if cache is not None else 0
+            x, rope = self.embed(idx, start, positions)
+            mask = causal_mask(T, start + T, idx.device, keep) if keep is not None else None
         if hidden is not None and embeddings:
             hidden.append(x)
         for block in self.transformer.h:
             x = block(x, rope, cache, mask, attentions)
             if hidden is not None:
                 hidden.append(x)
-        if cache is not None:
+        if cache is not None and not getattr(cache, "static", False):
             cache.pos += T
         return self.transformer.ln_f(x)
 
@@ -480,24 +522,59 @@ class GPT(nn.Module):
         return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
-        """Sample max_new_tokens continuations of idx (B, T), with a KV cache when it fits."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, static=False,
+                 compile=False):
+        """Sample max_new_tokens continuations of idx (B, T), with a KV cache when it fits. static: the cache in
+        fixed-size buffers (StaticKVCache), every decoding step the same shapes; compile: those steps through
+        torch.compile (implies static; compiled once per model, batch size and length)."""
         self.eval()
+        static = static or compile
         use_cache = use_cache and idx.size(1) + max_new_tokens <= self.config.block_size
+        if static and not use_cache:
+            raise UserError(f"a static cache holds the prompt and every new token: {idx.size(1)} + {max_new_tokens} "
+                            f"exceeds the context ({self.config.block_size}); shorten them or drop static/compile")
+        if static:
+            return self._generate_static(idx, max_new_tokens, temperature, top_k, compile)
         cache = KVCache() if use_cache else None
         inp = idx
         for _ in range(max_new_tokens):
             if cache is None:
                 inp = idx[:, -self.config.block_size:]
             logits, _ = self(inp, cache=cache)
-            logits = logits[:, -1, :] / max(temperature, 1e-8)
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            if temperature == 0:
-                idx_next = logits.argmax(dim=-1, keepdim=True)
-            else:
-                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx_next = self._pick(logits[:, -1, :], temperature, top_k)
             idx = torch.cat((idx, idx_next), dim=1)
             inp = idx_next
         return idx
+
+    @staticmethod
+    def _pick(logits, temperature, top_k):
+        """The next token (B, 1) from the last position's logits (B, V)."""
+        logits = logits / max(temperature, 1e-8)
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+    def _decode_step(self, tok, positions, cache):
+        """One token per row at `positions` (B, 1): the last position's logits (B, 1, V)."""
+        return self(tok, cache=cache, positions=positions)[0]
+
+    def _generate_static(self, idx, max_new_tokens, temperature, top_k, compile):
+        B, T = idx.shape
+        cache = StaticKVCache(self.config.n_layer, T + max_new_tokens)
+        step = self._decode_step
+        if compile:  # one compiled step per model (recompiled only for a new batch size or length)
+            if getattr(self, "_compiled_step", None) is None:
+                self._compiled_step = torch.compile(self._decode_step, dynamic=False)
+            step = self._compiled_step
+        positions = torch.arange(T, device=idx.device).expand(B, T)
+        logits, _ = self(idx, cache=cache, positions=positions)            # the prompt, eagerly
+        out = [idx]
+        for i in range(max_new_tokens):
+            tok = self._pick(logits[:, -1, :].float(), temperature, top_k)
+            out.append(tok)
+            if i + 1 < max_new_tokens:
+                logits = step(tok, torch.full((B, 1), T + i, dtype=torch.long, device=idx.device), cache)
+        return torch.cat(out, dim=1)

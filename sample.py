@@ -5,6 +5,7 @@ Sample from a model: a hub name or Hugging Face directory, a dense or Kronecker 
     python sample.py --init_from=gpt2 --start="Hello, I'm a language model,"
     python sample.py --init_from=smollm2-135m --temperature=0 --start=FILE:prompt.txt
     python sample.py --init_from=out/run --temperature=0 --prompts_json='["The capital of France is"]' --json=c.json
+    python sample.py --init_from=out/run --compile=True          # fixed-shape KV cache, compiled decoding step
 """
 
 import json
@@ -35,6 +36,8 @@ class SampleConfig:
     prompts_json: str = ""             # a JSON list of prompts, each sampled num_samples times (replaces start)
     json: str = ""                     # also write {prompt: completion} (the first sample of each) to this file
     force: bool = False                # overwrite --json
+    static_cache: bool = False         # the KV cache in fixed-size buffers: every decoding step the same shapes
+    compile: bool = False              # torch.compile the decoding step (implies static_cache; CUDA graphs-ready)
 
     def validate(self):
         if self.max_new_tokens < 1 or self.num_samples < 1:
@@ -92,7 +95,8 @@ def main():
         x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
         for i in range(cfg.num_samples):
             with torch.no_grad(), ctx:
-                y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
+                y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
+                                   static=cfg.static_cache, compile=cfg.compile)
             completion = tok.decode(y[0, len(ids):].tolist())
             first.setdefault(text, completion)
             print(text + completion)

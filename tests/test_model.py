@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kronygpt.checkpoint import load_model
+from kronygpt.errors import UserError
 from kronygpt.hf_io import load_pretrained
 from model import GPT, GPTConfig
 
@@ -114,3 +115,33 @@ def test_factorised_layers_keep_the_dense_layers_dtypes_under_autocast():
     x = torch.randn(3, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert KroneckerLinear(kron_shape(32, 16, 32, 1), 4)(x).dtype == torch.nn.Linear(16, 32)(x).dtype
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_static_cache_generation_equals_the_dynamic_cache(fixture, request):
+    """The fixed-shape cache (for compiled decoding) gives the same tokens as the growing one."""
+    model = load_pretrained(request.getfixturevalue(fixture)).eval()
+    idx = torch.randint(0, 256, (2, 5))
+    a = model.generate(idx, 12, temperature=0)
+    b = model.generate(idx, 12, temperature=0, static=True)
+    assert torch.equal(a, b)
+    torch.manual_seed(3)
+    c = model.generate(idx, 6, temperature=1.0, top_k=20)
+    torch.manual_seed(3)
+    d = model.generate(idx, 6, temperature=1.0, top_k=20, static=True)
+    assert torch.equal(c, d)
+    with pytest.raises(UserError, match="static cache"):
+        model.generate(idx, model.config.block_size, temperature=0, static=True)
+
+
+@pytest.mark.slow
+def test_compiled_static_decoding_equals_eager(tiny_llama_dir):
+    from torch._dynamo.utils import counters
+    model = load_pretrained(tiny_llama_dir).eval()
+    idx = torch.randint(0, 256, (1, 4))
+    a = model.generate(idx, 8, temperature=0)
+    counters.clear()
+    b = model.generate(idx, 8, temperature=0, compile=True)
+    c = model.generate(idx, 8, temperature=0, compile=True)  # the compiled step is reused
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert counters["stats"]["unique_graphs"] == 1  # one graph for every step of both calls: no recompiles
