@@ -66,9 +66,10 @@ def setup(args, name):
     return ex, model, data, scale, calib, lw, dense
 
 
-def run_row(ex, model, key, argv, scale, calib, lw):
+def run_row(ex, model, key, argv, scale, calib, lw, same_fit=None):
     """Decompose (kron_decomp.py) and fit layer-wise (train_distillation.py --mode=layerwise) one row, reusing
-    whatever finished before. Returns (kron_decomp's report, the layer-wise fit's record)."""
+    whatever finished before. same_fit(report): the fit record of an earlier row that decomposed to the same
+    checkpoint, reused instead of fitting it again (or None). Returns (kron_decomp's report, the fit's record)."""
     slug = key.replace(" ", "_")
     ckpt, fit_dir = os.path.join(ex.out, f"{slug}.pt"), ex.run_dir(f"fit_{slug}")
     report = os.path.splitext(ckpt)[0] + ".json"
@@ -76,6 +77,10 @@ def run_row(ex, model, key, argv, scale, calib, lw):
         if os.path.isfile(ckpt):
             os.remove(ckpt)
         ex.run("kron_decomp.py", "--model", model, "--out", ckpt, *argv, *calib)
+    rep = json.load(open(report))
+    reused = same_fit(rep) if same_fit else None
+    if reused is not None:
+        return rep, reused
     log = os.path.join(fit_dir, "log.jsonl")
     fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"] if os.path.isfile(log) else []
     if not fit:

@@ -60,16 +60,32 @@ def main():
     ex, model, data, scale, calib, lw, dense = setup(args, "families")
     target = "60k" if args.smoke else args.target
     fams = ["--kron_factors", "2"] if args.smoke else []
-    table = []
+    table, done = [], []  # done: (plan, permuted, fit record) of the rows fitted so far
+
+    def same_fit(rep):
+        """An earlier row's fit when this row's allocation came out the same (e.g. mixed choosing low rank for
+        every matrix, so nothing was permuted): the same checkpoint, fitted the same way."""
+        permuted = bool(rep.get("permute_error"))
+        fit = next((f for plan, p, f in done if plan == rep["plan"] and p == permuted and not permuted), None)
+        return None if fit is None else {**fit, "reused": True}
+
     for key in args.rows.split(","):
         argv = ["--target_params", target, *COMMON, *ROWS[key], *fams]
         if args.smoke:  # the tiny model's sizes: small factors that divide them
             argv = [SMOKE_FAMILIES.get(a, a) for a in argv]
-        rep, fit = run_row(ex, model, key, argv, scale, calib, lw)
+        rep, fit = run_row(ex, model, key, argv, scale, calib, lw, same_fit)
+        done.append((rep["plan"], bool(rep.get("permute_error")), fit))
         objective, counts = allocator_line(rep)
+        if fit.get("reused"):
+            counts += " (the plan of an earlier row: its fit reused)"
         table.append((key, " ".join(argv[argv.index("--families"):]), rep["params_after"]["total"], counts, objective,
                       rep.get("predicted_loss_increase", "-"), fit["val_loss_before"], fit["val_loss_after"],
                       f"{rep['seconds']:.0f}"))
+        write(ex, args, target, lw, dense, table)
+
+
+def write(ex, args, target, lw, dense, table):
+    """The report from the rows finished so far (rewritten after each row)."""
     ex.report(f"Kronecker or low rank, matrix by matrix: {args.model} at <= {target} parameters",
               f"Dense validation loss {dense:.4f} (Shakespeare). Every row: `kron_decomp.py --target_params {target} "
               f"{' '.join(COMMON)}` plus its families; layer-wise fitting {' '.join(lw)} (whole blocks where "
