@@ -43,7 +43,11 @@ def allocator_line(rep):
     text = "\n".join(rep.get("planning", []))
     obj = re.search(r"predicted loss increase \(damped\) ([0-9.]+)", text)
     fams = re.search(r"matrices by family: (.*)", text)
-    return (float(obj.group(1)) if obj else "-"), (fams.group(1) if fams else "lowrank only")
+    alone = re.findall(r"(\w+) alone: [0-9,]+ parameters, .*? ([0-9.]+)$", text, re.M)
+    counts = fams.group(1) if fams else "lowrank only"
+    if alone:
+        counts += "; each alone: " + ", ".join(f"{k} {float(v):.4f}" for k, v in alone)
+    return (float(obj.group(1)) if obj else "-"), counts
 
 
 def main():
