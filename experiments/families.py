@@ -69,8 +69,9 @@ def main():
     def same_fit(rep):
         """An earlier row's fit when this row's allocation came out the same (e.g. mixed choosing low rank for
         every matrix, so nothing was permuted): the same checkpoint, fitted the same way."""
-        permuted = bool(rep.get("permute_error"))
-        fit = next((f for plan, p, f in done if plan == rep["plan"] and p == permuted and not permuted), None)
+        if rep.get("permute_error"):  # a permuted checkpoint differs from any other with the same plan
+            return None
+        fit = next((f for plan, permuted, f in done if plan == rep["plan"] and not permuted), None)
         return None if fit is None else {**fit, "reused": True}
 
     for key in args.rows.split(","):

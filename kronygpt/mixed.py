@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .factorize import init_factors, lapack_threads
+from .factorize import init_factors, lapack_threads, whitening
 from .kronecker import kron_shape, kron_sum
 from .permute import find_permutation, unit_features
 from .plans import EMBED, MatrixSpec
@@ -190,7 +190,6 @@ def sum_fit(W, s, k, r, init, C, G=None, rounds=3, cache=None):
     rank-r term given the Kronecker part); the Kronecker step is init_factors' ('aware'/'fisher') on the
     low-rank step's residual. The error never rises from one round to the next by more than the Kronecker
     step's approximation (its whitening is exact only when one factor holds each side's index)."""
-    from .factorize import whitening  # noqa: PLC0415 (kept local: a measurement helper)
     W = W.detach().double()
     Cd = damped(C, init.damping) if C is not None else None
     Gd = damped(G, init.g_damping) if G is not None and init.needs_grads else None
