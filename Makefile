@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
 export WANDB_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 
-.PHONY: venv test test-slow test-all demo clean-demo
+.PHONY: venv venv-test test test-slow test-all demo clean-demo
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +18,21 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 venv: $(STAMP)
 
-test: venv
+venv-test: $(TEST_STAMP)
+
+test: venv-test
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-test-slow: venv
+test-slow: venv-test
 	$(BIN)/python -m pytest -q -m slow tests
 
-test-all: venv
+test-all: venv-test
 	$(BIN)/python -m pytest -q tests
 
 demo: venv

@@ -196,7 +196,7 @@ def write_generation_config(out_dir, special):
 # factored export: a Hugging Face directory that keeps the factors
 
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
-REMOTE_MODULES = ("errors", "families", "kronecker", "plans", "model")  # model.py and the library modules it uses
+REMOTE_MODULES = ("errors", "families", "fused", "kronecker", "plans", "model")  # model.py and the library modules it uses
 REMOTE_DIR = os.path.join(PACKAGE, "hf_remote")
 FACTORED_TYPE = "kronygpt"
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fused import FUSED, fused_available, fused_kron_matmul
 from .errors import ConfigError
 
 # factored forms move (N, r*n1*m2) or (N, r*m1*n2) intermediates through memory, which costs more
@@ -104,8 +105,13 @@ def factored_macs(s, r):
             "left": r * s.m1 * s.n2 * (s.n1 + s.m2)}    # A-first
 
 
-IMPLS = ("auto", "measured", "right", "left", "materialized")  # 'auto': the cost model's; 'measured': timed
-ORDERS = ("right", "left", "materialized")
+IMPLS = ("auto", "measured", "right", "left", "materialized", *FUSED)  # 'auto': the cost model's; 'measured': timed
+ORDERS = ("right", "left", "materialized", *FUSED)  # the fused ones (Triton, CUDA) only where they can run
+
+
+def orders(device):
+    """The contraction orders that can run on this device."""
+    return ORDERS if fused_available(device) else tuple(o for o in ORDERS if o not in FUSED)
 
 
 def choose_impl(s, r):
@@ -146,7 +152,7 @@ class OrderTimer:
         bucket = 1 << max(0, math.ceil(math.log2(max(1, x.numel() // x.shape[-1]))))  # tokens, rounded up
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         key = self.key(s, r, bucket, x.device, dtype, torch.is_grad_enabled())
-        if key in self.choices:
+        if self.choices.get(key) in orders(x.device):  # (a saved fused choice needs Triton here too)
             return self.choices[key]
         if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             return choose_impl(s, r)
@@ -168,12 +174,12 @@ class OrderTimer:
                 y.backward(torch.ones_like(y))
             sync()
 
-        times = {impl: [] for impl in ORDERS}
+        times = {impl: [] for impl in orders(device)}
         with torch.enable_grad() if backward else torch.no_grad():
-            for impl in ORDERS:
-                run(impl)  # warm-up (allocator, kernels)
+            for impl in times:
+                run(impl)  # warm-up (allocator, kernels, the fused kernels' compilation)
             for _ in range(self.repeats):  # rounds alternate between orders: drift hits all alike
-                for impl in ORDERS:
+                for impl in times:
                     t0 = time.perf_counter()
                     run(impl)
                     times[impl].append(time.perf_counter() - t0)
@@ -220,6 +226,11 @@ def kron_matmul(x, A, B, impl):
     lead = x.shape[:-1]
     if impl == "materialized":
         return F.linear(x, kron_sum(A, B))
+    if impl in FUSED:
+        if torch.compiler.is_compiling():  # compiled code gets the unfused order: inductor fuses its copies itself
+            impl = impl.removeprefix("fused_")
+        elif not (n1 == 1 and m2 == 1):
+            return fused_kron_matmul(x, A, B, impl)
     # (A permute that only moves a size-1 dimension is skipped, and size-1 dimensions are dropped by squeeze,
     # not reshape: the gradient then has the parameter's exact strides, which DDP's gradient buckets require
     # to avoid a copy; tests/test_train.py checks torchrun gives no stride warning. A product whose inner
@@ -342,7 +353,7 @@ class KroneckerLinear(Factorized):
         impl = self.impl if self.impl != "measured" else self.last_impl or choose_impl(self.shape, self.factors)
         if impl == "materialized":
             return self.in_features * self.out_features
-        return factored_macs(self.shape, self.factors)[impl]
+        return factored_macs(self.shape, self.factors)[impl.removeprefix("fused_")]
 
     def extra_repr(self):
         return (f"{self.shape}, factors={self.factors}, bias={self.bias is not None}, "
