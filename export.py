@@ -47,6 +47,9 @@ def model_card(model, source, extra):
              "model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)",
              "tok = AutoTokenizer.from_pretrained(DIR, trust_remote_code=False)  # the tokenizer needs no code",
              "out = model.generate(**tok('The capital of France is', return_tensors='pt'), max_new_tokens=20)",
+             "# fixed-size cache buffers; on a GPU transformers then compiles the decoding step (one graph)",
+             "out = model.generate(**tok('The capital of France is', return_tensors='pt'), max_new_tokens=20,",
+             "                     cache_implementation='static')",
              "```", "",
              "| | |", "|---|---|",
              f"| architecture | {cfg.arch}, {cfg.n_layer} blocks, width {cfg.n_embd}, MLP {cfg.mlp_hidden}, "

@@ -442,23 +442,28 @@ class GPT(nn.Module):
             rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])  # (T, hs) or (B, 1, T, hs)
         return self.transformer.drop(x), rope
 
-    def trunk(self, idx, cache=None, hidden=None, keep=None, positions=None, attentions=None, embeddings=False):
+    def trunk(self, idx, cache=None, hidden=None, keep=None, positions=None, attentions=None, embeddings=False,
+              slots=None, mask=None):
         """The final hidden states (B, T, C), after ln_f, of tokens idx (B, T). cache: a KVCache (or anything with its
         update/pos); hidden: a list that receives each block's output (and first the embedding's, with embeddings);
-        keep: (B, S) 1 for real tokens, 0 for padding, over the cached and the new positions (S = cache.pos + T);
-        positions: (B, T) each token's position (a left-padded row starts at 0); attentions: a list for each
-        layer's attention weights."""
+        keep: (B, S) 1 for real tokens, 0 for padding, over the cached and the new positions (S = cache.pos + T; a
+        static cache's max_len); positions: (B, T) each token's position (a left-padded row starts at 0);
+        attentions: a list for each layer's attention weights; slots: (T,) the static cache slots the tokens are
+        written to, where they differ from the positions (left padding; default positions[0]); mask: a (B, 1, T, S)
+        bool attention mask (True: attend) that replaces the one built from keep (transformers' 4-D masks)."""
         T = idx.size(1)
-        if getattr(cache, "static", False):  # fixed shapes: the positions tensor says where this step writes
+        if getattr(cache, "static", False):  # fixed shapes: tensors, never Python ints, say where this step writes
             if positions is None:
                 raise UserError("a StaticKVCache step needs its positions (B, T); GPT.generate passes them")
-            cache.index = positions[0]
+            cache.index = positions[0] if slots is None else slots
             x, rope = self.embed(idx, positions=positions, check=False)
-            mask = static_mask(positions, cache.max_len, keep)
+            if mask is None:
+                mask = static_mask(cache.index.expand(idx.size(0), T), cache.max_len, keep)
         else:
             start = cache.pos if cache is not None else 0
             x, rope = self.embed(idx, start, positions)
-            mask = causal_mask(T, start + T, idx.device, keep) if keep is not None else None
+            if mask is None and keep is not None:
+                mask = causal_mask(T, start + T, idx.device, keep)
         if hidden is not None and embeddings:
             hidden.append(x)
         for block in self.transformer.h:

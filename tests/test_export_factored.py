@@ -199,3 +199,35 @@ def test_the_exported_tokenizer_loads_without_a_remote_code_prompt(request, tmp_
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                        timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert r.returncode == 0 and r.stdout.strip() == "50256", r.stderr[-1500:]
+
+
+def test_static_cache_generation_equals_the_dynamic_cache(shipped):
+    # transformers' StaticCache (fixed-size buffers, what torch.compile'd decoding needs), with and without padding
+    _, hf, _ = shipped
+    x = torch.randint(1, 256, (2, 7))
+    dynamic = hf.generate(x, max_new_tokens=12, do_sample=False)
+    assert torch.equal(hf.generate(x, max_new_tokens=12, do_sample=False, cache_implementation="static"), dynamic)
+    mask = torch.ones_like(x)
+    mask[0, :3] = 0  # the first row left-padded
+    padded = hf.generate(x, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(hf.generate(x, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0,
+                                   cache_implementation="static"), padded)
+
+
+@pytest.mark.slow
+def test_compiled_static_cache_generation_is_one_graph_and_the_same_tokens(shipped):
+    # generate(cache_implementation="static") compiles the decoding step on a GPU by itself; the compile config
+    # makes it do so on the CPU too. fullgraph: the step has no graph break; one graph for every step and call
+    import torch._dynamo
+    from transformers import CompileConfig
+    _, hf, _ = shipped
+    x = torch.randint(1, 256, (2, 5))
+    want = hf.generate(x, max_new_tokens=6, do_sample=False)
+    cc = CompileConfig(fullgraph=True, dynamic=False, mode="default")
+    cc._compile_all_devices = True
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for _ in range(2):
+        got = hf.generate(x, max_new_tokens=6, do_sample=False, cache_implementation="static", compile_config=cc)
+        assert torch.equal(got, want)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

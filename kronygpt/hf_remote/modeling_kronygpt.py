@@ -5,7 +5,8 @@ repo's own GPT (model.py, kronecker.py and the modules they use are copied next 
 only their imports made relative), so the forward is the repo's factored one: no weight matrix is materialised.
 
 It behaves like any causal LM of transformers: a KV cache through transformers' Cache classes (`cache`, the
-deprecated `past_key_values`, `use_cache`), padding masks (`attention_mask`; a left-padded row gets its own
+deprecated `past_key_values`, `use_cache`), including the StaticCache of `generate(cache_implementation="static")`,
+whose decoding step compiles as one graph (transformers does that by itself on a GPU), padding masks (`attention_mask`; a left-padded row gets its own
 positions and the same tokens as the prompt alone), `attn_implementation` 'sdpa' (default) or 'eager' (which
 alone returns `output_attentions`), `output_hidden_states`, stop tokens from generation_config.json, and a clear
 error for inputs longer than the context.
@@ -24,12 +25,28 @@ from .model import GPT, GPTConfig, rotary_table
 
 class CacheView:
     """model.py's KV-cache interface (update(layer, k, v) -> all keys and values, pos) over a transformers Cache."""
+    static = False
 
     def __init__(self, cache):
         self.cache, self.pos = cache, cache.get_seq_length()
 
     def update(self, layer, k, v):
         return self.cache.update(k, v, layer)
+
+
+class StaticCacheView(CacheView):
+    """The same over a transformers StaticCache (fixed-size buffers: what torch.compile'd decoding needs), as
+    model.py's StaticKVCache: attention runs over all max_len slots, the ones not yet written masked. The cache
+    writes each step at its own fill count (a tensor, so compiled code is not specialised on it)."""
+    static = True
+
+    def __init__(self, cache):
+        self.cache, self.max_len, self.index = cache, cache.get_max_length(), None
+
+    def slots(self, T, device):
+        """(T,) the slots this step writes: the cache's fill count onwards."""
+        filled = torch.as_tensor(self.cache.get_seq_length(), device=device).reshape(())
+        return filled + torch.arange(T, device=device)
 
 
 class KronyGPTPreTrainedModel(PreTrainedModel):
@@ -72,15 +89,32 @@ class KronyGPTPreTrainedModel(PreTrainedModel):
         if output_attentions and self.config._attn_implementation != "eager":
             raise ValueError("output_attentions needs attn_implementation='eager' (sdpa never forms the weights); "
                              "load the model with attn_implementation='eager'")
-        view = CacheView(cache) if cache is not None else None
-        T = input_ids.shape[1]
-        keep = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
-        if position_ids is None and keep is not None:  # a left-padded row counts its positions from its first token
-            position_ids = (keep.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
+        static = cache is not None and cache.is_compileable
+        view = (StaticCacheView if static else CacheView)(cache) if cache is not None else None
+        B, T = input_ids.shape
+        keep, mask, slots = None, None, view.slots(T, input_ids.device) if static else None
+        if attention_mask is not None and attention_mask.dim() == 4:  # transformers' own (B, 1, T, S) mask: generate
+            # builds one for a static cache; boolean (True: attend) or additive (0: attend)
+            mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+            if position_ids is None:  # each token sees its row's real tokens up to itself
+                position_ids = (mask[:, 0].sum(-1) - 1).clamp_min(0)
+        elif static:  # no data-dependent branch: the mask as given, over every slot (unwritten ones are masked anyway)
+            keep = attention_mask
+            if keep is not None and keep.size(1) < view.max_len:
+                keep = F.pad(keep, (0, view.max_len - keep.size(1)), value=1)
+        elif attention_mask is not None and not bool(attention_mask.all()):
+            keep = attention_mask
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2 and (static or keep is not None):
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]  # counted from the first
+                # real token of each (left-padded) row
+            elif static:
+                position_ids = slots.expand(B, T)
         hidden = [] if output_hidden_states else None
         attentions = [] if output_attentions else None
         try:
-            x = self.gpt.trunk(input_ids, view, hidden, keep, position_ids, attentions, embeddings=bool(hidden is not None))
+            x = self.gpt.trunk(input_ids, view, hidden, keep, position_ids, attentions,
+                               embeddings=bool(hidden is not None), slots=slots, mask=mask)
         except UserError as e:  # an input longer than the context, say
             raise ValueError(str(e)) from None
         if hidden is not None:
