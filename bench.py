@@ -9,8 +9,8 @@ Speed (and GPU memory) of Kronecker layers and models against dense, on CPU or C
 
 Layers: forward and forward+backward time of each matrix for nn.Linear, the factored Kronecker layer
 ('auto' = the order the cost model picks) and the materialised sum of torch.kron products (Krony-PT's
-way). Models: training tokens/s (forward+backward+AdamW step), prefill tokens/s, and per-token
-generation tokens/s with a KV cache. Timings alternate between variants round by round and report
+way). Models: training tokens/s (forward+backward+AdamW step), prefill tokens/s, and greedy generation
+tokens/s at each --gen_batches size (a KV cache; with --compile the static cache and a compiled step). Timings alternate between variants round by round and report
 medians, so drift of the machine hits all of them alike. Figures are printed, never asserted.
 """
 
@@ -29,7 +29,7 @@ from kronygpt.kronecker import KroneckerLinear, kron_shape
 from configurator import configure, run_cli
 from kronygpt.checkpoint import check_output_file
 from kronygpt.errors import UserError
-from model import GPT, MLP, GPTConfig, KVCache
+from model import GPT, MLP, GPTConfig
 from kronygpt.runtime import DTYPES, autocast, resolve_device, resolve_dtype
 
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
@@ -187,8 +187,10 @@ def plan_variants(paths):
     return out
 
 
-def workloads(model, fwd_model, opt, x, prompt, gen, ctx):
-    """The three timed functions of one model: a training step, a prefill, and cached generation."""
+def workloads(model, fwd_model, opt, x, prompts, gen, ctx, compile):
+    """The timed functions of one model: a training step, a prefill, and greedy generation of gen tokens after
+    each prompt (one per generation batch size), as sample.py runs it: a growing KV cache eagerly, the static
+    cache through one compiled decoding step with --compile."""
 
     def train_step():
         with ctx:
@@ -202,23 +204,22 @@ def workloads(model, fwd_model, opt, x, prompt, gen, ctx):
         with ctx:
             fwd_model(x, all_logits=True)
 
-    @torch.no_grad()
-    def generate():  # per-token decoding after a prompt, with a KV cache (eager: the shapes change)
-        cache = KVCache()
-        with ctx:
-            logits, _ = model(prompt, cache=cache)
-            for _ in range(gen):
-                logits, _ = model(logits.argmax(-1), cache=cache)
+    def generate(prompt):
+        def run():
+            with ctx:
+                model.generate(prompt, gen, temperature=0, compile=compile)
+        return run
 
-    return train_step, prefill, generate
+    return train_step, prefill, {b: generate(p) for b, p in prompts.items()}
 
 
 def bench_models(args, ctx):
     if args.smoke:
-        base, variants, (B, T), gen = SMOKE, SMOKE_VARIANTS, (2, 32), 8
+        base, variants, (B, T), gen, gen_batches = SMOKE, SMOKE_VARIANTS, (2, 32), 8, (1, 2)
     else:
         base = GPT2 if args.family == "gpt2" else SMOLLM2
         variants, (B, T), gen = VARIANTS[args.family], (args.batch_size, args.seq_len), args.gen_tokens
+        gen_batches = args.gen_batches
         if args.variants:  # the dense row always stays: every ratio is to it
             variants = [v for i, v in enumerate(variants) if i == 0 or i in args.variants]
         variants = variants + plan_variants(getattr(args, "plans_from", ""))
@@ -228,35 +229,41 @@ def bench_models(args, ctx):
         fwd_model = torch.compile(model) if args.compile else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.device.startswith("cuda"))
         x = torch.randint(0, base["vocab_size"], (B, T), device=args.device)
-        prompt = x[:, :max(1, T // 4)]
-
-        train_step, prefill, generate = workloads(model, fwd_model, opt, x, prompt, gen, ctx)
+        g = torch.Generator().manual_seed(1)
+        prompts = {b: torch.randint(0, base["vocab_size"], (b, max(1, min(T // 4, base["block_size"] - gen))),
+                                    generator=g).to(args.device) for b in gen_batches}
+        train_step, prefill, generate = workloads(model, fwd_model, opt, x, prompts, gen, ctx, args.compile)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         t = round_robin({"train": train_step}, args.rounds, args.device)["train"]
         mem = torch.cuda.max_memory_allocated() / 2 ** 30 if args.device.startswith("cuda") else None
         t_pre = round_robin({"prefill": prefill}, args.rounds, args.device)["prefill"]
-        t_gen = round_robin({"gen": generate}, max(2, args.rounds // 2), args.device, warmup=1)["gen"]
+        t_gen = round_robin(generate, max(2, args.rounds // 2), args.device, warmup=1)
         def train_forward():
             with ctx:
                 return fwd_model(x, x)[1]
         act = saved_bytes(train_forward) / 2 ** 30
         opt.zero_grad(set_to_none=True)
         results.append(dict(name=name, params=model.param_counts()["total"], train_tok_s=B * T / t, saved_gib=act,
-                            prefill_tok_s=B * T / t_pre, gen_tok_s=B * gen / t_gen, train_peak_gib=mem,
+                            prefill_tok_s=B * T / t_pre, gen_tok_s={b: b * gen / t for b, t in t_gen.items()},
+                            train_peak_gib=mem,
                             flops_per_token=model.flops_per_token(T)))
         del model, fwd_model, opt
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     dense = results[0]
-    print(f"\nModels: batch {B}x{T}, {args.dtype}, {args.device}{', compiled' if args.compile else ''}, "
-          f"generation {gen} tokens x {B} sequences (ratios are to the dense row)")
-    print(f"{'model':<28} {'params':>12} {'train tok/s':>12} {'ratio':>6} {'prefill tok/s':>14} {'ratio':>6} "
-          f"{'gen tok/s':>10} {'ratio':>6} {'FLOPs/tok':>6} {'acts GiB':>8} {'peak GiB':>9}")
+    print(f"\nModels: batch {B}x{T}, {args.dtype}, {args.device}{', compiled' if args.compile else ''}; greedy "
+          f"generation of {gen} tokens after a {prompts[gen_batches[0]].size(1)}-token prompt, batch "
+          f"{' and '.join(map(str, gen_batches))}{' (static cache, compiled step)' if args.compile else ''}; "
+          f"ratios are to the dense row")
+    gen_head = "".join(f" {f'gen b{b} tok/s':>14} {'ratio':>6}" for b in gen_batches)
+    print(f"{'model':<28} {'params':>12} {'train tok/s':>12} {'ratio':>6} {'prefill tok/s':>14} {'ratio':>6}"
+          f"{gen_head} {'FLOPs/tok':>6} {'acts GiB':>8} {'peak GiB':>9}")
     for r in results:
+        gen_cols = "".join(f" {r['gen_tok_s'][b]:>14,.1f} {r['gen_tok_s'][b] / dense['gen_tok_s'][b]:>6.2f}"
+                           for b in gen_batches)
         print(f"{r['name']:<28} {r['params']:>12,} {r['train_tok_s']:>12,.0f} {r['train_tok_s'] / dense['train_tok_s']:>6.2f} "
-              f"{r['prefill_tok_s']:>14,.0f} {r['prefill_tok_s'] / dense['prefill_tok_s']:>6.2f} "
-              f"{r['gen_tok_s']:>10,.0f} {r['gen_tok_s'] / dense['gen_tok_s']:>6.2f} "
+              f"{r['prefill_tok_s']:>14,.0f} {r['prefill_tok_s'] / dense['prefill_tok_s']:>6.2f}{gen_cols} "
               f"{r['flops_per_token'] / dense['flops_per_token']:>9.2f} {r['saved_gib']:>8.2f} "
               f"{'-' if r['train_peak_gib'] is None else format(r['train_peak_gib'], '.2f'):>9}")
     return results
@@ -272,6 +279,7 @@ class BenchConfig:
     batch_size: int = 0             # models: sequences per step (0: CPU 4, CUDA 16)
     seq_len: int = 0                # models: tokens per sequence (0: CPU 256, CUDA 1024)
     gen_tokens: int = 32            # models: tokens generated per timing
+    gen_batches: str = "1,16"       # models: the batch sizes generation is timed at (comma-separated)
     layer_tokens: int = 0           # layers: tokens per call (0: CPU 2048, CUDA 16384)
     rounds: int = 0                 # timed rounds, the median reported (0: CPU 5, CUDA 20, smoke 2)
     threads: int = 0                # CPU threads (0 = torch's default)
@@ -293,6 +301,9 @@ class BenchConfig:
         from kronygpt.kronecker import IMPLS
         if self.kron_impl not in IMPLS:
             raise UserError(f"--kron_impl must be one of {', '.join(IMPLS)}, got {self.kron_impl!r}")
+        if not all(b.strip().isdigit() and int(b) > 0 for b in self.gen_batches.split(",")):
+            raise UserError(f"--gen_batches must be comma-separated positive batch sizes, e.g. 1,16, got "
+                            f"{self.gen_batches!r}")
         if self.gen_tokens < 1:
             raise UserError(f"--gen_tokens must be at least 1, got {self.gen_tokens}")
         n = len(VARIANTS[self.family])
@@ -309,6 +320,7 @@ def main():
     args.device = resolve_device(cfg.device)
     cuda = args.device.startswith("cuda")
     args.variants = sorted({int(v) for v in cfg.variants.split(",")}) if cfg.variants else None
+    args.gen_batches = sorted({int(b) for b in cfg.gen_batches.split(",")})
     if args.threads:
         torch.set_num_threads(args.threads)
     args.dtype = resolve_dtype(cfg.dtype, "cuda" if cuda else "cpu")
