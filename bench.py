@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kronygpt.fused import FUSED, fused_available
 from kronygpt.kronecker import KroneckerLinear, kron_shape
 from configurator import configure, run_cli
 from kronygpt.checkpoint import check_output_file
@@ -49,6 +50,11 @@ VARIANTS = {  # name -> Kronecker settings (c_fc / gate+up first factor)
 SMOKE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=64)
 SMOKE_VARIANTS = [("dense", {}), ("kron (64,64)x(4,1)", dict(kron_plan="*: mlp=64x64*1")),
                   ("kron (32,16)x(8,4) x2", dict(kron_plan="*: mlp=32x16*2"))]
+
+
+def fused_impls(device):
+    """The fused Triton orders when they can run here (CUDA with Triton), else none."""
+    return FUSED if fused_available(torch.device(device)) else ()
 
 
 def sync(device):
@@ -87,7 +93,7 @@ def bench_layers(args, ctx):
         for name, s in (("c_fc", up), ("c_proj", up.transposed())):
             x = torch.randn(tokens, s.in_features, device=args.device, dtype=dt, requires_grad=True)
             layers = {"dense": torch.nn.Linear(s.in_features, s.out_features)}
-            for impl in ("auto", "measured", "materialized"):
+            for impl in ("auto", "measured", "materialized", *fused_impls(args.device)):
                 layers[impl] = KroneckerLinear(s, r, impl=impl)
             layers = {k: v.to(args.device, dt) for k, v in layers.items()}
             if args.compile:
@@ -108,16 +114,20 @@ def bench_layers(args, ctx):
         results.append(bench_mlp(args, d, h, (m1, n1), r, tokens))
     print(f"\nLayers: {tokens} tokens, {args.dtype}, {args.device}{', compiled' if args.compile else ''} "
           f"(time / dense; dense in ms)")
-    print(f"{'matrix':<7} {'factors':<22} {'auto impl':<13} {'measured fwd/f+b':<25} {'dense fwd':>9} {'kron fwd':>9} "
-          f"{'meas. fwd':>9} {'kron(x) fwd':>11} {'dense f+b':>9} {'kron f+b':>9} {'meas. f+b':>9} {'kron(x) f+b':>11}")
+    cols = {"auto": "kron", "measured": "meas.", "materialized": "kron(x)", "fused_right": "f.right",
+            "fused_left": "f.left"}
+    cols = {k: v for k, v in cols.items() if k in results[0]["fwd_ms"]}
+    head = lambda kind: "".join(f" {v + ' ' + kind:>11}" for v in cols.values())
+    print(f"{'matrix':<7} {'factors':<22} {'auto impl':<13} {'measured fwd/f+b':<25} {'dense fwd':>9}{head('fwd')} "
+          f"{'dense f+b':>9}{head('f+b')}")
     for r in results:
         f, b = r["fwd_ms"], r["fb_ms"]
+        ratios = lambda t: "".join(f" {t[k] / t['dense']:>11.2f}" for k in cols)
         print(f"{r['matrix']:<7} {r['shape'] + ' x' + str(r['factors']):<22} {r['impl']:<13} {r['measured']:<25} "
-              f"{f['dense']:>8.2f}m {f['auto'] / f['dense']:>9.2f} {f['measured'] / f['dense']:>9.2f} "
-              f"{f['materialized'] / f['dense']:>11.2f} {b['dense']:>8.2f}m {b['auto'] / b['dense']:>9.2f} "
-              f"{b['measured'] / b['dense']:>9.2f} {b['materialized'] / b['dense']:>11.2f}")
+              f"{f['dense']:>8.2f}m{ratios(f)} {b['dense']:>8.2f}m{ratios(b)}")
     print("kron = factored (cost-model order), meas. = kron_impl 'measured' (the order timed fastest, named in "
-          "'measured fwd/f+b'), kron(x) = materialised sum of torch.kron, as Krony-PT computes it")
+          "'measured fwd/f+b'), kron(x) = materialised sum of torch.kron, as Krony-PT computes it"
+          + (", f.right/f.left = the fused Triton orders" if "fused_right" in cols else ""))
     print("activations saved for backward by the whole MLP, MiB: " + "; ".join(
         f"{r['shape']} x{r['factors']}: dense {r['saved_mib']['dense']:.0f}, kron {r['saved_mib']['auto']:.0f}, "
         f"kron(x) {r['saved_mib']['materialized']:.0f}" for r in results if r["matrix"] == "MLP"))
@@ -128,7 +138,7 @@ def bench_mlp(args, d, h, shape, r, tokens):
     """The whole GPT-2 MLP block (c_fc, GELU, c_proj): dense vs factored vs materialised Kronecker."""
     x = torch.randn(tokens, d, device=args.device, dtype=args.ptdtype, requires_grad=True)
     mlps = {"dense": MLP(GPTConfig(n_embd=d, mlp_hidden=h, n_head=1), 0)}
-    for impl in ("auto", "measured", "materialized"):
+    for impl in ("auto", "measured", "materialized", *fused_impls(args.device)):
         mlps[impl] = MLP(GPTConfig(n_embd=d, mlp_hidden=h, n_head=1, n_layer=1,
                                    kron_plan=f"*: mlp={shape[0]}x{shape[1]}*{r}", kron_impl=impl), 0)
     mlps = {k: v.to(args.device, args.ptdtype) for k, v in mlps.items()}

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks, in parts that each fit one device call (at most 10 minutes), run as
-#   bash scripts/gpu_check.sh PART        PART: tests | bench | flagship | all
+#   bash scripts/gpu_check.sh PART        PART: tests | bench | smollm2 | flagship | all
 # tests     (~1 min)  GPU-only tests, the Kronecker layer tests, factored export on CUDA
 # bench     (~5 min)  layer and model speed in bf16: eager (layers, GPT-2 models, SmolLM2 models), then
 #                     torch.compile'd GPT-2 models (dense, the 81M Kronecker and the 82M low-rank variants)
+# smollm2   (~6 min)  issue 29's targets: SmolLM2-135M dense vs the 81.5M allocated low-rank and Kronecker
+#                     whole-block plans (results/plans) and the uniform-rank / (512,576)x(3,1) MLP variants,
+#                     bf16, compiled, 16 x 1024 tokens; generation at batch 1 and 16 (static cache, compiled)
 # flagship  (the rest) the flagship study at full scale (16 x 1024 tokens per step), rows as time allows
 #                     ($FLAGSHIP_ROWS, $FLAGSHIP_TIMEOUT seconds); the script resumes, so a second call on the
 #                     same machine continues where the first stopped. $MODEL: the SmolLM2 model (default the
@@ -26,13 +29,20 @@ if [[ $PART == tests || $PART == all ]]; then
   run nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   run $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.is_bf16_supported())"
   run timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kronecker.py \
-      tests/test_attention_embedding.py
+      tests/test_attention_embedding.py tests/test_fused.py
 fi
 if [[ $PART == bench || $PART == all ]]; then
   run timeout 60 $PY bench.py --mode layers --json "$OUT/layers_eager.json"
   run timeout 60 $PY bench.py --mode models --json "$OUT/models_eager.json"
   run timeout 90 $PY bench.py --mode models --family smollm2 --rounds 5 --json "$OUT/models_smollm2.json"
   run timeout 120 $PY bench.py --mode models --compile --variants 1,4 --rounds 10 --json "$OUT/models_compiled.json"
+fi
+if [[ $PART == smollm2 || $PART == all ]]; then
+  plans=results/plans/smollm2_81M_lowrank_blocks.json,results/plans/smollm2_81M_kron_blocks.json
+  [[ -f results/plans/smollm2_81M_lowrank_blocks_r32.json ]] && plans=$plans,results/plans/smollm2_81M_lowrank_blocks_r32.json
+  run timeout 300 $PY bench.py --mode models --family smollm2 --compile --kron_impl measured --variants 2,3 \
+      --plans_from "$plans" --rounds 10 --json "$OUT/models_smollm2_compiled.json"
+  run timeout 120 $PY bench.py --mode layers --kron_impl measured --rounds 10 --json "$OUT/layers_fused.json"
 fi
 if [[ $PART == flagship || $PART == all ]]; then
   [[ -f data/shakespeare_smollm2-135m/val.bin ]] || run $PY data/shakespeare/prepare.py --tokenizer=smollm2-135m
