@@ -100,8 +100,8 @@ class Experiment:
         with open(os.path.splitext(path)[0] + ".json") as f:
             return path, json.load(f)
 
-    def report(self, title, intro, header, rows, runs, labels, x="iter", hline=None):
-        """Write <report_dir>/<name>.md (table + plot) and .png; print the table."""
+    def report(self, title, intro, header, rows, runs, labels, x="iter", hline=None, notes=""):
+        """Write <report_dir>/<name>.md (table, notes read off it, plot) and .png; print the table and notes."""
         png = os.path.join(self.report_dir, f"{self.name}.png")
         if runs:
             plot_runs(runs, png, labels, "val_loss", x, title, hline)
@@ -109,6 +109,8 @@ class Experiment:
                  f"{os.cpu_count()}-core CPU, torch {torch_version()})", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+        if notes:
+            lines += ["", notes]
         lines += ["", f"![{title}]({self.name}.png)" if runs else "", ""]
         md = os.path.join(self.report_dir, f"{self.name}.md")
         with open(md, "w") as f:

@@ -98,7 +98,24 @@ def write(ex, args, target, lw, dense, table):
               f"allocator minimised (one criterion for every family); 'report' is kron_decomp's undamped one.",
               ["row", "families", "parameters", "matrices by family", "allocator objective",
                "predicted loss increase (report)", "val after decomposition", "val after block-wise fitting",
-               "decomposition seconds"], table, [], [])
+               "decomposition seconds"], table, [], [], notes=reading(table))
+
+
+def reading(table):
+    """What the table says, in words: the best plan after fitting, and what the others cost against it."""
+    fitted = {row[0]: row[7] for row in table}
+    if not fitted:
+        return ""
+    best = min(fitted, key=fitted.get)
+    single = {k: v for k, v in fitted.items() if not k.startswith("mixed")}
+    out = [f"After block-wise fitting the best plan is **{best}** ({fitted[best]:.4f})."]
+    out += [f"`{k}` ends {v - fitted[best]:+.4f} against it." for k, v in fitted.items() if k != best]
+    mixed = {k: v for k, v in fitted.items() if k.startswith("mixed")}
+    if mixed and single:
+        b = min(single, key=single.get)
+        out += [f"`{k}` against the best single family (`{b}`): {v - single[b]:+.4f} (the target: -0.10 or lower)."
+                for k, v in mixed.items()]
+    return " ".join(out) + " One seed: differences below ~0.01 are noise."
 
 
 if __name__ == "__main__":
