@@ -427,9 +427,11 @@ class GPT(nn.Module):
         e.g. a left-padded row's own), and the rotary tables every block takes (None for learned positions).
         check: refuse positions beyond the context (a host sync; a static cache checked its length once)."""
         T = idx.size(1)
-        if positions is None:
+        if positions is None:  # the length is known without reading the positions back (no sync, no graph break)
             positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        length = (int(positions.max()) + 1 if positions.numel() else start) if check else 0
+            length = start + T
+        else:
+            length = (int(positions.max()) + 1 if positions.numel() else start) if check else 0
         if length > self.config.block_size:
             raise UserError(f"a sequence of length {length} exceeds the model's context (block_size "
                             f"{self.config.block_size}); shorten the prompt or max_new_tokens")

@@ -146,3 +146,19 @@ def test_10_bench_frees_each_model_before_the_next():
     before = live_parameters()
     bench.bench_models(args, nullcontext())
     assert live_parameters() == before
+
+
+@pytest.mark.slow
+def test_11_a_compiled_training_forward_has_no_graph_break():
+    # GPT.embed read the positions back to check the context length (int(positions.max())) even when it had just
+    # made them from `start`: a host sync, and a graph break in every torch.compile'd training and prefill forward
+    torch.manual_seed(0)
+    for arch in ("gpt2", "llama"):
+        extra = dict(arch="llama", n_kv_head=1, bias=False, activation="silu") if arch == "llama" else {}
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16,
+                              kron_plan="*: mlp=lowrank*4", **extra))
+        x = torch.randint(0, 64, (2, 16))
+        torch._dynamo.reset()
+        logits, loss = torch.compile(model, fullgraph=True)(x, x)  # fullgraph: a graph break is an error
+        loss.backward()
+        assert torch.allclose(logits, model(x, x)[0], atol=1e-5)
