@@ -87,6 +87,8 @@ class Experiment:
         if os.path.isfile(best) and training_finished(out):
             return best
         extra = SMOKE_TEACHER if self.args.smoke else ["config/demo_dense.py"]
+        if not self.args.smoke and not os.path.isfile(os.path.join(REPO, "data", "shakespeare_char", "val.bin")):
+            self.run("data/shakespeare_char/prepare.py")  # the demo's corpus, as make demo prepares it
         resume = ["--init_from=resume"] if os.path.isfile(os.path.join(out, "last.pt")) else []
         self.run("train.py", *(self.base if self.args.smoke else []), *extra, f"--out_dir={out}", *resume)
         return best
