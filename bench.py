@@ -10,8 +10,9 @@ Speed (and GPU memory) of Kronecker layers and models against dense, on CPU or C
 Layers: forward and forward+backward time of each matrix for nn.Linear, the factored Kronecker layer
 ('auto' = the order the cost model picks) and the materialised sum of torch.kron products (Krony-PT's
 way). Models: training tokens/s (forward+backward+AdamW step), prefill tokens/s, and greedy generation
-tokens/s at each --gen_batches size (a KV cache; with --compile the static cache and a compiled step). Timings alternate between variants round by round and report
-medians, so drift of the machine hits all of them alike. Figures are printed, never asserted.
+tokens/s at each --gen_batches size (a KV cache; with --compile the static cache and a compiled step).
+Timings alternate between variants round by round and report medians, so drift of the machine hits all of
+them alike. Figures are printed, never asserted.
 """
 
 import argparse

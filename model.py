@@ -429,7 +429,7 @@ class GPT(nn.Module):
         T = idx.size(1)
         if positions is None:  # the length is known without reading the positions back (no sync, no graph break)
             positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-            length = start + T
+            length = start + T if check else 0
         else:
             length = (int(positions.max()) + 1 if positions.numel() else start) if check else 0
         if length > self.config.block_size:

@@ -6,10 +6,11 @@ only their imports made relative), so the forward is the repo's factored one: no
 
 It behaves like any causal LM of transformers: a KV cache through transformers' Cache classes (`cache`, the
 deprecated `past_key_values`, `use_cache`), including the StaticCache of `generate(cache_implementation="static")`,
-whose decoding step compiles as one graph (transformers does that by itself on a GPU), padding masks (`attention_mask`; a left-padded row gets its own
-positions and the same tokens as the prompt alone), `attn_implementation` 'sdpa' (default) or 'eager' (which
-alone returns `output_attentions`), `output_hidden_states`, stop tokens from generation_config.json, and a clear
-error for inputs longer than the context.
+whose decoding step compiles as one graph (transformers does that by itself on a GPU), padding masks
+(`attention_mask`; a left-padded row gets its own positions and the same tokens as the prompt alone),
+`attn_implementation` 'sdpa' (default) or 'eager' (which alone returns `output_attentions`),
+`output_hidden_states`, stop tokens from generation_config.json, and a clear error for inputs longer than the
+context.
 """
 
 import torch
@@ -92,22 +93,21 @@ class KronyGPTPreTrainedModel(PreTrainedModel):
         static = cache is not None and cache.is_compileable
         view = (StaticCacheView if static else CacheView)(cache) if cache is not None else None
         B, T = input_ids.shape
-        keep, mask, slots = None, None, view.slots(T, input_ids.device) if static else None
+        keep = mask = slots = None
+        if static:
+            slots = view.slots(T, input_ids.device)
         if attention_mask is not None and attention_mask.dim() == 4:  # transformers' own (B, 1, T, S) mask: generate
             # builds one for a static cache; boolean (True: attend) or additive (0: attend)
             mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-            if position_ids is None:  # each token sees its row's real tokens up to itself
-                position_ids = (mask[:, 0].sum(-1) - 1).clamp_min(0)
-        elif static:  # no data-dependent branch: the mask as given, over every slot (unwritten ones are masked anyway)
-            keep = attention_mask
-            if keep is not None and keep.size(1) < view.max_len:
+        elif attention_mask is not None and (static or not bool(attention_mask.all())):  # (static: no data-dependent
+            keep = attention_mask                                                          # branch, any mask is used)
+            if static and keep.size(1) < view.max_len:  # over every slot (unwritten ones are masked anyway)
                 keep = F.pad(keep, (0, view.max_len - keep.size(1)), value=1)
-        elif attention_mask is not None and not bool(attention_mask.all()):
-            keep = attention_mask
         if position_ids is None:
-            if attention_mask is not None and attention_mask.dim() == 2 and (static or keep is not None):
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]  # counted from the first
-                # real token of each (left-padded) row
+            if mask is not None:  # each token sees its row's real tokens up to itself
+                position_ids = (mask[:, 0].sum(-1) - 1).clamp_min(0)
+            elif keep is not None:  # a left-padded row counts its positions from its first token
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
             elif static:
                 position_ids = slots.expand(B, T)
         hidden = [] if output_hidden_states else None
