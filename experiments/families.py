@@ -11,12 +11,16 @@ kronygpt/mixed.py):
   mixed_wide       the same with three Kronecker shapes to choose from (small factor 2x1, 3x1, 4x1)
 
 Columns: the allocator's predicted loss increase (damped K-FAC; comparable across rows), kron_decomp's
-report (undamped), the validation loss right after decomposition and after block-wise fitting. Resumable:
-finished rows are reused (calibration statistics are shared through calib.pt).
+report (undamped), the validation loss right after decomposition and after block-wise fitting. Then the rows
+named by --train (the best two: lowrank and kron) recover for the flagship's 300 steps from their fitted starts,
+with the flagship's learning-rate sweep rule (equal tuning effort), and every trained row and the dense teacher
+get the general-ability columns (eval.py --suite general: Milton, the Python reference, teacher samples, the
+fact probe). Resumable: finished rows and runs are reused (calibration statistics are shared through calib.pt).
 
-    python experiments/families.py                      # ~1 hour on 2 CPU cores, alone
-    python experiments/families.py --rows lowrank,mixed
-    python experiments/families.py --demo               # the demo model (3.2M -> 1.64M), minutes
+    python experiments/families.py --train=             # the decompositions only: ~1 hour on 2 CPU cores, alone
+    nohup python experiments/families.py > families.log 2>&1 &    # and the two trained rows: ~3 more hours
+    python experiments/families.py --rows lowrank,mixed --train=
+    python experiments/families.py --demo               # the demo model (3.2M -> 1.64M), about an hour
 """
 
 import os
@@ -25,7 +29,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from calibrated import run_row, setup  # noqa: E402
-from common import parser  # noqa: E402
+from common import fmt, median_tok_s, parser  # noqa: E402
+from flagship import evals  # noqa: E402
+from general import SUITE, General  # noqa: E402
 
 TARGET = "81.5M"
 SMOKE_FAMILIES = {"kron:3x1": "kron:2x1", "lowrank,kron:3x1": "lowrank,kron:2x1",
@@ -57,7 +63,7 @@ def allocator_line(rep):
 
 
 def main():
-    p = parser(__doc__, steps=0)
+    p = parser(__doc__, steps=300)  # --steps: the trained rows' iterations
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
     p.add_argument("--target", default=None, help=f"--target_params of every row (default {TARGET}; the demo model "
@@ -65,15 +71,24 @@ def main():
     p.add_argument("--demo", action="store_true", help="the demo model (character level) instead of SmolLM2")
     p.add_argument("--layerwise_steps", type=int, default=150)
     p.add_argument("--layerwise_tokens", type=int, default=16384)
+    p.add_argument("--train", default="lowrank,kron", help="rows trained for --steps from their fitted start, after "
+                   "a learning-rate sweep ('' trains none)")
+    p.add_argument("--sweep_steps", type=int, default=60, help="length of each learning-rate sweep run")
+    p.add_argument("--lrs", default="1e-5,3e-5,1e-4", help="peak learning rates swept first (new factors get 5x; "
+                   "the sweep extends along the flagship's ladder while the best rate is at an end)")
     args = p.parse_args()
-    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    unknown = [r for r in args.rows.split(",") + list(filter(None, args.train.split(","))) if r not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    missing = [r for r in filter(None, args.train.split(",")) if r not in args.rows.split(",")]
+    if missing:
+        p.error(f"--train names {missing}, which --rows does not decompose; add them to --rows")
     ex, model, data, scale, calib, lw, dense = setup(args, "families_demo" if args.demo else "families")
     target = "60k" if args.smoke else args.target or (DEMO_TARGET if args.demo else TARGET)
     renamed = SMOKE_FAMILIES if args.smoke else DEMO_FAMILIES if args.demo else {}
     fams = ["--kron_factors", "2"] if args.smoke else []
     table, done = [], []  # done: (plan, permuted, fit record) of the rows fitted so far
+    fitted = {}  # row -> the row whose block-wise fit (fit_<row>/fitted.pt) it is
 
     def same_fit(rep):
         """An earlier row's fit when this row's allocation came out the same (e.g. mixed choosing low rank for
@@ -87,6 +102,8 @@ def main():
         argv = ["--target_params", target, *COMMON, *ROWS[key], *fams]
         argv = [renamed.get(a, a) for a in argv]  # the small models' sizes: factor shapes that divide them
         rep, fit = run_row(ex, model, key, argv, scale, calib, lw, same_fit)
+        fitted[key] = fit.get("from_row", key)
+        fit = {**fit, "from_row": fitted[key]}
         done.append((rep["plan"], bool(rep.get("permute_error")), fit))
         objective, counts = allocator_line(rep)
         if fit.get("reused"):
@@ -94,10 +111,50 @@ def main():
         table.append((key, " ".join(argv[argv.index("--families"):]), rep["params_after"]["total"], counts, objective,
                       rep.get("predicted_loss_increase", "-"), fit["val_loss_before"], fit["val_loss_after"],
                       f"{rep['seconds']:.0f}"))
-        write(ex, args, target, lw, dense, table)
+        write(ex, args, target, lw, dense, table, {})
+    recovery = Recovery(ex, args, model, data)
+    trained = {}
+    for key in filter(None, args.train.split(",")):
+        trained[key] = recovery.row(fitted[key])
+        write(ex, args, target, lw, dense, table, trained, recovery.dense_suite())
 
 
-def write(ex, args, target, lw, dense, table):
+class Recovery(General):
+    """The flagship's recovery of a fitted start (learning-rate sweep, then --steps of training on the row's
+    data, Milton, the Python reference and teacher samples evaluated as it goes) and the general suite after it;
+    the general study's machinery on this study's runs (out-experiments/families/train_<row>/)."""
+
+    def __init__(self, ex, args, model, data):
+        self.ex, self.args, self.model, self.given_lr = ex, args, model, {}
+        args.gpu, args.data = False, data
+        if args.smoke or args.demo:  # no general corpora in the character or synthetic vocabularies
+            args.milton = args.pydoc = args.teacher_data = data
+        else:
+            args.milton, args.pydoc, args.teacher_data = (f"{c}_smollm2-135m" for c in ("milton", "pydoc", "teacher"))
+        evals_on = ",".join(dict.fromkeys([args.milton, args.pydoc, args.teacher_data]))
+        if args.smoke:
+            self.scale = [*ex.base, f"--eval_datasets={evals_on}"]
+        else:
+            block, evt = (128, 65536) if args.demo else (256, 16384)
+            self.scale = [f"--dataset={data}", f"--eval_datasets={evals_on}", f"--block_size={block}", "--batch_size=4",
+                          f"--eval_tokens={evt}", "--log_interval=5", "--warmup_iters=10", "--weight_decay=0.1",
+                          "--grad_clip=1.0"]
+
+    def row(self, key):
+        """{lr, sweep, val, suite, tok_s, seconds} of the row whose fitted start is fit_<key>/fitted.pt."""
+        init = os.path.join(self.ex.out, f"fit_{key}", "fitted.pt")
+        lr, sweep = self.sweep(f"train_{key}", init)
+        run = os.path.join(self.ex.out, f"train_{key}", "run")
+        self.train(init, self.args.steps, lr, run, interval=max(1, self.args.steps // 6))
+        e = evals(run)[-1]
+        return dict(lr=lr, sweep=sweep, val=e["val_loss"], tok_s=median_tok_s(run), seconds=e["train_seconds"],
+                    suite=self.suite(f"train_{key}", os.path.join(run, "last.pt")) if not self.args.demo else {})
+
+    def dense_suite(self):
+        return {} if self.args.demo else self.suite("dense", self.model)
+
+
+def write(ex, args, target, lw, dense, table, trained, dense_suite=None):
     """The report from the rows finished so far (rewritten after each row)."""
     what = "the demo model (character-level Shakespeare)" if args.demo else args.model
     ex.report(f"Kronecker or low rank, matrix by matrix: {what} at <= {target} parameters",
@@ -107,7 +164,35 @@ def write(ex, args, target, lw, dense, table):
               f"allocator minimised (one criterion for every family); 'report' is kron_decomp's undamped one.",
               ["row", "families", "parameters", "matrices by family", "allocator objective",
                "predicted loss increase (report)", "val after decomposition", "val after block-wise fitting",
-               "decomposition seconds"], table, [], [], notes=reading(table))
+               "decomposition seconds"], table, [], [], notes=reading(table) + recovery_table(args, trained, dense_suite))
+
+
+def recovery_table(args, trained, dense_suite):
+    """The trained rows after --steps, beside the dense teacher, in markdown (empty before any finished)."""
+    if not trained:
+        return ""
+    cols = ["Shakespeare", "Milton", "Python reference", "teacher-sample loss", "KL(teacher‖student)", "facts acc",
+            "facts acc_norm"]
+    lines = ["", "", f"## After {args.steps} recovery steps", "",
+             f"Each row trains from its block-wise fitted start at the rate its sweep chose ({args.sweep_steps}-step "
+             f"runs at {args.lrs}, extended along the flagship's ladder while the best is at an end), 4 sequences "
+             "per step; the general columns are eval.py --suite general (the demo model has no general corpora).", "",
+             "| row | lr | sweep | train tok/s | train seconds | " + " | ".join(cols) + " |",
+             "|" + "---|" * (5 + len(cols))]
+    if dense_suite:
+        lines.append("| dense (no training) | - | - | - | - | " + " | ".join(fmt(dense_suite.get(c, "-")) for c in SUITE)
+                     + " |")
+    for key, r in trained.items():
+        sweep = " / ".join(f"{lr}: {v:.3f}" for lr, v in r["sweep"].items())
+        suite = [r["val"]] + [r["suite"].get(c, "-") for c in SUITE[1:]]
+        lines.append(f"| {key} | {r['lr']:g} | {sweep} | {fmt(r['tok_s'])} | {r['seconds']:,.0f} | "
+                     + " | ".join(fmt(v) for v in suite) + " |")
+    if len(trained) > 1:
+        best = min(trained, key=lambda k: trained[k]["val"])
+        lines += ["", f"After {args.steps} steps the best is **{best}** ({trained[best]['val']:.4f} on Shakespeare); "
+                  + "; ".join(f"`{k}` {r['val'] - trained[best]['val']:+.4f}" for k, r in trained.items() if k != best)
+                  + ". One seed: differences below ~0.01 are noise."]
+    return "\n".join(lines)
 
 
 def reading(table):

@@ -8,6 +8,11 @@ import sys
 import pytest
 
 from conftest import REPO
+from plot import read_log
+
+
+def evals_of(run_dir):
+    return [r for r in read_log(run_dir) if r["type"] == "eval"]
 
 pytestmark = pytest.mark.slow  # whole experiments in smoke mode: minutes
 
@@ -121,12 +126,22 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
 
 def test_families_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     """The families study end to end on a tiny Llama: every row decomposed by its families and fitted; the
-    table says which family each allocation used."""
-    r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "families.py"), "--smoke",
-                        f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=900)
+    table says which family each allocation used; the two trained rows swept, trained from their own fitted
+    starts and evaluated on the general suite beside the dense teacher."""
+    cmd = [sys.executable, os.path.join(REPO, "experiments", "families.py"), "--smoke", f"--model={tiny_llama_dir}",
+           f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2", "--sweep_steps=1", "--lrs=1e-3"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     table = (tmp_path / "families.md").read_text()
-    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    decomposed, trained = table.split("## After 2 recovery steps")
+    rows = {line.split(" | ")[0][2:]: line for line in decomposed.splitlines() if line.startswith("| ")}
     assert {"lowrank", "kron", "mixed", "mixed_wide"} <= set(rows), table
     assert "lowrank only" in rows["lowrank"] and "kron" in rows["kron"].split(" | ")[3], table
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in trained.splitlines() if line.startswith("| ")}
+    assert {"dense (no training)", "lowrank", "kron"} <= set(rows), trained
+    for key in ("lowrank", "kron"):
+        first = [r for r in read_log(tmp_path / f"train_{key}" / "run") if r["type"] == "start"][0]
+        assert first["config"]["init_from"].endswith(os.path.join(f"fit_{key}", "fitted.pt"))
+        assert float(rows[key][5]) == pytest.approx(evals_of(tmp_path / f"train_{key}" / "run")[-1]["val_loss"], abs=1e-4)
+    r = subprocess.run(cmd + ["--rows=lowrank"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode != 0 and "--train names ['kron']" in r.stderr
