@@ -164,7 +164,8 @@ def write(ex, args, target, lw, dense, table, trained, dense_suite=None):
               f"allocator minimised (one criterion for every family); 'report' is kron_decomp's undamped one.",
               ["row", "families", "parameters", "matrices by family", "allocator objective",
                "predicted loss increase (report)", "val after decomposition", "val after block-wise fitting",
-               "decomposition seconds"], table, [], [], notes=reading(table) + recovery_table(args, trained, dense_suite))
+               "decomposition seconds"], table, [], [],
+              notes=reading(table) + recovery_table(args, trained, dense_suite))
 
 
 def recovery_table(args, trained, dense_suite):
@@ -180,8 +181,8 @@ def recovery_table(args, trained, dense_suite):
              "| row | lr | sweep | train tok/s | train seconds | " + " | ".join(cols) + " |",
              "|" + "---|" * (5 + len(cols))]
     if dense_suite:
-        lines.append("| dense (no training) | - | - | - | - | " + " | ".join(fmt(dense_suite.get(c, "-")) for c in SUITE)
-                     + " |")
+        dense_cols = [fmt(dense_suite.get(c, "-")) for c in SUITE]
+        lines.append("| dense (no training) | - | - | - | - | " + " | ".join(dense_cols) + " |")
     for key, r in trained.items():
         sweep = " / ".join(f"{lr}: {v:.3f}" for lr, v in r["sweep"].items())
         suite = [r["val"]] + [r["suite"].get(c, "-") for c in SUITE[1:]]

@@ -142,6 +142,7 @@ def test_families_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     for key in ("lowrank", "kron"):
         first = [r for r in read_log(tmp_path / f"train_{key}" / "run") if r["type"] == "start"][0]
         assert first["config"]["init_from"].endswith(os.path.join(f"fit_{key}", "fitted.pt"))
-        assert float(rows[key][5]) == pytest.approx(evals_of(tmp_path / f"train_{key}" / "run")[-1]["val_loss"], abs=1e-4)
+        last = evals_of(tmp_path / f"train_{key}" / "run")[-1]
+        assert float(rows[key][5]) == pytest.approx(last["val_loss"], abs=1e-4)
     r = subprocess.run(cmd + ["--rows=lowrank"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode != 0 and "--train names ['kron']" in r.stderr
