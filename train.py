@@ -30,10 +30,14 @@ def main(argv=None):
     rt = setup_runtime(cfg.device, cfg.dtype)
     try:
         with run_directory(cfg, rt):  # locked while the run writes; --force clears an old run first
-            model, ckpt, tokenizer = init_model(cfg, rt)
-            return train(cfg, model, rt, lm_loss, tokenizer, ckpt)
+            return run(cfg, rt)
     finally:
-        teardown(rt)
+        teardown(rt)  # after run() returned: its model is out of scope
+
+
+def run(cfg, rt):
+    model, ckpt, tokenizer = init_model(cfg, rt)
+    return train(cfg, model, rt, lm_loss, tokenizer, ckpt)
 
 
 if __name__ == "__main__":
