@@ -24,6 +24,8 @@ factor shapes s = (m1, n1) x (m2, n2), optionally calibrated on real activations
     4. Errors: the relative output error ||(W - W_hat) L|| / ||W L|| (C = I: the Frobenius error) and the
        K-FAC predicted loss increase; and the whitened spectrum, from which the low-rank member's error at
        every rank is read off exactly (the allocator's curves).
+Every function takes W wherever the model is and works on host(W): float64 on the CPU, beside the calibration
+statistics (collected on the model's device, kept on the CPU), so a model on a GPU is factorised as on the CPU.
 """
 
 import hashlib
@@ -37,6 +39,11 @@ from .errors import ConfigError, UserError
 from .kronecker import KronShape, KroneckerLinear, kron_sum
 
 INITS = ("vl", "vl_norm", "prune", "random", "aware", "fisher")
+
+
+def host(W):
+    """W detached, in float64 on the CPU: where the statistics are and where the factorisations run."""
+    return W.detach().cpu().double()
 
 
 @contextmanager
@@ -287,7 +294,7 @@ def init_factors(W, s, factors, spec, C=None, G=None, random_std=0.02, cache=Non
         raise UserError(f"{factors} factors exceed the maximum Kronecker rank {s.max_rank} of shape {s}; "
                         f"use at most {s.max_rank} factors or another shape")
     init = spec.init
-    W = W.detach().double()
+    W = host(W)
     scal = None
     if init in ("vl", "vl_norm"):
         A, B, _ = van_loan(W, s, factors)
@@ -333,7 +340,8 @@ def init_factors(W, s, factors, spec, C=None, G=None, random_std=0.02, cache=Non
 
 def output_error(W, W_hat, C=None):
     """||(W - W_hat) L|| / ||W L|| for C = L L^T (C = None: the relative Frobenius error)."""
-    W, D = W.double(), (W.double() - W_hat.double())
+    W = host(W)
+    D = W - host(W_hat)
     if C is None:
         num, den = D.pow(2).sum(), W.pow(2).sum()
     else:
@@ -346,7 +354,7 @@ def fisher_error(W, W_hat, C, G):
     """The loss increase per token the K-FAC approximation predicts for replacing W by W_hat:
     tr(G (W - W_hat) C (W - W_hat)^T) / 2. G may be a vector: the diagonal of the gradient moment (the
     logits', whose full square would not fit)."""
-    D = W.double() - W_hat.double()
+    D = host(W) - host(W_hat)
     G = G.double()
     GD = G[:, None] * D if G.dim() == 1 else G @ D
     return 0.5 * ((GD @ C.double()) * D).sum().item()
@@ -359,7 +367,7 @@ def whitened_spectrum(W, C=None, G=None, damping=0.0, g_damping=1e-2, cache=None
     (||W L||^2, so every matrix counts alike) or, with G, the predicted loss increase (2)."""
     out_dim, in_dim = W.shape
     _, (L, _), _ = side_whitening(C, 1, in_dim, damping, cache, inverse=False)  # low rank: the input lives in B
-    M = W.detach().double() @ L
+    M = host(W) @ L
     if G is not None and G.dim() == 1:
         g = G.double()
         M = (g + g_damping * g.mean()).sqrt()[:, None] * M

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .factorize import init_factors, lapack_threads, whitening
+from .factorize import host, init_factors, lapack_threads, whitening
 from .kronecker import kron_shape, kron_sum
 from .permute import find_permutation, unit_features
 from .plans import EMBED, MatrixSpec
@@ -131,7 +131,7 @@ def block_candidates(dense, b, names, moments, grads, curves, init, families, pe
         return {}
     fam = dense.config.family
     down = set(fam.down)
-    weights = {n: (dense.matrix(b, n).weight.detach().double()) for n in names}
+    weights = {n: host(dense.matrix(b, n).weight) for n in names}
     moments, grads = dict(moments or {}), dict(grads or {})
     mlp_names = [n for n, _ in fam.mlp_matrices if n in names]
     if permute and b != EMBED and mlp_names:  # score the MLP in the order that suits the first Kronecker shape

@@ -18,7 +18,7 @@ The low-rank member is invariant under permutation (there is nothing to gain), s
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .factorize import van_loan, whitening
+from .factorize import host, van_loan, whitening
 from .kronecker import kron_sum
 
 
@@ -26,7 +26,7 @@ def unit_features(mlp, family, moments, damping):
     """{name: (h, k) float64}: each hidden unit's row, for every MLP matrix (see the module docstring)."""
     feats = {}
     for name, up in family.mlp_matrices:
-        W = getattr(mlp, name).weight.detach().double()
+        W = host(getattr(mlp, name).weight)
         C = moments.get(name) if moments else None
         if up:
             feats[name] = W @ whitening(C, damping)[0] if C is not None else W      # (h, d)

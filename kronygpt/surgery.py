@@ -23,7 +23,7 @@ from model import GPT, GPTConfig
 
 from .calib import BlockRunner
 from .errors import UserError
-from .factorize import WhiteningCache, balance, init_factors, output_error, whitening_is_exact
+from .factorize import WhiteningCache, balance, host, init_factors, output_error, whitening_is_exact
 from .kronecker import Factorized, KroneckerEmbedding, KroneckerLinear
 from .permute import find_permutation, permute_mlp, permute_moments, unit_features
 from .plans import EMBED, Plan
@@ -39,8 +39,8 @@ def calibrated_errors(W, W_hat, C, G=None):
     factorize.output_error and fisher_error give them, with D C formed once and the three GEMMs in float32
     (products summed in float64): a report figure needs 4 digits, and on GPT-2 XL's 1600x6400 matrices the
     float64 GEMMs were most of the decomposition's time."""
-    W32, C32 = W.detach().float(), C.float()
-    D = W32 - W_hat.detach().float()
+    W32, C32 = W.detach().cpu().float(), C.float()
+    D = W32 - W_hat.detach().cpu().float()
     DC = D @ C32
     den = ((W32 @ C32).double() * W32.double()).sum().item()
     out = {"output_error": math.sqrt(max((DC.double() * D.double()).sum().item(), 0.0) / den) if den > 0 else 0.0}
@@ -112,7 +112,7 @@ def replace_embedding(model, init, C=None, g_diag=None, cache=None):
     s, wte = spec.shape, model.transformer.wte
     if isinstance(wte, Factorized):
         raise UserError("the embedding is already factorised; pass the dense model")
-    W = W0 = wte.weight.detach().double()
+    W = W0 = host(wte.weight)
     scale = None
     if init.init == "fisher" and g_diag is not None and s.m2 == 1:
         scale = (g_diag.double() + init.g_damping * g_diag.double().mean()).clamp_min(1e-30).sqrt()  # R = diag(scale)

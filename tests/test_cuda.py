@@ -37,3 +37,24 @@ def test_compiled_kron_model_matches_eager():
         eager, _ = model(idx, all_logits=True)
         compiled, _ = torch.compile(model)(idx, all_logits=True)
     torch.testing.assert_close(compiled, eager, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_calibrated_decomposition_on_the_gpu_matches_the_cpu(stream, tiny_llama_dir, tiny_data_dir, tmp_path):
+    """kron_decomp.py --device cuda: calibration on the GPU, statistics and factorisation on the CPU (float64),
+    the same plan and factors as the all-CPU run to float32 tolerance (the forwards run on another device)."""
+    import json
+
+    import kron_decomp
+    from kronygpt.checkpoint import load_model
+    argv = ["--model", tiny_llama_dir, "--calib", tiny_data_dir, "--calib_tokens", "512", "--calib_seq", "32",
+            "--fisher_tokens", "256", "--target_params", "60k", "--allocate", "--scope", "blocks", "--init", "fisher",
+            "--rank_multiple", "1", *(["--stream"] if stream else [])]
+    out = {}
+    for device in ("cpu", "cuda"):
+        path = tmp_path / f"{device}.pt"
+        kron_decomp.main([*argv, "--device", device, "--out", str(path)])
+        out[device] = load_model(str(path)).state_dict(), json.loads(path.with_suffix(".json").read_text())["plan"]
+    assert out["cuda"][1] == out["cpu"][1]
+    for k, v in out["cpu"][0].items():
+        torch.testing.assert_close(out["cuda"][0][k], v, rtol=1e-3, atol=1e-4, msg=k)

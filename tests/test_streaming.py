@@ -64,3 +64,51 @@ def test_stream_refuses_a_calibration_cache(tiny_llama_dir, tiny_data_dir, tmp_p
         kron_decomp.main(["--model", tiny_llama_dir, "--calib", tiny_data_dir, "--shape", "lowrank", "--init",
                           "aware", "--stream", "--calib_cache", str(tmp_path / "c.pt"), "--out", str(tmp_path / "k.pt")])
     assert not (tmp_path / "k.pt").exists()
+
+
+class Accelerated(torch.Tensor):
+    """A CPU tensor standing for one on an accelerator: an op that mixes it with a plain tensor of one or more
+    dimensions fails, as a CUDA op given a CPU tensor does (0-dim tensors, indexing and copies pass, as there);
+    .cpu() gives the plain tensor. Lets the CPU suite check that decomposition never mixes devices."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cpu:
+            with torch._C.DisableTorchFunctionSubclass():
+                return args[0].as_subclass(torch.Tensor).clone()
+        tensors = [a for a in torch.utils._pytree.tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        crossing = func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.copy_)
+        if not crossing and any(isinstance(t, cls) for t in tensors) and \
+                any(not isinstance(t, cls) and t.dim() > 0 for t in tensors):
+            raise RuntimeError(f"{getattr(func, '__name__', func)} mixes the model's device with the CPU")
+        return super().__torch_function__(func, types, args, kwargs)
+
+    def __deepcopy__(self, memo):
+        with torch._C.DisableTorchFunctionSubclass():
+            memo[id(self)] = self.clone().as_subclass(type(self))
+        return memo[id(self)]
+
+
+@pytest.mark.parametrize("case", [c for c in sorted(CASES) if "sequential" not in c])
+def test_decomposition_of_a_model_on_an_accelerator_keeps_the_statistics_where_they_are(
+        case, tiny_llama_dir, tiny_gpt2_dir, tiny_data_dir, tmp_path, monkeypatch):
+    """Calibration statistics come back on the CPU (float64, freed from the accelerator); the weights of a model
+    decomposed with --device cuda are on the GPU. Every step that meets both must bring them together: the
+    factors are those of the all-CPU run."""
+    model_dir = tiny_gpt2_dir if case.startswith("plan") else tiny_llama_dir
+    sd_cpu, rep_cpu = decompose(model_dir, tiny_data_dir, tmp_path / "cpu.pt", CASES[case], stream=False)
+    calibrate = kron_decomp.calibrate
+
+    def calibrate_then_move(dense, *a, **k):
+        out = calibrate(dense, *a, **k)
+        for module in dense.modules():  # the weights "on the accelerator" from here on
+            for name, p in list(module.named_parameters(recurse=False)):
+                del module._parameters[name]
+                module.register_buffer(name, p.detach().as_subclass(Accelerated))
+        return out
+    monkeypatch.setattr(kron_decomp, "calibrate", calibrate_then_move)
+    sd_acc, rep_acc = decompose(model_dir, tiny_data_dir, tmp_path / "acc.pt", CASES[case], stream=False)
+    assert rep_acc["plan"] == rep_cpu["plan"] and sd_acc.keys() == sd_cpu.keys()
+    for k in sd_cpu:
+        torch.testing.assert_close(sd_acc[k], sd_cpu[k], rtol=1e-6, atol=1e-7, msg=k)
