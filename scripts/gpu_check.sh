@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks, in parts that each fit one device call (at most 10 minutes), run as
-#   bash scripts/gpu_check.sh PART        PART: tests | bench | smollm2 | flagship | all
+#   bash scripts/gpu_check.sh PART        PART: tests | bench | smollm2 | decomp | flagship | all
 # tests     (~1 min)  GPU-only tests, the Kronecker layer tests, factored export on CUDA
 # bench     (~5 min)  layer and model speed in bf16: eager (layers, GPT-2 models, SmolLM2 models), then
 #                     torch.compile'd GPT-2 models (dense, the 81M Kronecker and the 82M low-rank variants)
 # smollm2   (~6 min)  issue 29's targets: SmolLM2-135M dense vs the 81.5M allocated low-rank and Kronecker
 #                     whole-block plans (results/plans) and the uniform-rank / (512,576)x(3,1) MLP variants,
 #                     bf16, compiled, 16 x 1024 tokens; generation at batch 1 and 16 (static cache, compiled)
+# decomp    (~3 min)  issue 31's GPU decomposition: kron_decomp.py --device cuda, SmolLM2-135M -> 81.5M (fisher,
+#                     allocated over whole blocks), timed, its plan set beside the CPU's (results/plans)
 # flagship  (the rest) the flagship study at full scale (16 x 1024 tokens per step), rows as time allows
 #                     ($FLAGSHIP_ROWS, $FLAGSHIP_TIMEOUT seconds); the script resumes, so a second call on the
 #                     same machine continues where the first stopped. $MODEL: the SmolLM2 model (default the
@@ -43,6 +45,16 @@ if [[ $PART == smollm2 || $PART == all ]]; then
   run timeout 300 $PY bench.py --mode models --family smollm2 --compile --kron_impl measured --variants 2,3 \
       --plans_from "$plans" --rounds 10 --json "$OUT/models_smollm2_compiled.json"
   run timeout 120 $PY bench.py --mode layers --kron_impl measured --rounds 10 --json "$OUT/layers_fused.json"
+fi
+if [[ $PART == decomp || $PART == all ]]; then
+  [[ -f data/shakespeare_smollm2-135m/val.bin ]] || run $PY data/shakespeare/prepare.py --tokenizer=smollm2-135m
+  run timeout 300 /usr/bin/time -v $PY kron_decomp.py --model "${MODEL:-smollm2-135m}" --device cuda --init fisher \
+      --target_params 81.5M --allocate --scope blocks --rank_multiple 1 --calib=shakespeare_smollm2-135m \
+      --calib_tokens=16384 --calib_seq=256 --out /tmp/decomp_cuda.pt --force
+  cp /tmp/decomp_cuda.json "$OUT/" 2>/dev/null
+  run $PY -c "import json; g, c = (json.load(open(p)) for p in ('/tmp/decomp_cuda.json',
+      'results/plans/smollm2_81M_lowrank_blocks.json')); print('same plan as the CPU run:', g['plan'] == c['plan'],
+      '| params', g['params_after']['total'], 'vs', c['params_after']['total'], '| seconds', round(g['seconds']))"
 fi
 if [[ $PART == flagship || $PART == all ]]; then
   [[ -f data/shakespeare_smollm2-135m/val.bin ]] || run $PY data/shakespeare/prepare.py --tokenizer=smollm2-135m
