@@ -10,10 +10,6 @@ import pytest
 from conftest import REPO
 from plot import read_log
 
-
-def evals_of(run_dir):
-    return [r for r in read_log(run_dir) if r["type"] == "eval"]
-
 pytestmark = pytest.mark.slow  # whole experiments in smoke mode: minutes
 
 
@@ -140,9 +136,9 @@ def test_families_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in trained.splitlines() if line.startswith("| ")}
     assert {"dense (no training)", "lowrank", "kron"} <= set(rows), trained
     for key in ("lowrank", "kron"):
-        first = [r for r in read_log(tmp_path / f"train_{key}" / "run") if r["type"] == "start"][0]
+        log = read_log(tmp_path / f"train_{key}" / "run")
+        first, last = next(r for r in log if r["type"] == "start"), [r for r in log if r["type"] == "eval"][-1]
         assert first["config"]["init_from"].endswith(os.path.join(f"fit_{key}", "fitted.pt"))
-        last = evals_of(tmp_path / f"train_{key}" / "run")[-1]
         assert float(rows[key][5]) == pytest.approx(last["val_loss"], abs=1e-4)
     r = subprocess.run(cmd + ["--rows=lowrank"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode != 0 and "--train names ['kron']" in r.stderr
