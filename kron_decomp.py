@@ -43,7 +43,7 @@ from kronygpt.factorize import INITS, InitSpec, WhiteningCache
 from kronygpt.mixed import Family, parse_families
 from kronygpt.planner import SCOPES, choose_plan, list_shapes, spread_blocks
 from kronygpt.plans import parse_blocks
-from kronygpt.runtime import resolve_device
+from kronygpt.runtime import autocast, resolve_device
 from kronygpt.streaming import stream_decompose
 from kronygpt.surgery import decompose_model, permutes, truncate_blocks
 
@@ -88,6 +88,8 @@ class DecompConfig:
     score_blocks: int = 6           # --target_params with --calib: blocks the candidates are scored on
     seed: int = 1337                # for --init random and the calibration batches
     device: str = "cpu"             # where the decomposition runs: cpu, cuda, cuda:N
+    calib_dtype: str = "auto"       # the calibration forwards: float32, bfloat16 (autocast; statistics still
+                                    # accumulated in float32 GEMMs into float64), auto: bfloat16 on cuda, else float32
 
     def validate(self):
         if not self.list_shapes and not self.out:
@@ -144,6 +146,8 @@ class DecompConfig:
                               "lowrank,kron:3x1) or drop --permute")
         if self.rank_multiple < 0:
             raise ConfigError(f"--rank_multiple must be >= 1 (or 0 for the device's default), got {self.rank_multiple}")
+        if self.calib_dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"--calib_dtype must be auto, float32 or bfloat16, got {self.calib_dtype!r}")
         if not 0 < self.tolerance < 1:
             raise ConfigError(f"--tolerance must be between 0 and 1 (a relative distance), got {self.tolerance}")
         self.init_spec()  # checks the initialisation's own settings
@@ -230,16 +234,10 @@ def load_dense(cfg):
     return dense, layers
 
 
-def main(argv=None):
-    cfg = configure(DecompConfig(), sys.argv[1:] if argv is None else argv, doc=__doc__)
-    out, report_path = (check_output_file(cfg.out, cfg.force, cfg.model, report=True) if cfg.out else (None, None))
-    t0 = time.time()
-    dense, layers = load_dense(cfg)
-    if cfg.list_shapes:
-        return print_shapes(dense.config, layers)
-    if dense.config.is_factorized:
-        raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
-    init, cache, before = cfg.init_spec(), WhiteningCache(), dense.param_counts()
+def calibrate_and_decompose(cfg, dense, layers):
+    """(model, rows, planning): the calibration (if --calib) and the decomposition, their forwards in
+    --calib_dtype; `planning` is the planner's reasoning as printed."""
+    init, cache = cfg.init_spec(), WhiteningCache()
     batches = moments = grads = None
     if cfg.calib:
         data = open_dataset(cfg.calib)
@@ -254,7 +252,7 @@ def main(argv=None):
             fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" and not cfg.stream else 0,
             cache_path=cfg.calib_cache, force=cfg.force)
     init.check_stats(batches is not None, grads is not None or (cfg.stream and batches is not None))
-    rows, model, planning = [], dense, []
+    rows, model, planning = [], dense, []  # planning: the planner's reasoning, as printed, kept in the report
     if not (cfg.keep_blocks and not (cfg.shape or cfg.target_params or cfg.plan)):  # truncation alone otherwise
         request = dict(plan=cfg.plan, shape=cfg.shape, factors=cfg.factors, target=cfg.target_params,
                        tolerance=cfg.tolerance, allocate=cfg.allocate, scope=cfg.scope, scalars=cfg.scalars,
@@ -262,7 +260,6 @@ def main(argv=None):
                        rank_multiple=cfg.rank_multiple or (32 if cfg.device.startswith("cuda") else 1),
                        families=parse_families(cfg.families), max_factors=cfg.kron_factors)
         td = time.time()
-        planning = []  # the planner's reasoning, as printed, kept in the report
 
         def log(line):
             print(line)
@@ -285,6 +282,24 @@ def main(argv=None):
                                           sequential=cfg.sequential, permute=cfg.permute, cache=cache, log=print)
         print_table(rows)
         print(f"decomposition: {time.time() - td:.0f}s")
+    return model, rows, planning
+
+
+def main(argv=None):
+    cfg = configure(DecompConfig(), sys.argv[1:] if argv is None else argv, doc=__doc__)
+    out, report_path = (check_output_file(cfg.out, cfg.force, cfg.model, report=True) if cfg.out else (None, None))
+    t0 = time.time()
+    dense, layers = load_dense(cfg)
+    if cfg.list_shapes:
+        return print_shapes(dense.config, layers)
+    if dense.config.is_factorized:
+        raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
+    before = dense.param_counts()
+    device_type = next(dense.parameters()).device.type
+    if cfg.calib_dtype == "auto":  # the report says which precision ran
+        cfg.calib_dtype = "bfloat16" if device_type == "cuda" else "float32"
+    with autocast(device_type, cfg.calib_dtype):
+        model, rows, planning = calibrate_and_decompose(cfg, dense, layers)
     totals = summary(rows, before, model.param_counts(), cfg.permute)
     report = {**{k: v for k, v in vars(cfg).items() if k not in ("out", "force", "list_shapes")},
               "plan": model.config.kron_plan, "params_before": before, "params_after": model.param_counts(),

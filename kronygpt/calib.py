@@ -27,6 +27,14 @@ from .plans import EMBED
 HEAD = (EMBED, "wte")
 
 
+def gram(x):
+    """sum over rows of x x^T for x (..., d): a float32 GEMM accumulated in float64, also under a bfloat16
+    calibration forward (autocast would otherwise run it in bfloat16 and lose the small eigenvalues)."""
+    flat = x.detach().reshape(-1, x.shape[-1]).float()
+    with torch.autocast(flat.device.type, enabled=False):
+        return (flat.t() @ flat).double()
+
+
 class MomentHooks:
     """Forward pre-hooks that accumulate sum x x^T (float64) and the token count of modules' inputs.
     Modules fed the same tensor in one forward (gate_proj and up_proj) share one computation."""
@@ -41,10 +49,9 @@ class MomentHooks:
         def hook(module, args):
             x = args[0]
             if self._last[0] is not x:
-                flat = x.detach().reshape(-1, x.shape[-1]).float()
-                self._last = (x, (flat.t() @ flat).double())  # a float32 GEMM, accumulated in float64
-            gram = self._last[1]
-            self.sums[name] = gram.clone() if self.sums[name] is None else self.sums[name].add_(gram)
+                self._last = (x, gram(x))
+            g = self._last[1]
+            self.sums[name] = g.clone() if self.sums[name] is None else self.sums[name].add_(g)
             self.count[name] += x.numel() // x.shape[-1]
         return hook
 
@@ -93,10 +100,9 @@ class BlockRunner:
         """E[x x^T] of the lm_head's input, ln_f of the stored hidden states (call after the last block)."""
         total, n = None, 0
         for x in self.hidden:
-            flat = self.model.transformer.ln_f(x).reshape(-1, x.shape[-1]).float()
-            gram = (flat.t() @ flat).double()
-            total = gram if total is None else total.add_(gram)
-            n += flat.shape[0]
+            g = gram(self.model.transformer.ln_f(x))
+            total = g if total is None else total.add_(g)
+            n += x.numel() // x.shape[-1]
         return (total / n).cpu()
 
     @torch.no_grad()
@@ -165,7 +171,7 @@ class GradientHooks:
         def hook(module, args, out):
             def grad_hook(g):
                 flat = g.detach().reshape(-1, g.shape[-1]).float()
-                store.add(name, flat.pow(2).sum(0).double() if diag else (flat.t() @ flat).double(), flat.shape[0])
+                store.add(name, flat.pow(2).sum(0).double() if diag else gram(flat), flat.shape[0])
             out.register_hook(grad_hook)
         return hook
 

@@ -53,7 +53,7 @@ if [[ $PART == decomp || $PART == all ]]; then
       --calib_tokens=16384 --calib_seq=256 --out /tmp/decomp_cuda.pt --force
   cp /tmp/decomp_cuda.json "$OUT/" 2>/dev/null
   run $PY -c "import json; g, c = (json.load(open(p)) for p in ('/tmp/decomp_cuda.json',
-      'results/plans/smollm2_81M_lowrank_blocks.json')); print('same plan as the CPU run:', g['plan'] == c['plan'],
+      'results/plans/smollm2_81M_lowrank_blocks.json')); print(g['calib_dtype'], 'forward; same plan as the CPU run:', g['plan'] == c['plan'],
       '| params', g['params_after']['total'], 'vs', c['params_after']['total'], '| seconds', round(g['seconds']))"
 fi
 if [[ $PART == flagship || $PART == all ]]; then

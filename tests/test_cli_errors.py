@@ -122,6 +122,8 @@ def cases(ws, data):
                               ws / "n.pt"], "finite"),
         "kd bad shape": ([*kd, "--shape", "5x7", "--out", ws / "n.pt"], "does not divide"),
         "kd aware without calib": ([*kd, "--shape", "lowrank", "--init", "aware", "--out", ws / "n.pt"], "--calib"),
+        "kd calib dtype": ([*kd, "--shape", "64x16", "--calib_dtype", "float16", "--out", ws / "n.pt"],
+                           "auto, float32 or bfloat16"),
         "kd cuda": ([*kd, "--shape", "64x16", "--device", "cuda", "--out", ws / "n.pt"], "CUDA is not available"),
         "kd missing model": (["kron_decomp.py", "--model", ws / "missing.pt", "--shape", "64x16", "--out",
                               ws / "n.pt"], "neither an existing checkpoint"),

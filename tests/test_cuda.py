@@ -42,14 +42,15 @@ def test_compiled_kron_model_matches_eager():
 @pytest.mark.parametrize("stream", [False, True])
 def test_calibrated_decomposition_on_the_gpu_matches_the_cpu(stream, tiny_llama_dir, tiny_data_dir, tmp_path):
     """kron_decomp.py --device cuda: calibration on the GPU, statistics and factorisation on the CPU (float64),
-    the same plan and factors as the all-CPU run to float32 tolerance (the forwards run on another device)."""
+    the same plan and factors as the all-CPU run to float32 tolerance (the forwards run on another device;
+    --calib_dtype float32, as bfloat16, the GPU's default, would change them by design)."""
     import json
 
     import kron_decomp
     from kronygpt.checkpoint import load_model
     argv = ["--model", tiny_llama_dir, "--calib", tiny_data_dir, "--calib_tokens", "512", "--calib_seq", "32",
             "--fisher_tokens", "256", "--target_params", "60k", "--allocate", "--scope", "blocks", "--init", "fisher",
-            "--rank_multiple", "1", *(["--stream"] if stream else [])]
+            "--rank_multiple", "1", "--calib_dtype", "float32", *(["--stream"] if stream else [])]
     out = {}
     for device in ("cpu", "cuda"):
         path = tmp_path / f"{device}.pt"

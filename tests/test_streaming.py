@@ -112,3 +112,55 @@ def test_decomposition_of_a_model_on_an_accelerator_keeps_the_statistics_where_t
     assert rep_acc["plan"] == rep_cpu["plan"] and sd_acc.keys() == sd_cpu.keys()
     for k in sd_cpu:
         torch.testing.assert_close(sd_acc[k], sd_cpu[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_second_moments_are_accumulated_in_float32_under_a_bfloat16_forward():
+    """A bfloat16 calibration forward (autocast) must not turn the moment GEMM itself into bfloat16: C is
+    E[x x^T] of the inputs as they arrive, to float32 accuracy."""
+    from kronygpt.calib import MomentHooks
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 8)
+    x = torch.randn(256, 48) * torch.logspace(-2, 1, 48)  # a spread of scales, as real activations have
+    hooks = MomentHooks({"lin": lin})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lin(x).dtype == torch.bfloat16  # the forward itself ran in bfloat16
+    hooks.remove()
+    exact = x.double().t() @ x.double() / x.shape[0]
+    torch.testing.assert_close(hooks.moments()["lin"], exact, rtol=1e-4, atol=1e-6 * exact.abs().max().item())
+
+
+def test_a_bfloat16_calibration_forward_gives_statistics_close_to_float32(tiny_llama_dir, tiny_data_dir):
+    """--calib_dtype bfloat16 (the GPU's default): the input and output-gradient moments of every matrix within
+    a few percent of the float32 forward's, and not all equal to them (the forward did run in bfloat16; block 0's
+    first input, a normalised embedding, has no bfloat16 op before it)."""
+    from kronygpt.calib import calibrate
+    from kronygpt.data_utils import open_dataset
+    from kronygpt.runtime import autocast
+    dense = load_model(tiny_llama_dir).eval()
+    stats = {}
+    for dtype in ("float32", "bfloat16"):
+        with autocast("cpu", dtype):
+            _, C, G = calibrate(dense, open_dataset(tiny_data_dir), "tiny", tokens=512, seq=32, seed=0,
+                                layers={0, 1}, fisher_tokens=256, log=lambda _: None)
+        stats[dtype] = {**{("C", k): v for k, v in C.items()}, **{("G", k): v for k, v in G.items()}}
+    assert stats["float32"].keys() == stats["bfloat16"].keys()
+    rel = {}
+    for k, ref in stats["float32"].items():
+        assert stats["bfloat16"][k].dtype == torch.float64
+        rel[k] = ((stats["bfloat16"][k] - ref).norm() / ref.norm()).item()
+    assert max(rel.values()) < 0.03, rel
+    assert sum(r > 0 for r in rel.values()) >= len(rel) - 1, rel
+
+
+def test_a_bfloat16_calibration_leaves_the_factorisation_in_full_precision(tiny_llama_dir, tmp_path):
+    """Without calibration forwards, --calib_dtype bfloat16 changes nothing: the factorisation (float64 on the
+    CPU) is outside autocast's reach, and the report says which precision the forwards were given."""
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        path = tmp_path / f"{dtype}.pt"
+        kron_decomp.main(["--model", tiny_llama_dir, "--shape", "16x8", "--factors", "2", "--init", "vl_norm",
+                          "--calib_dtype", dtype, "--out", str(path)])
+        out[dtype] = load_model(str(path)).state_dict()
+        assert json.loads(path.with_suffix(".json").read_text())["calib_dtype"] == dtype
+    for k, v in out["float32"].items():
+        assert torch.equal(out["bfloat16"][k], v), k
