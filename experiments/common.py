@@ -2,6 +2,11 @@
 Helpers for experiments/*.py: run this repo's commands (echoed, output kept in a log), read the runs'
 log.jsonl files, and write a markdown table plus a PNG plot of validation loss.
 
+Finished runs leave small records (log.jsonl, row.json, suite.json, completions.json; never checkpoints) in
+<report dir>/state/<name>/ as well, mirroring <out>: committed beside the report, they let a fresh clone, whose
+out-experiments/ is empty, reuse every finished row and sweep run instead of recomputing it (Experiment.keep,
+Experiment.restore).
+
 Full runs use the CPU demo setup (Shakespeare, character level, the dense teacher from config/demo_dense.py)
 and write their report to results/; a run given its own --out reports there instead, so
 it never overwrites the committed report. --smoke runs a tiny model for a few iterations on any prepared
@@ -11,6 +16,7 @@ dataset (the test suite uses it).
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,16 +49,21 @@ def parser(doc, steps, seconds=None):
 
 
 def training_finished(run_dir):
-    """Whether a train.py run in run_dir reached its max_iters (an eval at that iteration after its start)."""
+    """Whether a train.py run in run_dir reached its max_iters (an eval at that iteration after its start), or
+    for an --eval_only run, whether it evaluated."""
     if not os.path.isfile(os.path.join(run_dir, "log.jsonl")):
         return False
     max_iters = None
     for r in read_log(run_dir):
         if r["type"] == "start":
-            max_iters = r.get("config", {}).get("max_iters")
+            config = r.get("config", {})
+            max_iters = 0 if config.get("eval_only") else config.get("max_iters")
         elif r["type"] == "eval" and max_iters is not None and r["iter"] == max_iters:
             return True
     return False
+
+
+RECORDS = ("row.json", "suite.json", "completions.json")  # a row's own records, kept once written
 
 
 class Experiment:
@@ -63,8 +74,37 @@ class Experiment:
         # --out (a smoke test, a second machine, extra rows) writes its report beside its runs instead
         self.report_dir = self.out if args.smoke or args.out else RESULTS
         os.makedirs(self.out, exist_ok=True)
+        self.state = os.path.join(self.report_dir, "state", name)
+        self.restore()
         self.base = (SMOKE + [f"--dataset={args.data}"]) if args.smoke else FULL
         self.command = "python " + " ".join(os.path.relpath(a, REPO) if a == sys.argv[0] else a for a in sys.argv)
+
+    def keep(self, directory):
+        """Copy the records of what has finished under `directory` (inside self.out) into self.state: every
+        finished run's log.jsonl, the rows' RECORDS, and the commands log."""
+        found = [os.path.join(self.out, "commands.log")]
+        for d, _, files in os.walk(directory):
+            found += [os.path.join(d, f) for f in files if f in RECORDS]
+            if "log.jsonl" in files and training_finished(d):
+                found.append(os.path.join(d, "log.jsonl"))
+        for src in filter(os.path.isfile, found):
+            dst = os.path.join(self.state, os.path.relpath(src, self.out))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
+
+    def restore(self):
+        """Copy the kept records into self.out wherever that file is missing (a fresh clone, another machine)."""
+        restored = 0
+        for d, _, files in os.walk(self.state):
+            for f in files:
+                dst = os.path.join(self.out, os.path.relpath(os.path.join(d, f), self.state))
+                if not os.path.exists(dst):
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    shutil.copyfile(os.path.join(d, f), dst)
+                    restored += 1
+        if restored:
+            print(f"restored {restored} records of finished runs from {os.path.relpath(self.state, REPO)}")
 
     def run(self, script, *argv):
         """Run `python script argv...` from the repo root; its output goes to <out>/<name>.log."""

@@ -147,11 +147,17 @@ class Recovery(General):
         run = os.path.join(self.ex.out, f"train_{key}", "run")
         self.train(init, self.args.steps, lr, run, interval=max(1, self.args.steps // 6))
         e = evals(run)[-1]
-        return dict(lr=lr, sweep=sweep, val=e["val_loss"], tok_s=median_tok_s(run), seconds=e["train_seconds"],
-                    suite=self.suite(f"train_{key}", os.path.join(run, "last.pt")) if not self.args.demo else {})
+        out = dict(lr=lr, sweep=sweep, val=e["val_loss"], tok_s=median_tok_s(run), seconds=e["train_seconds"],
+                   suite=self.suite(f"train_{key}", os.path.join(run, "last.pt")) if not self.args.demo else {})
+        self.ex.keep(os.path.join(self.ex.out, f"train_{key}"))
+        return out
 
     def dense_suite(self):
-        return {} if self.args.demo else self.suite("dense", self.model)
+        if self.args.demo:
+            return {}
+        out = self.suite("dense", self.model)
+        self.ex.keep(os.path.join(self.ex.out, "dense"))
+        return out
 
 
 def write(ex, args, target, lw, dense, table, trained, dense_suite=None):

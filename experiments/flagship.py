@@ -162,8 +162,11 @@ class Flagship:
     def train(self, init, steps, lr, out_dir, interval, script="train.py", extra=()):
         """`script` (train.py, or train_distillation.py with its options in `extra`) from `init`, or from
         out_dir/last.pt when an earlier attempt was interrupted."""
-        if finished(out_dir, steps):
-            return
+        if not finished(out_dir, steps):
+            self._train(init, steps, lr, out_dir, interval, script, extra)
+        self.ex.keep(out_dir)  # its log, so that a fresh clone reuses the finished run
+
+    def _train(self, init, steps, lr, out_dir, interval, script, extra):
         resume = os.path.isfile(os.path.join(out_dir, "last.pt"))
         log = os.path.join(out_dir, "log.jsonl")
         if not resume and os.path.isfile(log):
@@ -197,7 +200,15 @@ class Flagship:
         print(f"{key}: sweep {results} -> lr {best}", flush=True)
         return float(best), {lr: results[lr] for lr in sorted(results, key=float)}
 
+    def row_done(self, key):
+        """Whether the row has finished here or on an earlier machine (its records restored from the state)."""
+        run = os.path.join(self.ex.out, key, "run")
+        steps = 0 if key == "dense_zeroshot" else self.args.steps
+        return os.path.isfile(os.path.join(self.ex.out, key, "row.json")) and finished(run, steps)
+
     def run_row(self, key):
+        if self.row_done(key):
+            return
         init = self.start(key)
         run = os.path.join(self.ex.out, key, "run")
         info = dict(key=key, init=init)
@@ -211,6 +222,7 @@ class Flagship:
         info["completions"] = self.completions(key, init if key == "dense_zeroshot" else os.path.join(run, "last.pt"))
         with open(os.path.join(self.ex.out, key, "row.json"), "w") as f:
             json.dump(info, f, indent=1)
+        self.ex.keep(os.path.join(self.ex.out, key))
 
     def completions(self, key, path):
         if self.args.smoke:  # the tiny random models have no tokenizer of their own

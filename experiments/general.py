@@ -18,7 +18,8 @@ Equal tuning effort: every trained row gets the flagship's learning-rate sweep (
 extended along the ladder while the best rate is at an end), selected on the validation set of the data the
 row trains on (a mixture's first component), unless a rate is given with --given_lr (the report says so).
 Resumable like flagship.py: finished runs are reused, interrupted ones continue, the report is rewritten
-from whatever has finished.
+from whatever has finished. The finished runs' logs and the rows' records are kept in results/state/general/
+(commit them with the report): a fresh clone restores them and runs only what is left.
 
     python data/shakespeare/prepare.py --tokenizer=smollm2-135m; python data/milton/prepare.py --tokenizer=smollm2-135m
     python data/pydoc/prepare.py --tokenizer=smollm2-135m; python data/teacher/prepare.py --model smollm2-135m
@@ -85,6 +86,8 @@ class General(Flagship):
     # -- rows
 
     def run_row(self, key):
+        if self.row_done(key):
+            return
         init = self.start(key)
         run = os.path.join(self.ex.out, key, "run")
         info = dict(key=key, init=init, data=self.data_of(key))
@@ -104,6 +107,7 @@ class General(Flagship):
         info["completions"] = self.completions(key, model)
         with open(os.path.join(self.ex.out, key, "row.json"), "w") as f:
             json.dump(info, f, indent=1)
+        self.ex.keep(os.path.join(self.ex.out, key))
 
     def suite(self, key, model):
         out = os.path.join(self.ex.out, key, "suite.json")
@@ -143,6 +147,7 @@ class General(Flagship):
                 continue
             with open(info_path) as f:
                 info = json.load(f)
+            ex.keep(os.path.join(ex.out, key))  # the records this row of the report comes from
             run = os.path.join(ex.out, key, "run")
             e = evals(run)
             trained = key != "dense_zeroshot"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -106,11 +107,12 @@ def test_experiment_reuses_a_finished_teacher_and_resumes_an_interrupted_one(tmp
 
 def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     """The general-ability study end to end on a tiny Llama: the decomposed start, a cross-entropy row at a
-    given rate and a distillation row on a mixture with its sweep, each measured by the general suite."""
-    r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "general.py"), "--smoke",
-                        f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2",
-                        "--sweep_steps=1", "--rows=dense_zeroshot,ce_shakespeare,kd_mix",
-                        "--given_lr=ce_shakespeare=1e-3"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    given rate and a distillation row on a mixture with its sweep, each measured by the general suite; then the
+    same from a fresh clone's state (the kept records alone): only what had not finished runs again."""
+    argv = [sys.executable, os.path.join(REPO, "experiments", "general.py"), "--smoke", f"--model={tiny_llama_dir}",
+            f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2", "--sweep_steps=1",
+            "--rows=dense_zeroshot,ce_shakespeare,kd_mix", "--given_lr=ce_shakespeare=1e-3"]
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     md = (tmp_path / "general.md").read_text()
     rows = {line.split(" | ")[0][2:]: line for line in md.split("## Greedy")[0].splitlines() if line.startswith("| ")}
@@ -118,6 +120,26 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert "(given)" in rows["ce_shakespeare"] and "(given)" not in rows["kd_mix"]
     suite = json.loads((tmp_path / "kd_mix" / "row.json").read_text())["suite"]
     assert {"shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl"} <= set(suite)
+
+    # a fresh clone: only the kept records (state/general/, committed beside the report) survive, and kd_mix's
+    # 2-step run is taken back to its sweep. The finished rows and the sweep are reused, the run is redone
+    state = tmp_path / "state" / "general"
+    assert list((state / "kd_mix").glob("sweep_*/log.jsonl")) and not list(state.rglob("*.pt"))
+    shutil.rmtree(state / "kd_mix" / "run")
+    os.remove(state / "kd_mix" / "row.json")
+    for p in tmp_path.iterdir():
+        if p.name != "state":
+            shutil.rmtree(p) if p.is_dir() else os.remove(p)
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ran = [line for line in r.stdout.splitlines() if line.startswith("$ python")]
+    assert not any("ce_shakespeare" in c or "sweep_" in c or "dense_zeroshot" in c for c in ran), ran
+    assert any("kd_mix/run" in c for c in ran), ran
+    md_again = (tmp_path / "general.md").read_text()
+    rows_again = {line.split(" | ")[0][2:]: line for line in md_again.split("## Greedy")[0].splitlines()
+                  if line.startswith("| ")}
+    assert rows_again["ce_shakespeare"] == rows["ce_shakespeare"]
+    assert rows_again["dense_zeroshot"] == rows["dense_zeroshot"]
 
 
 def test_families_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
