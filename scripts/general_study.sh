@@ -9,6 +9,8 @@ export WANDB_MODE=${WANDB_MODE:-disabled} HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSIT
 [ -f data/shakespeare_smollm2-135m/meta.json ] || $P data/shakespeare/prepare.py --tokenizer=smollm2-135m
 [ -f data/milton_smollm2-135m/meta.json ] || $P data/milton/prepare.py --tokenizer=smollm2-135m
 [ -f data/pydoc_smollm2-135m/meta.json ] || $P data/pydoc/prepare.py --tokenizer=smollm2-135m
-[ -f data/teacher_smollm2-135m/meta.json ] || $P data/teacher/prepare.py --model smollm2-135m --tokens 160000
+# the teacher text ships with the repo (data/teacher/prepare.py's corpus, as this command samples it; ~20 min)
+[ -f data/teacher_smollm2-135m/meta.json ] || tar -xzf data/teacher/teacher_smollm2-135m.tgz -C data \
+    || $P data/teacher/prepare.py --model smollm2-135m --tokens 160000
 $P experiments/general.py --rows=dense_zeroshot,ce_shakespeare,kd_mix,kd_teacher,dense_ft,kd_shakespeare,kd_mix_tcal \
     --lrs=1e-5,3e-5,1e-4
