@@ -77,7 +77,8 @@ class Experiment:
         self.state = os.path.join(self.report_dir, "state", name)
         self.restore()
         self.base = (SMOKE + [f"--dataset={args.data}"]) if args.smoke else FULL
-        self.command = "python " + " ".join(os.path.relpath(a, REPO) if a == sys.argv[0] else a for a in sys.argv)
+        self.command = "python " + " ".join(os.path.relpath(a, REPO) if a == sys.argv[0] else a for a in sys.argv
+                                            if a != "--report_only")  # the study's command, however rewritten
 
     def keep(self, directory):
         """Copy the records of what has finished under `directory` (inside self.out) into self.state: every

@@ -103,6 +103,9 @@ class General(Flagship):
             self.train(init, self.args.steps, lr, run, interval=max(1, self.args.steps // 6), script=script,
                        extra=extra)
             model = os.path.join(run, "last.pt")
+            load = os.getloadavg()[2]  # the 15-minute load as training ends: above the cores, others shared them
+            if load > (os.cpu_count() or 1) + 0.5:
+                info["shared_cpu"] = f"15-minute load {load:.1f} on {os.cpu_count()} cores as it finished"
         info["suite"] = self.suite(key, model)
         info["completions"] = self.completions(key, model)
         with open(os.path.join(self.ex.out, key, "row.json"), "w") as f:
@@ -139,7 +142,7 @@ class General(Flagship):
 
     def report(self):
         ex, a = self.ex, self.args
-        rows, runs, labels = [], [], []
+        rows, runs, labels, suites, shared = [], [], [], {}, []
         for key in a.rows.split(","):
             info_path = os.path.join(ex.out, key, "row.json")
             if not os.path.isfile(info_path):
@@ -152,7 +155,9 @@ class General(Flagship):
             e = evals(run)
             trained = key != "dense_zeroshot"
             start = next(r for r in read_log(run) if r["type"] == "start")
-            s = info["suite"]
+            s = suites[key] = info["suite"]
+            if info.get("shared_cpu"):
+                shared.append(f"`{key}` ({info['shared_cpu']})")
             rows.append((key, os.path.basename(info["data"]) if trained else "-",
                          f"{info['lr']:g}" + ("" if info.get("sweep") else " (given)") if trained else "-",
                          start["params"]["total"], median_tok_s(run) if trained else "-",
@@ -165,8 +170,11 @@ class General(Flagship):
         intro = (f"SmolLM2-135M -> <= 81.5M, {a.steps} steps of 4 x 256 tokens per row (CPU). Every column is "
                  f"eval.py --suite general on {self.eval_tokens():,}-token fixed sets in {self.block()}-token windows; "
                  f"facts: {a.facts_note}. Lower is better except the fact probe.")
+        if shared:
+            intro += (" train tok/s and seconds are wall-clock figures; these rows shared the CPU with other jobs, "
+                      "so theirs are slower than the run alone: " + ", ".join(shared) + ".")
         md = ex.report(f"General ability after {a.steps} recovery steps", intro, header, rows, runs, labels,
-                       x="tokens")
+                       x="tokens", notes=reading(suites))
         if runs:
             from plot import plot_runs
             for name, corpus in self.curves().items():
@@ -189,6 +197,40 @@ class General(Flagship):
                     commands = "".join(line for line in lines if line.startswith("$ "))
             f.write("\n## Commands\n\n```\n" + commands.replace(sys.executable, "python").replace(REPO + "/", "")
                     + "```\n")
+
+
+# issue 32's targets for the best compressed row (SmolLM2-135M, CPU scale): (column, bound, what it says)
+TARGETS = (("milton", lambda d: 4.70, "Milton <= 4.70"),
+           ("shakespeare", lambda d: d["shakespeare"], "Shakespeare <= the dense model's"),
+           ("pydoc", lambda d: d["pydoc"] + 0.15, "Python reference within 0.15 of dense"),
+           ("teacher_loss", lambda d: d["teacher_loss"] + 0.15, "teacher-sample loss within 0.15 of dense"),
+           ("facts_acc", lambda d: d["facts_acc"] - 0.05, "facts within 5 points of dense"))
+
+
+def reading(suites):
+    """What the finished rows say against the dense teacher and the targets, in words (empty without both a
+    dense row and a compressed one)."""
+    dense = suites.get("dense_zeroshot")
+    compressed = {k: s for k, s in suites.items() if not k.startswith("dense")}
+    if not dense or not compressed:
+        return ""
+    lines = ["## Reading", "", "Each compressed row against the targets (dense value in brackets; a miss says by how "
+             "much). One seed: differences below ~0.01 loss are noise.", ""]
+    for key, s in compressed.items():
+        parts = []
+        for col, bound, what in TARGETS:
+            v, b = s.get(col), bound(dense)
+            if v is None:
+                continue
+            higher_better = col == "facts_acc"
+            met = v >= b if higher_better else v <= b
+            parts.append(f"{what}: {v:.4f} ({dense[col]:.4f}) " + ("met" if met else f"missed by {abs(v - b):.4f}"))
+        lines.append(f"- `{key}`: " + "; ".join(parts) + ".")
+    best = {col: min(compressed, key=lambda k: compressed[k].get(col, float("inf"))) for col in
+            ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl")}
+    best["facts_acc"] = max(compressed, key=lambda k: compressed[k].get("facts_acc", -1))
+    lines += ["", "Best compressed row per column: " + ", ".join(f"{c} `{k}`" for c, k in best.items()) + "."]
+    return "\n".join(lines)
 
 
 def main():
