@@ -62,6 +62,7 @@ def setup(args, name):
     dense_run = ex.run_dir("dense")
     if not os.path.isfile(os.path.join(dense_run, "log.jsonl")):
         ex.run("train.py", *scale, f"--init_from={model}", f"--out_dir={dense_run}", "--eval_only=True")
+    ex.keep(dense_run)
     dense = [r for r in read_log(dense_run) if r["type"] == "eval"][0]["val_loss"]
     return ex, model, data, scale, calib, lw, dense
 
@@ -80,6 +81,7 @@ def run_row(ex, model, key, argv, scale, calib, lw, same_fit=None):
     rep = json.load(open(report))
     reused = same_fit(rep) if same_fit else None
     if reused is not None:
+        ex.keep(fit_dir, report)
         return rep, reused
     log = os.path.join(fit_dir, "log.jsonl")
     fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"] if os.path.isfile(log) else []
@@ -89,7 +91,17 @@ def run_row(ex, model, key, argv, scale, calib, lw, same_fit=None):
         ex.run("train_distillation.py", *scale, "--mode=layerwise", f"--teacher={model}", f"--init_from={ckpt}",
                "--max_iters=0", f"--out_dir={fit_dir}", *lw)
         fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"]
+    ex.keep(fit_dir, report)  # the row's records, for a fresh clone (its checkpoints are not kept)
     return json.load(open(report)), fit[0]
+
+
+def forget_row(ex, key):
+    """Remove a row's decomposition report and fit log, so that run_row decomposes and fits it again (their
+    records were restored on a machine that lacks the checkpoints a later step needs)."""
+    slug = key.replace(" ", "_")
+    for path in (os.path.join(ex.out, f"{slug}.json"), os.path.join(ex.run_dir(f"fit_{slug}"), "log.jsonl")):
+        if os.path.isfile(path):
+            os.remove(path)
 
 
 def main():

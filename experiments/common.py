@@ -80,13 +80,14 @@ class Experiment:
         self.command = "python " + " ".join(os.path.relpath(a, REPO) if a == sys.argv[0] else a for a in sys.argv
                                             if a != "--report_only")  # the study's command, however rewritten
 
-    def keep(self, directory):
+    def keep(self, directory, *files):
         """Copy the records of what has finished under `directory` (inside self.out) into self.state: every
-        finished run's log.jsonl, the rows' RECORDS, and the commands log."""
-        found = [os.path.join(self.out, "commands.log")]
-        for d, _, files in os.walk(directory):
-            found += [os.path.join(d, f) for f in files if f in RECORDS]
-            if "log.jsonl" in files and training_finished(d):
+        finished run's log.jsonl, the rows' RECORDS, the commands log, and `files` (e.g. a decomposition's
+        report)."""
+        found = [os.path.join(self.out, "commands.log"), *files]
+        for d, _, names in os.walk(directory):
+            found += [os.path.join(d, f) for f in names if f in RECORDS]
+            if "log.jsonl" in names and training_finished(d):
                 found.append(os.path.join(d, "log.jsonl"))
         for src in filter(os.path.isfile, found):
             dst = os.path.join(self.state, os.path.relpath(src, self.out))

@@ -28,9 +28,9 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibrated import run_row, setup  # noqa: E402
+from calibrated import forget_row, run_row, setup  # noqa: E402
 from common import fmt, median_tok_s, parser  # noqa: E402
-from flagship import evals  # noqa: E402
+from flagship import evals, finished  # noqa: E402
 from general import SUITE, General  # noqa: E402
 
 TARGET = "81.5M"
@@ -98,10 +98,10 @@ def main():
         fit = next((f for plan, permuted, f in done if plan == rep["plan"] and not permuted), None)
         return None if fit is None else {**fit, "reused": True}
 
+    argvs = {}
     for key in args.rows.split(","):
-        argv = ["--target_params", target, *COMMON, *ROWS[key], *fams]
-        argv = [renamed.get(a, a) for a in argv]  # the small models' sizes: factor shapes that divide them
-        rep, fit = run_row(ex, model, key, argv, scale, calib, lw, same_fit)
+        argv = argvs[key] = [renamed.get(a, a) for a in ["--target_params", target, *COMMON, *ROWS[key], *fams]]
+        rep, fit = run_row(ex, model, key, argv, scale, calib, lw, same_fit)  # renamed: shapes the small models take
         fitted[key] = fit.get("from_row", key)
         fit = {**fit, "from_row": fitted[key]}
         done.append((rep["plan"], bool(rep.get("permute_error")), fit))
@@ -115,7 +115,12 @@ def main():
     recovery = Recovery(ex, args, model, data)
     trained = {}
     for key in filter(None, args.train.split(",")):
-        trained[key] = recovery.row(fitted[key])
+        source = fitted[key]
+        if not recovery.done(source) and not os.path.isfile(recovery.init(source)):
+            # the row's records were restored (results/state) but training still needs its fitted checkpoint
+            forget_row(ex, source)
+            run_row(ex, model, source, argvs[source], scale, calib, lw)
+        trained[key] = recovery.row(source)
         write(ex, args, target, lw, dense, table, trained, recovery.dense_suite())
 
 
@@ -140,9 +145,18 @@ class Recovery(General):
                           f"--eval_tokens={evt}", "--log_interval=5", "--warmup_iters=10", "--weight_decay=0.1",
                           "--grad_clip=1.0"]
 
+    def init(self, key):
+        return os.path.join(self.ex.out, f"fit_{key}", "fitted.pt")
+
+    def done(self, key):
+        """Whether the row's recovery and its suite have finished (here, or restored from the kept state)."""
+        run = os.path.join(self.ex.out, f"train_{key}", "run")
+        return finished(run, self.args.steps) and (self.args.demo or os.path.isfile(
+            os.path.join(self.ex.out, f"train_{key}", "suite.json")))
+
     def row(self, key):
         """{lr, sweep, val, suite, tok_s, seconds} of the row whose fitted start is fit_<key>/fitted.pt."""
-        init = os.path.join(self.ex.out, f"fit_{key}", "fitted.pt")
+        init = self.init(key)
         lr, sweep = self.sweep(f"train_{key}", init)
         run = os.path.join(self.ex.out, f"train_{key}", "run")
         self.train(init, self.args.steps, lr, run, interval=max(1, self.args.steps // 6))

@@ -219,9 +219,9 @@ def reading(suites):
     for key, s in compressed.items():
         parts = []
         for col, bound, what in TARGETS:
-            v, b = s.get(col), bound(dense)
-            if v is None:
+            if s.get(col) is None or dense.get(col) is None:  # e.g. a run without the fact probe
                 continue
+            v, b = s[col], bound(dense)
             higher_better = col == "facts_acc"
             met = v >= b if higher_better else v <= b
             parts.append(f"{what}: {v:.4f} ({dense[col]:.4f}) " + ("met" if met else f"missed by {abs(v - b):.4f}"))

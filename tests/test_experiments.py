@@ -118,6 +118,8 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     rows = {line.split(" | ")[0][2:]: line for line in md.split("## Greedy")[0].splitlines() if line.startswith("| ")}
     assert all(k in rows and "not run yet" not in rows[k] for k in ("dense_zeroshot", "ce_shakespeare", "kd_mix"))
     assert "(given)" in rows["ce_shakespeare"] and "(given)" not in rows["kd_mix"]
+    reading = md.split("## Reading")[1].split("![")[0]  # each compressed row against the targets, none for dense
+    assert "`kd_mix`: Milton <= 4.70" in reading and "`ce_shakespeare`:" in reading and "`dense_zeroshot`:" not in reading
     suite = json.loads((tmp_path / "kd_mix" / "row.json").read_text())["suite"]
     assert {"shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl"} <= set(suite)
 
@@ -164,3 +166,22 @@ def test_families_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
         assert float(rows[key][5]) == pytest.approx(last["val_loss"], abs=1e-4)
     r = subprocess.run(cmd + ["--rows=lowrank"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode != 0 and "--train names ['kron']" in r.stderr
+
+    # a fresh clone from the kept state (results/state/families/ in a full run), with kron's recovery run taken
+    # back: nothing is decomposed, fitted or trained again but that row, which needs its fitted checkpoint
+    state = tmp_path / "state" / "families"
+    assert (state / "lowrank.json").is_file() and not list(state.rglob("*.pt"))
+    shutil.rmtree(state / "train_kron" / "run")
+    os.remove(state / "train_kron" / "suite.json")
+    for p in tmp_path.iterdir():
+        if p.name != "state":
+            shutil.rmtree(p) if p.is_dir() else os.remove(p)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ran = [line for line in r.stdout.splitlines() if line.startswith("$ python")]
+    assert all("kron.pt" in c or "fit_kron" in c or "train_kron" in c for c in ran), "\n".join(ran)
+    assert any("kron_decomp.py" in c for c in ran) and any("train_kron/run" in c for c in ran), ran
+    again = (tmp_path / "families.md").read_text().split("## After 2 recovery steps")
+    assert again[0].split("| row |")[1] == decomposed.split("| row |")[1]  # the decomposition table, unchanged
+    line = {ln.split(" | ")[0][2:]: ln for ln in again[1].splitlines() if ln.startswith("| ")}
+    assert line["lowrank"] == next(ln for ln in trained.splitlines() if ln.startswith("| lowrank |"))
