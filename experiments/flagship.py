@@ -203,7 +203,7 @@ class Flagship:
     def row_done(self, key):
         """Whether the row has finished here or on an earlier machine (its records restored from the state)."""
         run = os.path.join(self.ex.out, key, "run")
-        steps = 0 if key == "dense_zeroshot" else self.args.steps
+        steps = 0 if key.endswith("_zeroshot") else self.args.steps
         return os.path.isfile(os.path.join(self.ex.out, key, "row.json")) and finished(run, steps)
 
     def run_row(self, key):

@@ -13,6 +13,8 @@ Rows (every compressed row from the same decomposed start unless said):
   kd_teacher       logit distillation on teacher text (data/teacher/prepare.py): data-free, general by construction
   kd_mix           logit distillation on a mixture, half Shakespeare and half teacher text
   kd_mix_tcal      kd_mix from a start calibrated and fitted on the same mixture instead of on Shakespeare
+  start_zeroshot   the decomposed start itself, no recovery: what the decomposition kept before any training
+  tcal_zeroshot    the same for kd_mix_tcal's start
 
 Equal tuning effort: every trained row gets the flagship's learning-rate sweep (--lrs at --sweep_steps,
 extended along the ladder while the best rate is at an end), selected on the validation set of the data the
@@ -35,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, fmt, median_tok_s, parser, read_log  # noqa: E402
 from flagship import Flagship, evals, finished  # noqa: E402
 
-ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal")
+ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
+            "start_zeroshot", "tcal_zeroshot")
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
 SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
 
@@ -57,7 +60,7 @@ class General(Flagship):
             return super().start(key)
         if key in ("dense_zeroshot", "dense_ft"):
             return self.model
-        tcal = key == "kd_mix_tcal"
+        tcal = key in ("kd_mix_tcal", "tcal_zeroshot")
         name = "start_tcal" if tcal else "start"
         path = os.path.join(self.ex.out, name, "start.pt")
         if os.path.isfile(path):
@@ -91,7 +94,7 @@ class General(Flagship):
         init = self.start(key)
         run = os.path.join(self.ex.out, key, "run")
         info = dict(key=key, init=init, data=self.data_of(key))
-        if key == "dense_zeroshot":
+        if key.endswith("_zeroshot"):
             if not finished(run, 0):
                 self.ex.run("train.py", *self.scale, f"--init_from={init}", f"--out_dir={run}", "--eval_only=True")
             model = init
@@ -142,7 +145,7 @@ class General(Flagship):
 
     def report(self):
         ex, a = self.ex, self.args
-        rows, runs, labels, suites, shared = [], [], [], {}, []
+        rows, runs, labels, suites, starts, shared = [], [], [], {}, {}, []
         for key in a.rows.split(","):
             info_path = os.path.join(ex.out, key, "row.json")
             if not os.path.isfile(info_path):
@@ -153,9 +156,10 @@ class General(Flagship):
             ex.keep(os.path.join(ex.out, key))  # the records this row of the report comes from
             run = os.path.join(ex.out, key, "run")
             e = evals(run)
-            trained = key != "dense_zeroshot"
+            trained = not key.endswith("_zeroshot")
             start = next(r for r in read_log(run) if r["type"] == "start")
             s = suites[key] = info["suite"]
+            starts[key] = os.path.basename(os.path.dirname(info["init"]))  # start / start_tcal / the dense model
             if info.get("shared_cpu"):
                 shared.append(f"`{key}` ({info['shared_cpu']})")
             rows.append((key, os.path.basename(info["data"]) if trained else "-",
@@ -174,7 +178,7 @@ class General(Flagship):
             intro += (" train tok/s and seconds are wall-clock figures; these rows shared the CPU with other jobs, "
                       "so theirs are slower than the run alone: " + ", ".join(shared) + ".")
         md = ex.report(f"General ability after {a.steps} recovery steps", intro, header, rows, runs, labels,
-                       x="tokens", notes=reading(suites))
+                       x="tokens", notes=reading(suites, starts))
         if runs:
             from plot import plot_runs
             for name, corpus in self.curves().items():
@@ -207,9 +211,10 @@ TARGETS = (("milton", lambda d: 4.70, "Milton <= 4.70"),
            ("facts_acc", lambda d: d["facts_acc"] - 0.05, "facts within 5 points of dense"))
 
 
-def reading(suites):
+def reading(suites, starts=None):
     """What the finished rows say against the dense teacher and the targets, in words (empty without both a
-    dense row and a compressed one)."""
+    dense row and a compressed one). starts: {row: the start it came from}; with a zero-shot row of a start,
+    each column's loss is split into what the decomposition lost and what recovery won back."""
     dense = suites.get("dense_zeroshot")
     compressed = {k: s for k, s in suites.items() if not k.startswith("dense")}
     if not dense or not compressed:
@@ -230,6 +235,22 @@ def reading(suites):
             ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl")}
     best["facts_acc"] = max(compressed, key=lambda k: compressed[k].get("facts_acc", -1))
     lines += ["", "Best compressed row per column: " + ", ".join(f"{c} `{k}`" for c, k in best.items()) + "."]
+    starts = starts or {}
+    for zero in [k for k in compressed if k.endswith("_zeroshot")]:
+        trained = {k: compressed[k] for k in compressed if not k.endswith("_zeroshot") and starts.get(k) == starts.get(zero)}
+        if not trained:
+            continue
+        parts = []
+        for col, name in (("shakespeare", "Shakespeare"), ("milton", "Milton"), ("pydoc", "Python reference"),
+                          ("teacher_loss", "teacher samples"), ("facts_acc", "facts")):
+            if any(s.get(col) is None for s in (dense, compressed[zero])):
+                continue
+            sign = -1 if col == "facts_acc" else 1
+            k = min(trained, key=lambda r: sign * trained[r].get(col, sign * float("inf")))
+            parts.append(f"{name} {dense[col]:.4f} -> {compressed[zero][col]:.4f} -> {trained[k][col]:.4f} (`{k}`)")
+        lines += ["", f"What the decomposition lost and what {len(trained)} recover{'ies' if len(trained) > 1 else 'y'} "
+                  f"from `{starts.get(zero)}` won back (dense -> `{zero}` -> the best row from it): "
+                  + "; ".join(parts) + "."]
     return "\n".join(lines)
 
 

@@ -111,7 +111,7 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     same from a fresh clone's state (the kept records alone): only what had not finished runs again."""
     argv = [sys.executable, os.path.join(REPO, "experiments", "general.py"), "--smoke", f"--model={tiny_llama_dir}",
             f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2", "--sweep_steps=1",
-            "--rows=dense_zeroshot,ce_shakespeare,kd_mix", "--given_lr=ce_shakespeare=1e-3"]
+            "--rows=dense_zeroshot,ce_shakespeare,kd_mix,start_zeroshot", "--given_lr=ce_shakespeare=1e-3"]
     r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     md = (tmp_path / "general.md").read_text()
@@ -122,6 +122,13 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert "`kd_mix`: Milton <= 4.70" in reading and "`ce_shakespeare`:" in reading and "`dense_zeroshot`:" not in reading
     suite = json.loads((tmp_path / "kd_mix" / "row.json").read_text())["suite"]
     assert {"shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl"} <= set(suite)
+    # the start's own row is the decomposed model before recovery: its losses are kd_mix's step-0 evals, and the
+    # reading splits each column into what the decomposition lost and what recovery won back
+    start = json.loads((tmp_path / "start_zeroshot" / "row.json").read_text())["suite"]
+    step0 = next(json.loads(line) for line in (tmp_path / "kd_mix" / "run" / "log.jsonl").read_text().splitlines()
+                 if '"eval"' in line)
+    assert abs(start["shakespeare"] - step0["val_loss"]) < 1e-4, (start, step0)
+    assert "What the decomposition lost and what 2 recoveries from `start` won back" in reading
 
     # a fresh clone: only the kept records (state/general/, committed beside the report) survive, and kd_mix's
     # 2-step run is taken back to its sweep. The finished rows and the sweep are reused, the run is redone
