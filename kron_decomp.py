@@ -242,8 +242,8 @@ def calibrate_and_decompose(cfg, dense, layers):
     if cfg.calib:
         data = open_dataset(cfg.calib)
         check_data_fits(data, dense, cfg.calib)
-        if cfg.calib_tokens > len(data.tokens("train")):
-            raise UserError(f"--calib_tokens {cfg.calib_tokens:,} exceeds the {len(data.tokens('train')):,} training "
+        if cfg.calib_tokens > data.size("train"):
+            raise UserError(f"--calib_tokens {cfg.calib_tokens:,} exceeds the {data.size('train'):,} training "
                             f"tokens of {cfg.calib}; lower it")
         batches, moments, grads = calibrate(
             dense, data, cfg.calib, tokens=cfg.calib_tokens, seq=min(cfg.calib_seq, dense.config.block_size),

@@ -218,6 +218,10 @@ class TokenData:
             self.checked.add(split)
         return data
 
+    def size(self, split):
+        """The number of tokens in split.bin."""
+        return len(self.tokens(split))
+
     def get_batch(self, split, batch_size, block_size, seed):
         """(x, y) int64 of shape (batch_size, block_size) at offsets drawn from torch.Generator(seed)."""
         data = self.tokens(split)
@@ -281,6 +285,10 @@ class Mixture:
     def check(self, split):
         for _, data, _ in self.parts:
             data.check(split)
+
+    def size(self, split):
+        """The tokens of split.bin over every component."""
+        return sum(data.size(split) for _, data, _ in self.parts)
 
     def get_batch(self, split, batch_size, block_size, seed):
         g = torch.Generator().manual_seed(seed)

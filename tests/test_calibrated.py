@@ -229,6 +229,19 @@ def test_cli_calibrated_planner_and_allocation(tiny_llama_dir, tiny_data_dir, tm
     assert load_model(str(out)).param_counts()["total"] == report["params_after"]["total"]
 
 
+def test_cli_calibrates_on_a_mixture(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """--calib takes a mixture like training's --dataset (issue 32: calibrate on teacher text and the
+    training corpus), and --calib_tokens is checked against the mixture's total."""
+    mix = f"{tiny_data_dir}:0.5,{tiny_data_dir}:0.5"
+    common = ["--model", tiny_llama_dir, "--shape", "lowrank", "--factors", "4", "--init", "aware", "--calib", mix,
+              "--calib_seq", "32"]
+    r = run_cli(*common, "--calib_tokens", "512", "--out", str(tmp_path / "m.pt"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["calib"] == mix
+    r = run_cli(*common, "--calib_tokens", "100000", "--out", str(tmp_path / "big.pt"))
+    assert r.returncode == 2 and "--calib_tokens" in r.stderr and "69,840" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.slow
 def test_cli_calibration_cache_is_reused_and_grows_only_when_needed(tiny_llama_dir, tiny_data_dir, tmp_path):
     cache = tmp_path / "calib.pt"
