@@ -43,7 +43,7 @@ from kronygpt.factorize import INITS, InitSpec, WhiteningCache
 from kronygpt.mixed import Family, parse_families
 from kronygpt.planner import SCOPES, choose_plan, list_shapes, spread_blocks
 from kronygpt.plans import parse_blocks
-from kronygpt.runtime import autocast, resolve_device
+from kronygpt.runtime import autocast, resolve_device, return_large_frees_to_os
 from kronygpt.streaming import stream_decompose
 from kronygpt.surgery import decompose_model, permutes, truncate_blocks
 
@@ -287,6 +287,7 @@ def calibrate_and_decompose(cfg, dense, layers):
 
 def main(argv=None):
     cfg = configure(DecompConfig(), sys.argv[1:] if argv is None else argv, doc=__doc__)
+    return_large_frees_to_os()  # peak memory is this tool's limit: freed statistics go back to the system
     out, report_path = (check_output_file(cfg.out, cfg.force, cfg.model, report=True) if cfg.out else (None, None))
     t0 = time.time()
     dense, layers = load_dense(cfg)

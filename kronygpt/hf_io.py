@@ -123,8 +123,79 @@ def load_hf_model(name_or_dir):
     return AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=torch.float32).eval()
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class SafetensorsDir:
+    """The tensors of a local Hugging Face directory's safetensors files (one file, or shards with an index),
+    read one at a time into float32 with plain file reads. transformers maps the files instead: converting
+    GPT-2's transposed Conv1D weights then holds the mapped file's pages besides the copies, twice the model
+    at the peak (GPT-2 XL: 11.6 GiB); read tensor by tensor, the conversion holds the model and one tensor.
+    Names are looked up as given and without their first component, since checkpoints saved without the
+    base model's prefix ('h.0.attn...' for 'transformer.h.0.attn...', as the gpt2 hub files) load too."""
+
+    def __init__(self, directory):
+        index = os.path.join(directory, "model.safetensors.index.json")
+        if os.path.isfile(index):
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        else:
+            files = ["model.safetensors"]
+        self.where = {}
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            header.pop("__metadata__", None)
+            for key, info in header.items():
+                self.where[key] = (path, 8 + n, info)
+
+    @staticmethod
+    def usable(directory):
+        """Whether `directory` is a local Hugging Face model whose weights are all in safetensors files of
+        dtypes this reader knows."""
+        if not (os.path.isfile(os.path.join(str(directory), "config.json"))
+                and any(os.path.isfile(os.path.join(str(directory), f))
+                        for f in ("model.safetensors", "model.safetensors.index.json"))):
+            return False
+        try:
+            return all(info["dtype"] in SAFETENSORS_DTYPES for _, _, info in SafetensorsDir(directory).where.values())
+        except (OSError, ValueError, KeyError):
+            return False  # not a readable safetensors layout: transformers decides
+
+    def _find(self, key):
+        if key in self.where:
+            return key
+        short = key.split(".", 1)[-1]
+        return short if short in self.where else None
+
+    def __contains__(self, key):
+        return self._find(key) is not None
+
+    def __getitem__(self, key):
+        found = self._find(key)
+        if found is None:
+            raise KeyError(key)
+        path, base, info = self.where[found]
+        start, end = info["data_offsets"]
+        raw = torch.empty(end - start, dtype=torch.uint8)
+        with open(path, "rb") as f:
+            f.seek(base + start)
+            if f.readinto(raw.numpy()) != end - start:
+                raise CheckpointError(f"{path} is truncated: tensor {found} ends past the end of the file")
+        return raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"]).to(torch.float32)
+
+
 def load_pretrained(name_or_dir, **overrides):
-    """GPT from a Hugging Face GPT-2/Llama model. overrides (e.g. dropout=0.1) go into GPTConfig."""
+    """GPT from a Hugging Face GPT-2/Llama model. overrides (e.g. dropout=0.1) go into GPTConfig. A local
+    directory of safetensors files is read tensor by tensor (SafetensorsDir); hub names and GGUF files go
+    through transformers."""
+    if SafetensorsDir.usable(name_or_dir):
+        from transformers import AutoConfig
+        quiet_transformers()
+        return gpt_from_tensors(AutoConfig.from_pretrained(name_or_dir), SafetensorsDir(name_or_dir), name_or_dir,
+                                **overrides)
     return gpt_from_hf(load_hf_model(name_or_dir), name_or_dir, **overrides)
 
 
@@ -133,14 +204,25 @@ def gpt_from_hf(hf, name_or_dir, **overrides):
     copy only for fused q/k/v and GPT-2's transposed Conv1D weights): loading takes the model's memory once,
     not three times (transformers' model, a randomly initialised GPT and the converted state dict). Modifying
     one model's shared weights in place modifies the other's."""
+    return gpt_from_tensors(hf.config, hf.state_dict(), name_or_dir, **overrides)
+
+
+def gpt_from_tensors(hf_config, tensors, name_or_dir, **overrides):
+    """GPT from a transformers config and a mapping of Hugging Face tensor names to tensors, converted one of
+    our tensors at a time."""
     with torch.device("meta"):  # no memory and no random init: every tensor is assigned below
-        model = GPT(config_from_hf(hf.config, **overrides))
-    names = list(model.state_dict())
-    try:
-        sd = state_dict_from_hf(hf.state_dict(), model.config, names)
-    except KeyError as e:
-        raise CheckpointError(f"{name_or_dir}: weight {e} is missing; is it a complete GPT-2/Llama checkpoint?") from None
-    model.load_state_dict({k: v.contiguous() for k, v in sd.items()}, assign=True)
+        model = GPT(config_from_hf(hf_config, **overrides))
+    sd = {}
+    for name in model.state_dict():
+        if name == "lm_head.weight" and model.config.tie_embeddings:  # one tensor, read once
+            sd[name] = sd["transformer.wte.weight"]
+            continue
+        try:
+            sd[name] = state_dict_from_hf(tensors, model.config, [name])[name].contiguous()
+        except KeyError as e:
+            raise CheckpointError(f"{name_or_dir}: weight {e} is missing; is it a complete GPT-2/Llama "
+                                  f"checkpoint?") from None
+    model.load_state_dict(sd, assign=True)
     if model.config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight  # assign gave each name a Parameter of its own
     if model.config.family.positions != "learned":  # buffers outside the state dict

@@ -74,6 +74,21 @@ class Runtime:
         return DTYPES[self.dtype]
 
 
+def return_large_frees_to_os(threshold=1 << 20):
+    """Have glibc's malloc give every allocation of `threshold` bytes or more its own mapping, returned to the
+    system when freed. By default the threshold rises with each large free (up to 32 MB), after which
+    tensors below that size come from the heap and their freed space stays resident: loading GPT-2 medium
+    tensor by tensor held 0.39 GiB more than its weights at the end. Memory-bound tools (kron_decomp) call
+    this first; a no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD (malloc.h)
+    except (OSError, AttributeError):
+        return False
+
+
 def setup_runtime(device="auto", dtype="auto"):
     """The Runtime for this process: DDP when launched by torchrun (NCCL on CUDA, gloo on the CPU)."""
     ddp = int(os.environ.get("RANK", -1)) != -1

@@ -1,5 +1,7 @@
 """GPT equals Hugging Face GPT-2 / Llama on tiny random models; parameter counts are right."""
 
+import os
+
 import pytest
 import torch
 
@@ -145,3 +147,49 @@ def test_compiled_static_decoding_equals_eager(tiny_llama_dir):
     c = model.generate(idx, 8, temperature=0, compile=True)  # the compiled step is reused
     assert torch.equal(a, b) and torch.equal(a, c)
     assert counters["stats"]["unique_graphs"] == 1  # one graph for every step of both calls: no recompiles
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "odd_gpt2_dir", "tiny_llama_dir"])
+def test_safetensors_reader_equals_the_transformers_path(fixture, request):
+    """A local directory is read tensor by tensor (hf_io.SafetensorsDir, no memory map): the same model as
+    converting transformers' own load of it."""
+    from kronygpt.hf_io import SafetensorsDir, gpt_from_hf, load_hf_model
+    path = request.getfixturevalue(fixture)
+    assert SafetensorsDir.usable(path)
+    got = load_pretrained(path).state_dict()
+    want = gpt_from_hf(load_hf_model(path), path).state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_safetensors_reader_takes_shards_bf16_and_unprefixed_names(tiny_gpt2_dir, tmp_path):
+    """The layouts hub checkpoints come in: names without the base model's prefix (the gpt2 files'
+    'h.0.attn.c_attn.weight'), bfloat16, weights sharded over files with an index. A truncated file is one
+    clear error."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from kronygpt.errors import CheckpointError
+    from kronygpt.hf_io import gpt_from_hf, load_hf_model
+    d = tmp_path / "hub_like"
+    d.mkdir()
+    shutil.copy(os.path.join(tiny_gpt2_dir, "config.json"), d / "config.json")
+    sd = {k.removeprefix("transformer."): v.to(torch.bfloat16)
+          for k, v in load_file(os.path.join(tiny_gpt2_dir, "model.safetensors")).items()}
+    keys = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for fname, names in shards.items():
+        save_file({k: sd[k].contiguous() for k in names}, d / fname)
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: f for f, names in shards.items() for k in names}}))
+    got = load_pretrained(str(d)).state_dict()
+    hf = load_hf_model(tiny_gpt2_dir)
+    hf.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in hf.state_dict().items()})
+    want = gpt_from_hf(hf, tiny_gpt2_dir).state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+    last = d / "model-00002-of-00002.safetensors"
+    last.write_bytes(last.read_bytes()[:-64])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_pretrained(str(d))
