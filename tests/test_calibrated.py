@@ -12,7 +12,8 @@ import torch
 from kronygpt.calib import HEAD, BlockRunner, collect_moments
 from kronygpt.checkpoint import load_model
 from conftest import REPO
-from kronygpt.factorize import InitSpec, aware_factors, balance, init_factors, output_error, whitening
+from kronygpt.factorize import (InitSpec, TriangularInverse, aware_factors, balance, init_factors, output_error,
+                                whitening)
 from kronygpt.surgery import decompose_model
 from kronygpt.kronecker import KronShape, kron_shape, kron_sum
 from kronygpt.hf_io import load_pretrained
@@ -114,6 +115,21 @@ def test_singular_or_zero_covariance_gives_finite_factors():
             for damping in (0.0, 1e-4, 1e-12):  # eigh; Cholesky; Cholesky refused (tiny pivot), eigh
                 A, B, _ = init_factors(W, s, 2, InitSpec("aware", damping=damping), C=C)
                 assert torch.isfinite(A).all() and torch.isfinite(B).all()
+
+
+def test_triangular_inverse_equals_multiplying_by_the_formed_inverse():
+    """The Cholesky whitening's L^-1 is applied by triangular solves (never formed): on both sides,
+    transposed or not, and on a batch of factors (r, ., n) as Kronecker factors come."""
+    torch.manual_seed(0)
+    L = torch.linalg.cholesky(random_cov(6, 6) + 0.1 * torch.eye(6, dtype=torch.float64))
+    Li, inv = TriangularInverse(L), torch.linalg.inv(L)
+    X = torch.randn(3, 4, 6, dtype=torch.float64)
+    Xt = X.mT.contiguous()  # (3, 6, 4)
+    torch.testing.assert_close(X @ Li, X @ inv)
+    torch.testing.assert_close(X @ Li.t(), X @ inv.t())
+    torch.testing.assert_close(Li @ Xt, inv @ Xt)
+    torch.testing.assert_close(Li.t() @ Xt, inv.t() @ Xt)
+    torch.testing.assert_close(Li.t() @ Xt[0], inv.t() @ Xt[0])
 
 
 def test_cholesky_whitening_gives_the_factors_of_the_symmetric_square_root():
