@@ -4,11 +4,12 @@ How calibrated decomposition scales with the model: wall time and peak resident 
 from SmolLM2-135M's to GPT-2 XL's and SmolLM2-1.7B's, streamed (--stream: one block's statistics at a time)
 and, where it fits, all at once. Random weights are fine for time and memory (not for quality).
 
-Each row runs alone under /usr/bin/time -v; finished rows are kept in <out>/rows.jsonl and reused, so the
-study can stop and continue. The report goes to results/scale.md.
+Each row runs alone under /usr/bin/time -v; finished rows are kept in results/state/scale/rows.jsonl (commit
+it) and reused, so the study can stop and continue on any clone. The report goes to results/scale.md.
 
     python experiments/scale.py                                  # every row (hours on 2 cores)
     python experiments/scale.py --rows smollm2-135m,smollm2-360m --modes stream,all
+    python experiments/scale.py --rows gpt2-xl --modes stream --redo   # measure a row again
     python experiments/scale.py --report_only
 """
 
@@ -73,20 +74,24 @@ def main():
     p.add_argument("--calib_tokens", type=int, default=2048)
     p.add_argument("--out", default=os.path.join(REPO, "out-scale"))
     p.add_argument("--report", default=os.path.join(REPO, "results", "scale.md"))
+    p.add_argument("--rows_file", default=os.path.join(REPO, "results", "state", "scale", "rows.jsonl"),
+                   help="every measurement, one JSON line each (committed: a fresh clone keeps the table)")
+    p.add_argument("--redo", action="store_true", help="measure the --rows again (the table shows the latest)")
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    rows_path = os.path.join(args.out, "rows.jsonl")
+    os.makedirs(os.path.dirname(args.rows_file), exist_ok=True)
+    rows_path = args.rows_file
     done = {}
     if os.path.isfile(rows_path):
         for line in open(rows_path):
             r = json.loads(line)
-            done[(r["model"], r["mode"])] = r
+            done[(r["model"], r["mode"])] = r  # a later measurement replaces an earlier one
     for name in ([] if args.report_only else args.rows.split(",")):
         if name not in SHAPES:
             raise SystemExit(f"unknown shape {name!r}; shapes: {', '.join(SHAPES)}")
         for mode in args.modes.split(","):
-            if (name, mode) in done:
+            if (name, mode) in done and not args.redo:
                 continue
             path = build(name, args.out)
             params = weights_params(path)
