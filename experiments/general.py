@@ -178,7 +178,7 @@ class General(Flagship):
             intro += (" train tok/s and seconds are wall-clock figures; these rows shared the CPU with other jobs, "
                       "so theirs are slower than the run alone: " + ", ".join(shared) + ".")
         md = ex.report(f"General ability after {a.steps} recovery steps", intro, header, rows, runs, labels,
-                       x="tokens", notes=reading(suites, starts))
+                       x="tokens", notes=reading(suites, starts) + ("" if a.smoke or a.gpu else FINDINGS))
         if runs:
             from plot import plot_runs
             for name, corpus in self.curves().items():
@@ -201,6 +201,37 @@ class General(Flagship):
                     commands = "".join(line for line in lines if line.startswith("$ "))
             f.write("\n## Commands\n\n```\n" + commands.replace(sys.executable, "python").replace(REPO + "/", "")
                     + "```\n")
+
+
+FINDINGS = """
+## What worked and what did not (2026-12-04, the CPU rows above)
+
+- **The decomposition, not the recovery, is where general ability goes.** The Shakespeare-calibrated start (step 0
+  of every run from it) is at Python reference 5.99 and teacher samples 5.48 against the dense 2.91 and 3.97;
+  300 steps of the best recovery from it win back about 1.3 and 0.9 of that, and no row comes within 1.5
+  (Python) or 0.6 (teacher samples) of the dense model. Fine-tuning the *dense* model on Shakespeare costs
+  little general ability (`dense_ft`: Python 3.02, facts 0.77), so the forgetting is the compressed model's
+  lost capacity on what its calibration did not see, not something the training recipe does to any model.
+- **What the calibration sees decides what is kept.** Calibrating and fitting on the distillation mixture instead
+  of Shakespeare alone (`tcal_zeroshot` against the Shakespeare start at step 0) keeps Python 5.26 vs 5.99 and
+  teacher samples 4.93 vs 5.48 before any training, for 0.05-0.07 on Shakespeare and Milton. The same 300
+  steps from it (`kd_mix_tcal` vs `kd_mix`) end better on every general column (Python 4.47 vs 4.72, teacher
+  samples 4.58 vs 4.68, KL 0.72 vs 0.84, facts 0.62 vs 0.56) and equal within ~0.02 on Shakespeare and Milton.
+  This is the best compressed row on every general column.
+- **Distillation forgets less than cross-entropy on the same text** (`kd_shakespeare` vs `ce_shakespeare`, equal
+  steps, tokens and sweep): Python 5.23 vs 5.90, teacher samples 5.08 vs 5.65, facts 0.57 vs 0.45, Milton equal
+  (4.863 vs 4.861), but Shakespeare 4.13 vs 3.86: cross-entropy is the only recovery that gets below the dense
+  model in-domain.
+- **Teacher text repairs the teacher's own distribution, not Milton.** `kd_teacher` is near the best on Python
+  and teacher samples but leaves Milton where the start had it (5.195 vs 5.212); Milton moves only with
+  Shakespeare in the training data (4.86 for both Shakespeare-only rows). No row meets Milton <= 4.70: the
+  closest, `ce_shakespeare` (4.861), misses by 0.16.
+- **What limited it.** 300 steps of 1,024 tokens (307k tokens) recover a few tenths of loss, not the 2-3 nats the
+  rank cut removed from text the calibration never saw; one seed per row (differences below ~0.01 are noise);
+  the teacher text is 164k tokens, so `kd_teacher` sees each token about twice. Untried and next: calibration
+  on teacher text alone or on a broader mixture, a larger share of the budget kept dense where the general
+  columns lose most, and longer recovery at the flagship's GPU scale.
+"""
 
 
 # issue 32's targets for the best compressed row (SmolLM2-135M, CPU scale): (column, bound, what it says)
