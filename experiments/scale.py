@@ -137,22 +137,28 @@ def weights_params(path):
 
 
 NOTES = """
-## Notes (2026-12-03)
+## Notes
 
 - Targets (issue 31): peak memory <= 2.2x the fp32 model and under 45 minutes for the GPT-2 XL and SmolLM2-1.7B
-  shapes. GPT-2 XL: **missed on both**, 2.36x (by 7%) and 53.9 min (by 20%). SmolLM2-1.7B: not measured yet
-  (`python experiments/scale.py --rows smollm2-1.7b` continues the table).
-- Growth, streamed (the table): from the 135M to the 362M to the 1,558M shape, wall time 1.5 -> 6.1 -> 53.9 min
-  (36x for 11.6x the parameters: the widest moments' float64 work grows with the cube of the width) and
-  peak memory 1.55 -> 3.17 -> 13.69 GiB, a near-constant 2.35x of the fp32 model once the fixed ~1 GiB of
-  the Python process stops dominating. All at once, the 135M shape alone took 8.32 GiB (16.6x).
-- Where GPT-2 XL's 53.9 minutes went (its log): loading 0.5 min; the fisher gradient pass (block-wise backward,
-  2,048 tokens, 25 GB of gradient moments written to --spill_dir) 230 s; the whitened spectra of the 192
-  matrices, block by block, 862 s; the decomposition itself, block by block, about 35 min (44 s per block,
-  most of it float64 GEMMs and Cholesky inverses on the 6400- and 4800-wide moments, and the report's
-  calibrated errors). The next savings: the report's errors from the spectra instead of fresh GEMMs, float32
-  where the factors allow it, the GPU (`--device cuda`).
-- Before this table: the 135M shape measured with an earlier build (commit 47ad98a: logits formed for a whole
+  shapes. **GPT-2 XL: met on both** (2026-12-04), 28.9 min and 8.98 GiB, 1.55x its 5.80 GiB of fp32 weights
+  (`python experiments/scale.py --rows gpt2-xl --modes stream --redo`, alone on the 2 cores except for about
+  a minute of report writing). SmolLM2-1.7B: see its row, if present
+  (`python experiments/scale.py --rows smollm2-1.7b --modes stream` continues the table).
+- GPT-2 XL before (2026-12-03, commit 879c690's tree): 53.9 min and 13.69 GiB (2.36x), both targets missed.
+  What changed (commits c13233c and d0d6382): a local safetensors directory is read tensor by tensor instead
+  of through transformers' memory map (loading held the weights twice: on the GPT-2-medium shape 2.63 ->
+  1.73 GiB), glibc gives freed allocations of 1 MiB or more back to the system, and the whitening's inverse
+  is applied by triangular solves instead of being formed (forming L^-1 of the 6400-wide moments was most of
+  each block's time). Where the 28.9 minutes went (its log): loading and calibration tokens about 0.5 min;
+  the fisher gradient pass 191 s (2,048 tokens, gradient moments spilled to --spill_dir); the whitened
+  spectra of the 192 matrices 654 s (was 862); the decomposition block by block about 850 s, 18 s per block
+  (was 44).
+- Growth, streamed (the table; the 135M and 362M rows predate those commits): from the 135M to the 362M to the
+  1,558M shape, peak memory 1.55 -> 3.17 -> 8.98 GiB, that is 3.1x -> 2.35x -> 1.55x the fp32 model as the
+  fixed ~0.35 GiB of the Python process and one block's statistics shrink against the weights. Wall time
+  1.5 -> 6.1 -> 28.9 min: the widest moments' float64 work grows with the cube of the width. All at once,
+  the 135M shape alone took 8.32 GiB (16.6x).
+- Before the table: the 135M shape measured with an earlier build (commit 47ad98a: logits formed for a whole
   2,048-token batch, spectra by svdvals, one LAPACK thread), **under load** (a teacher-sampling job shared
   the 2 cores): streamed 337.5 s and 2.65 GiB peak, all at once 305.5 s and 8.71 GiB, the same plan and the same
   predicted loss increase (0.000244).
