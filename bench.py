@@ -224,7 +224,7 @@ def workloads(model, fwd_model, opt, x, prompts, gen, ctx, compile):
     return train_step, prefill, {b: generate(p) for b, p in prompts.items()}
 
 
-def bench_models(args, ctx):
+def bench_models(args, ctx, on_row=None):
     if args.smoke:
         base, variants, (B, T), gen, gen_batches = SMOKE, SMOKE_VARIANTS, (2, 32), 8, (1, 2)
     else:
@@ -234,49 +234,58 @@ def bench_models(args, ctx):
         if args.variants:  # the dense row always stays: every ratio is to it
             variants = [v for i, v in enumerate(variants) if i == 0 or i in args.variants]
         variants = variants + plan_variants(getattr(args, "plans_from", ""))
+    prompt_len = max(1, min(T // 4, base["block_size"] - gen))
+    print(f"\nModels: batch {B}x{T}, {args.dtype}, {args.device}{', compiled' if args.compile else ''}; greedy "
+          f"generation of {gen} tokens after a {prompt_len}-token prompt, batch "
+          f"{' and '.join(map(str, gen_batches))}{' (static cache, compiled step)' if args.compile else ''}; "
+          f"ratios are to the dense row; each row printed as it finishes")
+    gen_head = "".join(f" {f'gen b{b} tok/s':>14} {'ratio':>6}" for b in gen_batches)
+    print(f"{'model':<28} {'params':>12} {'train tok/s':>12} {'ratio':>6} {'prefill tok/s':>14} {'ratio':>6}"
+          f"{gen_head} {'FLOPs/tok':>6} {'acts GiB':>8} {'peak GiB':>9} {'seconds':>7}", flush=True)
     results = []
     for name, kron in variants:
+        t0 = time.perf_counter()
         model = build(base, kron, args)
         fwd_model = torch.compile(model) if args.compile else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.device.startswith("cuda"))
         x = torch.randint(0, base["vocab_size"], (B, T), device=args.device)
         g = torch.Generator().manual_seed(1)
-        prompts = {b: torch.randint(0, base["vocab_size"], (b, max(1, min(T // 4, base["block_size"] - gen))),
-                                    generator=g).to(args.device) for b in gen_batches}
+        prompts = {b: torch.randint(0, base["vocab_size"], (b, prompt_len), generator=g).to(args.device)
+                   for b in gen_batches}
         train_step, prefill, generate = workloads(model, fwd_model, opt, x, prompts, gen, ctx, args.compile)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         t = round_robin({"train": train_step}, args.rounds, args.device)["train"]
         mem = torch.cuda.max_memory_allocated() / 2 ** 30 if args.device.startswith("cuda") else None
         t_pre = round_robin({"prefill": prefill}, args.rounds, args.device)["prefill"]
-        t_gen = round_robin(generate, max(2, args.rounds // 2), args.device, warmup=1)
+        try:  # a generation path that fails is reported in its row, the figures above kept
+            t_gen = round_robin(generate, max(2, args.rounds // 2), args.device, warmup=1)
+        except Exception as e:  # noqa: BLE001 (any failure of torch.compile / CUDA graphs)
+            print(f"{name}: generation failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            t_gen = {b: float("nan") for b in gen_batches}
         def train_forward():
             with ctx:
                 return fwd_model(x, x)[1]
         act = saved_bytes(train_forward) / 2 ** 30
         opt.zero_grad(set_to_none=True)
-        results.append(dict(name=name, params=model.param_counts()["total"], train_tok_s=B * T / t, saved_gib=act,
-                            prefill_tok_s=B * T / t_pre, gen_tok_s={b: b * gen / t for b, t in t_gen.items()},
-                            train_peak_gib=mem,
-                            flops_per_token=model.flops_per_token(T)))
-        del model, fwd_model, opt
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    dense = results[0]
-    print(f"\nModels: batch {B}x{T}, {args.dtype}, {args.device}{', compiled' if args.compile else ''}; greedy "
-          f"generation of {gen} tokens after a {prompts[gen_batches[0]].size(1)}-token prompt, batch "
-          f"{' and '.join(map(str, gen_batches))}{' (static cache, compiled step)' if args.compile else ''}; "
-          f"ratios are to the dense row")
-    gen_head = "".join(f" {f'gen b{b} tok/s':>14} {'ratio':>6}" for b in gen_batches)
-    print(f"{'model':<28} {'params':>12} {'train tok/s':>12} {'ratio':>6} {'prefill tok/s':>14} {'ratio':>6}"
-          f"{gen_head} {'FLOPs/tok':>6} {'acts GiB':>8} {'peak GiB':>9}")
-    for r in results:
+        r = dict(name=name, params=model.param_counts()["total"], train_tok_s=B * T / t, saved_gib=act,
+                 prefill_tok_s=B * T / t_pre, gen_tok_s={b: b * gen / t for b, t in t_gen.items()},
+                 train_peak_gib=mem, flops_per_token=model.flops_per_token(T),
+                 seconds=time.perf_counter() - t0)  # wall time of the row, compilation and warm-up included
+        results.append(r)
+        dense = results[0]
         gen_cols = "".join(f" {r['gen_tok_s'][b]:>14,.1f} {r['gen_tok_s'][b] / dense['gen_tok_s'][b]:>6.2f}"
                            for b in gen_batches)
         print(f"{r['name']:<28} {r['params']:>12,} {r['train_tok_s']:>12,.0f} {r['train_tok_s'] / dense['train_tok_s']:>6.2f} "
               f"{r['prefill_tok_s']:>14,.0f} {r['prefill_tok_s'] / dense['prefill_tok_s']:>6.2f}{gen_cols} "
               f"{r['flops_per_token'] / dense['flops_per_token']:>9.2f} {r['saved_gib']:>8.2f} "
-              f"{'-' if r['train_peak_gib'] is None else format(r['train_peak_gib'], '.2f'):>9}")
+              f"{'-' if r['train_peak_gib'] is None else format(r['train_peak_gib'], '.2f'):>9} {r['seconds']:>7.0f}",
+              flush=True)
+        if on_row is not None:
+            on_row(results)  # e.g. the JSON so far: a run stopped by a time limit keeps its finished rows
+        del model, fwd_model, opt
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return results
 
 
@@ -347,11 +356,16 @@ def main():
     out = {"args": {k: v for k, v in vars(args).items() if k != "ptdtype"}}
     if args.mode in ("all", "layers"):
         out["layers"] = bench_layers(args, nullcontext())
+    def save(models=None):
+        if models is not None:
+            out["models"] = models
+        if args.json:  # through a temporary file: a run killed mid-write leaves the previous rows
+            with open(args.json + ".tmp", "w") as f:
+                json.dump(out, f, indent=1)
+            os.replace(args.json + ".tmp", args.json)
     if args.mode in ("all", "models"):
-        out["models"] = bench_models(args, ctx)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        out["models"] = bench_models(args, ctx, on_row=save)
+    save()
 
 
 if __name__ == "__main__":

@@ -178,11 +178,19 @@ class StaticKVCache:
         self.index = None  # (T,) the positions the current step writes (set by GPT.trunk)
         self.pos = 0
 
+    def reset(self):
+        """Empty again for a new prompt of the same batch size, keeping the buffers (and so their addresses, which
+        CUDA graphs recorded); the stale slots are masked like unwritten ones."""
+        self.index, self.pos = None, 0
+
     def update(self, layer, k, v):
-        if self.k is None:
+        if self.k is None or self.k.dtype != k.dtype or self.k.size(1) != k.size(0):  # (re)used in another dtype
             B, nkv, _, hs = k.shape
             self.k = k.new_zeros(self.n_layer, B, nkv, self.max_len, hs)
             self.v = v.new_zeros(self.n_layer, B, nkv, self.max_len, hs)
+            # fixed addresses: a compiled step updates them in place, and CUDA graphs replay on them
+            torch._dynamo.mark_static_address(self.k)
+            torch._dynamo.mark_static_address(self.v)
         self.k[layer].index_copy_(2, self.index, k)
         self.v[layer].index_copy_(2, self.index, v)
         return self.k[layer], self.v[layer]
@@ -570,12 +578,23 @@ class GPT(nn.Module):
 
     def _generate_static(self, idx, max_new_tokens, temperature, top_k, compile):
         B, T = idx.shape
-        cache = StaticKVCache(self.config.n_layer, T + max_new_tokens)
-        step = self._decode_step
-        if compile:  # one compiled step per model (recompiled only for a new batch size or length)
-            if getattr(self, "_compiled_step", None) is None:
-                self._compiled_step = torch.compile(self._decode_step, dynamic=False)
-            step = self._compiled_step
+        step, graphs = self._decode_step, compile and idx.device.type == "cuda"
+        if compile:
+            # one compiled step per model (recompiled only for a new batch size or length); on CUDA through CUDA
+            # graphs ('reduce-overhead'): a decoding step is hundreds of small kernels, launched at once by a replay
+            mode = "reduce-overhead" if graphs else "default"
+            compiled = self.__dict__.setdefault("_compiled_steps", {})
+            if mode not in compiled:
+                compiled[mode] = torch.compile(self._decode_step, dynamic=False, mode=mode)
+            step = compiled[mode]
+            # the same buffers for every call of this shape, so the compiled step (and its graph) is reused
+            caches = self.__dict__.setdefault("_static_caches", {})
+            cache = caches.get((B, T + max_new_tokens))
+            if cache is None:
+                cache = caches[(B, T + max_new_tokens)] = StaticKVCache(self.config.n_layer, T + max_new_tokens)
+            cache.reset()
+        else:
+            cache = StaticKVCache(self.config.n_layer, T + max_new_tokens)
         positions = torch.arange(T, device=idx.device).expand(B, T)
         logits, _ = self(idx, cache=cache, positions=positions)            # the prompt, eagerly
         out = [idx]
@@ -583,5 +602,7 @@ class GPT(nn.Module):
             tok = self._pick(logits[:, -1, :].float(), temperature, top_k)
             out.append(tok)
             if i + 1 < max_new_tokens:
+                if graphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's logits are consumed: reuse its memory
                 logits = step(tok, torch.full((B, 1), T + i, dtype=torch.long, device=idx.device), cache)
         return torch.cat(out, dim=1)

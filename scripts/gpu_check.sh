@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks, in parts that each fit one device call (at most 10 minutes), run as
-#   bash scripts/gpu_check.sh PART        PART: tests | bench | smollm2 | decomp | flagship | all
-# tests     (~1 min)  GPU-only tests, the Kronecker layer tests, factored export on CUDA
+#   bash scripts/gpu_check.sh PART        PART: tests | bench | smollm2 | gpt2 | layers | decomp | flagship | all
+# tests     (~1 min)  GPU-only tests, the fused kernels, the Kronecker layer tests ($TESTS: other files)
 # bench     (~5 min)  layer and model speed in bf16: eager (layers, GPT-2 models, SmolLM2 models), then
 #                     torch.compile'd GPT-2 models (dense, the 81M Kronecker and the 82M low-rank variants)
 # smollm2   (~6 min)  issue 29's targets: SmolLM2-135M dense vs the 81.5M allocated low-rank and Kronecker
 #                     whole-block plans (results/plans) and the uniform-rank / (512,576)x(3,1) MLP variants,
-#                     bf16, compiled, 16 x 1024 tokens; generation at batch 1 and 16 (static cache, compiled)
+#                     bf16, compiled, 16 x 1024 tokens; generation at batch 1 and 16 (static cache, CUDA graphs)
+# gpt2      (~2 min)  GPT-2 124M dense vs the 81M Kronecker and 82M low-rank models, compiled, timed orders
+# layers    (~2 min)  every layer implementation (factored orders, materialised, fused Triton), timed order
 # decomp    (~3 min)  issue 31's GPU decomposition: kron_decomp.py --device cuda, SmolLM2-135M -> 81.5M (fisher,
 #                     allocated over whole blocks), timed, its plan set beside the CPU's (results/plans)
 # flagship  (the rest) the flagship study at full scale (16 x 1024 tokens per step), rows as time allows
@@ -30,8 +32,8 @@ run() { log "$*"; "$@" 2>&1 | tee -a "$OUT/gpu_check.log"; }
 if [[ $PART == tests || $PART == all ]]; then
   run nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   run $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.is_bf16_supported())"
-  run timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kronecker.py \
-      tests/test_attention_embedding.py tests/test_fused.py
+  run timeout "${TESTS_TIMEOUT:-150}" $PY -m pytest -q -p no:cacheprovider \
+      ${TESTS:-tests/test_cuda.py tests/test_fused.py tests/test_kronecker.py tests/test_attention_embedding.py}
 fi
 if [[ $PART == bench || $PART == all ]]; then
   run timeout 60 $PY bench.py --mode layers --json "$OUT/layers_eager.json"
@@ -40,10 +42,18 @@ if [[ $PART == bench || $PART == all ]]; then
   run timeout 120 $PY bench.py --mode models --compile --variants 1,4 --rounds 10 --json "$OUT/models_compiled.json"
 fi
 if [[ $PART == smollm2 || $PART == all ]]; then
-  plans=results/plans/smollm2_81M_lowrank_blocks.json,results/plans/smollm2_81M_kron_blocks.json
-  [[ -f results/plans/smollm2_81M_lowrank_blocks_r32.json ]] && plans=$plans,results/plans/smollm2_81M_lowrank_blocks_r32.json
-  run timeout 300 $PY bench.py --mode models --family smollm2 --compile --kron_impl measured --variants 2,3 \
-      --plans_from "$plans" --rounds 10 --json "$OUT/models_smollm2_compiled.json"
+  # rows in order of importance (each printed and saved as it finishes): the plan a GPU user gets (ranks in
+  # multiples of 32), the same plan unrounded, uniform rank 140, the allocated Kronecker plan, (512,576)x(3,1)
+  p=results/plans/smollm2_81M
+  run timeout "${SMOLLM2_TIMEOUT:-300}" $PY bench.py --mode models --family smollm2 --compile --kron_impl measured \
+      --variants 3,2 --plans_from ${p}_lowrank_blocks_r32.json,${p}_lowrank_blocks.json,${p}_kron_blocks.json \
+      --rounds 10 --json "$OUT/models_smollm2_compiled.json"
+fi
+if [[ $PART == gpt2 || $PART == all ]]; then  # issue 29's GPT-2 target: the 81M Kronecker model compiled, timed order
+  run timeout "${GPT2_TIMEOUT:-120}" $PY bench.py --mode models --compile --kron_impl measured --variants 1,4 \
+      --rounds 10 --json "$OUT/models_gpt2_compiled.json"
+fi
+if [[ $PART == layers || $PART == all ]]; then
   run timeout 120 $PY bench.py --mode layers --kron_impl measured --rounds 10 --json "$OUT/layers_fused.json"
 fi
 if [[ $PART == decomp || $PART == all ]]; then
