@@ -204,6 +204,7 @@ class General(Flagship):
 
 
 FINDINGS = """
+
 ## What worked and what did not (2026-12-04, the CPU rows above)
 
 - **The decomposition, not the recovery, is where general ability goes.** The Shakespeare-calibrated start (step 0
