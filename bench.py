@@ -152,6 +152,36 @@ def bench_mlp(args, d, h, shape, r, tokens):
                 fwd_ms={k: v * 1e3 for k, v in tf.items()}, fb_ms={k: v * 1e3 for k, v in tb.items()})
 
 
+def print_row(r, dense, gen_batches, note=""):
+    gen_cols = "".join(f" {r['gen_tok_s'][b]:>14,.1f} {r['gen_tok_s'][b] / dense['gen_tok_s'][b]:>6.2f}"
+                       for b in gen_batches)
+    print(f"{r['name']:<28} {r['params']:>12,} {r['train_tok_s']:>12,.0f} {r['train_tok_s'] / dense['train_tok_s']:>6.2f} "
+          f"{r['prefill_tok_s']:>14,.0f} {r['prefill_tok_s'] / dense['prefill_tok_s']:>6.2f}{gen_cols} "
+          f"{r['flops_per_token'] / dense['flops_per_token']:>9.2f} {r['saved_gib']:>8.2f} "
+          f"{'-' if r['train_peak_gib'] is None else format(r['train_peak_gib'], '.2f'):>9} {r['seconds']:>7.0f}"
+          + (f" {note}" if note else ""), flush=True)
+
+
+def earlier_dense_row(path, args, B, T, gen, gen_batches):
+    """The dense row of an earlier bench.py --json run, checked to have had these settings (a run's rows can then
+    be measured in parts, e.g. one device call each)."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        row, a = old["models"][0], old["args"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise UserError(f"--dense_from {path}: not a bench.py --json file with a models row ({e})") from None
+    want = dict(family=args.family, device=args.device, dtype=args.dtype, compile=args.compile, smoke=args.smoke)
+    if not args.smoke:
+        want.update(batch_size=B, seq_len=T, gen_tokens=gen, gen_batches=list(gen_batches))
+    diff = {k: (a.get(k), v) for k, v in want.items() if a.get(k) != v}
+    if diff or not row["name"].startswith("dense"):
+        raise UserError(f"--dense_from {path} was measured with other settings (earlier, now: "
+                        f"{diff or 'no dense row'}); rerun without --dense_from or with the same settings")
+    row["gen_tok_s"] = {int(b): v for b, v in row["gen_tok_s"].items()}  # JSON made the batch sizes strings
+    return row
+
+
 def saved_bytes(fn):
     """Bytes autograd keeps for the backward of fn() (activation memory), each tensor counted once. The
     graph is never run backward, so pack keeps only the size: returning the tensor itself ties a saved
@@ -243,6 +273,10 @@ def bench_models(args, ctx, on_row=None):
     print(f"{'model':<28} {'params':>12} {'train tok/s':>12} {'ratio':>6} {'prefill tok/s':>14} {'ratio':>6}"
           f"{gen_head} {'FLOPs/tok':>6} {'acts GiB':>8} {'peak GiB':>9} {'seconds':>7}", flush=True)
     results = []
+    if getattr(args, "dense_from", ""):  # the dense row measured by an earlier run of the same settings
+        results.append(earlier_dense_row(args.dense_from, args, B, T, gen, gen_batches))
+        variants = variants[1:]
+        print_row(results[0], results[0], gen_batches, note=f"(from {args.dense_from})")
     for name, kron in variants:
         t0 = time.perf_counter()
         model = build(base, kron, args)
@@ -273,14 +307,7 @@ def bench_models(args, ctx, on_row=None):
                  train_peak_gib=mem, flops_per_token=model.flops_per_token(T),
                  seconds=time.perf_counter() - t0)  # wall time of the row, compilation and warm-up included
         results.append(r)
-        dense = results[0]
-        gen_cols = "".join(f" {r['gen_tok_s'][b]:>14,.1f} {r['gen_tok_s'][b] / dense['gen_tok_s'][b]:>6.2f}"
-                           for b in gen_batches)
-        print(f"{r['name']:<28} {r['params']:>12,} {r['train_tok_s']:>12,.0f} {r['train_tok_s'] / dense['train_tok_s']:>6.2f} "
-              f"{r['prefill_tok_s']:>14,.0f} {r['prefill_tok_s'] / dense['prefill_tok_s']:>6.2f}{gen_cols} "
-              f"{r['flops_per_token'] / dense['flops_per_token']:>9.2f} {r['saved_gib']:>8.2f} "
-              f"{'-' if r['train_peak_gib'] is None else format(r['train_peak_gib'], '.2f'):>9} {r['seconds']:>7.0f}",
-              flush=True)
+        print_row(r, results[0], gen_batches)
         if on_row is not None:
             on_row(results)  # e.g. the JSON so far: a run stopped by a time limit keeps its finished rows
         del model, fwd_model, opt
@@ -305,6 +332,7 @@ class BenchConfig:
     threads: int = 0                # CPU threads (0 = torch's default)
     variants: str = ""              # models: indices of the family's variants (the dense row 0 always runs), e.g. 1,4
     plans_from: str = ""            # models: kron_decomp reports/checkpoints whose plans are rows too (comma-separated)
+    dense_from: str = ""            # models: take the dense row from this earlier --json of the same settings, not rerun
     kron_impl: str = "auto"         # models: contraction order of Kronecker layers ('measured': timed per shape)
     smoke: bool = False             # tiny sizes for a quick check
     json: str = ""                  # write the results here

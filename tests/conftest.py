@@ -14,6 +14,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from kronygpt.data_utils import write_meta, write_tokens  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def restore_tf32():
+    """Each test starts with torch's float32 matmul settings: a run of train.py turns TF32 on for the whole
+    process (setup_runtime on CUDA), which made later float32 comparisons on the GPU fail at 1e-4."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 def save_hf(model, path):
     model.save_pretrained(path)
     return str(path)

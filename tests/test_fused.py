@@ -53,6 +53,8 @@ def check(results, tol):
 
 
 @pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the compiled kernels are tested instead (Triton "
+                    "3.6's interpreter, on the H200 image, fails on the kernel's K loop; 3.9's runs it)")
 def test_fused_orders_match_unfused_under_the_interpreter():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=root)
