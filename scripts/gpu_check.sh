@@ -4,9 +4,10 @@
 # tests     (~1 min)  GPU-only tests, the fused kernels, the Kronecker layer tests ($TESTS: other files)
 # bench     (~5 min)  layer and model speed in bf16: eager (layers, GPT-2 models, SmolLM2 models), then
 #                     torch.compile'd GPT-2 models (dense, the 81M Kronecker and the 82M low-rank variants)
-# smollm2   (~6 min)  issue 29's targets: SmolLM2-135M dense vs the 81.5M allocated low-rank and Kronecker
+# smollm2   (~5 min a row) issue 29's targets: SmolLM2-135M dense vs the 81.5M allocated low-rank and Kronecker
 #                     whole-block plans (results/plans) and the uniform-rank / (512,576)x(3,1) MLP variants,
-#                     bf16, compiled, 16 x 1024 tokens; generation at batch 1 and 16 (static cache, CUDA graphs)
+#                     bf16, compiled, 16 x 1024 tokens; generation at batch 1 and 16 (static cache, CUDA graphs);
+#                     one row per process ($SMOLLM2_ROWS, $DENSE_FROM: see the part)
 # gpt2      (~2 min)  GPT-2 124M dense vs the 81M Kronecker and 82M low-rank models, compiled, timed orders
 # layers    (~2 min)  every layer implementation (factored orders, materialised, fused Triton), timed order
 # decomp    (~3 min)  issue 31's GPU decomposition: kron_decomp.py --device cuda, SmolLM2-135M -> 81.5M (fisher,
@@ -42,12 +43,27 @@ if [[ $PART == bench || $PART == all ]]; then
   run timeout 120 $PY bench.py --mode models --compile --variants 1,4 --rounds 10 --json "$OUT/models_compiled.json"
 fi
 if [[ $PART == smollm2 || $PART == all ]]; then
-  # rows in order of importance (each printed and saved as it finishes): the plan a GPU user gets (ranks in
-  # multiples of 32), the same plan unrounded, uniform rank 140, the allocated Kronecker plan, (512,576)x(3,1)
+  # One process per row: a compiled 30-layer SmolLM2 row takes over 4 minutes on the H200 (results/gpu_h200_2026-12-04),
+  # so each row has its own time limit ($ROW_TIMEOUT) and JSON, and every ratio is to one dense row: measured here
+  # first, or an earlier run's ($DENSE_FROM, same settings). $SMOLLM2_ROWS: which rows, in this order by default
+  # (the plan a GPU user gets, ranks in multiples of 32; the same unrounded; uniform rank 140; the allocated
+  # Kronecker plan; (512,576)x(3,1)).
   p=results/plans/smollm2_81M
-  run timeout "${SMOLLM2_TIMEOUT:-300}" $PY bench.py --mode models --family smollm2 --compile --kron_impl measured \
-      --variants 3,2 --plans_from ${p}_lowrank_blocks_r32.json,${p}_lowrank_blocks.json,${p}_kron_blocks.json \
-      --rounds 10 --json "$OUT/models_smollm2_compiled.json"
+  common=(--mode models --family smollm2 --compile --kron_impl measured --rounds 10)
+  dense=${DENSE_FROM:-$OUT/smollm2_dense.json}
+  [[ -f $dense ]] || run timeout "${ROW_TIMEOUT:-300}" $PY bench.py "${common[@]}" --variants 0 --json "$dense"
+  for row in ${SMOLLM2_ROWS:-r32 lowrank uniform140 kron kron512}; do
+    case $row in
+      r32) sel=(--variants 0 --plans_from ${p}_lowrank_blocks_r32.json) ;;
+      lowrank) sel=(--variants 0 --plans_from ${p}_lowrank_blocks.json) ;;
+      uniform140) sel=(--variants 3) ;;
+      kron) sel=(--variants 0 --plans_from ${p}_kron_blocks.json) ;;
+      kron512) sel=(--variants 2) ;;
+      *) log "unknown SmolLM2 row $row (r32, lowrank, uniform140, kron, kron512)"; continue ;;
+    esac
+    run timeout "${ROW_TIMEOUT:-300}" $PY bench.py "${common[@]}" "${sel[@]}" --dense_from "$dense" \
+        --json "$OUT/smollm2_$row.json"
+  done
 fi
 if [[ $PART == gpt2 || $PART == all ]]; then  # issue 29's GPT-2 target: the 81M Kronecker model compiled, timed order
   run timeout "${GPT2_TIMEOUT:-120}" $PY bench.py --mode models --compile --kron_impl measured --variants 1,4 \
