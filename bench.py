@@ -48,6 +48,7 @@ VARIANTS = {  # name -> Kronecker settings (c_fc / gate+up first factor)
                 ("81M (512,576)x(3,1)", dict(kron_plan="*: mlp=512x576*1")),
                 ("81M low rank 140", dict(kron_plan="*: mlp=lowrank*140"))],
 }
+WORKLOADS = ("train", "prefill", "generate")
 SMOKE = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=64)
 SMOKE_VARIANTS = [("dense", {}), ("kron (64,64)x(4,1)", dict(kron_plan="*: mlp=64x64*1")),
                   ("kron (32,16)x(8,4) x2", dict(kron_plan="*: mlp=32x16*2"))]
@@ -289,14 +290,17 @@ def bench_models(args, ctx, on_row=None):
         train_step, prefill, generate = workloads(model, fwd_model, opt, x, prompts, gen, ctx, args.compile)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        t = round_robin({"train": train_step}, args.rounds, args.device)["train"]
-        mem = torch.cuda.max_memory_allocated() / 2 ** 30 if args.device.startswith("cuda") else None
-        t_pre = round_robin({"prefill": prefill}, args.rounds, args.device)["prefill"]
+        nan, work = float("nan"), args.workloads  # a workload left out is nan in its row (each compiles its graphs)
+        t = round_robin({"train": train_step}, args.rounds, args.device)["train"] if "train" in work else nan
+        mem = torch.cuda.max_memory_allocated() / 2 ** 30 if args.device.startswith("cuda") and "train" in work \
+            else None
+        t_pre = round_robin({"prefill": prefill}, args.rounds, args.device)["prefill"] if "prefill" in work else nan
+        t_gen = {b: nan for b in gen_batches}
         try:  # a generation path that fails is reported in its row, the figures above kept
-            t_gen = round_robin(generate, max(2, args.rounds // 2), args.device, warmup=1)
+            if "generate" in work:
+                t_gen = round_robin(generate, max(2, args.rounds // 2), args.device, warmup=1)
         except Exception as e:  # noqa: BLE001 (any failure of torch.compile / CUDA graphs)
             print(f"{name}: generation failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            t_gen = {b: float("nan") for b in gen_batches}
         def train_forward():
             with ctx:
                 return fwd_model(x, x)[1]
@@ -334,6 +338,7 @@ class BenchConfig:
     plans_from: str = ""            # models: kron_decomp reports/checkpoints whose plans are rows too (comma-separated)
     dense_from: str = ""            # models: take the dense row from this earlier --json of the same settings, not rerun
     kron_impl: str = "auto"         # models: contraction order of Kronecker layers ('measured': timed per shape)
+    workloads: str = "train,prefill,generate"  # models: which to time (fewer compile faster on a GPU; the rest nan)
     smoke: bool = False             # tiny sizes for a quick check
     json: str = ""                  # write the results here
     force: bool = False             # overwrite --json
@@ -352,6 +357,9 @@ class BenchConfig:
         if not all(b.strip().isdigit() and int(b) > 0 for b in self.gen_batches.split(",")):
             raise UserError(f"--gen_batches must be comma-separated positive batch sizes, e.g. 1,16, got "
                             f"{self.gen_batches!r}")
+        if not self.workloads or not set(self.workloads.split(",")) <= set(WORKLOADS):
+            raise UserError(f"--workloads must be a comma-separated subset of {','.join(WORKLOADS)}, got "
+                            f"{self.workloads!r}")
         if self.gen_tokens < 1:
             raise UserError(f"--gen_tokens must be at least 1, got {self.gen_tokens}")
         n = len(VARIANTS[self.family])
@@ -369,6 +377,7 @@ def main():
     cuda = args.device.startswith("cuda")
     args.variants = sorted({int(v) for v in cfg.variants.split(",")}) if cfg.variants else None
     args.gen_batches = sorted({int(b) for b in cfg.gen_batches.split(",")})
+    args.workloads = cfg.workloads.split(",")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.dtype = resolve_dtype(cfg.dtype, "cuda" if cuda else "cpu")

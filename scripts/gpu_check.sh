@@ -49,7 +49,7 @@ if [[ $PART == smollm2 || $PART == all ]]; then
   # (the plan a GPU user gets, ranks in multiples of 32; the same unrounded; uniform rank 140; the allocated
   # Kronecker plan; (512,576)x(3,1)).
   p=results/plans/smollm2_81M
-  common=(--mode models --family smollm2 --compile --kron_impl measured --rounds 10)
+  common=(--mode models --family smollm2 --compile --kron_impl measured --rounds 10 --workloads "${WORKLOADS:-train,prefill,generate}")
   dense=${DENSE_FROM:-$OUT/smollm2_dense.json}
   [[ -f $dense ]] || run timeout "${ROW_TIMEOUT:-300}" $PY bench.py "${common[@]}" --variants 0 --json "$dense"
   for row in ${SMOLLM2_ROWS:-r32 lowrank uniform140 kron kron512}; do

@@ -81,6 +81,28 @@ def test_bench_smoke():
     assert "Models:" in r.stdout and "Layers:" in r.stdout
 
 
+def test_bench_models_in_parts(tmp_path):
+    """A model benchmark measured in parts, as GPU calls allow: the dense row from an earlier --json (reused, not
+    rerun), only the workloads asked for (the others nan), each row saved as it finishes; a dense row of other
+    settings is refused in one sentence."""
+    import json
+    import math
+    bench = [sys.executable, os.path.join(REPO, "bench.py"), "--mode=models", "--smoke"]
+    first, second = tmp_path / "dense.json", tmp_path / "rest.json"
+    r = subprocess.run([*bench, f"--json={first}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*bench, f"--dense_from={first}", "--workloads=train", f"--json={second}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    dense, rows = json.loads(first.read_text())["models"][0], json.loads(second.read_text())["models"]
+    assert rows[0]["train_tok_s"] == dense["train_tok_s"] and rows[0]["seconds"] == dense["seconds"]
+    assert len(rows) == 3 and all(r["train_tok_s"] > 0 and math.isnan(r["prefill_tok_s"]) for r in rows[1:])
+    assert all(math.isnan(v) for v in rows[1]["gen_tok_s"].values())
+    r = subprocess.run([*bench, f"--dense_from={first}", "--dtype=bfloat16"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "measured with other settings" in r.stderr + r.stdout
+
+
 def test_experiment_reuses_a_finished_teacher_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
     # a rerun of an experiment once trained its teacher again from scratch, overwriting the one the finished
     # rows were decomposed from
