@@ -15,6 +15,9 @@ Rows (every compressed row from the same decomposed start unless said):
   kd_mix_tcal      kd_mix from a start calibrated and fitted on the same mixture instead of on Shakespeare
   start_zeroshot   the decomposed start itself, no recovery: what the decomposition kept before any training
   tcal_zeroshot    the same for kd_mix_tcal's start
+  kd_mix_ttcal     kd_mix from a start calibrated and fitted on teacher text alone (what the statistics see decides
+                   what the decomposition keeps: the teacher's own text asks it to keep the teacher)
+  ttcal_zeroshot   the same for kd_mix_ttcal's start
 
 Equal tuning effort: every trained row gets the flagship's learning-rate sweep (--lrs at --sweep_steps,
 extended along the ladder while the best rate is at an end), selected on the validation set of the data the
@@ -38,7 +41,9 @@ from common import REPO, fmt, median_tok_s, parser, read_log  # noqa: E402
 from flagship import Flagship, evals, finished  # noqa: E402
 
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
-            "start_zeroshot", "tcal_zeroshot")
+            "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot")
+# the rows whose start is calibrated and fitted on other data than the training corpus: start_<name>
+CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal"}
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
 SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
 
@@ -50,7 +55,8 @@ class General(Flagship):
 
     def data_of(self, key):
         a = self.args
-        return {"kd_teacher": a.teacher_data, "kd_mix": self.mix(), "kd_mix_tcal": self.mix()}.get(key, a.data)
+        return {"kd_teacher": a.teacher_data, "kd_mix": self.mix(), "kd_mix_tcal": self.mix(),
+                "kd_mix_ttcal": self.mix()}.get(key, a.data)
 
     def mix(self):
         return f"{self.args.data}:0.5,{self.args.teacher_data}:0.5"
@@ -60,14 +66,14 @@ class General(Flagship):
             return super().start(key)
         if key in ("dense_zeroshot", "dense_ft"):
             return self.model
-        tcal = key in ("kd_mix_tcal", "tcal_zeroshot")
-        name = "start_tcal" if tcal else "start"
+        calib = CALIBRATED_ON.get(key)
+        name = f"start_{calib}" if calib else "start"
         path = os.path.join(self.ex.out, name, "start.pt")
         if os.path.isfile(path):
             return path
         os.makedirs(os.path.dirname(path), exist_ok=True)
         decomp = os.path.join(self.ex.out, name, "decomposed.pt")
-        data = self.mix() if tcal else self.args.data
+        data = {"tcal": self.mix(), "ttcal": self.args.teacher_data}.get(calib, self.args.data)
         if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
             self.ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--force", "--init", "fisher",
                         "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks", f"--calib={data}",
@@ -159,7 +165,7 @@ class General(Flagship):
             trained = not key.endswith("_zeroshot")
             start = next(r for r in read_log(run) if r["type"] == "start")
             s = suites[key] = info["suite"]
-            starts[key] = os.path.basename(os.path.dirname(info["init"]))  # start / start_tcal / the dense model
+            starts[key] = os.path.basename(os.path.dirname(info["init"]))  # start / start_tcal / start_ttcal / the dense model
             if info.get("shared_cpu"):
                 shared.append(f"`{key}` ({info['shared_cpu']})")
             rows.append((key, os.path.basename(info["data"]) if trained else "-",

@@ -12,5 +12,5 @@ export WANDB_MODE=${WANDB_MODE:-disabled} HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSIT
 # the teacher text ships with the repo (data/teacher/prepare.py's corpus, as this command samples it; ~20 min)
 [ -f data/teacher_smollm2-135m/meta.json ] || tar -xzf data/teacher/teacher_smollm2-135m.tgz -C data \
     || $P data/teacher/prepare.py --model smollm2-135m --tokens 160000
-$P experiments/general.py --rows=dense_zeroshot,ce_shakespeare,kd_mix,kd_teacher,dense_ft,kd_shakespeare,kd_mix_tcal,tcal_zeroshot,start_zeroshot \
+$P experiments/general.py --rows=dense_zeroshot,ce_shakespeare,kd_mix,kd_teacher,dense_ft,kd_shakespeare,kd_mix_tcal,tcal_zeroshot,start_zeroshot,ttcal_zeroshot,kd_mix_ttcal \
     --lrs=1e-5,3e-5,1e-4

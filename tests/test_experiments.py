@@ -173,6 +173,25 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert rows_again["dense_zeroshot"] == rows["dense_zeroshot"]
 
 
+def test_general_study_start_calibrated_on_teacher_text(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """ttcal_zeroshot: a start of its own, calibrated and fitted on the teacher text alone (not the training
+    corpus, not the mixture), measured before any recovery."""
+    teacher = tmp_path / "teacher_text"
+    shutil.copytree(tiny_data_dir, teacher)
+    out = tmp_path / "out"
+    argv = [sys.executable, os.path.join(REPO, "experiments", "general.py"), "--smoke", f"--model={tiny_llama_dir}",
+            f"--data={tiny_data_dir}", f"--teacher_data={teacher}", f"--out={out}", "--rows=ttcal_zeroshot"]
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ran = [line for line in r.stdout.splitlines() if line.startswith("$ python")]
+    decomp = next(c for c in ran if "kron_decomp.py" in c and "start_ttcal" in c)  # (the first sets the budget)
+    fit = next(c for c in ran if "--mode=layerwise" in c)
+    assert f"--calib={teacher} " in decomp + " ", decomp
+    assert f"--fit_dataset={teacher} " in fit + " ", fit
+    info = json.loads((out / "ttcal_zeroshot" / "row.json").read_text())
+    assert info["init"].endswith(os.path.join("start_ttcal", "start.pt")) and "teacher_loss" in info["suite"]
+
+
 def test_families_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     """The families study end to end on a tiny Llama: every row decomposed by its families and fitted; the
     table says which family each allocation used; the two trained rows swept, trained from their own fitted
