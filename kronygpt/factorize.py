@@ -399,23 +399,58 @@ def fisher_error(W, W_hat, C, G):
     return 0.5 * ((GD @ C.double()) * D).sum().item()
 
 
+def damped_moment(C, damping):
+    """C + damping * mean(diag C) * I in float64, symmetrised: the moment a damped whitening L (L L^T) stands for,
+    exactly when damping > 0 (whitening then always takes its Cholesky path: the condition number is at most
+    1 + n / damping, far inside the pivot test's 1e10); None for a moment with no signal (the identity)."""
+    C = C.double()
+    C = 0.5 * (C + C.t())
+    mean_diag = C.diagonal().mean().clamp_min(0)
+    if mean_diag == 0:
+        return None
+    return C + damping * mean_diag * torch.eye(C.shape[0], dtype=torch.float64)
+
+
 def whitened_spectrum(W, C=None, G=None, damping=0.0, g_damping=1e-2, cache=None):
     """(sigma^2 descending, normaliser) of the whitened matrix: W L, or R^T W L with G (a square moment, or a
     vector: its diagonal, e.g. the logits'). The low-rank member's squared error at rank r is exactly
     sum(sigma^2[r:]) (whitening is exact for it on both sides); the normaliser makes it relative
-    (||W L||^2, so every matrix counts alike) or, with G, the predicted loss increase (2)."""
+    (||W L||^2, so every matrix counts alike) or, with G, the predicted loss increase (2).
+
+    sigma^2 are the eigenvalues of the smaller Gram matrix of M = R^T W L, formed without the whitening of the
+    larger side: M^T M = L^T (W^T G W) L when W has at least as many rows as columns, M M^T = R^T (W C W^T) R
+    otherwise (C and G damped). The wide side's Cholesky factorisation and its product with W are never
+    computed: for SmolLM2-1.7B's 8192 x 2048 matrices that halves the float64 work. With no damping the
+    whitening may clamp a singular moment's directions, so M itself is formed then."""
     out_dim, in_dim = W.shape
-    _, (L, _), _ = side_whitening(C, 1, in_dim, damping, cache, inverse=False)  # low rank: the input lives in B
-    M = host(W) @ L
+    W = host(W)
     if G is not None and G.dim() == 1:
         g = G.double()
-        M = (g + g_damping * g.mean()).sqrt()[:, None] * M
-    elif G is not None:
-        (R, _), _, _ = side_whitening(G, out_dim, 1, g_damping, cache, inverse=False)  # and the output in A
-        M = R.t() @ M
-    # sigma^2 as the eigenvalues of the smaller Gram matrix (as van_loan does): 6x faster than svdvals for
-    # GPT-2 XL's 1600x6400, exact to eps * sigma_max^2, far below any tail sum the allocator compares
-    gram = M.t() @ M if M.shape[0] >= M.shape[1] else M @ M.t()
+        W, G = (g + g_damping * g.mean()).sqrt()[:, None] * W, None  # a diagonal R: its rows scale W
+        scaled = True
+    else:
+        scaled = False
+    if (C is not None and damping <= 0) or (G is not None and g_damping <= 0):
+        M = W
+        if C is not None:
+            M = M @ side_whitening(C, 1, in_dim, damping, cache, inverse=False)[1][0]
+        if G is not None:
+            M = side_whitening(G, out_dim, 1, g_damping, cache, inverse=False)[0][0].t() @ M
+        gram = M.t() @ M if out_dim >= in_dim else M @ M.t()
+    elif out_dim >= in_dim:  # M^T M = L^T W^T G W L: the input side's whitening only
+        Gd = damped_moment(G, g_damping) if G is not None else None
+        gram = W.t() @ (Gd @ W if Gd is not None else W)
+        if C is not None:
+            _, (L, _), _ = side_whitening(C, 1, in_dim, damping, cache, inverse=False)  # low rank: input in B
+            gram = L.t() @ gram @ L
+    else:  # M M^T = R^T W C W^T R: the output side's whitening only
+        Cd = damped_moment(C, damping) if C is not None else None
+        gram = (W @ Cd if Cd is not None else W) @ W.t()
+        if G is not None:
+            (R, _), _, _ = side_whitening(G, out_dim, 1, g_damping, cache, inverse=False)  # and the output in A
+            gram = R.t() @ gram @ R
+    # sigma^2 as the eigenvalues of the Gram matrix (as van_loan does): 6x faster than svdvals for GPT-2 XL's
+    # 1600x6400, exact to eps * sigma_max^2, far below any tail sum the allocator compares
     with lapack_threads(gram.shape[0]):
-        sig2 = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0)
-    return sig2, (2.0 if G is not None else sig2.sum().item())
+        sig2 = torch.linalg.eigvalsh(0.5 * (gram + gram.t())).flip(0).clamp_min(0)
+    return sig2, (2.0 if G is not None or scaled else sig2.sum().item())

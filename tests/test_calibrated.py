@@ -107,6 +107,25 @@ def test_aware_low_rank_error_is_the_discarded_whitened_spectrum():
         assert output_error(W, kron_sum(A, B), C) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("out_dim,in_dim", [(24, 10), (10, 24), (12, 12)])
+def test_whitened_spectrum_from_the_smaller_gram_equals_the_whitened_matrix(out_dim, in_dim):
+    """The spectrum formed without the wider side's whitening (W^T G W or W C W^T) equals the squared singular
+    values of R^T W L itself: with both moments, the input moment alone, a diagonal G (the logits') and no
+    damping (M formed, as whitening may clamp); the normaliser too."""
+    from kronygpt.factorize import whitened_spectrum
+    torch.manual_seed(0)
+    W = torch.randn(out_dim, in_dim, dtype=torch.float64)
+    C, G, g = random_cov(in_dim, 4), random_cov(out_dim, 5, spread=5.0), torch.rand(out_dim, dtype=torch.float64)
+    for C_, G_, damping in ((C, G, 1e-4), (C, None, 1e-4), (C, g, 1e-4), (None, G, 1e-4), (C, G, 0.0)):
+        L = whitening(C_, damping, inverse=False)[0] if C_ is not None else torch.eye(in_dim, dtype=torch.float64)
+        R = (whitening(G_, 1e-2, inverse=False)[0] if G_ is not None and G_.dim() == 2 else
+             torch.diag((g + 1e-2 * g.mean()).sqrt()) if G_ is not None else torch.eye(out_dim, dtype=torch.float64))
+        want = torch.linalg.svdvals(R.t() @ W @ L).pow(2)
+        sig2, norm = whitened_spectrum(W, C_, G_, damping, 1e-2)
+        torch.testing.assert_close(sig2[:len(want)], want, rtol=1e-9, atol=1e-9 * want[0].item())
+        assert norm == (2.0 if G_ is not None else pytest.approx(want.sum().item(), rel=1e-9))
+
+
 def test_singular_or_zero_covariance_gives_finite_factors():
     W = torch.randn(12, 8, dtype=torch.float64)
     x = torch.randn(3, 8, dtype=torch.float64)          # rank-3 covariance
