@@ -275,6 +275,8 @@ def aware_factors(W, s, factors, C, damping=0.0, cache=None, G=None, g_damping=1
     Returns (A, B, exact), the pairs not yet rebalanced; exact: whether each side's whitening acted on one
     factor only (whitening_is_exact)."""
     W = W.double()
+    if s.n1 == 1 and s.m2 == 1 and (C is None or damping > 0) and (G is None or (G.dim() == 2 and g_damping > 0)):
+        return lowrank_aware_factors(W, factors, C, damping, cache, G, g_damping)
     (LA, LAi), (LB, LBi), in_exact = side_whitening(C, s.n1, s.n2, damping, cache)
     Wt = W @ kron2(LA, LB)
     if G is None:
@@ -283,6 +285,38 @@ def aware_factors(W, s, factors, C, damping=0.0, cache=None, G=None, g_damping=1
     (RA, RAi), (RB, RBi), out_exact = side_whitening(G, s.m1, s.m2, g_damping, cache)
     A, B, _ = van_loan(kron2(RA, RB).t() @ Wt, s, factors)
     return RAi.t() @ A @ LAi, RBi.t() @ B @ LBi, in_exact and out_exact
+
+
+def lowrank_aware_factors(W, factors, C, damping, cache, G, g_damping):
+    """aware_factors for the low-rank member (out,1)x(1,in), whose whitenings are exact, with only the smaller
+    side whitened. Of M = R^T W L take the top singular vectors of its smaller side from the Gram matrix formed
+    as whitened_spectrum forms it. For a tall W (V: the input side's), M V V^T undone is W L V V^T L^-1: R
+    cancels. For a wide one (U: the output side's), U U^T M undone is R^-T U U^T R^T W: L cancels. The same
+    factors as whitening both sides (the split of each pair between A and B as van_loan's), without the wider
+    side's Cholesky factorisation and solves."""
+    out_dim, in_dim = W.shape
+    if out_dim >= in_dim:
+        Gd = damped_moment(G, g_damping) if G is not None else None
+        gram = W.t() @ (Gd @ W if Gd is not None else W)
+        _, (L, Li), _ = side_whitening(C, 1, in_dim, damping, cache)
+        gram = L.t() @ gram @ L
+    else:
+        Cd = damped_moment(C, damping) if C is not None else None
+        gram = (W @ Cd if Cd is not None else W) @ W.t()
+        (R, Ri), _, _ = side_whitening(G, out_dim, 1, g_damping, cache)
+        gram = R.t() @ gram @ R
+    with lapack_threads(gram.shape[0]):
+        evals, evecs = torch.linalg.eigh(0.5 * (gram + gram.t()))  # ascending
+    S = evals.flip(0).clamp_min(0).sqrt()
+    V = evecs.flip(1)[:, :factors]
+    keep = S[:factors] > S[0] * torch.finfo(torch.float64).eps ** 0.5  # as van_loan: no division by ~0
+    root = torch.where(keep, S[:factors], torch.ones_like(S[:factors])).sqrt()
+    if out_dim >= in_dim:  # a_k = W L v_k / sqrt(s_k), b_k = sqrt(s_k) L^-T v_k
+        a, b = (W @ (L @ V)) / root, (Li.t() @ V) * root
+    else:                  # a_k = sqrt(s_k) R^-T u_k, b_k = W^T R u_k / sqrt(s_k)
+        a, b = (Ri.t() @ V) * root, (W.t() @ (R @ V)) / root
+    a, b = a * keep, b * keep
+    return a.t().reshape(factors, out_dim, 1), b.t().reshape(factors, 1, in_dim), True
 
 
 # -----------------------------------------------------------------------------

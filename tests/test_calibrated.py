@@ -126,6 +126,25 @@ def test_whitened_spectrum_from_the_smaller_gram_equals_the_whitened_matrix(out_
         assert norm == (2.0 if G_ is not None else pytest.approx(want.sum().item(), rel=1e-9))
 
 
+@pytest.mark.parametrize("out_dim,in_dim", [(24, 10), (10, 24)])
+def test_lowrank_fisher_factors_whiten_only_the_smaller_side(out_dim, in_dim):
+    """The low-rank member's calibrated factors, computed from the smaller side's Gram matrix alone, are the
+    truncated SVD of R^T W L undone on both sides: R^-T [R^T W L]_r L^-1, with G and without."""
+    torch.manual_seed(0)
+    W = torch.randn(out_dim, in_dim, dtype=torch.float64)
+    C, G = random_cov(in_dim, 4), random_cov(out_dim, 5, spread=5.0)
+    s = kron_shape(out_dim, in_dim, out_dim, 1)
+    for G_ in (G, None):
+        L = whitening(C, 1e-4, inverse=False)[0]
+        R = whitening(G_, 1e-2, inverse=False)[0] if G_ is not None else torch.eye(out_dim, dtype=torch.float64)
+        U, S, Vh = torch.linalg.svd(R.t() @ W @ L)
+        for r in (1, 3, 7):
+            A, B, exact = aware_factors(W, s, r, C, 1e-4, G=G_, g_damping=1e-2)
+            want = torch.linalg.solve(R.t(), (U[:, :r] * S[:r]) @ Vh[:r]) @ torch.linalg.inv(L)
+            assert exact and A.shape == (r, out_dim, 1) and B.shape == (r, 1, in_dim)
+            torch.testing.assert_close(kron_sum(A, B), want, rtol=1e-8, atol=1e-10)
+
+
 def test_singular_or_zero_covariance_gives_finite_factors():
     W = torch.randn(12, 8, dtype=torch.float64)
     x = torch.randn(3, 8, dtype=torch.float64)          # rank-3 covariance
