@@ -290,7 +290,7 @@ def bench_models(args, ctx, on_row=None):
         train_step, prefill, generate = workloads(model, fwd_model, opt, x, prompts, gen, ctx, args.compile)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        nan, work = float("nan"), getattr(args, "workloads", WORKLOADS)  # a workload left out is nan in its row (each compiles its graphs)
+        nan, work = float("nan"), getattr(args, "workloads", WORKLOADS)  # a workload left out: nan
         t = round_robin({"train": train_step}, args.rounds, args.device)["train"] if "train" in work else nan
         mem = torch.cuda.max_memory_allocated() / 2 ** 30 if args.device.startswith("cuda") and "train" in work \
             else None
