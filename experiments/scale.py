@@ -150,6 +150,12 @@ NOTES = """
   every float64 product, Cholesky factorisation and Gram matrix about twice GPT-2 XL's 6400-wide ones, and
   each block has five matrices to GPT-2 XL's four. The decomposition pass repeats the spectra pass's
   whitenings (the statistics are freed between the passes), which is where a faster build would look first.
+- After that row (commits 271fe0e and 44638f2, same spectra and factors to 1e-13): the low-rank member's
+  spectrum and calibrated factors whiten only the smaller side of each matrix, so the 8192-wide side is
+  never Cholesky-factorised or solved against. Timed one matrix at a time on SmolLM2-1.7B's MLP shapes, both
+  under load: the fisher spectrum 18.1 -> 9.9 s (8192x2048) and 14.1 -> 9.9 s (2048x8192); the rank-1,400
+  factors 23.6 -> 13.5 s and 32.6 -> 22.4 s. The 1.7B row has not been measured again with them:
+  `python experiments/scale.py --rows smollm2-1.7b --modes stream --redo`, alone, about 35-45 minutes.
 - GPT-2 XL before (2026-12-03, commit 879c690's tree): 53.9 min and 13.69 GiB (2.36x), both targets missed.
   What changed (commits c13233c and d0d6382): a local safetensors directory is read tensor by tensor instead
   of through transformers' memory map (loading held the weights twice: on the GPT-2-medium shape 2.63 ->
