@@ -165,11 +165,13 @@ NOTES = """
   the fisher gradient pass 191 s (2,048 tokens, gradient moments spilled to --spill_dir); the whitened
   spectra of the 192 matrices 654 s (was 862); the decomposition block by block about 850 s, 18 s per block
   (was 44).
-- Growth, streamed (the table; the 135M and 362M rows predate those commits): from the 135M to the 362M to the
-  1,558M (GPT-2 XL) and 1,711M (SmolLM2) shapes, peak memory 1.55 -> 3.17 -> 8.98 / 12.38 GiB, that is 3.1x ->
-  2.35x -> 1.55x / 1.94x the fp32 model as the fixed ~0.35 GiB of the Python process and one block's statistics
+- The 362M shape measured again after all of the above (2026-12-04, `--rows smollm2-360m --modes stream --redo`,
+  alone): 4.0 min and 2.45 GiB (1.82x), where the 2026-12-03 build took 6.1 min and 3.17 GiB (2.35x).
+- Growth, streamed (the table; the 135M row predates those commits, the 1.7B row the smaller-side whitening):
+  from the 135M to the 362M to the 1,558M (GPT-2 XL) and 1,711M (SmolLM2) shapes, peak memory 1.55 -> 2.45 ->
+  8.98 / 12.38 GiB, that is 3.1x -> 1.82x -> 1.55x / 1.94x the fp32 model as the fixed ~0.35 GiB of the Python process and one block's statistics
   shrink against the weights (SmolLM2-1.7B's block holds 8192-wide moments, 0.5 GiB each in float64). Wall time
-  1.5 -> 6.1 -> 28.9 / 46.8 min: the widest moments' float64 work grows with the cube of the width. All at once,
+  1.5 -> 4.0 -> 28.9 / 46.8 min: the widest moments' float64 work grows with the cube of the width. All at once,
   the 135M shape alone took 8.32 GiB (16.6x).
 - Before the table: the 135M shape measured with an earlier build (commit 47ad98a: logits formed for a whole
   2,048-token batch, spectra by svdvals, one LAPACK thread), **under load** (a teacher-sampling job shared
