@@ -155,14 +155,11 @@ def whitening(C, damping=0.0, inverse=True):
     SmolLM2. Without damping, or when Cholesky finds C not safely positive definite, eigh runs instead and
     clamps directions whose eigenvalue is below 1e-10 of the largest, so a singular or tiny C still gives
     finite factors."""
-    C = C.double()
-    C = 0.5 * (C + C.t())
     n = C.shape[0]
-    mean_diag = C.diagonal().mean().clamp_min(0)
-    eye = torch.eye(n, dtype=torch.float64)
-    if mean_diag == 0:  # no signal at all: the identity (plain Frobenius error)
+    C = damped_moment(C, damping)
+    if C is None:  # no signal at all: the identity (plain Frobenius error)
+        eye = torch.eye(n, dtype=torch.float64)
         return eye, eye
-    C = C + damping * mean_diag * eye
     with lapack_threads(n):
         if damping > 0:
             L, info = torch.linalg.cholesky_ex(C)
@@ -295,26 +292,17 @@ def lowrank_aware_factors(W, factors, C, damping, cache, G, g_damping):
     factors as whitening both sides (the split of each pair between A and B as van_loan's), without the wider
     side's Cholesky factorisation and solves."""
     out_dim, in_dim = W.shape
-    if out_dim >= in_dim:
-        Gd = damped_moment(G, g_damping) if G is not None else None
-        gram = W.t() @ (Gd @ W if Gd is not None else W)
-        _, (L, Li), _ = side_whitening(C, 1, in_dim, damping, cache)
-        gram = L.t() @ gram @ L
-    else:
-        Cd = damped_moment(C, damping) if C is not None else None
-        gram = (W @ Cd if Cd is not None else W) @ W.t()
-        (R, Ri), _, _ = side_whitening(G, out_dim, 1, g_damping, cache)
-        gram = R.t() @ gram @ R
+    gram, (T, Ti) = smaller_side_gram(W, C, G, damping, g_damping, cache)
     with lapack_threads(gram.shape[0]):
         evals, evecs = torch.linalg.eigh(0.5 * (gram + gram.t()))  # ascending
     S = evals.flip(0).clamp_min(0).sqrt()
     V = evecs.flip(1)[:, :factors]
     keep = S[:factors] > S[0] * torch.finfo(torch.float64).eps ** 0.5  # as van_loan: no division by ~0
     root = torch.where(keep, S[:factors], torch.ones_like(S[:factors])).sqrt()
-    if out_dim >= in_dim:  # a_k = W L v_k / sqrt(s_k), b_k = sqrt(s_k) L^-T v_k
-        a, b = (W @ (L @ V)) / root, (Li.t() @ V) * root
-    else:                  # a_k = sqrt(s_k) R^-T u_k, b_k = W^T R u_k / sqrt(s_k)
-        a, b = (Ri.t() @ V) * root, (W.t() @ (R @ V)) / root
+    if out_dim >= in_dim:  # T = L: a_k = W L v_k / sqrt(s_k), b_k = sqrt(s_k) L^-T v_k
+        a, b = (W @ (T @ V)) / root, (Ti.t() @ V) * root
+    else:                  # T = R: a_k = sqrt(s_k) R^-T u_k, b_k = W^T R u_k / sqrt(s_k)
+        a, b = (Ti.t() @ V) * root, (W.t() @ (T @ V)) / root
     a, b = a * keep, b * keep
     return a.t().reshape(factors, out_dim, 1), b.t().reshape(factors, 1, in_dim), True
 
@@ -445,6 +433,22 @@ def damped_moment(C, damping):
     return C + damping * mean_diag * torch.eye(C.shape[0], dtype=torch.float64)
 
 
+def smaller_side_gram(W, C, G, damping, g_damping, cache, inverse=True):
+    """(gram, (T, T^-1)): the Gram matrix of M = R^T W L on W's smaller side, formed with that side's whitening
+    T only (C and G damped, damping > 0): L^T (W^T G W) L with T = L when W has at least as many rows as
+    columns, R^T (W C W^T) R with T = R otherwise. C or G None: the identity on that side."""
+    out_dim, in_dim = W.shape
+    if out_dim >= in_dim:
+        Gd = damped_moment(G, g_damping) if G is not None else None
+        gram = W.t() @ (Gd @ W if Gd is not None else W)
+        _, T, _ = side_whitening(C, 1, in_dim, damping, cache, inverse)  # low rank: the input lives in B
+    else:
+        Cd = damped_moment(C, damping) if C is not None else None
+        gram = (W @ Cd if Cd is not None else W) @ W.t()
+        T, _, _ = side_whitening(G, out_dim, 1, g_damping, cache, inverse)  # and the output in A
+    return T[0].t() @ gram @ T[0], T
+
+
 def whitened_spectrum(W, C=None, G=None, damping=0.0, g_damping=1e-2, cache=None):
     """(sigma^2 descending, normaliser) of the whitened matrix: W L, or R^T W L with G (a square moment, or a
     vector: its diagonal, e.g. the logits'). The low-rank member's squared error at rank r is exactly
@@ -471,18 +475,8 @@ def whitened_spectrum(W, C=None, G=None, damping=0.0, g_damping=1e-2, cache=None
         if G is not None:
             M = side_whitening(G, out_dim, 1, g_damping, cache, inverse=False)[0][0].t() @ M
         gram = M.t() @ M if out_dim >= in_dim else M @ M.t()
-    elif out_dim >= in_dim:  # M^T M = L^T W^T G W L: the input side's whitening only
-        Gd = damped_moment(G, g_damping) if G is not None else None
-        gram = W.t() @ (Gd @ W if Gd is not None else W)
-        if C is not None:
-            _, (L, _), _ = side_whitening(C, 1, in_dim, damping, cache, inverse=False)  # low rank: input in B
-            gram = L.t() @ gram @ L
-    else:  # M M^T = R^T W C W^T R: the output side's whitening only
-        Cd = damped_moment(C, damping) if C is not None else None
-        gram = (W @ Cd if Cd is not None else W) @ W.t()
-        if G is not None:
-            (R, _), _, _ = side_whitening(G, out_dim, 1, g_damping, cache, inverse=False)  # and the output in A
-            gram = R.t() @ gram @ R
+    else:
+        gram, _ = smaller_side_gram(W, C, G, damping, g_damping, cache, inverse=False)
     # sigma^2 as the eigenvalues of the Gram matrix (as van_loan does): 6x faster than svdvals for GPT-2 XL's
     # 1600x6400, exact to eps * sigma_max^2, far below any tail sum the allocator compares
     with lapack_threads(gram.shape[0]):
