@@ -172,7 +172,9 @@ def earlier_dense_row(path, args, B, T, gen, gen_batches):
         row, a = old["models"][0], old["args"]
     except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
         raise UserError(f"--dense_from {path}: not a bench.py --json file with a models row ({e})") from None
-    want = dict(family=args.family, device=args.device, dtype=args.dtype, compile=args.compile, smoke=args.smoke)
+    want = dict(family=args.family, device=args.device, dtype=args.dtype, compile=args.compile, smoke=args.smoke,
+                compile_blocks=args.compile_blocks)
+    a = {"compile_blocks": False, **a}  # files from before the option
     if not args.smoke:
         want.update(batch_size=B, seq_len=T, gen_tokens=gen, gen_batches=list(gen_batches))
     diff = {k: (a.get(k), v) for k, v in want.items() if a.get(k) != v}
@@ -281,7 +283,10 @@ def bench_models(args, ctx, on_row=None):
     for name, kron in variants:
         t0 = time.perf_counter()
         model = build(base, kron, args)
-        fwd_model = torch.compile(model) if args.compile else model
+        if args.compile and args.compile_blocks:
+            fwd_model = model.compile_blocks()  # regional: the decoding step is still compiled whole
+        else:
+            fwd_model = torch.compile(model) if args.compile else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.device.startswith("cuda"))
         x = torch.randint(0, base["vocab_size"], (B, T), device=args.device)
         g = torch.Generator().manual_seed(1)
@@ -327,6 +332,8 @@ class BenchConfig:
     device: str = "auto"            # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
     dtype: str = "auto"             # float32 (the CPU's default) or bfloat16 (CUDA's)
     compile: bool = False           # torch.compile every layer/model
+    compile_blocks: bool = False    # models, with compile: train and prefill through each block compiled on its own
+                                    # (GPT.compile_blocks: far shorter compile of deep models), not the whole model
     batch_size: int = 0             # models: sequences per step (0: CPU 4, CUDA 16)
     seq_len: int = 0                # models: tokens per sequence (0: CPU 256, CUDA 1024)
     gen_tokens: int = 32            # models: tokens generated per timing

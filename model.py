@@ -380,6 +380,18 @@ class GPT(nn.Module):
             self.rope_sin = self.rope_sin[:block_size]
         return self
 
+    def compile_blocks(self, **options):
+        """Regional compilation: torch.compile each block on its own, not the whole model. Blocks of one structure
+        (module types and, after the first difference, any sizes: dynamo turns a changed size dynamic) share a
+        compilation, so a deep model compiles in a fraction of the whole-model time; the compiled code is much
+        the same, the blocks being where the work is. The model's parameters and state_dict are untouched (the
+        compiled wrappers are not submodules); passes without a KV cache use them. Returns the model."""
+        import torch._dynamo.config as dynamo_config
+        # every distinct block may need its own compilation: past the limit dynamo would run the rest eagerly
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 2 * len(self.transformer.h))
+        self.__dict__["_compiled_blocks"] = [torch.compile(b, **options) for b in self.transformer.h]
+        return self
+
     def set_kron_impl(self, impl):
         """Run every Kronecker layer in contraction order `impl` ('auto': each layer's cost-model choice;
         'measured': timed, kronecker.OrderTimer), config and modules alike; the factors are unchanged."""
@@ -476,7 +488,10 @@ class GPT(nn.Module):
                 mask = causal_mask(T, start + T, idx.device, keep)
         if hidden is not None and embeddings:
             hidden.append(x)
-        for block in self.transformer.h:
+        # compile_blocks' compiled blocks run the cache-free passes (training, prefill, scoring); a cache's step reads
+        # its layer index, which would give every block a compilation of its own
+        blocks = self.__dict__.get("_compiled_blocks") if cache is None and attentions is None else None
+        for block in blocks or self.transformer.h:
             x = block(x, rope, cache, mask, attentions)
             if hidden is not None:
                 hidden.append(x)

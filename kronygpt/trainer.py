@@ -94,6 +94,8 @@ class TrainConfig:
     device: str = "auto"            # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
     dtype: str = "auto"             # 'auto': bfloat16 on CUDA if supported, else float16; float32 on CPU
     compile: bool = False           # torch.compile the model (checkpoints never carry its prefix)
+    compile_blocks: bool = False    # torch.compile each block on its own instead (regional: blocks of one structure
+                                    # share a compilation, so a deep model compiles in a fraction of the time)
     fsdp: bool = False              # under torchrun: shard parameters, gradients and optimizer states over the
                                     # processes (FSDP2, one unit per block) instead of DDP's full replicas
     seed: int = 1337
@@ -505,7 +507,7 @@ def prepare_iteration(run, hooks):
         if not any(p.requires_grad for p in raw.parameters()):
             raise ConfigError(f"freezing the '{cfg.freeze_group}' group leaves nothing to train "
                               f"(a dense model has no 'new' parameters); drop freeze_schedule")
-        m = torch.compile(raw) if cfg.compile else raw
+        m = raw.compile_blocks() if cfg.compile_blocks else torch.compile(raw) if cfg.compile else raw
         if run.rt.ddp and not cfg.fsdp:
             m = DDP(m, device_ids=[run.rt.local_rank] if run.rt.device_type == "cuda" else None)
         run.frozen, run.model = want, m

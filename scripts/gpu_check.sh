@@ -49,8 +49,11 @@ if [[ $PART == smollm2 || $PART == all ]]; then
   # (the plan a GPU user gets, ranks in multiples of 32; the same unrounded; uniform rank 140; the allocated
   # Kronecker plan; (512,576)x(3,1)).
   p=results/plans/smollm2_81M
-  common=(--mode models --family smollm2 --compile --kron_impl measured --rounds 10 --workloads "${WORKLOADS:-train,prefill,generate}")
-  dense=${DENSE_FROM:-$OUT/smollm2_dense.json}
+  # $COMPILE_BLOCKS=1: train and prefill through each block compiled on its own (GPT.compile_blocks: a 30-layer
+  # model compiles a few distinct blocks, not 30), the decoding step compiled whole as before
+  common=(--mode models --family smollm2 --compile --kron_impl measured --rounds 10 --workloads "${WORKLOADS:-train,prefill,generate}"
+          ${COMPILE_BLOCKS:+--compile_blocks})
+  dense=${DENSE_FROM:-$OUT/smollm2_dense${COMPILE_BLOCKS:+_blocks}.json}
   [[ -f $dense ]] || run timeout "${ROW_TIMEOUT:-300}" $PY bench.py "${common[@]}" --variants 0 --json "$dense"
   for row in ${SMOLLM2_ROWS:-r32 lowrank uniform140 kron kron512}; do
     case $row in
@@ -62,7 +65,7 @@ if [[ $PART == smollm2 || $PART == all ]]; then
       *) log "unknown SmolLM2 row $row (r32, lowrank, uniform140, kron, kron512)"; continue ;;
     esac
     run timeout "${ROW_TIMEOUT:-300}" $PY bench.py "${common[@]}" "${sel[@]}" --dense_from "$dense" \
-        --json "$OUT/smollm2_$row.json"
+        --json "$OUT/smollm2_$row${COMPILE_BLOCKS:+_blocks}.json"
   done
 fi
 if [[ $PART == gpt2 || $PART == all ]]; then  # issue 29's GPT-2 target: the 81M Kronecker model compiled, timed order

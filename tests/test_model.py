@@ -193,3 +193,36 @@ def test_safetensors_reader_takes_shards_bf16_and_unprefixed_names(tiny_gpt2_dir
     last.write_bytes(last.read_bytes()[:-64])
     with pytest.raises(CheckpointError, match="truncated"):
         load_pretrained(str(d))
+
+
+@pytest.mark.slow
+def test_compiled_blocks_equal_eager_and_compile_once_per_structure():
+    """GPT.compile_blocks (regional compilation): the same loss and gradients as eager; blocks of one structure
+    (low rank at two ranks, Kronecker, dense) share compilations, so fewer graphs than blocks; the state_dict
+    and the cached decoding path are unchanged."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=6, n_head=2, n_embd=16, vocab_size=64, block_size=16,
+                    kron_plan="0,1,2: mlp=lowrank*4; 3: mlp=lowrank*6; 4: mlp=8x4*2")
+    model = GPT(cfg)
+    idx = torch.randint(0, 64, (2, 12))
+    _, loss = model(idx, idx)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    model.zero_grad()
+    torch._dynamo.reset()
+    counters.clear()
+    _, got = model.compile_blocks()(idx, idx)
+    got.backward()
+    torch.testing.assert_close(got, loss, atol=1e-5, rtol=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4, msg=n)
+    assert list(model.state_dict()) == keys
+    assert 1 < counters["stats"]["unique_graphs"] < cfg.n_layer  # 3 structures, some sizes: not one per block
+    # a KV-cache pass runs the plain blocks (each block's cache index would compile a graph per block)
+    counters.clear()
+    model.eval()
+    a = model.generate(idx[:1, :4], 4, temperature=0)
+    assert counters["stats"]["unique_graphs"] == 0
+    assert torch.equal(a[:, :4], idx[:1, :4]) and a.shape == (1, 8)

@@ -55,6 +55,21 @@ def test_resume_is_exact(tiny_data_dir, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
+def test_compile_blocks_trains_like_eager_and_saves_plain_keys(tiny_data_dir, tmp_path):
+    """--compile_blocks (regional compilation) follows eager training's losses to float tolerance, through a
+    freeze phase that recompiles, and writes the same checkpoint keys."""
+    common = ["--max_iters=4", "--eval_interval=4", "--kron_plan=0: mlp=16x8*1; 1: mlp=lowrank*4",
+              "--freeze_schedule=freeze:2"]
+    train.main(args(tiny_data_dir, tmp_path / "eager", *common))
+    train.main(args(tiny_data_dir, tmp_path / "blocks", "--compile_blocks=True", *common))
+    la, lb = ([r["loss"] for r in records(tmp_path / d, "train")] for d in ("eager", "blocks"))
+    assert len(la) == len(lb) == 4
+    assert max(abs(a - b) for a, b in zip(la, lb)) < 1e-4
+    wa, wb = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("eager", "blocks"))
+    assert list(wa) == list(wb)
+
+
 def test_freezing_keeps_pretrained_bitwise_and_costs_no_state(tiny_data_dir, tmp_path):
     common = ["--kron_plan=*: mlp=16x8*1", "--eval_interval=3", "--max_iters=3"]
     train.main(args(tiny_data_dir, tmp_path / "init", "--max_iters=1", "--eval_interval=1", *common[:2]))
