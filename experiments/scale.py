@@ -142,20 +142,20 @@ NOTES = """
 - Targets (issue 31): peak memory <= 2.2x the fp32 model and under 45 minutes for the GPT-2 XL and SmolLM2-1.7B
   shapes. **GPT-2 XL: met on both** (2026-12-04), 28.9 min and 8.98 GiB, 1.55x its 5.80 GiB of fp32 weights
   (`python experiments/scale.py --rows gpt2-xl --modes stream --redo`, alone on the 2 cores except for about
-  a minute of report writing). **SmolLM2-1.7B: memory met, time missed by 1.8 minutes** (2026-12-04): 46.8 min
-  and 12.38 GiB, 1.94x its 6.38 GiB of fp32 weights (`python experiments/scale.py --rows smollm2-1.7b --modes
-  stream`, alone except for about 2.5 minutes of tests in its first 7 minutes: its gradient pass took 296 s
-  against 278 s in an earlier, interrupted run). Where the time went: gradients 296 s, the spectra of the 120
-  matrices 1,117 s, the decomposition block by block about 1,350 s (56 s per block). Its 8192-wide MLP makes
-  every float64 product, Cholesky factorisation and Gram matrix about twice GPT-2 XL's 6400-wide ones, and
-  each block has five matrices to GPT-2 XL's four. The decomposition pass repeats the spectra pass's
-  whitenings (the statistics are freed between the passes), which is where a faster build would look first.
-- After that row (commits 271fe0e and 44638f2, same spectra and factors to 1e-13): the low-rank member's
-  spectrum and calibrated factors whiten only the smaller side of each matrix, so the 8192-wide side is
-  never Cholesky-factorised or solved against. Timed one matrix at a time on SmolLM2-1.7B's MLP shapes, both
-  under load: the fisher spectrum 18.1 -> 9.9 s (8192x2048) and 14.1 -> 9.9 s (2048x8192); the rank-1,400
-  factors 23.6 -> 13.5 s and 32.6 -> 22.4 s. The 1.7B row has not been measured again with them:
-  `python experiments/scale.py --rows smollm2-1.7b --modes stream --redo`, alone, about 35-45 minutes.
+  a minute of report writing). **SmolLM2-1.7B: met on both** (2026-12-04, after the smaller-side whitening
+  below): 32.8 min and 10.58 GiB, 1.66x its 6.38 GiB of fp32 weights (`python experiments/scale.py --rows
+  smollm2-1.7b --modes stream --redo`, alone; its gradient pass took 227 s).
+- The first 1.7B row (2026-12-04, before commits 271fe0e and 44638f2): 46.8 min and 12.38 GiB (1.94x), time
+  missed by 1.8 minutes (`--rows smollm2-1.7b --modes stream`, alone except for about 2.5 minutes of tests in
+  its first 7 minutes). Where the time went: gradients 296 s, the spectra of the 120 matrices 1,117 s, the
+  decomposition block by block about 1,350 s (56 s per block). Its 8192-wide MLP makes every float64
+  product, Cholesky factorisation and Gram matrix about twice GPT-2 XL's 6400-wide ones, and each block has
+  five matrices to GPT-2 XL's four. What those commits changed (same spectra and factors to 1e-13): the
+  low-rank member's spectrum and calibrated factors whiten only the smaller side of each matrix, so the
+  8192-wide side is never Cholesky-factorised or solved against. Timed one matrix at a time on SmolLM2-1.7B's
+  MLP shapes, both under load: the fisher spectrum 18.1 -> 9.9 s (8192x2048) and 14.1 -> 9.9 s (2048x8192);
+  the rank-1,400 factors 23.6 -> 13.5 s and 32.6 -> 22.4 s. The smaller side's Cholesky factor is still
+  computed twice per matrix (once for the spectrum, once for the factors; about 2% of the row's time).
 - GPT-2 XL before (2026-12-03, commit 879c690's tree): 53.9 min and 13.69 GiB (2.36x), both targets missed.
   What changed (commits c13233c and d0d6382): a local safetensors directory is read tensor by tensor instead
   of through transformers' memory map (loading held the weights twice: on the GPT-2-medium shape 2.63 ->
@@ -167,11 +167,11 @@ NOTES = """
   (was 44).
 - The 362M shape measured again after all of the above (2026-12-04, `--rows smollm2-360m --modes stream --redo`,
   alone): 4.0 min and 2.45 GiB (1.82x), where the 2026-12-03 build took 6.1 min and 3.17 GiB (2.35x).
-- Growth, streamed (the table; the 135M row predates those commits, the 1.7B row the smaller-side whitening):
+- Growth, streamed (the table; the 135M row predates those commits):
   from the 135M to the 362M to the 1,558M (GPT-2 XL) and 1,711M (SmolLM2) shapes, peak memory 1.55 -> 2.45 ->
-  8.98 / 12.38 GiB, that is 3.1x -> 1.82x -> 1.55x / 1.94x the fp32 model as the fixed ~0.35 GiB of the Python process and one block's statistics
+  8.98 / 10.58 GiB, that is 3.1x -> 1.82x -> 1.55x / 1.66x the fp32 model as the fixed ~0.35 GiB of the Python process and one block's statistics
   shrink against the weights (SmolLM2-1.7B's block holds 8192-wide moments, 0.5 GiB each in float64). Wall time
-  1.5 -> 4.0 -> 28.9 / 46.8 min: the widest moments' float64 work grows with the cube of the width. All at once,
+  1.5 -> 4.0 -> 28.9 / 32.8 min: the widest moments' float64 work grows with the cube of the width. All at once,
   the 135M shape alone took 8.32 GiB (16.6x).
 - Before the table: the 135M shape measured with an earlier build (commit 47ad98a: logits formed for a whole
   2,048-token batch, spectra by svdvals, one LAPACK thread), **under load** (a teacher-sampling job shared
