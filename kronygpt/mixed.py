@@ -83,11 +83,16 @@ def damped(M, d):
     return M + d * M.diagonal().mean().clamp_min(0) * torch.eye(M.shape[0], dtype=torch.float64)
 
 
+def whitened_inner(X, Y, Cd, Gd):
+    """<R^T X L, R^T Y L> = tr(G X C Y^T) for damped moments (None: the identity; G may be a diagonal vector)."""
+    YC = Y if Cd is None else Y @ Cd
+    GX = X if Gd is None else (Gd[:, None] * X if Gd.dim() == 1 else Gd @ X)
+    return (GX * YC).sum().item()
+
+
 def whitened_error(D, Cd, Gd):
     """||R^T D L||^2 = tr(G D C D^T) for damped moments (None: the identity; G may be a diagonal vector)."""
-    DC = D if Cd is None else D @ Cd
-    GD = D if Gd is None else (Gd[:, None] * D if Gd.dim() == 1 else Gd @ D)
-    return (GD * DC).sum().item()
+    return whitened_inner(D, D, Cd, Gd)
 
 
 def kron_points(W, s, init, C, G, norm, max_factors, cache=None):
@@ -188,8 +193,10 @@ def sum_fit(W, s, k, r, init, C, G=None, rounds=3, cache=None):
     residual of the other (low rank first), `rounds` times, on the damped calibrated criterion (module
     docstring, unnormalised). The low-rank step is exact (truncated SVD of the whitened residual, the optimal
     rank-r term given the Kronecker part); the Kronecker step is init_factors' ('aware'/'fisher') on the
-    low-rank step's residual. The error never rises from one round to the next by more than the Kronecker
-    step's approximation (its whitening is exact only when one factor holds each side's index)."""
+    low-rank step's residual, scaled by the factor that fits that residual best on the exact criterion. Where
+    the Kronecker whitening is approximate (both factors hold part of a side's index) its terms can fit the
+    residual badly; the scale then shrinks them (to zero at worst), so the sum is never worse than its
+    rank-r term alone."""
     W = W.detach().double()
     Cd = damped(C, init.damping) if C is not None else None
     Gd = damped(G, init.g_damping) if G is not None and init.needs_grads else None
@@ -210,6 +217,8 @@ def sum_fit(W, s, k, r, init, C, G=None, rounds=3, cache=None):
         if k > 0:
             A, B, scal = init_factors(W - LR, s, k, init, C, G if init.needs_grads else None, cache=cache)
             K = kron_sum(A, B, scal)
+            KK = whitened_inner(K, K, Cd, Gd)
+            K = K * (whitened_inner(W - LR, K, Cd, Gd) / KK if KK > 0 else 0.0)
         err = whitened_error(W - K - LR, Cd, Gd)
         if best is None or err < best[1]:
             best = (K + LR, err)

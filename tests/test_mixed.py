@@ -142,3 +142,21 @@ def test_a_sum_of_low_rank_and_kronecker_terms_recovers_a_matrix_that_is_one():
     # low rank alone at the same parameter count (a rank of (16*32 + 3 + 3*80) / 80 = 9) is far worse
     sig = torch.linalg.svdvals(W.double() @ torch.linalg.cholesky(damped(C, INIT.damping)))
     assert sig[9:].pow(2).sum() / sig.pow(2).sum() > 100 * err / norm
+
+
+def test_a_sum_is_never_worse_than_its_low_rank_term_where_the_kronecker_whitening_is_approximate():
+    """Balanced shapes split each side's index between the factors, so their calibrated terms are fitted for
+    C's nearest Kronecker-factored approximation; on a C far from one they can fit the residual worse than no
+    term at all. sum_fit scales them on the exact criterion, so the sum keeps at least its rank-r term's error."""
+    from kronygpt.kronecker import kron_shape
+    from kronygpt.mixed import sum_fit
+    o, i, r = 48, 36, 6
+    s = kron_shape(o, i, 8, 6)  # (8, 6) x (6, 6)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        W = torch.randn(o, i, dtype=torch.float64)
+        Q, _ = torch.linalg.qr(torch.randn(i, i, dtype=torch.float64))
+        C = Q @ torch.diag(torch.logspace(-4, 4, i, dtype=torch.float64)) @ Q.t()  # no Kronecker structure
+        _, err = sum_fit(W, s, 4, r, INIT, C)
+        sig = torch.linalg.svdvals(W @ torch.linalg.cholesky(damped(C, INIT.damping)))
+        assert err <= sig[r:].pow(2).sum().item() * (1 + 1e-9), seed
