@@ -21,6 +21,7 @@ is better; the last column is the best Kronecker or sum error over the low-rank 
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -32,7 +33,7 @@ from kronygpt.calib import calibrate  # noqa: E402
 from kronygpt.checkpoint import load_model  # noqa: E402
 from kronygpt.data_utils import open_dataset  # noqa: E402
 from kronygpt.factorize import InitSpec, init_factors, whitened_spectrum  # noqa: E402
-from kronygpt.kronecker import kron_sum  # noqa: E402
+from kronygpt.kronecker import factored_macs, kron_sum  # noqa: E402
 from kronygpt.mixed import damped, kron_shape_of, parse_families, sum_fit, whitened_error  # noqa: E402
 
 
@@ -49,6 +50,52 @@ def kron_errors(W, C, s, init, norm, fracs):
     return {f: whitened_error(W - kron_sum(A[:k], B[:k]), Cd, None) / norm for f, k in counts.items()}
 
 
+def block_errors(dense, b, moments, fams, fracs, init, sum_share):
+    """{matrix: {fraction: {column: error}}} of block b."""
+    down = set(dense.config.family.down)
+    out = {}
+    for name in dense.config.family.block_matrices:
+        W = dense.matrix(b, name).weight.detach().double()
+        o, i = W.shape
+        C = moments[(b, name)]
+        sig2, norm = whitened_spectrum(W, C, None, init.damping)
+        tail = sig2.flip(0).cumsum(0).flip(0).tolist() + [0.0]
+        errors = {f: {"lowrank": tail[min(int(f * o * i // (o + i)), len(tail) - 1)] / norm} for f in fracs}
+        for fam in fams:
+            s = kron_shape_of(fam, o, i, name in down)
+            if s is None:
+                continue
+            tag = f"{fam.b[0]}x{fam.b[1]}"
+            for f, e in kron_errors(W, C, s, init, norm, fracs).items():
+                errors[f][f"kron {tag}"] = e
+            for f in fracs:
+                k = max(1, int(sum_share * f * o * i // s.params(1)))
+                if s.params(k) <= f * o * i:
+                    r = int((f * o * i - s.params(k)) // (o + i))
+                    errors[f][f"sum {tag}"] = sum_fit(W, s, k, r, init, C)[1] / norm
+        out[name] = {str(f): e for f, e in errors.items()}
+    return out
+
+
+def compute_table(dense, fams, fracs):
+    """Markdown: multiply-adds per token of each matrix's candidates at each budget, relative to dense (the
+    cheaper factored order for Kronecker terms, kronecker.factored_macs; materialising W costs at least dense)."""
+    down = set(dense.config.family.down)
+    tags = [f"{f.b[0]}x{f.b[1]}" for f in fams]
+    lines = ["| matrix | budget (x dense) | lowrank | " + " | ".join(f"kron {t}" for t in tags) + " |",
+             "|---|---|---|" + "---|" * len(tags)]
+    for name in dense.config.family.block_matrices:
+        o, i = dense.matrix(0, name).weight.shape
+        for f in fracs:
+            cells = [f"{int(f * o * i // (o + i)) * (o + i) / (o * i):.2f}"]
+            for fam in fams:
+                s = kron_shape_of(fam, o, i, name in down)
+                k = min(int(f * o * i // s.params(1)), s.max_rank) if s is not None else 0
+                cells.append(f"{min(factored_macs(s, k).values()) / (o * i):.2f} ({k} terms)" if k else "-")
+            lines.append(f"| {name} | {f:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
@@ -59,7 +106,8 @@ def main():
     p.add_argument("--sum_share", type=float, default=0.25, help="share of the budget the sums give their "
                    "Kronecker terms (at least one term)")
     p.add_argument("--calib_tokens", type=int, default=16384)
-    p.add_argument("--calib_cache", default="out-experiments/sums/calib.pt")
+    p.add_argument("--state", default="out-experiments/sums", help="calibration cache and finished blocks "
+                   "(a rerun with the same settings reuses them)")
     p.add_argument("--out", default="results/sums.md")
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count()))
@@ -67,53 +115,48 @@ def main():
     blocks = [int(b) for b in args.blocks.split(",")]
     fracs = [float(b) for b in args.budgets.split(",")]
     fams = parse_families(",".join(f"kron:{b}" for b in args.shapes.split(",")))
-    os.makedirs(os.path.dirname(args.calib_cache) or ".", exist_ok=True)
-    _, moments, _ = calibrate(dense, open_dataset(args.data), args.data, tokens=args.calib_tokens, seq=256, seed=1337,
-                              layers=set(range(dense.config.n_layer)), cache_path=args.calib_cache)
-    init = InitSpec("aware")
-    down = set(dense.config.family.down)
+    os.makedirs(args.state, exist_ok=True)
+    done_path = os.path.join(args.state, "blocks.json")
+    key = f"{args.model} {args.data} {args.calib_tokens} {args.shapes} {args.sum_share:g}"
+    done = json.load(open(done_path)) if os.path.isfile(done_path) else {}
+    done = done if done.get("key") == key else {"key": key}
+    t0 = time.time()
+    todo = [b for b in blocks if not all(str(f) in done.get(f"{b}", {}).get(n, {}) for f in fracs
+                                         for n in dense.config.family.block_matrices)]
+    if todo:
+        _, moments, _ = calibrate(dense, open_dataset(args.data), args.data, tokens=args.calib_tokens,
+                                  seq=min(256, dense.config.block_size),
+                                  seed=1337, layers=set(range(dense.config.n_layer)),
+                                  cache_path=os.path.join(args.state, "calib.pt"))
+    for b in todo:
+        done[f"{b}"] = block_errors(dense, b, moments, fams, fracs, InitSpec("aware"), args.sum_share)
+        with open(done_path + ".tmp", "w") as fh:
+            json.dump(done, fh)
+        os.replace(done_path + ".tmp", done_path)
+        print(f"block {b} done ({time.time() - t0:.0f}s)", flush=True)
     tags = [f"{f.b[0]}x{f.b[1]}" for f in fams]
     cols = ["lowrank"] + [f"{kind} {t}" for t in tags for kind in ("kron", "sum")]
-    table = {}  # (matrix, fraction) -> {column: [error summed over blocks, blocks]}
-    t0 = time.time()
-    for b in blocks:
-        for name in dense.config.family.block_matrices:
-            W = dense.matrix(b, name).weight.detach().double()
-            o, i = W.shape
-            C = moments[(b, name)]
-            sig2, norm = whitened_spectrum(W, C, None, init.damping)
-            tail = sig2.flip(0).cumsum(0).flip(0).tolist() + [0.0]
-            errors = {f: {"lowrank": tail[min(int(f * o * i // (o + i)), len(tail) - 1)] / norm} for f in fracs}
-            for fam, tag in zip(fams, tags):
-                s = kron_shape_of(fam, o, i, name in down)
-                if s is None:
-                    continue
-                for f, e in kron_errors(W, C, s, init, norm, fracs).items():
-                    errors[f][f"kron {tag}"] = e
-                for f in fracs:
-                    k = max(1, int(args.sum_share * f * o * i // s.params(1)))
-                    if s.params(k) <= f * o * i:
-                        r = int((f * o * i - s.params(k)) // (o + i))
-                        errors[f][f"sum {tag}"] = sum_fit(W, s, k, r, init, C)[1] / norm
-            for f, row in errors.items():
-                acc = table.setdefault((name, f), {})
-                for col, e in row.items():
-                    a = acc.setdefault(col, [0.0, 0])
-                    a[0], a[1] = a[0] + e, a[1] + 1
-        print(f"block {b} done ({time.time() - t0:.0f}s)", flush=True)
     lines = ["# Low rank, Kronecker terms, or their sum, at equal parameters per matrix", "",
              __doc__.split("\n\n")[1].strip("\n"), "",
              f"Command: `python experiments/sums.py --blocks {args.blocks} --budgets {args.budgets} --shapes "
-             f"{args.shapes} --sum_share {args.sum_share:g}` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()}-core CPU, "
-             f"{time.time() - t0:.0f} s); mean over blocks {blocks}; '-' where the shape does not divide the matrix "
-             "or no term fits the budget.", "",
+             f"{args.shapes} --sum_share {args.sum_share:g}` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()}-core "
+             f"CPU); mean over blocks {blocks}; '-' where the shape does not divide the matrix or no term fits "
+             "the budget.", "",
              "| matrix | budget (x dense) | " + " | ".join(cols) + " | best other / lowrank |",
              "|---|---|" + "---|" * (len(cols) + 1)]
-    for (name, f), acc in table.items():
-        mean = {c: v / n for c, (v, n) in acc.items() if n == len(blocks)}
-        best = min((v for c, v in mean.items() if c != "lowrank"), default=float("nan"))
-        cells = [f"{mean[c]:.4f}" if c in mean else "-" for c in cols]
-        lines.append(f"| {name} | {f:.2f} | " + " | ".join(cells) + f" | {best / mean['lowrank']:.3f} |")
+    for name in dense.config.family.block_matrices:
+        for f in fracs:
+            rows = [done[f"{b}"][name][str(f)] for b in blocks]
+            mean = {c: sum(r[c] for r in rows) / len(rows) for c in cols if all(c in r for r in rows)}
+            best = min((v for c, v in mean.items() if c != "lowrank"), default=float("nan"))
+            cells = [f"{mean[c]:.4f}" if c in mean else "-" for c in cols]
+            lines.append(f"| {name} | {f:.2f} | " + " | ".join(cells) + f" | {best / mean['lowrank']:.3f} |")
+    lines += ["", "## Compute per token", "",
+              "Multiply-adds per token of each candidate at the budget, relative to the dense matrix (Kronecker "
+              "terms: the cheaper factored order, kronecker.factored_macs, with as many terms as the budget "
+              "holds; forming W instead costs at least the dense product). Low rank costs one multiply-add per "
+              "parameter; a Kronecker term of shape (m1,n1)x(m2,n2) costs n1*m2*(n2+m1) or m1*n2*(n1+m2) for "
+              "its m1*n1 + m2*n2 parameters.", "", compute_table(dense, fams, fracs)]
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.out, "w") as fh:

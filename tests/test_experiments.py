@@ -233,3 +233,26 @@ def test_families_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert again[0].split("| row |")[1] == decomposed.split("| row |")[1]  # the decomposition table, unchanged
     line = {ln.split(" | ")[0][2:]: ln for ln in again[1].splitlines() if ln.startswith("| ")}
     assert line["lowrank"] == next(ln for ln in trained.splitlines() if ln.startswith("| lowrank |"))
+
+
+def test_sums_study_runs_and_reuses_finished_blocks(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """experiments/sums.py on a tiny Llama: every matrix and budget gets a row with low rank, a near-low-rank
+    (2x1) and a balanced (4x4) Kronecker shape and their sums; a rerun reuses the finished blocks."""
+    argv = [sys.executable, os.path.join(REPO, "experiments", "sums.py"), "--model", tiny_llama_dir, "--data",
+            tiny_data_dir, "--blocks", "0,1", "--budgets", "0.4,0.6", "--shapes", "2x1,4x4", "--calib_tokens", "512",
+            "--state", str(tmp_path / "state"), "--out", str(tmp_path / "sums.md")]
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "block 1 done" in r.stdout
+    report = (tmp_path / "sums.md").read_text()
+    rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ") and " 0.40 | " in line]
+    assert len(rows) == 2 * 5  # two tables (errors, compute) x the five matrices of a block (q, k, v fused)
+    errors = [row for row in rows if len(row) == 9]
+    for row in errors:
+        lowrank = float(row[2])
+        assert 0 < lowrank < 1, row
+        assert all(c == "-" or float(c) > 0 for c in row[3:8]), row
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "done" not in again.stdout.replace("wrote", ""), again.stdout
+    assert (tmp_path / "sums.md").read_text().split("## Compute")[0].split("\n", 9)[-1] == \
+        report.split("## Compute")[0].split("\n", 9)[-1]
