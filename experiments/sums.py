@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kronygpt.calib import calibrate  # noqa: E402
 from kronygpt.checkpoint import load_model  # noqa: E402
 from kronygpt.data_utils import open_dataset  # noqa: E402
-from kronygpt.factorize import InitSpec, init_factors, whitened_spectrum  # noqa: E402
+from kronygpt.factorize import InitSpec, init_factors, rearrange, whitened_spectrum  # noqa: E402
 from kronygpt.kronecker import factored_macs, kron_sum  # noqa: E402
 from kronygpt.mixed import damped, kron_shape_of, parse_families, sum_fit, whitened_error  # noqa: E402
 
@@ -92,6 +92,38 @@ def compute_table(dense, fams, fracs):
                 s = kron_shape_of(fam, o, i, name in down)
                 k = min(int(f * o * i // s.params(1)), s.max_rank) if s is not None else 0
                 cells.append(f"{min(factored_macs(s, k).values()) / (o * i):.2f} ({k} terms)" if k else "-")
+            lines.append(f"| {name} | {f:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def frobenius_table(dense, blocks, fams, fracs):
+    """Markdown: the same comparison without calibration, on ||W - W_hat||_F^2 / ||W||_F^2, where both families
+    are exact (Eckart-Young on W for low rank, on the rearranged R(W) for Kronecker terms, Van Loan): what the
+    families can represent, apart from how well their calibrated fits whiten."""
+    down = set(dense.config.family.down)
+    tags = [f"{f.b[0]}x{f.b[1]}" for f in fams]
+    lines = ["| matrix | budget (x dense) | lowrank | " + " | ".join(f"kron {t}" for t in tags) + " |",
+             "|---|---|---|" + "---|" * len(tags)]
+    for name in dense.config.family.block_matrices:
+        acc = {}
+        for b in blocks:
+            W = dense.matrix(b, name).weight.detach().double()
+            o, i = W.shape
+            total = W.pow(2).sum().item()
+            tails = {"lowrank": (torch.linalg.svdvals(W).pow(2), o + i)}
+            for fam, tag in zip(fams, tags):
+                s = kron_shape_of(fam, o, i, name in down)
+                if s is not None:
+                    tails[f"kron {tag}"] = (torch.linalg.svdvals(rearrange(W, s)).pow(2), s.params(1))
+            for f in fracs:
+                for col, (sig2, per_term) in tails.items():
+                    k = int(f * o * i // per_term)
+                    if k >= 1:
+                        a = acc.setdefault((f, col), [0.0, 0])
+                        a[0], a[1] = a[0] + sig2[k:].sum().item() / total, a[1] + 1
+        for f in fracs:
+            cells = [f"{acc[(f, c)][0] / acc[(f, c)][1]:.4f}" if acc.get((f, c), (0, 0))[1] == len(blocks) else "-"
+                     for c in ["lowrank"] + [f"kron {t}" for t in tags]]
             lines.append(f"| {name} | {f:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -156,7 +188,12 @@ def main():
               "terms: the cheaper factored order, kronecker.factored_macs, with as many terms as the budget "
               "holds; forming W instead costs at least the dense product). Low rank costs one multiply-add per "
               "parameter; a Kronecker term of shape (m1,n1)x(m2,n2) costs n1*m2*(n2+m1) or m1*n2*(n1+m2) for "
-              "its m1*n1 + m2*n2 parameters.", "", compute_table(dense, fams, fracs)]
+              "its m1*n1 + m2*n2 parameters.", "", compute_table(dense, fams, fracs),
+              "", "## Without calibration", "",
+              "The relative Frobenius error ||W - W_hat||^2 / ||W||^2 of the best approximation of each family at "
+              "the budget (exact for both: the singular values of W, and of the rearranged R(W) for Kronecker "
+              "terms), mean over the same blocks: what each family can represent, apart from the calibration.",
+              "", frobenius_table(dense, blocks, fams, fracs)]
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.out, "w") as fh:

@@ -246,7 +246,7 @@ def test_sums_study_runs_and_reuses_finished_blocks(tiny_llama_dir, tiny_data_di
     assert "block 1 done" in r.stdout
     report = (tmp_path / "sums.md").read_text()
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| ") and " 0.40 | " in line]
-    assert len(rows) == 2 * 5  # two tables (errors, compute) x the five matrices of a block (q, k, v fused)
+    assert len(rows) == 3 * 5  # three tables (errors, compute, uncalibrated) x a block's five matrices (q, k, v fused)
     errors = [row for row in rows if len(row) == 9]
     for row in errors:
         lowrank = float(row[2])
