@@ -454,7 +454,8 @@ class GPT(nn.Module):
             length = (int(positions.max()) + 1 if positions.numel() else start) if check else 0
         if length > self.config.block_size:
             raise UserError(f"a sequence of length {length} exceeds the model's context (block_size "
-                            f"{self.config.block_size}); shorten the input (when generating: the prompt or max_new_tokens)")
+                            f"{self.config.block_size}); shorten the input (when generating: the prompt or "
+                            f"max_new_tokens)")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.family.positions == "learned":
