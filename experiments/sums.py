@@ -37,6 +37,30 @@ from kronygpt.kronecker import factored_macs, kron_sum  # noqa: E402
 from kronygpt.mixed import damped, kron_shape_of, parse_families, sum_fit, whitened_error  # noqa: E402
 
 
+NOTES = """
+## What it says (2026-12-05, blocks 0, 15 and 29 of SmolLM2-135M)
+
+- **Low rank has the lowest calibrated error for every matrix and budget**, and the margin grows with the
+  budget: the best other candidate is 1.17-1.75x low rank's error (MLP matrices 1.17-1.43x, attention
+  1.33-1.75x). No Kronecker candidate earns its parameters on this criterion.
+- **The 3x1 shape alone is the worst candidate** (a term costs a third of the matrix, so every budget here
+  holds one: 0.47-0.63 error against low rank's 0.007-0.14). The balanced shapes do far better alone (up_proj at 0.35x: 24x24 0.537,
+  8x8 0.574, 3x1 0.620) but stay 3.7-18x low rank's error; in sums with low rank they come closest (up_proj
+  at 0.35x: low rank 0.143, low rank + 8x8 terms 0.168), that is, a quarter of the budget moved from rank to
+  Kronecker terms always costs more than it buys.
+- **Much of the calibrated gap is the whitening, not the family.** Without calibration (the last table, both
+  families exact) balanced Kronecker terms nearly match low rank on the MLPs (up_proj at 0.35x: 24x24 0.525
+  against 0.475; at 0.65x 0.271 against 0.233) while the calibrated gap is 3.7-4.7x: low rank whitens
+  exactly, the balanced shapes only for C's nearest Kronecker-factored approximation. A fit on the exact
+  criterion (alternating least squares, or the layer-wise fitting the families study uses) could close part
+  of that gap, never more: even uncalibrated, low rank wins every row.
+- **Balanced terms cost compute low rank does not** (the compute table): at 0.35x of the parameters, 8x8
+  terms need 2.9-3.1x the dense matrix's multiply-adds per token and 24x24 terms 8.3-8.4x, against 0.35x
+  for low rank; materialising W costs the dense product and more. They would make the model slower, which
+  no parameter saving here pays for.
+"""
+
+
 def kron_errors(W, C, s, init, norm, fracs):
     """{fraction: error} of as many Kronecker terms of shape s as each fraction of the dense matrix holds, from
     one decomposition at the largest count (the first k of Van Loan's terms are the k-term solution)."""
@@ -91,7 +115,8 @@ def compute_table(dense, fams, fracs):
             for fam in fams:
                 s = kron_shape_of(fam, o, i, name in down)
                 k = min(int(f * o * i // s.params(1)), s.max_rank) if s is not None else 0
-                cells.append(f"{min(factored_macs(s, k).values()) / (o * i):.2f} ({k} terms)" if k else "-")
+                macs = min(factored_macs(s, k).values()) / (o * i) if k else 0
+                cells.append(f"{macs:.2f} ({k} term{'s' if k > 1 else ''})" if k else "-")
             lines.append(f"| {name} | {f:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -138,8 +163,9 @@ def main():
     p.add_argument("--sum_share", type=float, default=0.25, help="share of the budget the sums give their "
                    "Kronecker terms (at least one term)")
     p.add_argument("--calib_tokens", type=int, default=16384)
-    p.add_argument("--state", default="out-experiments/sums", help="calibration cache and finished blocks "
-                   "(a rerun with the same settings reuses them)")
+    p.add_argument("--calib_cache", default="out-experiments/sums/calib.pt")
+    p.add_argument("--state", default="results/state/sums", help="where the finished blocks' errors are kept "
+                   "(committed: a rerun with the same settings, on any machine, reuses them)")
     p.add_argument("--out", default="results/sums.md")
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count()))
@@ -147,7 +173,8 @@ def main():
     blocks = [int(b) for b in args.blocks.split(",")]
     fracs = [float(b) for b in args.budgets.split(",")]
     fams = parse_families(",".join(f"kron:{b}" for b in args.shapes.split(",")))
-    os.makedirs(args.state, exist_ok=True)
+    for d in (args.state, os.path.dirname(args.calib_cache) or "."):
+        os.makedirs(d, exist_ok=True)
     done_path = os.path.join(args.state, "blocks.json")
     key = f"{args.model} {args.data} {args.calib_tokens} {args.shapes} {args.sum_share:g}"
     done = json.load(open(done_path)) if os.path.isfile(done_path) else {}
@@ -159,7 +186,7 @@ def main():
         _, moments, _ = calibrate(dense, open_dataset(args.data), args.data, tokens=args.calib_tokens,
                                   seq=min(256, dense.config.block_size),
                                   seed=1337, layers=set(range(dense.config.n_layer)),
-                                  cache_path=os.path.join(args.state, "calib.pt"))
+                                  cache_path=args.calib_cache)
     for b in todo:
         done[f"{b}"] = block_errors(dense, b, moments, fams, fracs, InitSpec("aware"), args.sum_share)
         with open(done_path + ".tmp", "w") as fh:
@@ -194,6 +221,8 @@ def main():
               "the budget (exact for both: the singular values of W, and of the rearranged R(W) for Kronecker "
               "terms), mean over the same blocks: what each family can represent, apart from the calibration.",
               "", frobenius_table(dense, blocks, fams, fracs)]
+    if args.out == p.get_default("out"):  # the findings read the default run's tables
+        lines.append(NOTES)
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.out, "w") as fh:

@@ -240,7 +240,8 @@ def test_sums_study_runs_and_reuses_finished_blocks(tiny_llama_dir, tiny_data_di
     (2x1) and a balanced (4x4) Kronecker shape and their sums; a rerun reuses the finished blocks."""
     argv = [sys.executable, os.path.join(REPO, "experiments", "sums.py"), "--model", tiny_llama_dir, "--data",
             tiny_data_dir, "--blocks", "0,1", "--budgets", "0.4,0.6", "--shapes", "2x1,4x4", "--calib_tokens", "512",
-            "--state", str(tmp_path / "state"), "--out", str(tmp_path / "sums.md")]
+            "--state", str(tmp_path / "state"), "--calib_cache", str(tmp_path / "calib.pt"),
+            "--out", str(tmp_path / "sums.md")]
     r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "block 1 done" in r.stdout
