@@ -186,6 +186,7 @@ class Flagship:
             self.train(init, self.args.sweep_steps, float(lr), out, interval=self.args.sweep_steps, script=script,
                        extra=extra)
             results[lr] = evals(out)[-1]["val_loss"]
+            self.ex.keep(out)  # each finished sweep run, so that another machine resumes the sweep where it stopped
 
         for lr in self.args.lrs.split(","):
             run(lr)
