@@ -44,10 +44,10 @@ NOTES = """
   budget: the best other candidate is 1.17-1.75x low rank's error (MLP matrices 1.17-1.43x, attention
   1.33-1.75x). No Kronecker candidate earns its parameters on this criterion.
 - **The 3x1 shape alone is the worst candidate** (a term costs a third of the matrix, so every budget here
-  holds one: 0.47-0.63 error against low rank's 0.007-0.14). The balanced shapes do far better alone (up_proj at 0.35x: 24x24 0.537,
-  8x8 0.574, 3x1 0.620) but stay 3.7-18x low rank's error; in sums with low rank they come closest (up_proj
-  at 0.35x: low rank 0.143, low rank + 8x8 terms 0.168), that is, a quarter of the budget moved from rank to
-  Kronecker terms always costs more than it buys.
+  holds one: 0.47-0.63 error against low rank's 0.007-0.14). The balanced shapes do far better alone
+  (up_proj at 0.35x: 24x24 0.537, 8x8 0.574, 3x1 0.620) but stay 3.7-18x low rank's error; in sums with low
+  rank they come closest (up_proj at 0.35x: low rank 0.143, low rank + 8x8 terms 0.168), that is, a quarter
+  of the budget moved from rank to Kronecker terms always costs more than it buys.
 - **Much of the calibrated gap is the whitening, not the family.** Without calibration (the last table, both
   families exact) balanced Kronecker terms nearly match low rank on the MLPs (up_proj at 0.35x: 24x24 0.525
   against 0.475; at 0.65x 0.271 against 0.233) while the calibrated gap is 3.7-4.7x: low rank whitens
@@ -59,6 +59,17 @@ NOTES = """
   for low rank; materialising W costs the dense product and more. They would make the model slower, which
   no parameter saving here pays for.
 """
+
+
+def tag(fam):
+    """'3x1' for the family kron:3x1 (the columns' names)."""
+    return fam.text.split(":", 1)[1]
+
+
+def shapes_header(fams):
+    """The header of a table with a low-rank column and one column per Kronecker shape."""
+    return ("| matrix | budget (x dense) | lowrank | " + " | ".join(f"kron {tag(f)}" for f in fams) + " |\n"
+            "|---|---|---|" + "---|" * len(fams))
 
 
 def kron_errors(W, C, s, init, norm, fracs):
@@ -89,14 +100,13 @@ def block_errors(dense, b, moments, fams, fracs, init, sum_share):
             s = kron_shape_of(fam, o, i, name in down)
             if s is None:
                 continue
-            tag = f"{fam.b[0]}x{fam.b[1]}"
             for f, e in kron_errors(W, C, s, init, norm, fracs).items():
-                errors[f][f"kron {tag}"] = e
+                errors[f][f"kron {tag(fam)}"] = e
             for f in fracs:
                 k = max(1, int(sum_share * f * o * i // s.params(1)))
                 if s.params(k) <= f * o * i:
                     r = int((f * o * i - s.params(k)) // (o + i))
-                    errors[f][f"sum {tag}"] = sum_fit(W, s, k, r, init, C)[1] / norm
+                    errors[f][f"sum {tag(fam)}"] = sum_fit(W, s, k, r, init, C)[1] / norm
         out[name] = {str(f): e for f, e in errors.items()}
     return out
 
@@ -105,9 +115,7 @@ def compute_table(dense, fams, fracs):
     """Markdown: multiply-adds per token of each matrix's candidates at each budget, relative to dense (the
     cheaper factored order for Kronecker terms, kronecker.factored_macs; materialising W costs at least dense)."""
     down = set(dense.config.family.down)
-    tags = [f"{f.b[0]}x{f.b[1]}" for f in fams]
-    lines = ["| matrix | budget (x dense) | lowrank | " + " | ".join(f"kron {t}" for t in tags) + " |",
-             "|---|---|---|" + "---|" * len(tags)]
+    lines = [shapes_header(fams)]
     for name in dense.config.family.block_matrices:
         o, i = dense.matrix(0, name).weight.shape
         for f in fracs:
@@ -126,9 +134,7 @@ def frobenius_table(dense, blocks, fams, fracs):
     are exact (Eckart-Young on W for low rank, on the rearranged R(W) for Kronecker terms, Van Loan): what the
     families can represent, apart from how well their calibrated fits whiten."""
     down = set(dense.config.family.down)
-    tags = [f"{f.b[0]}x{f.b[1]}" for f in fams]
-    lines = ["| matrix | budget (x dense) | lowrank | " + " | ".join(f"kron {t}" for t in tags) + " |",
-             "|---|---|---|" + "---|" * len(tags)]
+    lines = [shapes_header(fams)]
     for name in dense.config.family.block_matrices:
         acc = {}
         for b in blocks:
@@ -136,10 +142,10 @@ def frobenius_table(dense, blocks, fams, fracs):
             o, i = W.shape
             total = W.pow(2).sum().item()
             tails = {"lowrank": (torch.linalg.svdvals(W).pow(2), o + i)}
-            for fam, tag in zip(fams, tags):
+            for fam in fams:
                 s = kron_shape_of(fam, o, i, name in down)
                 if s is not None:
-                    tails[f"kron {tag}"] = (torch.linalg.svdvals(rearrange(W, s)).pow(2), s.params(1))
+                    tails[f"kron {tag(fam)}"] = (torch.linalg.svdvals(rearrange(W, s)).pow(2), s.params(1))
             for f in fracs:
                 for col, (sig2, per_term) in tails.items():
                     k = int(f * o * i // per_term)
@@ -148,7 +154,7 @@ def frobenius_table(dense, blocks, fams, fracs):
                         a[0], a[1] = a[0] + sig2[k:].sum().item() / total, a[1] + 1
         for f in fracs:
             cells = [f"{acc[(f, c)][0] / acc[(f, c)][1]:.4f}" if acc.get((f, c), (0, 0))[1] == len(blocks) else "-"
-                     for c in ["lowrank"] + [f"kron {t}" for t in tags]]
+                     for c in ["lowrank"] + [f"kron {tag(fam)}" for fam in fams]]
             lines.append(f"| {name} | {f:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -193,8 +199,7 @@ def main():
             json.dump(done, fh)
         os.replace(done_path + ".tmp", done_path)
         print(f"block {b} done ({time.time() - t0:.0f}s)", flush=True)
-    tags = [f"{f.b[0]}x{f.b[1]}" for f in fams]
-    cols = ["lowrank"] + [f"{kind} {t}" for t in tags for kind in ("kron", "sum")]
+    cols = ["lowrank"] + [f"{kind} {tag(f)}" for f in fams for kind in ("kron", "sum")]
     lines = ["# Low rank, Kronecker terms, or their sum, at equal parameters per matrix", "",
              __doc__.split("\n\n")[1].strip("\n"), "",
              f"Command: `python experiments/sums.py --blocks {args.blocks} --budgets {args.budgets} --shapes "
