@@ -198,12 +198,13 @@ def test_safetensors_reader_takes_shards_bf16_and_unprefixed_names(tiny_gpt2_dir
 @pytest.mark.slow
 def test_compiled_blocks_equal_eager_and_compile_once_per_structure():
     """GPT.compile_blocks (regional compilation): the same loss and gradients as eager; blocks of one structure
-    (low rank at two ranks, Kronecker, dense) share compilations, so fewer graphs than blocks; the state_dict
-    and the cached decoding path are unchanged."""
+    share compilations: six low-rank blocks, each at its own rank as an allocated plan has them, one Kronecker
+    and one dense block compile far fewer graphs than blocks (one per block before the ranks could turn
+    dynamic); the state_dict and the cached decoding path are unchanged."""
     from torch._dynamo.utils import counters
     torch.manual_seed(0)
-    cfg = GPTConfig(n_layer=6, n_head=2, n_embd=16, vocab_size=64, block_size=16,
-                    kron_plan="0,1,2: mlp=lowrank*4; 3: mlp=lowrank*6; 4: mlp=8x4*2")
+    cfg = GPTConfig(n_layer=8, n_head=2, n_embd=16, vocab_size=64, block_size=16,
+                    kron_plan="; ".join(f"{b}: mlp=lowrank*{b + 3}" for b in range(6)) + "; 6: mlp=8x4*2")
     model = GPT(cfg)
     idx = torch.randint(0, 64, (2, 12))
     _, loss = model(idx, idx)
@@ -219,7 +220,8 @@ def test_compiled_blocks_equal_eager_and_compile_once_per_structure():
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4, msg=n)
     assert list(model.state_dict()) == keys
-    assert 1 < counters["stats"]["unique_graphs"] < cfg.n_layer  # 3 structures, some sizes: not one per block
+    graphs = counters["stats"]["unique_graphs"]
+    assert 1 < graphs <= 5, graphs  # 3 structures, the low rank's first size static and then dynamic
     # a KV-cache pass runs the plain blocks (each block's cache index would compile a graph per block)
     counters.clear()
     model.eval()
