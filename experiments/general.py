@@ -18,6 +18,10 @@ Rows (every compressed row from the same decomposed start unless said):
   kd_mix_ttcal     kd_mix from a start calibrated and fitted on teacher text alone (what the statistics see decides
                    what the decomposition keeps: the teacher's own text asks it to keep the teacher)
   ttcal_zeroshot   the same for kd_mix_ttcal's start
+  kd_mix_bcal      kd_mix from a start calibrated and fitted on the mixture with 4x the tokens (65,536 calibration,
+                   16,384 gradient and 65,536 fitting tokens; the fit's steps stay 150, so it sees each token about
+                   2 times instead of 9): whether the start forgets less when its statistics and fit see more text
+  bcal_zeroshot    the same for kd_mix_bcal's start
 
 Equal tuning effort: every trained row gets the flagship's learning-rate sweep (--lrs at --sweep_steps,
 extended along the ladder while the best rate is at an end), selected on the validation set of the data the
@@ -41,11 +45,26 @@ from common import REPO, fmt, median_tok_s, parser, read_log  # noqa: E402
 from flagship import Flagship, evals, finished  # noqa: E402
 
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
-            "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot")
-# the rows whose start is calibrated and fitted on other data than the training corpus: start_<name>
-CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal"}
+            "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot")
+# the rows whose start is not the Shakespeare-calibrated one: start_<name>
+CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal",
+                 "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal"}
+# each start's calibration and fitting data ('mix': the distillation mixture, 'teacher': teacher text) and how many
+# times the default calibration, gradient and fitting tokens it uses (the fit's steps unchanged)
+STARTS = {"tcal": ("mix", 1), "ttcal": ("teacher", 1), "bcal": ("mix", 4)}
+TOKEN_OPTIONS = ("--calib_tokens", "--fisher_tokens", "--layerwise_tokens")
+FISHER_TOKENS = 4096  # kron_decomp.py's default, spelled out where a start scales it
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
 SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
+
+
+def scaled(options, times):
+    """The options with their token counts (TOKEN_OPTIONS, '--name=N') multiplied by `times`."""
+    out = []
+    for o in options:
+        name, _, value = o.partition("=")
+        out.append(f"{name}={int(value) * times}" if name in TOKEN_OPTIONS and times != 1 else o)
+    return out
 
 
 class General(Flagship):
@@ -73,15 +92,19 @@ class General(Flagship):
             return path
         os.makedirs(os.path.dirname(path), exist_ok=True)
         decomp = os.path.join(self.ex.out, name, "decomposed.pt")
-        data = {"tcal": self.mix(), "ttcal": self.args.teacher_data}.get(calib, self.args.data)
+        source, times = STARTS.get(calib, ("data", 1))
+        data = {"mix": self.mix(), "teacher": self.args.teacher_data}.get(source, self.args.data)
         if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
+            calib_options = self.calib
+            if times > 1 and not any(o.startswith("--fisher_tokens=") for o in calib_options):
+                calib_options = calib_options + [f"--fisher_tokens={FISHER_TOKENS}"]
             self.ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--force", "--init", "fisher",
                         "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks", f"--calib={data}",
-                        *self.calib)
+                        *scaled(calib_options, times))
         fit_dir = os.path.join(self.ex.out, name, "fit")
         self.ex.run("train_distillation.py", *self.scale, "--mode=layerwise", f"--teacher={self.model}",
                     f"--init_from={decomp}", "--max_iters=0", f"--out_dir={fit_dir}", "--force",
-                    f"--fit_dataset={data}", *self.lw)
+                    f"--fit_dataset={data}", *scaled(self.lw, times))
         os.replace(os.path.join(fit_dir, "fitted.pt"), path)
         return path
 

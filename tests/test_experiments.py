@@ -173,23 +173,33 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert rows_again["dense_zeroshot"] == rows["dense_zeroshot"]
 
 
-def test_general_study_start_calibrated_on_teacher_text(tiny_llama_dir, tiny_data_dir, tmp_path):
-    """ttcal_zeroshot: a start of its own, calibrated and fitted on the teacher text alone (not the training
-    corpus, not the mixture), measured before any recovery."""
+@pytest.mark.parametrize("row", ["ttcal_zeroshot", "bcal_zeroshot"])
+def test_general_study_starts_calibrated_on_other_text(row, tiny_llama_dir, tiny_data_dir, tmp_path):
+    """ttcal_zeroshot and bcal_zeroshot: starts of their own, measured before any recovery. ttcal is calibrated
+    and fitted on the teacher text alone (not the training corpus, not the mixture) with the usual token counts;
+    bcal on the mixture with 4x the calibration, gradient and fitting tokens and the fit's steps unchanged."""
     teacher = tmp_path / "teacher_text"
     shutil.copytree(tiny_data_dir, teacher)
     out = tmp_path / "out"
     argv = [sys.executable, os.path.join(REPO, "experiments", "general.py"), "--smoke", f"--model={tiny_llama_dir}",
-            f"--data={tiny_data_dir}", f"--teacher_data={teacher}", f"--out={out}", "--rows=ttcal_zeroshot"]
+            f"--data={tiny_data_dir}", f"--teacher_data={teacher}", f"--out={out}", f"--rows={row}"]
     r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     ran = [line for line in r.stdout.splitlines() if line.startswith("$ python")]
-    decomp = next(c for c in ran if "kron_decomp.py" in c and "start_ttcal" in c)  # (the first sets the budget)
+    name = row.split("_")[0]
+    decomp = next(c for c in ran if "kron_decomp.py" in c and f"start_{name}" in c)  # (the first sets the budget)
     fit = next(c for c in ran if "--mode=layerwise" in c)
-    assert f"--calib={teacher} " in decomp + " ", decomp
-    assert f"--fit_dataset={teacher} " in fit + " ", fit
-    info = json.loads((out / "ttcal_zeroshot" / "row.json").read_text())
-    assert info["init"].endswith(os.path.join("start_ttcal", "start.pt")) and "teacher_loss" in info["suite"]
+    data = str(teacher) if name == "ttcal" else f"{tiny_data_dir}:0.5,{teacher}:0.5"
+    times = 4 if name == "bcal" else 1
+    assert f"--calib={data} " in decomp + " ", decomp
+    assert f"--fit_dataset={data} " in fit + " ", fit
+    # the smoke scale's counts (flagship.Flagship: 256 calibration, 128 gradient and 512 fitting tokens), scaled
+    for option, tokens, command in (("calib_tokens", 256, decomp), ("fisher_tokens", 128, decomp),
+                                    ("layerwise_tokens", 512, fit)):
+        assert f"--{option}={tokens * times} " in command + " ", command
+    assert "--layerwise_steps=5 " in fit + " ", fit
+    info = json.loads((out / row / "row.json").read_text())
+    assert info["init"].endswith(os.path.join(f"start_{name}", "start.pt")) and "teacher_loss" in info["suite"]
 
 
 def test_families_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
