@@ -22,6 +22,8 @@ Rows (every compressed row from the same decomposed start unless said):
                    16,384 gradient and 65,536 fitting tokens; the fit's steps stay 150, so it sees each token about
                    2 times instead of 9): whether the start forgets less when its statistics and fit see more text
   bcal_zeroshot    the same for kd_mix_bcal's start
+  b8cal_zeroshot   a start like bcal's with 8x the tokens (131,072 calibration, 32,768 gradient, 131,072 fitting):
+                   whether the trend from 1x to 4x goes on
 
 Equal tuning effort: every trained row gets the flagship's learning-rate sweep (--lrs at --sweep_steps,
 extended along the ladder while the best rate is at an end), selected on the validation set of the data the
@@ -45,13 +47,14 @@ from common import REPO, fmt, median_tok_s, parser, read_log  # noqa: E402
 from flagship import Flagship, evals, finished  # noqa: E402
 
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
-            "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot")
+            "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot",
+            "b8cal_zeroshot")
 # the rows whose start is not the Shakespeare-calibrated one: start_<name>
 CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal",
-                 "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal"}
+                 "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal", "b8cal_zeroshot": "b8cal"}
 # each start's calibration and fitting data ('mix': the distillation mixture, 'teacher': teacher text) and how many
 # times the default calibration, gradient and fitting tokens it uses (the fit's steps unchanged)
-STARTS = {"tcal": ("mix", 1), "ttcal": ("teacher", 1), "bcal": ("mix", 4)}
+STARTS = {"tcal": ("mix", 1), "ttcal": ("teacher", 1), "bcal": ("mix", 4), "b8cal": ("mix", 8)}
 TOKEN_OPTIONS = ("--calib_tokens", "--fisher_tokens", "--layerwise_tokens")
 FISHER_TOKENS = 4096  # kron_decomp.py's default, spelled out where a start scales it
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
