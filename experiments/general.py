@@ -22,6 +22,8 @@ Rows (every compressed row from the same decomposed start unless said):
                    16,384 gradient and 65,536 fitting tokens; the fit's steps stay 150, so it sees each token about
                    2 times instead of 9): whether the start forgets less when its statistics and fit see more text
   bcal_zeroshot    the same for kd_mix_bcal's start
+  bcalfit1_zeroshot  bcal's decomposition (4x calibration tokens) fitted on the usual 16,384 tokens: which of the
+                   two, calibration or fitting, the 4x start's gain comes from
   b8cal_zeroshot   a start like bcal's with 8x the tokens (131,072 calibration, 32,768 gradient, 131,072 fitting):
                    whether the trend from 1x to 4x goes on
 
@@ -41,6 +43,7 @@ from whatever has finished. The finished runs' logs and the rows' records are ke
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, fmt, median_tok_s, parser, read_log  # noqa: E402
@@ -48,13 +51,26 @@ from flagship import Flagship, evals, finished  # noqa: E402
 
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
             "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot",
-            "b8cal_zeroshot")
+            "bcalfit1_zeroshot", "b8cal_zeroshot")
 # the rows whose start is not the Shakespeare-calibrated one: start_<name>
 CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal",
-                 "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal", "b8cal_zeroshot": "b8cal"}
-# each start's calibration and fitting data ('mix': the distillation mixture, 'teacher': teacher text) and how many
-# times the default calibration, gradient and fitting tokens it uses (the fit's steps unchanged)
-STARTS = {"tcal": ("mix", 1), "ttcal": ("teacher", 1), "bcal": ("mix", 4), "b8cal": ("mix", 8)}
+                 "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal", "bcalfit1_zeroshot": "bcalfit1",
+                 "b8cal_zeroshot": "b8cal"}
+
+
+@dataclass(frozen=True)
+class Start:
+    """A start's calibration and fitting data ('mix': the distillation mixture, 'teacher': teacher text, 'data': the
+    training corpus), how many times the default calibration and gradient tokens (calib) and fitting tokens (fit)
+    it uses (the fit's steps unchanged), and the start whose decomposition it fits (None: its own)."""
+    data: str = "data"
+    calib: int = 1
+    fit: int = 1
+    decomposed_as: str = None
+
+
+STARTS = {"tcal": Start("mix"), "ttcal": Start("teacher"), "bcal": Start("mix", 4, 4),
+          "bcalfit1": Start("mix", 4, 1, decomposed_as="bcal"), "b8cal": Start("mix", 8, 8)}
 TOKEN_OPTIONS = ("--calib_tokens", "--fisher_tokens", "--layerwise_tokens")
 FISHER_TOKENS = 4096  # kron_decomp.py's default, spelled out where a start scales it
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
@@ -76,9 +92,11 @@ class General(Flagship):
     # -- what each row trains on, and from where
 
     def data_of(self, key):
-        a = self.args
-        return {"kd_teacher": a.teacher_data, "kd_mix": self.mix(), "kd_mix_tcal": self.mix(),
-                "kd_mix_ttcal": self.mix()}.get(key, a.data)
+        """The dataset row `key` trains on: teacher text, the mixture (every kd_mix row, whatever its start), or the
+        training corpus."""
+        if key == "kd_teacher":
+            return self.args.teacher_data
+        return self.mix() if key.startswith("kd_mix") else self.args.data
 
     def mix(self):
         return f"{self.args.data}:0.5,{self.args.teacher_data}:0.5"
@@ -94,20 +112,20 @@ class General(Flagship):
         if os.path.isfile(path):
             return path
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        decomp = os.path.join(self.ex.out, name, "decomposed.pt")
-        source, times = STARTS.get(calib, ("data", 1))
-        data = {"mix": self.mix(), "teacher": self.args.teacher_data}.get(source, self.args.data)
+        st = STARTS.get(calib, Start())
+        decomp = os.path.join(self.ex.out, f"start_{st.decomposed_as}" if st.decomposed_as else name, "decomposed.pt")
+        data = {"mix": self.mix(), "teacher": self.args.teacher_data}.get(st.data, self.args.data)
         if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
             calib_options = self.calib
-            if times > 1 and not any(o.startswith("--fisher_tokens=") for o in calib_options):
+            if st.calib > 1 and not any(o.startswith("--fisher_tokens=") for o in calib_options):
                 calib_options = calib_options + [f"--fisher_tokens={FISHER_TOKENS}"]
             self.ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--force", "--init", "fisher",
                         "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks", f"--calib={data}",
-                        *scaled(calib_options, times))
+                        *scaled(calib_options, st.calib))
         fit_dir = os.path.join(self.ex.out, name, "fit")
         self.ex.run("train_distillation.py", *self.scale, "--mode=layerwise", f"--teacher={self.model}",
                     f"--init_from={decomp}", "--max_iters=0", f"--out_dir={fit_dir}", "--force",
-                    f"--fit_dataset={data}", *scaled(self.lw, times))
+                    f"--fit_dataset={data}", *scaled(self.lw, st.fit))
         os.replace(os.path.join(fit_dir, "fitted.pt"), path)
         return path
 

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -125,6 +126,20 @@ def test_experiment_reuses_a_finished_teacher_and_resumes_an_interrupted_one(tmp
     (teacher / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     (teacher / "best.pt").write_bytes(b"")
     assert ex.teacher() == str(teacher / "best.pt") and len(runs) == 1  # finished: reused, not retrained
+
+
+def test_general_rows_train_on_their_data():
+    """Every kd_mix row trains on the mixture whatever its start (kd_mix_bcal once fell through to the training
+    corpus), kd_teacher on teacher text, the others on the training corpus."""
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    import general
+    study = general.General.__new__(general.General)
+    study.args = SimpleNamespace(data="shakespeare", teacher_data="teacher")
+    mix = "shakespeare:0.5,teacher:0.5"
+    for key in general.ALL_ROWS:
+        want = mix if key.startswith("kd_mix") else "teacher" if key == "kd_teacher" else "shakespeare"
+        assert study.data_of(key) == want, key
+    assert sum(k.startswith("kd_mix") for k in general.ALL_ROWS) >= 4
 
 
 def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
