@@ -285,6 +285,18 @@ FINDINGS = """
   and teacher samples but leaves Milton where the start had it (5.195 vs 5.212); Milton moves only with
   Shakespeare in the training data (4.86 for both Shakespeare-only rows). No row meets Milton <= 4.70: the
   closest, `ce_shakespeare` (4.861), misses by 0.16.
+- **More calibration and fitting text keeps more** (2026-12-05). The mixture start calibrated on 4x the tokens
+  (65,536 calibration, 16,384 gradient) and fitted on 4x (65,536, the same 150 steps), `bcal_zeroshot`, is better
+  than the 1x mixture start `tcal_zeroshot` on every column before training: Shakespeare 4.502 vs 4.531, Milton
+  5.193 vs 5.283, Python 5.000 vs 5.258, teacher samples 4.803 vs 4.928, KL 0.925 vs 1.038, facts 0.598 vs 0.573.
+  Fitting the same 4x decomposition on the usual 16,384 tokens (`bcalfit1_zeroshot`: 4.509, 5.217, 5.096, 4.836,
+  0.952, 0.573) splits the gain: about two thirds from the calibration, one third from the fit. The same 300
+  steps of distillation on the mixture from it (`kd_mix_bcal`, 3e-5 by the sweep) end ahead of `kd_mix_tcal` on
+  every column: Shakespeare 4.186 vs 4.192, Milton 4.904 vs 4.946, Python 4.337 vs 4.470, teacher samples 4.529
+  vs 4.575, KL 0.676 vs 0.723, facts 0.624 vs 0.615 (one item). It is the best row on Python, teacher samples and
+  KL, still far from every target. One seed; its tok/s is lower than the earlier rows' (about 150 against 195)
+  with nothing else running for most of its 300 steps, which was not traced. The 8x start (`b8cal_zeroshot`)
+  is not run yet.
 - **What limited it.** 300 steps of 1,024 tokens (307k tokens) recover a few tenths of loss, not the 2-3 nats the
   rank cut removed from text the calibration never saw; one seed per row (differences below ~0.01 are noise);
   the teacher text is 164k tokens, so `kd_teacher` sees each token about twice. Untried and next: a broader
