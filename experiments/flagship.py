@@ -86,7 +86,7 @@ class Flagship:
                           f"--batch_size={batch}", f"--eval_tokens={evt}", "--log_interval=5", "--warmup_iters=10",
                           "--weight_decay=0.1", "--grad_clip=1.0"] + (["--device=cuda"] if args.gpu else [])
             self.lw = ["--layerwise_tokens=16384", "--layerwise_steps=150", "--layerwise_batch=1024"]
-            self.calib = ["--calib_tokens=16384", f"--calib_seq={block}"]
+            self.calib = ["--calib_tokens=16384", f"--calib_seq={block}", "--fisher_tokens=4096"]
 
     # -- starting points: a checkpoint (or hub name) each row trains from
 

@@ -72,7 +72,6 @@ class Start:
 STARTS = {"tcal": Start("mix"), "ttcal": Start("teacher"), "bcal": Start("mix", 4, 4),
           "bcalfit1": Start("mix", 4, 1, decomposed_as="bcal"), "b8cal": Start("mix", 8, 8)}
 TOKEN_OPTIONS = ("--calib_tokens", "--fisher_tokens", "--layerwise_tokens")
-FISHER_TOKENS = 4096  # kron_decomp.py's default, spelled out where a start scales it
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
 SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
 
@@ -116,12 +115,9 @@ class General(Flagship):
         decomp = os.path.join(self.ex.out, f"start_{st.decomposed_as}" if st.decomposed_as else name, "decomposed.pt")
         data = {"mix": self.mix(), "teacher": self.args.teacher_data}.get(st.data, self.args.data)
         if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
-            calib_options = self.calib
-            if st.calib > 1 and not any(o.startswith("--fisher_tokens=") for o in calib_options):
-                calib_options = calib_options + [f"--fisher_tokens={FISHER_TOKENS}"]
             self.ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--force", "--init", "fisher",
                         "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks", f"--calib={data}",
-                        *scaled(calib_options, st.calib))
+                        *scaled(self.calib, st.calib))
         fit_dir = os.path.join(self.ex.out, name, "fit")
         self.ex.run("train_distillation.py", *self.scale, "--mode=layerwise", f"--teacher={self.model}",
                     f"--init_from={decomp}", "--max_iters=0", f"--out_dir={fit_dir}", "--force",
