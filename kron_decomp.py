@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from configurator import configure, run_cli
-from kronygpt.calib import calibrate
+from kronygpt.calib import FISHER_LABELS, calibrate
 from kronygpt.checkpoint import check_output_file, load_model, save_checkpoint
 from kronygpt.data_utils import check_data_fits, open_dataset
 from kronygpt.errors import ConfigError, UserError
@@ -79,6 +79,8 @@ class DecompConfig:
     calib_tokens: int = 16384       # calibration tokens
     calib_seq: int = 256            # calibration sequence length (capped at the model's block_size)
     fisher_tokens: int = 4096       # fisher: tokens for the output-gradient moments
+    fisher_labels: str = "data"     # fisher: the targets of those gradients: 'data' (the text's next tokens) or
+                                    # 'model' (drawn from the dense model's predictions: keep what it predicts)
     calib_cache: str = ""           # a file keeping the statistics for the next run (keyed by model and data content)
     sequential: bool = False        # calibrate each block on the already-compressed blocks (GPTQ-style)
     stream: bool = False            # one block's statistics in memory at a time, the model decomposed in place (big models)
@@ -102,6 +104,8 @@ class DecompConfig:
             raise ConfigError("--allocate divides a parameter budget: give --target_params too")
         if self.init not in INITS:
             raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.fisher_labels not in FISHER_LABELS:
+            raise ConfigError(f"--fisher_labels must be one of {', '.join(FISHER_LABELS)}, got {self.fisher_labels!r}")
         if self.scope not in SCOPES:
             raise ConfigError(f"--scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         for name in ("calib_tokens", "calib_seq", "fisher_tokens", "plan_candidates", "score_blocks"):
@@ -250,7 +254,7 @@ def calibrate_and_decompose(cfg, dense, layers):
             seed=cfg.seed, layers=set(layers or range(dense.config.n_layer)),
             moments=not cfg.stream and (bool(cfg.target_params) or not cfg.sequential),
             fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" and not cfg.stream else 0,
-            cache_path=cfg.calib_cache, force=cfg.force)
+            fisher_labels=cfg.fisher_labels, cache_path=cfg.calib_cache, force=cfg.force)
     init.check_stats(batches is not None, grads is not None or (cfg.stream and batches is not None))
     rows, model, planning = [], dense, []  # planning: the planner's reasoning, as printed, kept in the report
     if not (cfg.keep_blocks and not (cfg.shape or cfg.target_params or cfg.plan)):  # truncation alone otherwise
@@ -268,7 +272,8 @@ def calibrate_and_decompose(cfg, dense, layers):
             torch.manual_seed(cfg.seed)
             model, rows = stream_decompose(dense, batches, init, layers=layers, sequential=cfg.sequential,
                                            permute=cfg.permute, spill_dir=cfg.spill_dir or None,
-                                           fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" else 0, log=log,
+                                           fisher_tokens=cfg.fisher_tokens if cfg.init == "fisher" else 0,
+                                           fisher_labels=cfg.fisher_labels, seed=cfg.seed, log=log,
                                            **request)
         else:
             plan = choose_plan(dense, layers=layers, init=init, moments=moments, grads=grads, cache=cache,

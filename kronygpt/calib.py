@@ -25,6 +25,10 @@ from .plans import EMBED
 # the statistics of the embedding as a planned matrix, (EMBED, 'wte'): the input moment of the lm_head tied to it
 # and the diagonal of its output (the logits') gradient moment
 HEAD = (EMBED, "wte")
+# the next tokens whose loss the output gradients are taken of: 'data', the calibration text's own (the empirical
+# Fisher: what predicting that text needs); 'model', drawn from the dense model's next-token distribution (the
+# Fisher proper: the curvature of KL(dense || compressed), what keeping the model's own predictions needs)
+FISHER_LABELS = ("data", "model")
 
 
 def gram(x):
@@ -180,13 +184,15 @@ class GradientHooks:
             h.remove()
 
 
-def output_gradient_moments(model, batches, layers, spill=None, head_tokens=512):
+def output_gradient_moments(model, batches, layers, spill=None, head_tokens=512, labels="data", seed=0):
     """{(layer, name): E[g g^T]} (float64, CPU) over every token, where g is the gradient of the summed
     next-token loss with respect to the output of each factorisable matrix of the blocks `layers`, and under
     HEAD the diagonal of the logits' (a vocabulary-sized square would not fit). It is the empirical Fisher of
     the matrix's output, the output-side factor of a K-FAC approximation: the loss increase from perturbing
     the output by d is about d^T G d / 2. batches: token sequences (B, T); the first T-1 tokens are the
-    input and the last T-1 the targets.
+    input and the last T-1 the targets. labels: 'data' takes the targets as they are; 'model' draws each
+    target from the model's own next-token distribution instead (one draw per token, a generator seeded with
+    `seed`), so that E[g g^T] is the Fisher of the model's predictive distribution (FISHER_LABELS).
 
     The backward pass runs one block at a time (activation checkpointing at every block): a forward pass
     without autograd keeps each block's input, the loss's gradient at the last block's output comes from the
@@ -195,8 +201,11 @@ def output_gradient_moments(model, batches, layers, spill=None, head_tokens=512)
     formed for head_tokens tokens at a time (a 2,048-token batch of SmolLM2's would take 0.4 GB). spill: a directory
     where each moment is accumulated as it is computed (a SpilledMoments is returned, read back one at a time)
     instead of memory."""
+    if labels not in FISHER_LABELS:
+        raise UserError(f"fisher labels must be one of {', '.join(FISHER_LABELS)}, got {labels!r}")
     store = SpilledMoments(spill) if spill else Moments()
     n_layer, device = model.config.n_layer, next(model.parameters()).device
+    draw = torch.Generator(device=device).manual_seed(seed) if labels == "model" else None
     was_training, frozen = model.training, [p for p in model.parameters() if p.requires_grad]
     model.eval()
     for p in frozen:
@@ -221,8 +230,10 @@ def output_gradient_moments(model, batches, layers, spill=None, head_tokens=512)
                     h, g = seq.pop(), []
                     for hc, yc in zip(h.split(rows), y.split(rows), strict=True):  # a vocabulary-wide slice at a time
                         hc = hc.requires_grad_()
-                        logits = model.lm_head(model.transformer.ln_f(hc))
-                        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), yc.view(-1), reduction="sum")
+                        logits = model.lm_head(model.transformer.ln_f(hc)).float().view(-1, model.config.vocab_size)
+                        if draw is not None:
+                            yc = torch.multinomial(F.softmax(logits.detach(), dim=-1), 1, generator=draw)
+                        loss = F.cross_entropy(logits, yc.reshape(-1), reduction="sum")
                         g.append(torch.autograd.grad(loss, hc)[0])
                     grads.append(torch.cat(g))
         finally:
@@ -271,16 +282,17 @@ def collect_moments(dense, batches, layers):
     return out
 
 
-def collect_grads(dense, batches, layers, n_tokens, spill=None):
+def collect_grads(dense, batches, layers, n_tokens, spill=None, labels="data", seed=0):
     """output_gradient_moments of every factorisable matrix of `layers` (dense model) and of the logits, on
-    the first n_tokens of the batches (whole batches). spill: a directory to keep them in."""
+    the first n_tokens of the batches (whole batches), with targets as `labels` says (FISHER_LABELS). spill: a
+    directory to keep them in."""
     use, total = [], 0
     for x in batches:
         if total >= n_tokens:
             break
         use.append(x)
         total += x.numel()
-    return output_gradient_moments(dense, use, set(layers), spill)
+    return output_gradient_moments(dense, use, set(layers), spill, labels=labels, seed=seed)
 
 
 def content_hash(tensors):
@@ -311,21 +323,26 @@ def load_calib_cache(path, key, force=False):
     return stored
 
 
-def save_calib_cache(path, key, cached, moments, grads, fisher_tokens):
+def grads_key(fisher_tokens, labels="data"):
+    """The calibration cache's entry for output-gradient moments on fisher_tokens tokens with `labels`."""
+    return f"grads_{fisher_tokens}" + ("" if labels == "data" else f"_{labels}")
+
+
+def save_calib_cache(path, key, cached, moments, grads, gkey):
     out = {k: v for k, v in cached.items() if k != "key"}
     if moments is not None:
         out["moments"] = moments
     if grads is not None:
-        out[f"grads_{fisher_tokens}"] = grads
+        out[gkey] = grads
     atomic_save({"key": key, **out}, path)
 
 
-def calibrate(dense, data, name, *, tokens, seq, seed, layers, moments=True, fisher_tokens=0, cache_path=None,
-              force=False, log=print):
+def calibrate(dense, data, name, *, tokens, seq, seed, layers, moments=True, fisher_tokens=0, fisher_labels="data",
+              cache_path=None, force=False, log=print):
     """(batches, moments, grads) for decomposing `dense` on the prepared dataset `data` (a TokenData called
     `name`): `tokens` training tokens in `seq`-token sequences, the input moments of every factorisable
     matrix of `layers` and the lm_head's (if `moments`), and with fisher_tokens > 0 the output-gradient
-    moments on the first fisher_tokens of them. cache_path: a file that keeps the statistics; it is keyed by
+    moments on the first fisher_tokens of them, with targets as fisher_labels says. cache_path: a file that keeps the statistics; it is keyed by
     the contents of the model's weights and of the calibration tokens (and the settings), so statistics of a
     changed model or dataset are never reused."""
     batches = calibration_batches(data, tokens, seq, seed=seed)
@@ -339,12 +356,13 @@ def calibrate(dense, data, name, *, tokens, seq, seed, layers, moments=True, fis
         C = cached.get("moments") or collect_moments(dense, batches, layers)
         log(f"calibration: {n:,} tokens of {name} in {time.time() - t:.0f}s"
             + (f" (from {cache_path})" if "moments" in cached else ""))
+    gkey = grads_key(fisher_tokens, fisher_labels)
     if fisher_tokens:
-        t, gkey = time.time(), f"grads_{fisher_tokens}"
-        G = cached.get(gkey) or collect_grads(dense, batches, layers, fisher_tokens)
-        log(f"output gradients: {min(fisher_tokens, n):,} tokens in {time.time() - t:.0f}s"
+        t = time.time()
+        G = cached.get(gkey) or collect_grads(dense, batches, layers, fisher_tokens, labels=fisher_labels, seed=seed)
+        log(f"output gradients: {min(fisher_tokens, n):,} tokens ({fisher_labels} labels) in {time.time() - t:.0f}s"
             + (f" (from {cache_path})" if gkey in cached else ""))
-    collected = (C is not None and "moments" not in cached) or (G is not None and f"grads_{fisher_tokens}" not in cached)
+    collected = (C is not None and "moments" not in cached) or (G is not None and gkey not in cached)
     if cache_path and collected:  # rewriting an unchanged cache (GBs for SmolLM2) only costs time
-        save_calib_cache(cache_path, key, cached, C, G, fisher_tokens)
+        save_calib_cache(cache_path, key, cached, C, G, gkey)
     return batches, C, G

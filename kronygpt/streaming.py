@@ -67,12 +67,13 @@ def streamed_curves(dense, batches, mats, init, grads=None, log=print, families=
     return curves, kron
 
 
-def stream_decompose(dense, batches, init, *, layers=None, fisher_tokens=0, sequential=False, permute=False,
-                     spill_dir=None, log=print, **request):
+def stream_decompose(dense, batches, init, *, layers=None, fisher_tokens=0, fisher_labels="data", seed=0,
+                     sequential=False, permute=False, spill_dir=None, log=print, **request):
     """(model, rows) as choose_plan(**request) then decompose_model would give on all-at-once statistics, in
     one block's memory (the module docstring). `dense` is decomposed in place. request: choose_plan's keywords
     (plan, shape, factors, target, tolerance, allocate, scope, scalars, candidates, score_blocks,
-    rank_multiple, families, max_factors). spill_dir: where the output-gradient moments are kept while they are used (a temporary
+    rank_multiple, families, max_factors). fisher_labels, seed: the output gradients' targets (calib.FISHER_LABELS) and
+    the seed of their draw. spill_dir: where the output-gradient moments are kept while they are used (a temporary
     directory inside it, removed afterwards; default: the system's)."""
     config = dense.config
     all_layers = set(layers if layers is not None else range(config.n_layer))
@@ -81,7 +82,7 @@ def stream_decompose(dense, batches, init, *, layers=None, fisher_tokens=0, sequ
         grads = None
         if fisher_tokens:
             t = time.time()
-            grads = collect_grads(dense, batches, all_layers, fisher_tokens, spill=spill)
+            grads = collect_grads(dense, batches, all_layers, fisher_tokens, spill=spill, labels=fisher_labels, seed=seed)
             log(f"output gradients: {min(fisher_tokens, sum(x.numel() for x in batches)):,} tokens in "
                 f"{time.time() - t:.0f}s (kept in {spill}, read back one block at a time)")
         moments = curves = kron = None

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kronygpt.calib import HEAD, BlockRunner, collect_moments
 from kronygpt.checkpoint import load_model
@@ -404,6 +405,29 @@ def test_output_gradient_moments_equal_a_direct_computation(fixture, request):
         direct = (g * g).mean(0) if k == HEAD else g.t() @ g / len(g)
         torch.testing.assert_close(G[k], direct, rtol=0, atol=1e-6 * direct.abs().max().item())
     assert all(p.requires_grad for p in model.parameters())  # restored
+
+
+def test_model_labels_give_the_fisher_of_the_models_own_predictions(tiny_llama_dir):
+    # with targets drawn from the model, E[(p - e_y)^2] at the logits is p(1 - p) per token; the text's own
+    # (uniformly random) targets give about 1 + sum p^2 instead. Sharpened logits tell the two apart.
+    from kronygpt.calib import output_gradient_moments
+    model = load_pretrained(tiny_llama_dir).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(8)
+    x = torch.randint(0, 256, (64, 33), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        p = F.softmax(model(x[:, :-1].contiguous(), all_logits=True)[0].double(), -1).reshape(-1, 256)
+    expected = (p * (1 - p)).mean(0).sum().item()
+    assert expected < 0.8  # sharp enough that the two labellings differ
+    drawn = output_gradient_moments(model, [x], {1}, labels="model", seed=3)
+    assert drawn[HEAD].sum().item() == pytest.approx(expected, rel=0.1)
+    data = output_gradient_moments(model, [x], {1}, labels="data")
+    assert data[HEAD].sum().item() > expected + 0.5
+    again = output_gradient_moments(model, [x], {1}, labels="model", seed=3)
+    other = output_gradient_moments(model, [x], {1}, labels="model", seed=4)
+    torch.testing.assert_close(again[(1, model.config.family.block_matrices[0])],
+                               drawn[(1, model.config.family.block_matrices[0])], rtol=0, atol=0)
+    assert not torch.equal(other[HEAD], drawn[HEAD])  # the draw is the seed's
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])

@@ -139,6 +139,7 @@ def test_cli_writes_checkpoint_and_report(tiny_gpt2_dir, tmp_path):
     (["--shape", "5x8"], "does not divide"),
     (["--shape", "16x8", "--factors", "33"], "maximum Kronecker rank"),
     (["--shape", "16x8", "--init", "svd"], "--init must be one of"),
+    (["--shape", "16x8", "--init", "fisher", "--fisher_labels", "teacher"], "--fisher_labels must be one of"),
     (["--shape", "16x8", "--model", "/nonexistent/model.pt"], "neither an existing checkpoint"),
     (["--shape", "64x16", "--init", "prune", "--prune_keep", "odd", "--factors", "4"], "at most 3 factors"),
 ])
