@@ -26,6 +26,10 @@ Rows (every compressed row from the same decomposed start unless said):
                    two, calibration or fitting, the 4x start's gain comes from
   b8cal_zeroshot   a start like bcal's with 8x the tokens (131,072 calibration, 32,768 gradient, 131,072 fitting):
                    whether the trend from 1x to 4x goes on
+  bmcal_zeroshot   bcal's start with the output gradients' targets drawn from the teacher's own predictions
+                   (kron_decomp --fisher_labels=model: the Fisher of its distribution, the curvature of KL(teacher ||
+                   student), instead of the empirical Fisher of the calibration text's next tokens)
+  kd_mix_bmcal     kd_mix from that start
 
 Equal tuning effort: every trained row gets the flagship's learning-rate sweep (--lrs at --sweep_steps,
 extended along the ladder while the best rate is at an end), selected on the validation set of the data the
@@ -51,26 +55,29 @@ from flagship import Flagship, evals, finished  # noqa: E402
 
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
             "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot",
-            "bcalfit1_zeroshot", "b8cal_zeroshot")
+            "bcalfit1_zeroshot", "b8cal_zeroshot", "bmcal_zeroshot", "kd_mix_bmcal")
 # the rows whose start is not the Shakespeare-calibrated one: start_<name>
 CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal",
                  "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal", "bcalfit1_zeroshot": "bcalfit1",
-                 "b8cal_zeroshot": "b8cal"}
+                 "b8cal_zeroshot": "b8cal", "bmcal_zeroshot": "bmcal", "kd_mix_bmcal": "bmcal"}
 
 
 @dataclass(frozen=True)
 class Start:
     """A start's calibration and fitting data ('mix': the distillation mixture, 'teacher': teacher text, 'data': the
     training corpus), how many times the default calibration and gradient tokens (calib) and fitting tokens (fit)
-    it uses (the fit's steps unchanged), and the start whose decomposition it fits (None: its own)."""
+    it uses (the fit's steps unchanged), the start whose decomposition it fits (None: its own), and the targets of
+    the output gradients (kron_decomp --fisher_labels)."""
     data: str = "data"
     calib: int = 1
     fit: int = 1
     decomposed_as: str = None
+    labels: str = "data"
 
 
 STARTS = {"tcal": Start("mix"), "ttcal": Start("teacher"), "bcal": Start("mix", 4, 4),
-          "bcalfit1": Start("mix", 4, 1, decomposed_as="bcal"), "b8cal": Start("mix", 8, 8)}
+          "bcalfit1": Start("mix", 4, 1, decomposed_as="bcal"), "b8cal": Start("mix", 8, 8),
+          "bmcal": Start("mix", 4, 4, labels="model")}
 TOKEN_OPTIONS = ("--calib_tokens", "--fisher_tokens", "--layerwise_tokens")
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
 SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
@@ -117,7 +124,7 @@ class General(Flagship):
         if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
             self.ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--force", "--init", "fisher",
                         "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks", f"--calib={data}",
-                        *scaled(self.calib, st.calib))
+                        *scaled(self.calib, st.calib), *([f"--fisher_labels={st.labels}"] if st.labels != "data" else []))
         fit_dir = os.path.join(self.ex.out, name, "fit")
         self.ex.run("train_distillation.py", *self.scale, "--mode=layerwise", f"--teacher={self.model}",
                     f"--init_from={decomp}", "--max_iters=0", f"--out_dir={fit_dir}", "--force",

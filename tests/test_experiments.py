@@ -188,11 +188,12 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert rows_again["dense_zeroshot"] == rows["dense_zeroshot"]
 
 
-@pytest.mark.parametrize("row", ["ttcal_zeroshot", "bcal_zeroshot"])
+@pytest.mark.parametrize("row", ["ttcal_zeroshot", "bcal_zeroshot", "bmcal_zeroshot"])
 def test_general_study_starts_calibrated_on_other_text(row, tiny_llama_dir, tiny_data_dir, tmp_path):
     """ttcal_zeroshot and bcal_zeroshot: starts of their own, measured before any recovery. ttcal is calibrated
     and fitted on the teacher text alone (not the training corpus, not the mixture) with the usual token counts;
-    bcal on the mixture with 4x the calibration, gradient and fitting tokens and the fit's steps unchanged."""
+    bcal on the mixture with 4x the calibration, gradient and fitting tokens and the fit's steps unchanged; bmcal
+    as bcal with the output gradients' targets drawn from the teacher (--fisher_labels=model)."""
     teacher = tmp_path / "teacher_text"
     shutil.copytree(tiny_data_dir, teacher)
     out = tmp_path / "out"
@@ -205,7 +206,8 @@ def test_general_study_starts_calibrated_on_other_text(row, tiny_llama_dir, tiny
     decomp = next(c for c in ran if "kron_decomp.py" in c and f"start_{name}" in c)  # (the first sets the budget)
     fit = next(c for c in ran if "--mode=layerwise" in c)
     data = str(teacher) if name == "ttcal" else f"{tiny_data_dir}:0.5,{teacher}:0.5"
-    times = 4 if name == "bcal" else 1
+    times = 4 if name in ("bcal", "bmcal") else 1
+    assert ("--fisher_labels=model" in decomp) == (name == "bmcal"), decomp
     assert f"--calib={data} " in decomp + " ", decomp
     assert f"--fit_dataset={data} " in fit + " ", fit
     # the smoke scale's counts (flagship.Flagship: 256 calibration, 128 gradient and 512 fitting tokens), scaled
