@@ -29,7 +29,7 @@ import torch
 from kronygpt.checkpoint import atomic_save, load_model, save_checkpoint
 from configurator import configure, run_cli
 from kronygpt.data_utils import batch_seed, check_data_fits, open_dataset
-from kronygpt.distill import collect_activations, fit_layers, fit_units, make_distill_loss, progressive_order
+from kronygpt.distill import TeacherActivations, fit_layers, fit_units, make_distill_loss, progressive_order
 from kronygpt.factorize import INITS, InitSpec
 from kronygpt.plans import Plan
 from kronygpt.surgery import decompose_model, replace_block
@@ -238,14 +238,11 @@ def distil(cfg, rt):
         # progressive replacement swaps MLPs in; layer-wise fitting fits what the student factorised
         layers = range(teacher.config.n_layer)
         units = fit_units(student, layers) if cfg.mode == "layerwise" else {i: "mlp" for i in layers}
-        with teacher_ctx:
-            fit = collect_activations(teacher, token_batches(fit_source, "train", cfg.layerwise_tokens, cfg, 0), units,
-                                      rt.device)
-            # held-out windows of the train split: they decide whether each fit is kept, so the validation
-            # split that every table reports stays untouched
-            held = collect_activations(teacher, token_batches(fit_source, "train", cfg.layerwise_tokens // 4, cfg, 1), units,
-                                       rt.device)
-        fit_data = (fit, held)
+        # computed one layer at a time as the fit reaches it; held out: windows of the train split that decide
+        # whether each fit is kept, so the validation split that every table reports stays untouched
+        fit_data = tuple(TeacherActivations(teacher, token_batches(fit_source, "train", n, cfg, seed), units, rt.device,
+                                            ctx=lambda: teacher_ctx)
+                         for n, seed in ((cfg.layerwise_tokens, 0), (cfg.layerwise_tokens // 4, 1)))
     if cfg.mode == "layerwise" and ckpt is None:
         val = data.val_windows(cfg.block_size, cfg.eval_tokens)
         progress_path = os.path.join(cfg.out_dir, "fitting.pt")

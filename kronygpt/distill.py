@@ -4,6 +4,7 @@ Kronecker MLP (or block) to its dense counterpart on real activations, and the o
 one-block-at-a-time replacement (the replacement itself is surgery.replace_block).
 """
 
+import contextlib
 import math
 
 import torch
@@ -63,29 +64,69 @@ def fit_units(model, layers):
     return {i: "block" if attn & set(model.config.plan.layer_specs(i)) else "mlp" for i in layers}
 
 
-@torch.no_grad()
-def collect_activations(model, batches, units, device):
-    """{layer: (inputs, outputs)} of each unit of `model` on the token batches, as CPU float tensors:
-    (tokens, n_embd) for an MLP, (sequences, T, n_embd) for a block."""
-    acts = {i: ([], []) for i in units}
-    hooks = []
-    for i, kind in units.items():
-        def hook(module, inp, out, i=i, flat=kind == "mlp"):
-            x, y = inp[0].detach(), out.detach()
-            acts[i][0].append((x.flatten(0, -2) if flat else x).float().cpu())
-            acts[i][1].append((y.flatten(0, -2) if flat else y).float().cpu())
-        module = model.transformer.h[i].mlp if kind == "mlp" else model.transformer.h[i]
-        hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        for x in batches:
-            model(x.to(device), all_logits=False)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return {i: (torch.cat(a), torch.cat(b)) for i, (a, b) in acts.items()}
+class TeacherActivations:
+    """acts[layer] -> (inputs, outputs) of that layer's unit of `model` (fit_units: 'mlp' or 'block') on the token
+    batches, as CPU float tensors: (tokens, n_embd) for an MLP, (sequences, T, n_embd) for a block.
+
+    Computed one layer at a time, on demand: the batches' hidden states wait at the input of the next block, and
+    asking for a later layer runs the blocks in between (an earlier one starts again from the embedding). Memory
+    holds those hidden states and one layer's activations, not every layer's: 131,072 fitting tokens of
+    SmolLM2-135M took 18 GB as every layer's at once, about 0.9 GB this way. ctx: a context the forward passes
+    run in (the teacher's autocast)."""
+
+    def __init__(self, model, batches, units, device, ctx=contextlib.nullcontext):
+        self.model, self.units, self.device, self.ctx = model, dict(units), device, ctx
+        self.batches = list(batches)
+        self.next_layer, self.hidden, self.rope = None, None, None  # hidden: the states at the input of next_layer
+        self.cached = (None, None)  # (layer, its activations)
+
+    def __contains__(self, layer):
+        return layer in self.units
+
+    def __getitem__(self, layer):
+        if layer not in self.units:
+            raise KeyError(layer)
+        if self.cached[0] != layer:
+            self.cached = (None, None)  # free the last layer's activations before computing the next
+            self.cached = (layer, self._compute(layer))
+        return self.cached[1]
+
+    @torch.no_grad()
+    def _compute(self, layer):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.ctx():
+                if self.next_layer is None or self.next_layer > layer:
+                    embedded = [self.model.embed(x.to(self.device)) for x in self.batches]
+                    self.hidden, self.rope = [h for h, _ in embedded], [r for _, r in embedded]
+                    self.next_layer = 0
+                blocks = self.model.transformer.h
+                while self.next_layer < layer:
+                    self._advance(blocks[self.next_layer])
+                block, flat = blocks[layer], self.units[layer] == "mlp"
+                xs, ys = [], []
+                if flat:
+                    def keep(module, inp, out):
+                        xs.append(inp[0].detach().flatten(0, -2).float().cpu())
+                        ys.append(out.detach().flatten(0, -2).float().cpu())
+                    hook = block.mlp.register_forward_hook(keep)
+                else:
+                    xs = [h.float().cpu() for h in self.hidden]
+                try:
+                    self._advance(block, ys if not flat else None)
+                finally:
+                    if flat:
+                        hook.remove()
+        finally:
+            self.model.train(was_training)
+        return torch.cat(xs), torch.cat(ys)
+
+    def _advance(self, block, outputs=None):
+        self.hidden = [block(h, rope) for h, rope in zip(self.hidden, self.rope, strict=True)]
+        self.next_layer += 1
+        if outputs is not None:
+            outputs.extend(h.float().cpu() for h in self.hidden)
 
 
 def unit_forward(model, layer, kind):

@@ -12,7 +12,7 @@ import torch
 import train_distillation
 from kronygpt.checkpoint import load_checkpoint
 from conftest import REPO
-from kronygpt.distill import collect_activations, fit_layers, make_distill_loss
+from kronygpt.distill import TeacherActivations, fit_layers, make_distill_loss
 from kronygpt.factorize import InitSpec
 from kronygpt.surgery import decompose_model
 from kronygpt.kronecker import kron_shape
@@ -52,9 +52,39 @@ def fitting_setup(tiny_gpt2_dir, init):
     student, _ = decompose_model(teacher, "*: mlp=16x8*1", InitSpec(init))
     layers = range(teacher.config.n_layer)
     units = {i: "mlp" for i in layers}
-    fit = collect_activations(teacher, [torch.randint(0, 256, (8, 32)) for _ in range(4)], units, "cpu")
-    held = collect_activations(teacher, [torch.randint(0, 256, (8, 32))], units, "cpu")
+    fit = TeacherActivations(teacher, [torch.randint(0, 256, (8, 32)) for _ in range(4)], units, "cpu")
+    held = TeacherActivations(teacher, [torch.randint(0, 256, (8, 32))], units, "cpu")
     return student, fit, held, layers
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_teacher_activations_one_layer_at_a_time_equal_a_whole_forward(fixture, request):
+    # what a hook sees in one ordinary forward pass of the whole model, for MLP and block units, asked for in
+    # any order (a later layer runs the blocks in between, an earlier one starts again)
+    teacher = load_pretrained(request.getfixturevalue(fixture)).eval()
+    batches = [torch.randint(0, 256, (3, 16)) for _ in range(2)]
+    units = {0: "block", 1: "mlp"}
+    seen = {i: ([], []) for i in units}
+    hooks = []
+    for i, kind in units.items():
+        def keep(module, inp, out, i=i, flat=kind == "mlp"):
+            seen[i][0].append(inp[0].flatten(0, -2) if flat else inp[0])
+            seen[i][1].append(out.flatten(0, -2) if flat else out)
+        hooks.append((teacher.transformer.h[i].mlp if kind == "mlp" else teacher.transformer.h[i]).register_forward_hook(keep))
+    with torch.no_grad():
+        for x in batches:
+            teacher(x)
+    for h in hooks:
+        h.remove()
+    acts = TeacherActivations(teacher, batches, units, "cpu")
+    for i in (1, 0, 1):
+        X, Y = acts[i]
+        E = teacher.config.n_embd
+        assert X.shape == ((96, E) if units[i] == "mlp" else (6, 16, E))
+        torch.testing.assert_close(X, torch.cat(seen[i][0]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(Y, torch.cat(seen[i][1]), rtol=0, atol=1e-6)
+    with pytest.raises(KeyError):
+        acts[2]
 
 
 def test_layerwise_fitting_lowers_every_layer_mse(tiny_gpt2_dir):
