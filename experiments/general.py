@@ -26,6 +26,7 @@ Rows (every compressed row from the same decomposed start unless said):
                    two, calibration or fitting, the 4x start's gain comes from
   b8cal_zeroshot   a start like bcal's with 8x the tokens (131,072 calibration, 32,768 gradient, 131,072 fitting):
                    whether the trend from 1x to 4x goes on
+  kd_mix_b8cal     kd_mix from that start
   bmcal_zeroshot   bcal's start with the output gradients' targets drawn from the teacher's own predictions
                    (kron_decomp --fisher_labels=model: the Fisher of its distribution, the curvature of KL(teacher ||
                    student), instead of the empirical Fisher of the calibration text's next tokens)
@@ -55,11 +56,11 @@ from flagship import Flagship, evals, finished  # noqa: E402
 
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
             "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot",
-            "bcalfit1_zeroshot", "b8cal_zeroshot", "bmcal_zeroshot", "kd_mix_bmcal")
+            "bcalfit1_zeroshot", "b8cal_zeroshot", "kd_mix_b8cal", "bmcal_zeroshot", "kd_mix_bmcal")
 # the rows whose start is not the Shakespeare-calibrated one: start_<name>
 CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal",
                  "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal", "bcalfit1_zeroshot": "bcalfit1",
-                 "b8cal_zeroshot": "b8cal", "bmcal_zeroshot": "bmcal", "kd_mix_bmcal": "bmcal"}
+                 "b8cal_zeroshot": "b8cal", "kd_mix_b8cal": "b8cal", "bmcal_zeroshot": "bmcal", "kd_mix_bmcal": "bmcal"}
 
 
 @dataclass(frozen=True)
