@@ -23,6 +23,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from kronygpt.data_utils import prepare_command  # noqa: E402
 from plot import plot_runs, read_log  # noqa: E402
 
 RESULTS = os.path.join(REPO, "results")
@@ -113,11 +114,29 @@ class Experiment:
         cmd = [sys.executable, os.path.join(REPO, script), *argv]
         print("$ python " + " ".join([script, *argv]), flush=True)
         t = time.time()
-        with open(os.path.join(self.out, "commands.log"), "a") as log:
+        path = os.path.join(self.out, "commands.log")
+        with open(path, "a") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
-            subprocess.run(cmd, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+            start = log.tell()
+            rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc:
+            with open(path, "rb") as f:
+                f.seek(start)
+                lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+            why = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "no output")
+            raise SystemExit(f"{script} stopped (exit {rc}): {why} (its whole output is at the end of {path}; the "
+                             f"finished runs are kept: fix it and run the same command again to go on)")
         return time.time() - t
+
+    def require(self, *datasets):
+        """Stop before any run, with one sentence, when a dataset under data/ has not been prepared (a fresh
+        clone prepares none of them), naming the commands that prepare each."""
+        missing = [d for d in dict.fromkeys(datasets)
+                   if not os.path.isfile(os.path.join(REPO, "data", d, "val.bin"))]
+        if missing:
+            raise SystemExit(f"{self.name} needs the prepared datasets {', '.join(missing)}; prepare them first: "
+                             + "; ".join(prepare_command(os.path.join(REPO, "data", d)) for d in missing))
 
     def teacher(self):
         """Path of the dense model to compress: --teacher, the one an earlier run of this experiment trained,

@@ -329,6 +329,8 @@ def main():
     args.eval_data = args.eval_data or (args.data if args.smoke else "milton_smollm2-135m")
     fs = Flagship(args)
     if not args.report_only:
+        if not args.smoke:
+            fs.ex.require(args.data, *args.eval_data.split(","))
         for key in ["dense_zeroshot"] + [k for k in args.rows.split(",") if k != "dense_zeroshot"]:
             if key not in ALL_ROWS:
                 raise SystemExit(f"unknown row {key!r}; rows: {', '.join(ALL_ROWS)}")

@@ -384,6 +384,8 @@ def main():
     args.facts_note = "117 multiple-choice items, log-likelihood scoring as lm-eval's multiple_choice"
     study = General(args)
     if not args.report_only:
+        if not args.smoke:
+            study.require(args.data, args.milton, args.pydoc, args.teacher_data)
         for key in ["dense_zeroshot"] + [k for k in args.rows.split(",") if k != "dense_zeroshot"]:
             if key not in ALL_ROWS:
                 raise SystemExit(f"unknown row {key!r}; rows: {', '.join(ALL_ROWS)}")

@@ -122,6 +122,26 @@ def dataset_name(corpus, tokenizer):
     return corpus if tokenizer in (None, "gpt2") else f"{corpus}_{os.path.basename(str(tokenizer).rstrip('/'))}"
 
 
+def prepare_command(data_dir):
+    """The command that prepares the dataset directory data_dir, read off its name (the inverse of dataset_name):
+    'data/milton_smollm2-135m' -> 'python data/milton/prepare.py --tokenizer=smollm2-135m'; teacher text names
+    the sampling command (or the archive shipped beside it). A name no prepare script makes gets the generic
+    advice."""
+    name = os.path.basename(os.path.normpath(data_dir))
+    for corpus in sorted(os.listdir(os.path.join(REPO, "data")), key=len, reverse=True):
+        script = os.path.join("data", corpus, "prepare.py")
+        if not os.path.isfile(os.path.join(REPO, script)) or not (name == corpus or name.startswith(corpus + "_")):
+            continue
+        tokenizer = name[len(corpus) + 1:]
+        if corpus == "teacher":
+            shipped = os.path.join("data", "teacher", f"{name}.tgz")
+            if os.path.isfile(os.path.join(REPO, shipped)):
+                return f"tar -xzf {shipped} -C data (the shipped corpus)"
+            return f"python {script} --model {tokenizer or 'MODEL'}"
+        return f"python {script}" + (f" --tokenizer={tokenizer}" if tokenizer else "")
+    return "a data/*/prepare.py script"
+
+
 def split_point(n, val_fraction):
     """Index where val starts: the last val_fraction of the stream (whole works at the end)."""
     if not 0 < val_fraction < 1:
@@ -187,8 +207,8 @@ class TokenData:
     def __init__(self, data_dir):
         self.data_dir = data_dir
         if not os.path.isdir(data_dir):
-            raise UserError(f"dataset directory {data_dir} does not exist; prepare it first, e.g. "
-                            f"python data/shakespeare/prepare.py")
+            raise UserError(f"dataset directory {data_dir} does not exist; prepare it first with "
+                            f"{prepare_command(data_dir)}")
         self.check("val")
         self.meta = read_meta(data_dir)
         self.checked = set()
@@ -196,8 +216,8 @@ class TokenData:
     def check(self, split):
         """A clear error when split.bin is missing (an evaluation-only corpus has no train.bin)."""
         if not os.path.isfile(os.path.join(self.data_dir, f"{split}.bin")):
-            raise UserError(f"{self.data_dir}/{split}.bin is missing; prepare the data first, e.g. "
-                            f"python {os.path.relpath(self.data_dir, REPO)}/prepare.py")
+            raise UserError(f"{self.data_dir}/{split}.bin is missing; prepare the data first with "
+                            f"{prepare_command(self.data_dir)}")
 
     def tokens(self, split):
         self.check(split)

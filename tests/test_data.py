@@ -81,3 +81,32 @@ def test_prepare_refuses_an_existing_dataset_and_force_replaces_it_whole(tmp_pat
     assert r.returncode == 2 and "--force" in r.stderr and (out / "train.bin").read_bytes() == b"precious"
     run("data/shakespeare/prepare.py", f"--out_dir={out}", "--force")
     assert sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]  # the stale meta.pkl is gone
+
+
+def test_a_missing_dataset_names_the_command_that_prepares_it(tmp_path):
+    # the advice was always "python data/shakespeare/prepare.py", which makes GPT-2 tokens, whatever was missing
+    from kronygpt.data_utils import TokenData, prepare_command
+    from kronygpt.errors import UserError
+    assert prepare_command("data/milton_smollm2-135m") == "python data/milton/prepare.py --tokenizer=smollm2-135m"
+    assert prepare_command("/elsewhere/shakespeare") == "python data/shakespeare/prepare.py"
+    assert prepare_command("data/shakespeare_char") == "python data/shakespeare_char/prepare.py"
+    assert prepare_command("data/teacher_gpt2") == "python data/teacher/prepare.py --model gpt2"
+    assert prepare_command("data/teacher_smollm2-135m").startswith("tar -xzf data/teacher/teacher_smollm2-135m.tgz")
+    assert prepare_command("data/mine") == "a data/*/prepare.py script"
+    with pytest.raises(UserError, match="--tokenizer=tok"):
+        TokenData(str(tmp_path / "pydoc_tok"))
+
+
+def test_an_experiment_stops_in_one_sentence_on_missing_data_and_on_a_failed_command(tmp_path):
+    import argparse
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    from common import Experiment
+    ex = Experiment("x", argparse.Namespace(smoke=True, out=str(tmp_path), data="unused", teacher="unused"))
+    with pytest.raises(SystemExit, match=r"prepared datasets no_such_corpus, milton_no-tok; prepare them first: "
+                                         r"a data/\*/prepare.py script; python data/milton/prepare.py --tokenizer=no-tok"):
+        ex.require("no_such_corpus", "milton_no-tok", "no_such_corpus")
+    # a command that fails reports its own error line, not a traceback of subprocess.CalledProcessError
+    with pytest.raises(SystemExit, match=r"eval.py stopped \(exit 2\): error: .*no_such_corpus.*"
+                                         r"run the same command again"):
+        ex.run("eval.py", "--suite", "general", "--models", str(tmp_path / "none.pt"),
+               "--suite_data=shakespeare=no_such_corpus")
