@@ -40,7 +40,9 @@ from whatever has finished. The finished runs' logs and the rows' records are ke
 (commit them with the report): a fresh clone restores them and runs only what is left.
 
     python data/shakespeare/prepare.py --tokenizer=smollm2-135m; python data/milton/prepare.py --tokenizer=smollm2-135m
-    python data/pydoc/prepare.py --tokenizer=smollm2-135m; python data/teacher/prepare.py --model smollm2-135m
+    python data/pydoc/prepare.py --tokenizer=smollm2-135m
+    tar -xzf data/teacher/teacher_smollm2-135m.tgz -C data   # the shipped teacher text; or sample it anew (~20 min):
+                                                             # python data/teacher/prepare.py --model smollm2-135m --tokens 160000
     nohup python experiments/general.py > general.log 2>&1 &
     python experiments/general.py --report_only
 """
