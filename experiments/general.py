@@ -301,8 +301,17 @@ FINDINGS = """
   every column: Shakespeare 4.186 vs 4.192, Milton 4.904 vs 4.946, Python 4.337 vs 4.470, teacher samples 4.529
   vs 4.575, KL 0.676 vs 0.723, facts 0.624 vs 0.615 (one item). It is the best row on Python, teacher samples and
   KL, still far from every target. One seed; its tok/s is lower than the earlier rows' (about 150 against 195)
-  with nothing else running for most of its 300 steps, which was not traced. The 8x start (`b8cal_zeroshot`)
-  is not run yet.
+  with nothing else running for most of its 300 steps, which was not traced. Doubling again (`b8cal_zeroshot`:
+  131,072 calibration, 32,768 gradient and 131,072 fitting tokens) has saturated: Python 4.940 vs 5.000, every
+  other column within 0.006 of the 4x start (Shakespeare 4.496, Milton 5.189, teacher samples 4.804, KL 0.928,
+  facts 0.590, one item fewer).
+- **Calibrate on the teacher's predictions, not the text's next tokens** (2026-12-05). `--fisher_labels=model`
+  draws the targets of fisher's output gradients from the dense model's own next-token distribution (the Fisher
+  of its predictions, the curvature of KL(dense ‖ compressed)) instead of the calibration text. On the 4x mixture
+  start (`bmcal_zeroshot` vs `bcal_zeroshot`, the same tokens, allocation and fit) every loss column is lower
+  before training: Shakespeare 4.444 vs 4.502, Milton 5.162 vs 5.193, Python 4.954 vs 5.000, teacher samples
+  4.776 vs 4.803, KL 0.897 vs 0.925; facts 0.581 vs 0.598 (two of 117 items). The decomposition is reproducible: rebuilt on a new checkout (2026-12-06) it
+  gave the same plan, predicted loss (1.0162 damped) and fitted loss (4.6926 -> 4.4437).
 - **What limited it.** 300 steps of 1,024 tokens (307k tokens) recover a few tenths of loss, not the 2-3 nats the
   rank cut removed from text the calibration never saw; one seed per row (differences below ~0.01 are noise);
   the teacher text is 164k tokens, so `kd_teacher` sees each token about twice. Untried and next: a broader
