@@ -312,6 +312,10 @@ FINDINGS = """
   before training: Shakespeare 4.444 vs 4.502, Milton 5.162 vs 5.193, Python 4.954 vs 5.000, teacher samples
   4.776 vs 4.803, KL 0.897 vs 0.925; facts 0.581 vs 0.598 (two of 117 items). The decomposition is reproducible: rebuilt on a new checkout (2026-12-06) it
   gave the same plan, predicted loss (1.0162 damped) and fitted loss (4.6926 -> 4.4437).
+  The same 300 steps of distillation on the mixture from it (`kd_mix_bmcal`, 3e-5 by the sweep) end ahead of
+  `kd_mix_bcal` on every loss column: Shakespeare 4.163 vs 4.186, Milton 4.889 vs 4.904, Python 4.296 vs 4.337,
+  teacher samples 4.498 vs 4.529, KL 0.656 vs 0.676; facts 0.615 vs 0.624 (one item fewer). The best row on
+  Python, teacher samples and KL, one seed, every target still missed (Milton by 0.19, Python by 1.23).
 - **What limited it.** 300 steps of 1,024 tokens (307k tokens) recover a few tenths of loss, not the 2-3 nats the
   rank cut removed from text the calibration never saw; one seed per row (differences below ~0.01 are noise);
   the teacher text is 164k tokens, so `kd_teacher` sees each token about twice. Untried and next: a broader
