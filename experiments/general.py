@@ -41,8 +41,8 @@ from whatever has finished. The finished runs' logs and the rows' records are ke
 
     python data/shakespeare/prepare.py --tokenizer=smollm2-135m; python data/milton/prepare.py --tokenizer=smollm2-135m
     python data/pydoc/prepare.py --tokenizer=smollm2-135m
-    tar -xzf data/teacher/teacher_smollm2-135m.tgz -C data   # the shipped teacher text; or sample it anew (~20 min):
-                                                             # python data/teacher/prepare.py --model smollm2-135m --tokens 160000
+    tar -xzf data/teacher/teacher_smollm2-135m.tgz -C data   # the shipped teacher text, or sample it anew (~20 min):
+    python data/teacher/prepare.py --model smollm2-135m --tokens 160000
     nohup python experiments/general.py > general.log 2>&1 &
     python experiments/general.py --report_only
 """
@@ -127,7 +127,8 @@ class General(Flagship):
         if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
             self.ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--force", "--init", "fisher",
                         "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks", f"--calib={data}",
-                        *scaled(self.calib, st.calib), *([f"--fisher_labels={st.labels}"] if st.labels != "data" else []))
+                        *scaled(self.calib, st.calib),
+                        *([f"--fisher_labels={st.labels}"] if st.labels != "data" else []))
         fit_dir = os.path.join(self.ex.out, name, "fit")
         self.ex.run("train_distillation.py", *self.scale, "--mode=layerwise", f"--teacher={self.model}",
                     f"--init_from={decomp}", "--max_iters=0", f"--out_dir={fit_dir}", "--force",
@@ -310,8 +311,9 @@ FINDINGS = """
   of its predictions, the curvature of KL(dense ‖ compressed)) instead of the calibration text. On the 4x mixture
   start (`bmcal_zeroshot` vs `bcal_zeroshot`, the same tokens, allocation and fit) every loss column is lower
   before training: Shakespeare 4.444 vs 4.502, Milton 5.162 vs 5.193, Python 4.954 vs 5.000, teacher samples
-  4.776 vs 4.803, KL 0.897 vs 0.925; facts 0.581 vs 0.598 (two of 117 items). The decomposition is reproducible: rebuilt on a new checkout (2026-12-06) it
-  gave the same plan, predicted loss (1.0162 damped) and fitted loss (4.6926 -> 4.4437).
+  4.776 vs 4.803, KL 0.897 vs 0.925; facts 0.581 vs 0.598 (two of 117 items). The decomposition is
+  reproducible: rebuilt on a new checkout (2026-12-06) it gave the same plan, predicted loss (1.0162 damped) and
+  fitted loss (4.6926 -> 4.4437).
   The same 300 steps of distillation on the mixture from it (`kd_mix_bmcal`, 3e-5 by the sweep) end ahead of
   `kd_mix_bcal` on every loss column: Shakespeare 4.163 vs 4.186, Milton 4.889 vs 4.904, Python 4.296 vs 4.337,
   teacher samples 4.498 vs 4.529, KL 0.656 vs 0.676; facts 0.615 vs 0.624 (one item fewer). The best row on

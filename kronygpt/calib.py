@@ -342,9 +342,9 @@ def calibrate(dense, data, name, *, tokens, seq, seed, layers, moments=True, fis
     """(batches, moments, grads) for decomposing `dense` on the prepared dataset `data` (a TokenData called
     `name`): `tokens` training tokens in `seq`-token sequences, the input moments of every factorisable
     matrix of `layers` and the lm_head's (if `moments`), and with fisher_tokens > 0 the output-gradient
-    moments on the first fisher_tokens of them, with targets as fisher_labels says. cache_path: a file that keeps the statistics; it is keyed by
-    the contents of the model's weights and of the calibration tokens (and the settings), so statistics of a
-    changed model or dataset are never reused."""
+    moments on the first fisher_tokens of them, with targets as fisher_labels says. cache_path: a file that
+    keeps the statistics; it is keyed by the contents of the model's weights and of the calibration tokens (and
+    the settings), so statistics of a changed model or dataset are never reused."""
     batches = calibration_batches(data, tokens, seq, seed=seed)
     key = dict(weights=content_hash(dense.state_dict().values()), tokens=content_hash(batches), seq=seq,
                layers=sorted(layers), contents="every block matrix and the lm_head") if cache_path else None

@@ -82,8 +82,10 @@ def stream_decompose(dense, batches, init, *, layers=None, fisher_tokens=0, fish
         grads = None
         if fisher_tokens:
             t = time.time()
-            grads = collect_grads(dense, batches, all_layers, fisher_tokens, spill=spill, labels=fisher_labels, seed=seed)
-            log(f"output gradients: {min(fisher_tokens, sum(x.numel() for x in batches)):,} tokens in "
+            grads = collect_grads(dense, batches, all_layers, fisher_tokens, spill=spill, labels=fisher_labels,
+                                  seed=seed)
+            log(f"output gradients: {min(fisher_tokens, sum(x.numel() for x in batches)):,} tokens "
+                f"({fisher_labels} labels) in "
                 f"{time.time() - t:.0f}s (kept in {spill}, read back one block at a time)")
         moments = curves = kron = None
         if request.get("target") and request.get("allocate"):

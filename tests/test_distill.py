@@ -70,7 +70,8 @@ def test_teacher_activations_one_layer_at_a_time_equal_a_whole_forward(fixture, 
         def keep(module, inp, out, i=i, flat=kind == "mlp"):
             seen[i][0].append(inp[0].flatten(0, -2) if flat else inp[0])
             seen[i][1].append(out.flatten(0, -2) if flat else out)
-        hooks.append((teacher.transformer.h[i].mlp if kind == "mlp" else teacher.transformer.h[i]).register_forward_hook(keep))
+        module = teacher.transformer.h[i].mlp if kind == "mlp" else teacher.transformer.h[i]
+        hooks.append(module.register_forward_hook(keep))
     with torch.no_grad():
         for x in batches:
             teacher(x)
