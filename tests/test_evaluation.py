@@ -112,6 +112,34 @@ def test_a_mixture_draws_each_sequence_from_one_component_deterministically(tmp_
         Mixture.parse(f"{a}:1,{c}:1")
 
 
+def read_prompts(path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("teacher_prepare", os.path.join(REPO, "data", "teacher", "prepare.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.read_prompts(path)
+
+
+def test_teacher_prompts_read_line_breaks_and_hold_out_every_fifth(tmp_path):
+    """A prompt file's \\n is a line break (code prompts), '#' lines are comments, every fifth prompt is val; the
+    shipped technical stems copy no sentence of the Python language reference (an evaluation corpus) and none is a
+    fact-probe question."""
+    f = tmp_path / "p.txt"
+    f.write_text("# a comment\n" + "".join(f"def f{i}(x):\\n    return x\n" for i in range(10)))
+    prompts = read_prompts(str(f))
+    assert prompts["val"] == ["def f0(x):\n    return x", "def f5(x):\n    return x"] and len(prompts["train"]) == 8
+    shipped = read_prompts(os.path.join(REPO, "data", "teacher", "prompts_technical.txt"))
+    stems = shipped["val"] + shipped["train"]
+    assert len(stems) >= 50 and not set(shipped["val"]) & set(shipped["train"])
+    assert sum("\n" in s for s in stems) >= 15  # the code stems really break lines
+    from pydoc_data.topics import topics
+    reference = "\n".join(topics.values())
+    # (a copied sentence, not a shared idiom: 'for i in range(10):' is in the reference's examples too)
+    assert not [s for s in stems if len(s) >= 25 and s.strip() in reference], "a stem is copied from the reference"
+    contexts = {item["context"] for item in load_facts()}
+    assert not [s for s in stems if any(c in s for c in contexts)]
+
+
 @pytest.mark.slow
 def test_teacher_text_is_resumable_and_held_out(small_gpt2, tmp_path):
     """Sampling is a pure function of (seed, split, batch): a run interrupted after its val split and restarted

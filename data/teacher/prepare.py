@@ -42,11 +42,13 @@ SETTINGS = ("model", "sample_len", "batch_size", "temperature", "top_k", "seed",
 
 
 def read_prompts(path):
+    """{'val': every fifth prompt, 'train': the rest}. One prompt per line; the two characters \\n stand for a line
+    break (code prompts), and lines starting with '#' are comments."""
     if not os.path.isfile(path):
         raise UserError(f"--prompts {path} does not exist")
     try:
         with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+            lines = [line.strip().replace("\\n", "\n") for line in f if line.strip() and not line.startswith("#")]
     except UnicodeDecodeError:
         raise UserError(f"--prompts {path} is not UTF-8 text; give one prompt per line") from None
     if len(lines) < 5:
