@@ -31,6 +31,10 @@ Rows (every compressed row from the same decomposed start unless said):
                    (kron_decomp --fisher_labels=model: the Fisher of its distribution, the curvature of KL(teacher ||
                    student), instead of the empirical Fisher of the calibration text's next tokens)
   kd_mix_bmcal     kd_mix from that start
+  bxcal_zeroshot   bmcal's start calibrated and fitted on a broader mixture: Shakespeare 0.4, teacher prose 0.3 and
+                   technical teacher text 0.3 (code, mathematics, computing: data/teacher/prompts_technical.txt),
+                   so that the statistics also see the code and technical text the teacher knows
+  kd_broad_bxcal   logit distillation on that broader mixture from that start
 
 Equal tuning effort: every trained row gets the flagship's learning-rate sweep (--lrs at --sweep_steps,
 extended along the ladder while the best rate is at an end), selected on the validation set of the data the
@@ -43,6 +47,9 @@ from whatever has finished. The finished runs' logs and the rows' records are ke
     python data/pydoc/prepare.py --tokenizer=smollm2-135m
     tar -xzf data/teacher/teacher_smollm2-135m.tgz -C data   # the shipped teacher text, or sample it anew (~20 min):
     python data/teacher/prepare.py --model smollm2-135m --tokens 160000
+    tar -xzf data/teacher/teachertech_smollm2-135m.tgz -C data   # technical teacher text (bxcal rows), or (~12 min):
+    python data/teacher/prepare.py --model smollm2-135m --prompts data/teacher/prompts_technical.txt --tokens 49152 \
+        --val_tokens 8192 --batch_size 8 --unconditional 0 --out_dir data/teachertech_smollm2-135m
     nohup python experiments/general.py > general.log 2>&1 &
     python experiments/general.py --report_only
 """
@@ -58,19 +65,22 @@ from flagship import Flagship, evals, finished  # noqa: E402
 
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
             "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot",
-            "bcalfit1_zeroshot", "b8cal_zeroshot", "kd_mix_b8cal", "bmcal_zeroshot", "kd_mix_bmcal")
+            "bcalfit1_zeroshot", "b8cal_zeroshot", "kd_mix_b8cal", "bmcal_zeroshot", "kd_mix_bmcal", "bxcal_zeroshot",
+            "kd_broad_bxcal")
 # the rows whose start is not the Shakespeare-calibrated one: start_<name>
 CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal",
                  "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal", "bcalfit1_zeroshot": "bcalfit1",
-                 "b8cal_zeroshot": "b8cal", "kd_mix_b8cal": "b8cal", "bmcal_zeroshot": "bmcal", "kd_mix_bmcal": "bmcal"}
+                 "b8cal_zeroshot": "b8cal", "kd_mix_b8cal": "b8cal", "bmcal_zeroshot": "bmcal", "kd_mix_bmcal": "bmcal",
+                 "bxcal_zeroshot": "bxcal", "kd_broad_bxcal": "bxcal"}
 
 
 @dataclass(frozen=True)
 class Start:
-    """A start's calibration and fitting data ('mix': the distillation mixture, 'teacher': teacher text, 'data': the
-    training corpus), how many times the default calibration and gradient tokens (calib) and fitting tokens (fit)
-    it uses (the fit's steps unchanged), the start whose decomposition it fits (None: its own), and the targets of
-    the output gradients (kron_decomp --fisher_labels)."""
+    """A start's calibration and fitting data ('mix': the distillation mixture, 'broad': the broader mixture with
+    technical teacher text, 'teacher': teacher text, 'data': the training corpus), how many times the default
+    calibration and gradient tokens (calib) and fitting tokens (fit) it uses (the fit's steps unchanged), the start
+    whose decomposition it fits (None: its own), and the targets of the output gradients (kron_decomp
+    --fisher_labels)."""
     data: str = "data"
     calib: int = 1
     fit: int = 1
@@ -80,7 +90,7 @@ class Start:
 
 STARTS = {"tcal": Start("mix"), "ttcal": Start("teacher"), "bcal": Start("mix", 4, 4),
           "bcalfit1": Start("mix", 4, 1, decomposed_as="bcal"), "b8cal": Start("mix", 8, 8),
-          "bmcal": Start("mix", 4, 4, labels="model")}
+          "bmcal": Start("mix", 4, 4, labels="model"), "bxcal": Start("broad", 4, 4, labels="model")}
 TOKEN_OPTIONS = ("--calib_tokens", "--fisher_tokens", "--layerwise_tokens")
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
 SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
@@ -101,14 +111,21 @@ class General(Flagship):
     # -- what each row trains on, and from where
 
     def data_of(self, key):
-        """The dataset row `key` trains on: teacher text, the mixture (every kd_mix row, whatever its start), or the
-        training corpus."""
+        """The dataset row `key` trains on: teacher text, the mixture (every kd_mix row, whatever its start), the
+        broader mixture (kd_broad rows), or the training corpus."""
         if key == "kd_teacher":
             return self.args.teacher_data
+        if key.startswith("kd_broad"):
+            return self.broad()
         return self.mix() if key.startswith("kd_mix") else self.args.data
 
     def mix(self):
         return f"{self.args.data}:0.5,{self.args.teacher_data}:0.5"
+
+    def broad(self):
+        """The mixture with the technical teacher text: the training corpus keeps the largest share (the
+        Shakespeare target), the teacher's prose and its technical text share the rest."""
+        return f"{self.args.data}:0.4,{self.args.teacher_data}:0.3,{self.args.technical_data}:0.3"
 
     def start(self, key):
         if key == "today":  # the flagship's plan, whose parameter count is the budget (Flagship.target)
@@ -123,7 +140,8 @@ class General(Flagship):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         st = STARTS.get(calib, Start())
         decomp = os.path.join(self.ex.out, f"start_{st.decomposed_as}" if st.decomposed_as else name, "decomposed.pt")
-        data = {"mix": self.mix(), "teacher": self.args.teacher_data}.get(st.data, self.args.data)
+        data = {"mix": self.mix(), "broad": self.broad(), "teacher": self.args.teacher_data}.get(st.data,
+                                                                                                 self.args.data)
         if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
             self.ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--force", "--init", "fisher",
                         "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks", f"--calib={data}",
@@ -387,6 +405,8 @@ def main():
     p.add_argument("--target", type=int, default=0, help="the parameter budget; 0: the flagship's (its 'today' plan, "
                    "81,431,118 for SmolLM2-135M)")
     p.add_argument("--teacher_data", default=None, help="teacher text (default teacher_smollm2-135m)")
+    p.add_argument("--technical_data", default=None, help="technical teacher text of the broader mixture (default "
+                   "teachertech_smollm2-135m)")
     p.add_argument("--milton", default=None)
     p.add_argument("--pydoc", default=None)
     p.add_argument("--complete_tokens", type=int, default=12)
@@ -394,15 +414,17 @@ def main():
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args()
     args.data = args.data or "shakespeare_smollm2-135m"
-    for name, default in (("teacher_data", "teacher_smollm2-135m"), ("milton", "milton_smollm2-135m"),
-                          ("pydoc", "pydoc_smollm2-135m")):
+    for name, default in (("teacher_data", "teacher_smollm2-135m"), ("technical_data", "teachertech_smollm2-135m"),
+                          ("milton", "milton_smollm2-135m"), ("pydoc", "pydoc_smollm2-135m")):
         setattr(args, name, getattr(args, name) or (args.data if args.smoke else default))
     args.eval_data = ",".join(dict.fromkeys([args.milton, args.pydoc, args.teacher_data]))
     args.facts_note = "117 multiple-choice items, log-likelihood scoring as lm-eval's multiple_choice"
     study = General(args)
     if not args.report_only:
         if not args.smoke:
-            study.require(args.data, args.milton, args.pydoc, args.teacher_data)
+            broad = any(CALIBRATED_ON.get(k) == "bxcal" or k.startswith("kd_broad") for k in args.rows.split(","))
+            study.ex.require(args.data, args.milton, args.pydoc, args.teacher_data,
+                          *([args.technical_data] if broad else []))
         for key in ["dense_zeroshot"] + [k for k in args.rows.split(",") if k != "dense_zeroshot"]:
             if key not in ALL_ROWS:
                 raise SystemExit(f"unknown row {key!r}; rows: {', '.join(ALL_ROWS)}")

@@ -128,15 +128,15 @@ def prepare_command(data_dir):
     the sampling command (or the archive shipped beside it). A name no prepare script makes gets the generic
     advice."""
     name = os.path.basename(os.path.normpath(data_dir))
+    shipped = os.path.join("data", "teacher", f"{name}.tgz")  # a teacher corpus shipped with the repo, any name
+    if os.path.isfile(os.path.join(REPO, shipped)):
+        return f"tar -xzf {shipped} -C data (the shipped corpus)"
     for corpus in sorted(os.listdir(os.path.join(REPO, "data")), key=len, reverse=True):
         script = os.path.join("data", corpus, "prepare.py")
         if not os.path.isfile(os.path.join(REPO, script)) or not (name == corpus or name.startswith(corpus + "_")):
             continue
         tokenizer = name[len(corpus) + 1:]
         if corpus == "teacher":
-            shipped = os.path.join("data", "teacher", f"{name}.tgz")
-            if os.path.isfile(os.path.join(REPO, shipped)):
-                return f"tar -xzf {shipped} -C data (the shipped corpus)"
             return f"python {script} --model {tokenizer or 'MODEL'}"
         return f"python {script}" + (f" --tokenizer={tokenizer}" if tokenizer else "")
     return "a data/*/prepare.py script"

@@ -92,6 +92,7 @@ def test_a_missing_dataset_names_the_command_that_prepares_it(tmp_path):
     assert prepare_command("data/shakespeare_char") == "python data/shakespeare_char/prepare.py"
     assert prepare_command("data/teacher_gpt2") == "python data/teacher/prepare.py --model gpt2"
     assert prepare_command("data/teacher_smollm2-135m").startswith("tar -xzf data/teacher/teacher_smollm2-135m.tgz")
+    assert prepare_command("data/teachertech_smollm2-135m").startswith("tar -xzf data/teacher/teachertech_smollm2-135m")
     assert prepare_command("data/mine") == "a data/*/prepare.py script"
     with pytest.raises(UserError, match="--tokenizer=tok"):
         TokenData(str(tmp_path / "pydoc_tok"))
@@ -110,3 +111,13 @@ def test_an_experiment_stops_in_one_sentence_on_missing_data_and_on_a_failed_com
                                          r"run the same command again"):
         ex.run("eval.py", "--suite", "general", "--models", str(tmp_path / "none.pt"),
                "--suite_data=shakespeare=no_such_corpus")
+
+
+@pytest.mark.parametrize("study", ["general", "flagship"])
+def test_a_study_names_its_missing_data_before_any_run(study, tmp_path):
+    """The studies' own command lines reach the check (general.py once called it on the wrong object and died with
+    an AttributeError before any row ran): a missing corpus stops them with the command that prepares it."""
+    r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", f"{study}.py"), f"--out={tmp_path}",
+                        "--data=no_such_corpus"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "needs the prepared datasets no_such_corpus" in r.stderr + r.stdout, r.stderr[-2000:]

@@ -130,16 +130,18 @@ def test_experiment_reuses_a_finished_teacher_and_resumes_an_interrupted_one(tmp
 
 def test_general_rows_train_on_their_data():
     """Every kd_mix row trains on the mixture whatever its start (kd_mix_bcal once fell through to the training
-    corpus), kd_teacher on teacher text, the others on the training corpus."""
+    corpus), every kd_broad row on the broader mixture with the technical teacher text, kd_teacher on teacher
+    text, the others on the training corpus."""
     sys.path.insert(0, os.path.join(REPO, "experiments"))
     import general
     study = general.General.__new__(general.General)
-    study.args = SimpleNamespace(data="shakespeare", teacher_data="teacher")
-    mix = "shakespeare:0.5,teacher:0.5"
+    study.args = SimpleNamespace(data="shakespeare", teacher_data="teacher", technical_data="tech")
+    mix, broad = "shakespeare:0.5,teacher:0.5", "shakespeare:0.4,teacher:0.3,tech:0.3"
     for key in general.ALL_ROWS:
-        want = mix if key.startswith("kd_mix") else "teacher" if key == "kd_teacher" else "shakespeare"
+        want = (mix if key.startswith("kd_mix") else broad if key.startswith("kd_broad") else
+                "teacher" if key == "kd_teacher" else "shakespeare")
         assert study.data_of(key) == want, key
-    assert sum(k.startswith("kd_mix") for k in general.ALL_ROWS) >= 4
+    assert sum(k.startswith("kd_mix") for k in general.ALL_ROWS) >= 4 and "kd_broad_bxcal" in general.ALL_ROWS
 
 
 def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
@@ -188,26 +190,29 @@ def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     assert rows_again["dense_zeroshot"] == rows["dense_zeroshot"]
 
 
-@pytest.mark.parametrize("row", ["ttcal_zeroshot", "bcal_zeroshot", "bmcal_zeroshot"])
+@pytest.mark.parametrize("row", ["ttcal_zeroshot", "bcal_zeroshot", "bmcal_zeroshot", "bxcal_zeroshot"])
 def test_general_study_starts_calibrated_on_other_text(row, tiny_llama_dir, tiny_data_dir, tmp_path):
     """ttcal_zeroshot and bcal_zeroshot: starts of their own, measured before any recovery. ttcal is calibrated
     and fitted on the teacher text alone (not the training corpus, not the mixture) with the usual token counts;
     bcal on the mixture with 4x the calibration, gradient and fitting tokens and the fit's steps unchanged; bmcal
-    as bcal with the output gradients' targets drawn from the teacher (--fisher_labels=model)."""
+    as bcal with the output gradients' targets drawn from the teacher (--fisher_labels=model); bxcal as bmcal on the
+    broader mixture (Shakespeare, teacher prose, technical teacher text)."""
     teacher = tmp_path / "teacher_text"
     shutil.copytree(tiny_data_dir, teacher)
     out = tmp_path / "out"
     argv = [sys.executable, os.path.join(REPO, "experiments", "general.py"), "--smoke", f"--model={tiny_llama_dir}",
-            f"--data={tiny_data_dir}", f"--teacher_data={teacher}", f"--out={out}", f"--rows={row}"]
+            f"--data={tiny_data_dir}", f"--teacher_data={teacher}", f"--technical_data={teacher}", f"--out={out}",
+            f"--rows={row}"]
     r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     ran = [line for line in r.stdout.splitlines() if line.startswith("$ python")]
     name = row.split("_")[0]
     decomp = next(c for c in ran if "kron_decomp.py" in c and f"start_{name}" in c)  # (the first sets the budget)
     fit = next(c for c in ran if "--mode=layerwise" in c)
-    data = str(teacher) if name == "ttcal" else f"{tiny_data_dir}:0.5,{teacher}:0.5"
-    times = 4 if name in ("bcal", "bmcal") else 1
-    assert ("--fisher_labels=model" in decomp) == (name == "bmcal"), decomp
+    data = (str(teacher) if name == "ttcal" else f"{tiny_data_dir}:0.4,{teacher}:0.3,{teacher}:0.3" if name == "bxcal"
+            else f"{tiny_data_dir}:0.5,{teacher}:0.5")
+    times = 4 if name in ("bcal", "bmcal", "bxcal") else 1
+    assert ("--fisher_labels=model" in decomp) == (name in ("bmcal", "bxcal")), decomp
     assert f"--calib={data} " in decomp + " ", decomp
     assert f"--fit_dataset={data} " in fit + " ", fit
     # the smoke scale's counts (flagship.Flagship: 256 calibration, 128 gradient and 512 fitting tokens), scaled
