@@ -336,6 +336,15 @@ FINDINGS = """
   `kd_mix_bcal` on every loss column: Shakespeare 4.163 vs 4.186, Milton 4.889 vs 4.904, Python 4.296 vs 4.337,
   teacher samples 4.498 vs 4.529, KL 0.656 vs 0.676; facts 0.615 vs 0.624 (one item fewer). The best row on
   Python, teacher samples and KL, one seed, every target still missed (Milton by 0.19, Python by 1.23).
+- **A broader mixture trades literary English for code** (2026-12-06). bmcal's recipe calibrated, fitted and
+  distilled on Shakespeare 0.4, teacher prose 0.3 and technical teacher text 0.3 (`bxcal_zeroshot`,
+  `kd_broad_bxcal`; the technical text is sampled from the teacher with data/teacher/prompts_technical.txt).
+  Before training it keeps far more of the Python reference (4.326 vs 4.954 for `bmcal_zeroshot`) and loses
+  Shakespeare 4.509 vs 4.444, Milton 5.243 vs 5.162 and facts 0.538 vs 0.581. After the same 300 steps (3e-5 by
+  the sweep) it is against `kd_mix_bmcal`: Python 3.843 vs 4.296, the best row, but still 0.78 above the target;
+  Shakespeare 4.197 vs 4.163, Milton 4.945 vs 4.889, teacher samples 4.520 vs 4.498, KL 0.682 vs 0.656, and
+  facts 0.598 vs 0.615. The Python column is no longer out of domain for these rows, because code is in their
+  data. At this budget, what the statistics see is what is kept, and each kind of text costs the others.
 - **What limited it.** 300 steps of 1,024 tokens (307k tokens) recover a few tenths of loss, not the 2-3 nats the
   rank cut removed from text the calibration never saw; one seed per row (differences below ~0.01 are noise);
   the teacher text is 164k tokens, so `kd_teacher` sees each token about twice. Untried and next: a broader
