@@ -431,9 +431,10 @@ def main():
     study = General(args)
     if not args.report_only:
         if not args.smoke:
-            broad = any(CALIBRATED_ON.get(k) == "bxcal" or k.startswith("kd_broad") for k in args.rows.split(","))
+            broad = any(k.startswith("kd_broad") or STARTS.get(CALIBRATED_ON.get(k), Start()).data == "broad"
+                        for k in args.rows.split(","))  # the rows that need the technical teacher text
             study.ex.require(args.data, args.milton, args.pydoc, args.teacher_data,
-                          *([args.technical_data] if broad else []))
+                             *([args.technical_data] if broad else []))
         for key in ["dense_zeroshot"] + [k for k in args.rows.split(",") if k != "dense_zeroshot"]:
             if key not in ALL_ROWS:
                 raise SystemExit(f"unknown row {key!r}; rows: {', '.join(ALL_ROWS)}")
