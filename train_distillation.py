@@ -3,7 +3,8 @@ Distil a dense teacher into a Kronecker student, with train.py's machinery (DDP,
 freezing, checkpoints, logging). Three modes:
 
   e2e          alpha * CE(student, data) + beta * T^2 * KL(teacher || student) over every position,
-               plus hidden_weight * per-block hidden-state MSE (intermediate-layer distillation)
+               plus hidden_weight * per-block hidden-state distance (intermediate-layer distillation; MSE or
+               --hidden_loss=relative)
   layerwise    first fit each Kronecker MLP to its dense MLP's outputs on the teacher's real activations
                (MSE, layerwise_steps per layer), then train with the e2e loss
   progressive  start from the dense teacher; every progressive_interval iterations replace the next
@@ -29,7 +30,8 @@ import torch
 from kronygpt.checkpoint import atomic_save, load_model, save_checkpoint
 from configurator import configure, run_cli
 from kronygpt.data_utils import batch_seed, check_data_fits, open_dataset
-from kronygpt.distill import TeacherActivations, fit_layers, fit_units, make_distill_loss, progressive_order
+from kronygpt.distill import (HIDDEN_LOSSES, TeacherActivations, fit_layers, fit_units, make_distill_loss,
+                              progressive_order)
 from kronygpt.factorize import INITS, InitSpec
 from kronygpt.plans import Plan
 from kronygpt.surgery import decompose_model, replace_block
@@ -46,7 +48,9 @@ class DistillConfig(TrainConfig):
     alpha: float = 0.5              # weight of the cross-entropy on the data
     beta: float = 0.5               # weight of T^2 * KL(teacher || student)
     temperature: float = 2.0        # softening of both distributions in the KL term
-    hidden_weight: float = 0.0      # weight of the per-block hidden-state MSE; 0 = off
+    hidden_weight: float = 0.0      # weight of the per-block hidden-state distance; 0 = off
+    hidden_loss: str = "mse"        # that distance: 'mse', or 'relative' (each token's squared error over the
+                                    # teacher's squared norm there: every block and token weigh alike)
     teacher_dtype: str = "auto"     # 'auto' (bfloat16 on CUDA if supported, else float16; CPU float32), or a dtype
     # -- a student decomposed on the fly (init_from='teacher', and mode='progressive'): kron_plan and
     #    kron_scalars above say what is factorised, these how
@@ -82,6 +86,8 @@ class DistillConfig(TrainConfig):
         progressive_order(2, self.progressive_order)
         if self.alpha < 0 or self.beta < 0 or self.hidden_weight < 0 or self.temperature <= 0:
             raise ConfigError("alpha, beta and hidden_weight must be >= 0 and temperature > 0")
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ConfigError(f"hidden_loss must be one of {', '.join(HIDDEN_LOSSES)}, got {self.hidden_loss!r}")
         for name, low in (("layerwise_tokens", 1), ("layerwise_batch", 1), ("layerwise_steps", 0),
                           ("progressive_interval", 1)):
             if getattr(self, name) < low:
@@ -274,7 +280,8 @@ def distil(cfg, rt):
         fit_data = None  # free the activations before training
     fit_seconds = time.time() - t0 if cfg.mode == "layerwise" and ckpt is None else 0.0  # counts as training time
     hooks = DistillHooks(cfg, teacher, teacher_ctx, rt, fit_data)
-    loss_fn = make_distill_loss(teacher, cfg.alpha, cfg.beta, cfg.temperature, cfg.hidden_weight, teacher_ctx)
+    loss_fn = make_distill_loss(teacher, cfg.alpha, cfg.beta, cfg.temperature, cfg.hidden_weight, teacher_ctx,
+                                cfg.hidden_loss)
     return train(cfg, student, rt, loss_fn, tokenizer, ckpt, hooks, start_seconds=fit_seconds)
 
 

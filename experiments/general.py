@@ -35,6 +35,10 @@ Rows (every compressed row from the same decomposed start unless said):
                    technical teacher text 0.3 (code, mathematics, computing: data/teacher/prompts_technical.txt),
                    so that the statistics also see the code and technical text the teacher knows
   kd_broad_bxcal   logit distillation on that broader mixture from that start
+  kd_mix_bmcal_hid kd_mix_bmcal plus every block's output distilled too (train_distillation --hidden_weight=1
+                   --hidden_loss=relative: each token's squared error over the teacher's squared norm, the same
+                   weight as the KL, fixed beforehand): whether matching the teacher's residual stream block by
+                   block keeps more than matching its outputs alone
 
 Equal tuning effort: every trained row gets the flagship's learning-rate sweep (--lrs at --sweep_steps,
 extended along the ladder while the best rate is at an end), selected on the validation set of the data the
@@ -66,12 +70,12 @@ from flagship import Flagship, evals, finished  # noqa: E402
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
             "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot",
             "bcalfit1_zeroshot", "b8cal_zeroshot", "kd_mix_b8cal", "bmcal_zeroshot", "kd_mix_bmcal", "bxcal_zeroshot",
-            "kd_broad_bxcal")
+            "kd_broad_bxcal", "kd_mix_bmcal_hid")
 # the rows whose start is not the Shakespeare-calibrated one: start_<name>
 CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal",
                  "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal", "bcalfit1_zeroshot": "bcalfit1",
                  "b8cal_zeroshot": "b8cal", "kd_mix_b8cal": "b8cal", "bmcal_zeroshot": "bmcal", "kd_mix_bmcal": "bmcal",
-                 "bxcal_zeroshot": "bxcal", "kd_broad_bxcal": "bxcal"}
+                 "bxcal_zeroshot": "bxcal", "kd_broad_bxcal": "bxcal", "kd_mix_bmcal_hid": "bmcal"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ STARTS = {"tcal": Start("mix"), "ttcal": Start("teacher"), "bcal": Start("mix", 
           "bmcal": Start("mix", 4, 4, labels="model"), "bxcal": Start("broad", 4, 4, labels="model")}
 TOKEN_OPTIONS = ("--calib_tokens", "--fisher_tokens", "--layerwise_tokens")
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
+HIDDEN = ["--hidden_weight=1", "--hidden_loss=relative"]  # the *_hid rows: block outputs distilled as well
 SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
 
 
@@ -158,7 +163,8 @@ class General(Flagship):
         """(script, extra options) of a trained row."""
         data = [f"--dataset={self.data_of(key)}"]
         if key.startswith("kd_"):
-            return "train_distillation.py", [*data, f"--teacher={self.model}", *KD]
+            return "train_distillation.py", [*data, f"--teacher={self.model}", *KD,
+                                             *(HIDDEN if key.endswith("_hid") else [])]
         return "train.py", data
 
     # -- rows

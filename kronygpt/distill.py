@@ -23,13 +23,34 @@ def kl_at_temperature(student_logits, teacher_logits, T):
     return (T * T) * F.kl_div(s.flatten(0, -2), t.flatten(0, -2), log_target=True, reduction="batchmean")
 
 
-def hidden_mse(student_hidden, teacher_hidden):
-    """Mean over blocks of the MSE between block outputs (intermediate-layer distillation)."""
-    return sum(F.mse_loss(s.float(), t.float()) for s, t in zip(student_hidden, teacher_hidden, strict=True)) / len(student_hidden)
+HIDDEN_LOSSES = ("mse", "relative")
 
 
-def make_distill_loss(teacher, alpha, beta, temperature, hidden_weight, teacher_ctx):
-    """loss_fn for trainer.train: alpha*CE + beta*T^2*KL(teacher||student) + hidden_weight*hidden MSE."""
+def hidden_mse(student_hidden, teacher_hidden, kind="mse"):
+    """Mean over blocks of the distance between block outputs (intermediate-layer distillation).
+
+    kind 'mse': the plain mean squared error. 'relative': each token's squared error divided by the teacher's
+    squared norm at that token, averaged over tokens, so that every block and every token weighs alike whatever
+    its scale. The residual stream grows with depth, and models such as SmolLM2 carry a few tokens with
+    activations hundreds of times the rest; their plain MSE is dominated by those (measured on SmolLM2-135M from a
+    calibrated low-rank start: MSE 24-58 and a gradient norm of 12,770 at step 0), the relative one is a fraction
+    of order one for every block."""
+    if kind not in HIDDEN_LOSSES:
+        raise ValueError(f"hidden loss must be one of {', '.join(HIDDEN_LOSSES)}, got {kind!r}")
+    total = 0.0
+    for s, t in zip(student_hidden, teacher_hidden, strict=True):
+        s, t = s.float(), t.float()
+        if kind == "mse":
+            total = total + F.mse_loss(s, t)
+        else:
+            err = (s - t).pow(2).sum(-1)
+            total = total + (err / t.pow(2).sum(-1).clamp_min(1e-12)).mean()
+    return total / len(student_hidden)
+
+
+def make_distill_loss(teacher, alpha, beta, temperature, hidden_weight, teacher_ctx, hidden_loss="mse"):
+    """loss_fn for trainer.train: alpha*CE + beta*T^2*KL(teacher||student) + hidden_weight*hidden distance
+    (hidden_mse of kind hidden_loss)."""
 
     def loss_fn(model, x, y, iter_num):
         t_hidden = [] if hidden_weight > 0 else None
@@ -45,7 +66,7 @@ def make_distill_loss(teacher, alpha, beta, temperature, hidden_weight, teacher_
             loss = loss + beta * kl
             metrics["kl"] = kl.detach()
         if hidden_weight > 0:
-            mse = hidden_mse(s_hidden, t_hidden)
+            mse = hidden_mse(s_hidden, t_hidden, hidden_loss)
             loss = loss + hidden_weight * mse
             metrics["hidden_mse"] = mse.detach()
         return loss, metrics

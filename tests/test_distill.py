@@ -12,7 +12,7 @@ import torch
 import train_distillation
 from kronygpt.checkpoint import load_checkpoint
 from conftest import REPO
-from kronygpt.distill import TeacherActivations, fit_layers, make_distill_loss
+from kronygpt.distill import TeacherActivations, fit_layers, hidden_mse, make_distill_loss
 from kronygpt.factorize import InitSpec
 from kronygpt.surgery import decompose_model
 from kronygpt.kronecker import kron_shape
@@ -43,6 +43,36 @@ def test_loss_is_zero_when_student_equals_teacher(tiny_gpt2_dir):
     assert abs(loss.item()) < 1e-6
     low, _ = decompose_model(teacher, "*: mlp=16x8*1", InitSpec("vl"))  # a real student is not free
     assert loss_fn(low.eval(), x, x, 0)[0].item() > 1e-5  # > 100x the float noise above
+
+
+def test_relative_hidden_loss_weighs_every_token_and_block_alike():
+    """--hidden_loss=relative divides each token's squared error by the teacher's squared norm there: scaling a
+    block's (or a token's) states leaves its share unchanged, where the plain MSE grows with the square and lets
+    one token with outlier activations (as SmolLM2 has) outweigh the rest."""
+    torch.manual_seed(0)
+    t = [torch.randn(2, 8, 16) for _ in range(3)]
+    s = [h + 0.1 * torch.randn_like(h) for h in t]
+    rel, mse = hidden_mse(s, t, "relative"), hidden_mse(s, t)
+    assert 0.005 < rel.item() < 0.02  # about 0.1^2: the noise is a tenth of the states' size
+    scaled_t, scaled_s = [t[0] * 100, *t[1:]], [s[0] * 100, *s[1:]]
+    assert torch.allclose(hidden_mse(scaled_s, scaled_t, "relative"), rel)
+    assert hidden_mse(scaled_s, scaled_t).item() > 1000 * mse.item()
+    outlier_t, outlier_s = [h.clone() for h in t], [h.clone() for h in s]
+    for h in (outlier_t[1], outlier_s[1]):
+        h[0, 0] *= 300  # one token hundreds of times larger than the rest, its relative error unchanged
+    assert torch.allclose(hidden_mse(outlier_s, outlier_t, "relative"), rel)
+    assert hidden_mse([torch.zeros_like(h) for h in t], t, "relative").item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="relative"):
+        hidden_mse(s, t, "cosine")
+
+
+def test_relative_hidden_loss_trains_and_bad_names_are_refused(tiny_gpt2_dir, tiny_data_dir, tmp_path):
+    train_distillation.main(args(tiny_gpt2_dir, tiny_data_dir, tmp_path / "rel", "--max_iters=2",
+                                 "--eval_interval=2", "--hidden_weight=1", "--hidden_loss=relative"))
+    first = records(tmp_path / "rel", "train")[0]
+    assert 0 < first["hidden_mse"] < 1  # a fraction of the teacher's norm, not an absolute MSE
+    with pytest.raises(train_distillation.ConfigError, match="hidden_loss must be one of mse, relative"):
+        train_distillation.main(args(tiny_gpt2_dir, tiny_data_dir, tmp_path / "bad", "--hidden_loss=cos"))
 
 
 def fitting_setup(tiny_gpt2_dir, init):

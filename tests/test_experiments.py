@@ -144,6 +144,20 @@ def test_general_rows_train_on_their_data():
     assert sum(k.startswith("kd_mix") for k in general.ALL_ROWS) >= 4 and "kd_broad_bxcal" in general.ALL_ROWS
 
 
+def test_general_hidden_row_adds_block_outputs_to_its_twin():
+    """kd_mix_bmcal_hid is kd_mix_bmcal (the same start, data and distillation loss) with the relative hidden-state
+    loss added: the recipes differ by exactly those options, and no other row carries them."""
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    import general
+    study = general.General.__new__(general.General)
+    study.args, study.model = SimpleNamespace(data="shakespeare", teacher_data="teacher", technical_data="tech"), "m"
+    script, hid = study.recipe("kd_mix_bmcal_hid")
+    assert script == "train_distillation.py" and study.recipe("kd_mix_bmcal") == (script, hid[:-2])
+    assert hid[-2:] == ["--hidden_weight=1", "--hidden_loss=relative"]
+    assert general.CALIBRATED_ON["kd_mix_bmcal_hid"] == general.CALIBRATED_ON["kd_mix_bmcal"] == "bmcal"
+    assert [k for k in general.ALL_ROWS if any("--hidden" in o for o in study.recipe(k)[1])] == ["kd_mix_bmcal_hid"]
+
+
 def test_general_study_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     """The general-ability study end to end on a tiny Llama: the decomposed start, a cross-entropy row at a
     given rate and a distillation row on a mixture with its sweep, each measured by the general suite; then the
