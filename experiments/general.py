@@ -149,7 +149,8 @@ class General(Flagship):
                                                                                                  self.args.data)
         if not os.path.isfile(os.path.splitext(decomp)[0] + ".json"):
             self.ex.run("kron_decomp.py", "--model", self.model, "--out", decomp, "--force", "--init", "fisher",
-                        "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks", f"--calib={data}",
+                        "--target_params", str(self.args.target or self.target()), "--allocate", "--scope", "blocks",
+                        f"--calib={data}",
                         *scaled(self.calib, st.calib),
                         *([f"--fisher_labels={st.labels}"] if st.labels != "data" else []))
         fit_dir = os.path.join(self.ex.out, name, "fit")
@@ -240,7 +241,8 @@ class General(Flagship):
             trained = not key.endswith("_zeroshot")
             start = next(r for r in read_log(run) if r["type"] == "start")
             s = suites[key] = info["suite"]
-            starts[key] = os.path.basename(os.path.dirname(info["init"]))  # start / start_tcal / start_ttcal / the dense model
+            # start / start_tcal / start_ttcal / the dense model
+            starts[key] = os.path.basename(os.path.dirname(info["init"]))
             if info.get("shared_cpu"):
                 shared.append(f"`{key}` ({info['shared_cpu']})")
             rows.append((key, os.path.basename(info["data"]) if trained else "-",
@@ -393,7 +395,8 @@ def reading(suites, starts=None):
     lines += ["", "Best compressed row per column: " + ", ".join(f"{c} `{k}`" for c, k in best.items()) + "."]
     starts = starts or {}
     for zero in [k for k in compressed if k.endswith("_zeroshot")]:
-        trained = {k: compressed[k] for k in compressed if not k.endswith("_zeroshot") and starts.get(k) == starts.get(zero)}
+        trained = {k: compressed[k] for k in compressed
+                   if not k.endswith("_zeroshot") and starts.get(k) == starts.get(zero)}
         if not trained:
             continue
         parts = []
@@ -404,7 +407,8 @@ def reading(suites, starts=None):
             sign = -1 if col == "facts_acc" else 1
             k = min(trained, key=lambda r: sign * trained[r].get(col, sign * float("inf")))
             parts.append(f"{name} {dense[col]:.4f} -> {compressed[zero][col]:.4f} -> {trained[k][col]:.4f} (`{k}`)")
-        lines += ["", f"What the decomposition lost and what {len(trained)} recover{'ies' if len(trained) > 1 else 'y'} "
+        lines += ["", f"What the decomposition lost and what {len(trained)} "
+                  f"recover{'ies' if len(trained) > 1 else 'y'} "
                   f"from `{starts.get(zero)}` won back (dense -> `{zero}` -> the best row from it): "
                   + "; ".join(parts) + "."]
     return "\n".join(lines)
