@@ -153,7 +153,7 @@ def test_general_hidden_row_adds_block_outputs_to_its_twin():
     study.args, study.model = SimpleNamespace(data="shakespeare", teacher_data="teacher", technical_data="tech"), "m"
     script, hid = study.recipe("kd_mix_bmcal_hid")
     assert script == "train_distillation.py" and study.recipe("kd_mix_bmcal") == (script, hid[:-2])
-    assert hid[-2:] == ["--hidden_weight=1", "--hidden_loss=relative"]
+    assert hid[-2:] == ["--hidden_weight=10", "--hidden_loss=relative"]
     assert general.CALIBRATED_ON["kd_mix_bmcal_hid"] == general.CALIBRATED_ON["kd_mix_bmcal"] == "bmcal"
     assert [k for k in general.ALL_ROWS if any("--hidden" in o for o in study.recipe(k)[1])] == ["kd_mix_bmcal_hid"]
 
