@@ -354,6 +354,16 @@ FINDINGS = """
   Shakespeare 4.197 vs 4.163, Milton 4.945 vs 4.889, teacher samples 4.520 vs 4.498, KL 0.682 vs 0.656, and
   facts 0.598 vs 0.615. The Python column is no longer out of domain for these rows, because code is in their
   data. At this budget, what the statistics see is what is kept, and each kind of text costs the others.
+- **Distilling every block's output as well does not help** (2026-12-06). `kd_mix_bmcal_hid` adds the relative
+  hidden-state loss (`--hidden_loss=relative`, each token's squared block-output error over the teacher's squared
+  norm, weight 10, so that the term is about as large as the KL) to `kd_mix_bmcal`, from the same start, on the
+  same data, with the same sweep (3e-5 again). Against `kd_mix_bmcal` after 300 steps: Shakespeare 4.169 vs
+  4.163, Milton 4.894 vs 4.889, Python 4.342 vs 4.296, teacher samples 4.514 vs 4.498, KL 0.656 vs 0.656, facts
+  0.624 vs 0.615 (one item). Python and teacher samples are worse, and the rest is within one seed's noise.
+  The hidden error hardly moved: 0.094 -> 0.081 averaged over the first and last six logged steps, while the KL
+  went 0.75 -> 0.49. At this rank the student cannot follow the teacher's residual stream block by block, and
+  asking it to costs output quality. At weight 1 (12% of the loss) a 60-step sweep run at 1e-5 was unchanged
+  (4.2906 vs 4.2901).
 - **What limited it.** 300 steps of 1,024 tokens (307k tokens) recover a few tenths of loss, not the 2-3 nats the
   rank cut removed from text the calibration never saw; one seed per row (differences below ~0.01 are noise);
   the teacher text is 164k tokens, so `kd_teacher` sees each token about twice. Untried and next: a broader
