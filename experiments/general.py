@@ -40,6 +40,9 @@ Rows (every compressed row from the same decomposed start unless said):
                    start the relative error is about 0.09 a block, so weight 10 makes the term about as large as
                    the KL; weight 1 left a 60-step run unchanged): whether matching the teacher's residual stream
                    block by block keeps more than matching its outputs alone
+  kd_mix_bxcal     kd_mix (Shakespeare and teacher prose, no technical text) from bxcal's start: whether a start
+                   whose statistics saw code keeps its Python gain when recovery no longer trains on code, and
+                   whether the mixture wins back the Shakespeare and Milton that kd_broad_bxcal lost
 
 Equal tuning effort: every trained row gets the flagship's learning-rate sweep (--lrs at --sweep_steps,
 extended along the ladder while the best rate is at an end), selected on the validation set of the data the
@@ -71,12 +74,13 @@ from flagship import Flagship, evals, finished  # noqa: E402
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
             "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot",
             "bcalfit1_zeroshot", "b8cal_zeroshot", "kd_mix_b8cal", "bmcal_zeroshot", "kd_mix_bmcal", "bxcal_zeroshot",
-            "kd_broad_bxcal", "kd_mix_bmcal_hid")
+            "kd_broad_bxcal", "kd_mix_bmcal_hid", "kd_mix_bxcal")
 # the rows whose start is not the Shakespeare-calibrated one: start_<name>
 CALIBRATED_ON = {"kd_mix_tcal": "tcal", "tcal_zeroshot": "tcal", "kd_mix_ttcal": "ttcal", "ttcal_zeroshot": "ttcal",
                  "kd_mix_bcal": "bcal", "bcal_zeroshot": "bcal", "bcalfit1_zeroshot": "bcalfit1",
                  "b8cal_zeroshot": "b8cal", "kd_mix_b8cal": "b8cal", "bmcal_zeroshot": "bmcal", "kd_mix_bmcal": "bmcal",
-                 "bxcal_zeroshot": "bxcal", "kd_broad_bxcal": "bxcal", "kd_mix_bmcal_hid": "bmcal"}
+                 "bxcal_zeroshot": "bxcal", "kd_broad_bxcal": "bxcal", "kd_mix_bmcal_hid": "bmcal",
+                 "kd_mix_bxcal": "bxcal"}
 
 
 @dataclass(frozen=True)

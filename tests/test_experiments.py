@@ -142,6 +142,9 @@ def test_general_rows_train_on_their_data():
                 "teacher" if key == "kd_teacher" else "shakespeare")
         assert study.data_of(key) == want, key
     assert sum(k.startswith("kd_mix") for k in general.ALL_ROWS) >= 4 and "kd_broad_bxcal" in general.ALL_ROWS
+    # kd_mix_bxcal: kd_broad_bxcal's start, kd_mix's data
+    assert general.CALIBRATED_ON["kd_mix_bxcal"] == general.CALIBRATED_ON["kd_broad_bxcal"] == "bxcal"
+    assert study.data_of("kd_mix_bxcal") == mix != study.data_of("kd_broad_bxcal")
 
 
 def test_general_hidden_row_adds_block_outputs_to_its_twin():
