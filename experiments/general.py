@@ -368,6 +368,16 @@ FINDINGS = """
   went 0.75 -> 0.49. At this rank the student cannot follow the teacher's residual stream block by block, and
   asking it to costs output quality. At weight 1 (12% of the loss) a 60-step sweep run at 1e-5 was unchanged
   (4.2906 vs 4.2901).
+- **The start sets the trade, the recovery data moves it a little** (2026-12-06). `kd_mix_bxcal` distils on
+  kd_mix's mixture (Shakespeare and teacher prose, no code) from bxcal's start (statistics that saw technical
+  text; rebuilt on a new checkout, its step 0 equals `bxcal_zeroshot` to four decimals). Against `kd_broad_bxcal`
+  (the same start, code in the recovery data) it wins back a little literary English and loses code: Shakespeare
+  4.182 vs 4.197, Milton 4.925 vs 4.945, teacher samples 4.510 vs 4.520, KL 0.672 vs 0.682, Python 3.964 vs
+  3.843, facts 0.598 both. Against `kd_mix_bmcal` (the same recovery from the prose-calibrated start) it keeps
+  most of the start's Python gain (3.964 vs 4.296) and stays behind on the rest: Shakespeare 4.182 vs 4.163,
+  Milton 4.925 vs 4.889, teacher samples 4.510 vs 4.498, KL 0.672 vs 0.656, facts 0.598 vs 0.615 (two items).
+  One seed; the recovery data moved Python by 0.12 and the literary columns by 0.02, the start by 0.33 and 0.04.
+  Its 127 tok/s ran alone; this session's machine was slower than earlier ones.
 - **What limited it.** 300 steps of 1,024 tokens (307k tokens) recover a few tenths of loss, not the 2-3 nats the
   rank cut removed from text the calibration never saw; one seed per row (differences below ~0.01 are noise);
   the teacher text is 164k tokens, so `kd_teacher` sees each token about twice. Untried and next: a broader
