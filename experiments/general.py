@@ -380,9 +380,10 @@ FINDINGS = """
   Its 127 tok/s ran alone; this session's machine was slower than earlier ones.
 - **What limited it.** 300 steps of 1,024 tokens (307k tokens) recover a few tenths of loss, not the 2-3 nats the
   rank cut removed from text the calibration never saw; one seed per row (differences below ~0.01 are noise);
-  the teacher text is 164k tokens, so `kd_teacher` sees each token about twice. Untried and next: a broader
-  calibration mixture (more kinds of text, not more teacher samples), a larger share of the budget kept dense
-  where the general columns lose most, and longer recovery at the flagship's GPU scale.
+  the teacher text is 164k tokens, so `kd_teacher` sees each token about twice. A broader calibration
+  mixture (`bxcal`) moved code but not literary English or facts. Untried and next: a larger share of the budget
+  kept dense where the general columns lose most, more seeds for the rows within 0.02 of each other, and longer
+  recovery at the flagship's GPU scale.
 """
 
 
