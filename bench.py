@@ -209,26 +209,40 @@ def build(base, kron, args):
     torch.manual_seed(0)
     impl = getattr(args, "kron_impl", "auto")
     kron = {**kron, **({"kron_impl": impl} if kron else {})}
-    model = GPT(GPTConfig(**base, **kron)).to(args.device)
+    model = GPT(GPTConfig(**{**base, **kron})).to(args.device)
     return model
 
 
+SHAPE_ARGS = ("kron_plan", "n_layer", "mlp_hidden")  # what a compressed model changes of its family's shape
+
+
 def plan_variants(paths):
-    """(name, {'kron_plan': plan}) of each kron_decomp.py report (.json) or checkpoint: the plans people get
-    from --allocate (each matrix its own rank), timed on random weights of the family's shape."""
+    """(name, settings) of each kron_decomp.py report (.json) or checkpoint: the plans people get from --allocate
+    (each matrix its own rank), and the depth and MLP width of a truncated or width-pruned model, timed on random
+    weights of the family's shape. A path may be NAME=PATH to name its row."""
     out = []
-    for path in filter(None, paths.split(",")):
+    for item in filter(None, paths.split(",")):
+        name, _, path = item.rpartition("=")
         if path.endswith(".json"):
             with open(path) as f:
-                plan = json.load(f).get("plan")
+                report = json.load(f)
+            args = report.get("model_args") or {"kron_plan": report.get("plan", "")}
         else:
             from kronygpt.checkpoint import load_checkpoint
-            plan = load_checkpoint(path)["model_args"].get("kron_plan")
-        if not plan:
-            raise UserError(f"--plans_from {path} holds no factorisation plan; give a kron_decomp.py report or a "
-                            f"decomposed checkpoint")
-        out.append((os.path.splitext(os.path.basename(path))[0], dict(kron_plan=plan)))
+            args = load_checkpoint(path)["model_args"]
+        shape = {k: args[k] for k in SHAPE_ARGS if args.get(k)}
+        if not shape:
+            raise UserError(f"--plans_from {path} holds no factorisation plan or model shape; give a kron_decomp.py "
+                            f"report or a decomposed checkpoint")
+        out.append((name or os.path.splitext(os.path.basename(path))[0], shape))
     return out
+
+
+def base_shape(path):
+    """The GPTConfig fields of a dense model (checkpoint, Hugging Face directory or smollm2-135m), dense."""
+    from kronygpt.checkpoint import load_model
+    config = load_model(path).config.to_dict()
+    return {**config, "kron_plan": "", "kron_scalars": False}
 
 
 def workloads(model, fwd_model, opt, x, prompts, gen, ctx, compile):
@@ -258,7 +272,12 @@ def workloads(model, fwd_model, opt, x, prompts, gen, ctx, compile):
 
 
 def bench_models(args, ctx, on_row=None):
-    if args.smoke:
+    if getattr(args, "base_from", ""):  # a given dense model's shape, and the plans' rows
+        base = base_shape(args.base_from)
+        variants = [("dense", {})] + plan_variants(getattr(args, "plans_from", ""))
+        (B, T), gen, gen_batches = (args.batch_size, min(args.seq_len, base["block_size"])), args.gen_tokens, \
+            args.gen_batches
+    elif args.smoke:
         base, variants, (B, T), gen, gen_batches = SMOKE, SMOKE_VARIANTS, (2, 32), 8, (1, 2)
     else:
         base = GPT2 if args.family == "gpt2" else SMOLLM2
@@ -342,8 +361,10 @@ class BenchConfig:
     rounds: int = 0                 # timed rounds, the median reported (0: CPU 5, CUDA 20, smoke 2)
     threads: int = 0                # CPU threads (0 = torch's default)
     variants: str = ""              # models: indices of the family's variants (the dense row 0 always runs), e.g. 1,4
-    plans_from: str = ""            # models: kron_decomp reports/checkpoints whose plans are rows too (comma-separated)
+    plans_from: str = ""            # models: kron_decomp reports/checkpoints (NAME=PATH to name a row) whose plans, depth
+                                    # and MLP width are rows too (comma-separated)
     dense_from: str = ""            # models: take the dense row from this earlier --json of the same settings, not rerun
+    base_from: str = ""             # models: the dense row is this model's shape (checkpoint, HF dir), not --family's
     kron_impl: str = "auto"         # models: contraction order of Kronecker layers ('measured': timed per shape)
     workloads: str = "train,prefill,generate"  # models: which to time (fewer compile faster on a GPU; the rest nan)
     smoke: bool = False             # tiny sizes for a quick check

@@ -184,6 +184,9 @@ class Experiment:
 
 
 def evals(run_dir):
+    """The evaluation records of a run's log ([] before it has one)."""
+    if not os.path.isfile(os.path.join(run_dir, "log.jsonl")):
+        return []
     return [r for r in read_log(run_dir) if r["type"] == "eval"]
 
 
@@ -214,3 +217,58 @@ def teacher_dims(path):
     from kronygpt.checkpoint import load_checkpoint
     args = load_checkpoint(path)["model_args"]
     return args["n_embd"], args["mlp_hidden"]
+
+
+# -----------------------------------------------------------------------------
+# the row loop the studies share: training runs that resume, and the learning-rate sweep every trained row gets
+
+LADDER = ["1e-5", "3e-5", "1e-4", "3e-4", "1e-3", "3e-3", "1e-2"]  # learning rates the sweep may extend to
+
+
+def finished(run, steps):
+    """Whether a run's log has an evaluation at iteration `steps`."""
+    return os.path.isfile(os.path.join(run, "log.jsonl")) and any(r["iter"] == steps for r in evals(run))
+
+
+class Recovery:
+    """Training runs of a study (train.py, or train_distillation.py with its options), each resumed from its
+    last.pt when an earlier attempt was interrupted and kept in the study's state once finished, and the sweep
+    that gives every trained row equal tuning effort: the --lrs rates at sweep_steps, extended along LADDER
+    while the best rate is at an end of the rates tried; the lowest validation loss wins."""
+
+    def __init__(self, ex, scale, sweep_steps, lrs):
+        self.ex, self.scale, self.sweep_steps, self.lrs = ex, scale, sweep_steps, lrs
+
+    def train(self, init, steps, lr, out_dir, interval, script="train.py", extra=()):
+        if not finished(out_dir, steps):
+            resume = os.path.isfile(os.path.join(out_dir, "last.pt"))
+            log = os.path.join(out_dir, "log.jsonl")
+            if not resume and os.path.isfile(log):
+                os.remove(log)  # a fresh log for a run that never reached its first checkpoint
+            self.ex.run(script, *self.scale, *extra, f"--init_from={'resume' if resume else init}",
+                        f"--out_dir={out_dir}", f"--max_iters={steps}", f"--lr_decay_iters={max(1, steps)}",
+                        f"--eval_interval={interval}", f"--learning_rate={lr:g}", f"--new_learning_rate={5 * lr:g}",
+                        f"--min_lr={lr / 10:g}")
+        self.ex.keep(out_dir)  # its log, so that a fresh clone reuses the finished run
+
+    def sweep(self, key, init, script="train.py", extra=()):
+        """(the best rate, {rate: validation loss}) of row `key` from `init`."""
+        results = {}
+
+        def run(lr):
+            out = os.path.join(self.ex.out, key, f"sweep_{lr}")
+            self.train(init, self.sweep_steps, float(lr), out, self.sweep_steps, script, extra)
+            results[lr] = evals(out)[-1]["val_loss"]
+
+        for lr in self.lrs.split(","):
+            run(lr)
+        while True:
+            tried = sorted(results, key=float)
+            best = min(results, key=results.get)
+            i = LADDER.index(best) if best in LADDER else -1
+            step = -1 if best == tried[0] else 1 if best == tried[-1] else 0
+            if i < 0 or step == 0 or not 0 <= i + step < len(LADDER) or LADDER[i + step] in results:
+                break
+            run(LADDER[i + step])
+        print(f"{key}: sweep {results} -> lr {best}", flush=True)
+        return float(best), {lr: results[lr] for lr in sorted(results, key=float)}

@@ -29,7 +29,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kronygpt.calib import calibrate  # noqa: E402
+from kronygpt.calib import CalibSettings, calibrate  # noqa: E402
 from kronygpt.checkpoint import load_model  # noqa: E402
 from kronygpt.data_utils import open_dataset  # noqa: E402
 from kronygpt.factorize import InitSpec, init_factors, rearrange, whitened_spectrum  # noqa: E402
@@ -106,7 +106,7 @@ def block_errors(dense, b, moments, fams, fracs, init, sum_share):
                 k = max(1, int(sum_share * f * o * i // s.params(1)))
                 if s.params(k) <= f * o * i:
                     r = int((f * o * i - s.params(k)) // (o + i))
-                    errors[f][f"sum {tag(fam)}"] = sum_fit(W, s, k, r, init, C)[1] / norm
+                    errors[f][f"sum {tag(fam)}"] = sum_fit(W, s, (k, r), init, (C, None))[1] / norm
         out[name] = {str(f): e for f, e in errors.items()}
     return out
 
@@ -189,10 +189,9 @@ def main():
     todo = [b for b in blocks if not all(str(f) in done.get(f"{b}", {}).get(n, {}) for f in fracs
                                          for n in dense.config.family.block_matrices)]
     if todo:
-        _, moments, _ = calibrate(dense, open_dataset(args.data), args.data, tokens=args.calib_tokens,
-                                  seq=min(256, dense.config.block_size),
-                                  seed=1337, layers=set(range(dense.config.n_layer)),
-                                  cache_path=args.calib_cache)
+        settings = CalibSettings(args.data, tokens=args.calib_tokens, seq=min(256, dense.config.block_size),
+                                 seed=1337, cache_path=args.calib_cache)
+        _, moments, _ = calibrate(dense, open_dataset(args.data), settings, layers=set(range(dense.config.n_layer)))
     for b in todo:
         done[f"{b}"] = block_errors(dense, b, moments, fams, fracs, InitSpec("aware"), args.sum_share)
         with open(done_path + ".tmp", "w") as fh:

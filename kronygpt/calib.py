@@ -13,6 +13,7 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,18 @@ HEAD = (EMBED, "wte")
 # Fisher: what predicting that text needs); 'model', drawn from the dense model's next-token distribution (the
 # Fisher proper: the curvature of KL(dense || compressed), what keeping the model's own predictions needs)
 FISHER_LABELS = ("data", "model")
+
+
+@dataclass
+class Stats:
+    """The calibration statistics a plan is chosen from, each None when absent: moments {(layer, name): C},
+    grads {(layer, name): G}, or instead of moments the allocator's curves and Kronecker candidates already
+    computed (streaming.streamed_curves); cache: a WhiteningCache shared with the decomposition."""
+    moments: dict = None
+    grads: dict = None
+    curves: dict = None
+    kron_points: dict = None
+    cache: object = None
 
 
 def gram(x):
@@ -328,7 +341,9 @@ def grads_key(fisher_tokens, labels="data"):
     return f"grads_{fisher_tokens}" + ("" if labels == "data" else f"_{labels}")
 
 
-def save_calib_cache(path, key, cached, moments, grads, gkey):
+def save_calib_cache(path, key, cached, stats, gkey):
+    """Write the cache: what it held plus stats = (moments, grads), either None."""
+    moments, grads = stats
     out = {k: v for k, v in cached.items() if k != "key"}
     if moments is not None:
         out["moments"] = moments
@@ -337,32 +352,49 @@ def save_calib_cache(path, key, cached, moments, grads, gkey):
     atomic_save({"key": key, **out}, path)
 
 
-def calibrate(dense, data, name, *, tokens, seq, seed, layers, moments=True, fisher_tokens=0, fisher_labels="data",
-              cache_path=None, force=False, log=print):
-    """(batches, moments, grads) for decomposing `dense` on the prepared dataset `data` (a TokenData called
-    `name`): `tokens` training tokens in `seq`-token sequences, the input moments of every factorisable
-    matrix of `layers` and the lm_head's (if `moments`), and with fisher_tokens > 0 the output-gradient
-    moments on the first fisher_tokens of them, with targets as fisher_labels says. cache_path: a file that
-    keeps the statistics; it is keyed by the contents of the model's weights and of the calibration tokens (and
-    the settings), so statistics of a changed model or dataset are never reused."""
-    batches = calibration_batches(data, tokens, seq, seed=seed)
-    key = dict(weights=content_hash(dense.state_dict().values()), tokens=content_hash(batches), seq=seq,
-               layers=sorted(layers), contents="every block matrix and the lm_head") if cache_path else None
-    cached = load_calib_cache(cache_path, key, force)
+@dataclass(frozen=True)
+class CalibSettings:
+    """How a model is calibrated: kron_decomp's calibration options, resolved once where they enter."""
+    name: str                       # the dataset as the user named it (for the log)
+    tokens: int = 16384             # calibration tokens
+    seq: int = 256                  # their sequence length
+    seed: int = 1337                # the draw of the calibration batches (and of 'model' labels)
+    fisher_tokens: int = 0          # output-gradient moments on the first this many tokens (0: none)
+    fisher_labels: str = "data"     # their targets (FISHER_LABELS)
+    cache_path: str = ""            # a file keeping the statistics for the next run ('' = none)
+    force: bool = False             # replace a cache file that holds another calibration
+    dtype: str = "float32"          # the forwards' precision (autocast): statistics differ with it
+
+
+def calibrate(dense, data, settings, *, layers, moments=True, log=print):
+    """(batches, moments, grads) for decomposing `dense` on the prepared dataset `data` (a TokenData), as
+    `settings` (CalibSettings) say: the input moments of every factorisable matrix of `layers` and the
+    lm_head's (if `moments`), and with settings.fisher_tokens > 0 the output-gradient moments on the first
+    fisher_tokens of the calibration tokens. settings.cache_path: a file that keeps the statistics; it is keyed
+    by the contents of the model's weights and of the calibration tokens, the settings, the forwards' precision
+    and device type, so statistics of a changed model, dataset or precision are never reused."""
+    s = settings
+    batches = calibration_batches(data, s.tokens, s.seq, seed=s.seed)
+    device = next(dense.parameters()).device.type
+    key = dict(weights=content_hash(dense.state_dict().values()), tokens=content_hash(batches), seq=s.seq,
+               layers=sorted(layers), contents="every block matrix and the lm_head", dtype=s.dtype,
+               device=device) if s.cache_path else None
+    cached = load_calib_cache(s.cache_path, key, s.force)
     n = sum(b.numel() for b in batches)
     C = G = None
     if moments:
         t = time.time()
         C = cached.get("moments") or collect_moments(dense, batches, layers)
-        log(f"calibration: {n:,} tokens of {name} in {time.time() - t:.0f}s"
-            + (f" (from {cache_path})" if "moments" in cached else ""))
-    gkey = grads_key(fisher_tokens, fisher_labels)
-    if fisher_tokens:
+        log(f"calibration: {n:,} tokens of {s.name} in {time.time() - t:.0f}s"
+            + (f" (from {s.cache_path})" if "moments" in cached else ""))
+    gkey = grads_key(s.fisher_tokens, s.fisher_labels)
+    if s.fisher_tokens:
         t = time.time()
-        G = cached.get(gkey) or collect_grads(dense, batches, layers, fisher_tokens, labels=fisher_labels, seed=seed)
-        log(f"output gradients: {min(fisher_tokens, n):,} tokens ({fisher_labels} labels) in {time.time() - t:.0f}s"
-            + (f" (from {cache_path})" if gkey in cached else ""))
+        G = cached.get(gkey) or collect_grads(dense, batches, layers, s.fisher_tokens, labels=s.fisher_labels,
+                                              seed=s.seed)
+        log(f"output gradients: {min(s.fisher_tokens, n):,} tokens ({s.fisher_labels} labels) in "
+            f"{time.time() - t:.0f}s" + (f" (from {s.cache_path})" if gkey in cached else ""))
     collected = (C is not None and "moments" not in cached) or (G is not None and gkey not in cached)
-    if cache_path and collected:  # rewriting an unchanged cache (GBs for SmolLM2) only costs time
-        save_calib_cache(cache_path, key, cached, C, G, gkey)
+    if s.cache_path and collected:  # rewriting an unchanged cache (GBs for SmolLM2) only costs time
+        save_calib_cache(s.cache_path, key, cached, (C, G), gkey)
     return batches, C, G

@@ -20,6 +20,10 @@ factor shapes s = (m1, n1) x (m2, n2), optionally calibrated on real activations
            random    factors whose product has the dense init's scale.
            aware     Van Loan of W L, whitening undone: minimises the output error on the calibration inputs.
            fisher    aware on both sides (R^T W L, R R^T = G): minimises the predicted loss increase.
+           asvd      (ASVD, low rank only) a diagonal input scaling instead of the whitening: input channel j
+                     scaled by its activation scale to the power 0.5, truncated SVD, scaling undone.
+           fwsvd     (FWSVD, low rank only) a diagonal output scaling: row i weighted by the square root of
+                     its diagonal Fisher information, truncated SVD, weighting undone.
        aware and fisher return factor pairs rebalanced to equal norms (balance), Van Loan's own split.
     4. Errors: the relative output error ||(W - W_hat) L|| / ||W L|| (C = I: the Frobenius error) and the
        K-FAC predicted loss increase; and the whitened spectrum, from which the low-rank member's error at
@@ -38,7 +42,8 @@ import torch
 from .errors import ConfigError, UserError
 from .kronecker import KronShape, KroneckerLinear, kron_sum
 
-INITS = ("vl", "vl_norm", "prune", "random", "aware", "fisher")
+INITS = ("vl", "vl_norm", "prune", "random", "aware", "fisher", "asvd", "fwsvd")
+ASVD_ALPHA = 0.5  # ASVD's exponent of the input channels' activation scale (the paper's best, 0.5)
 
 
 def host(W):
@@ -336,11 +341,20 @@ class InitSpec:
 
     @property
     def needs_moments(self):
-        return self.init in ("aware", "fisher")
+        return self.init in ("aware", "fisher", "asvd")
 
     @property
     def needs_grads(self):
-        return self.init == "fisher"
+        return self.init in ("fisher", "fwsvd")
+
+    @property
+    def whitens(self):
+        """Whether the init whitens by the full moments (its report rows say whether exactly)."""
+        return self.init in ("aware", "fisher")
+
+    @property
+    def lowrank_only(self):
+        return self.init in ("asvd", "fwsvd")
 
     def check_stats(self, have_moments, have_grads):
         """The one 'needs calibration data' check."""
@@ -370,6 +384,9 @@ def init_factors(W, s, factors, spec, C=None, G=None, random_std=0.02, cache=Non
         spec.check_stats(C is not None, G is not None or init == "aware")
         G = G if init == "fisher" else None
         A, B = balance(*aware_factors(W, s, factors, C, spec.damping, cache, G, spec.g_damping)[:2])
+    elif init in ("asvd", "fwsvd"):
+        spec.check_stats(C is not None or init == "fwsvd", G is not None or init == "asvd")
+        A, B = balance(*scaled_svd_factors(W, s, factors, init, C if init == "asvd" else G))
     elif init == "prune":
         block = s.m2 * s.n2
         offset = 0 if spec.prune_keep == "even" else 1
@@ -394,6 +411,31 @@ def init_factors(W, s, factors, spec, C=None, G=None, random_std=0.02, cache=Non
             raise UserError(f"the {init} initialisation of a {tuple(W.shape)} matrix with shape {s} gave non-finite "
                             f"factors (check --prune_eps and the model's weights); nothing was written")
     return A, B, scal
+
+
+def scaled_svd_factors(W, s, factors, init, moment):
+    """The low-rank factors of ASVD ('asvd') and FWSVD ('fwsvd'): a diagonal scaling of one side of W, the
+    truncated SVD of the scaled matrix, the scaling undone in that side's factor.
+        asvd    W diag(d), d_j = a_j ** ASVD_ALPHA with a_j the activation scale of input channel j. ASVD takes
+                the mean absolute activation; the scale here is the root mean square, sqrt(C_jj), read off the
+                input moment every calibrated init collects (equal up to one constant for channels of the same
+                distribution shape, which the SVD ignores; heavier-tailed channels get a larger scale).
+        fwsvd   diag(w) W, w_i = sqrt(F_i) with F_i = sum_j E[(dL/dW_ij)^2], the diagonal Fisher of row i. Its
+                per-token form E[g_i^2 ||x||^2] is estimated as E[g_i^2] E[||x||^2] (K-FAC's independence), so
+                w_i is proportional to sqrt(G_ii) of the output-gradient moment (a constant the SVD ignores).
+    moment: C for asvd, G (a square moment or its diagonal) for fwsvd. Returns (A, B) not yet rebalanced."""
+    if not (s.n1 == 1 and s.m2 == 1):
+        raise UserError(f"--init {init} is a low-rank method (a scaled truncated SVD); use --shape lowrank, or "
+                        f"aware/fisher for Kronecker shapes")
+    d = (moment.diagonal() if moment.dim() == 2 else moment).double().clamp_min(0)
+    d = d.clamp_min(1e-12 * max(d.max().item(), 1e-300))  # a dead channel keeps a tiny scale, never 1/0
+    if init == "asvd":
+        scale = d.sqrt() ** ASVD_ALPHA
+        A, B, _ = van_loan(W * scale[None, :], s, factors)
+        return A, B / scale.view(1, 1, -1)
+    weight = d.sqrt()
+    A, B, _ = van_loan(W * weight[:, None], s, factors)
+    return A / weight.view(1, -1, 1), B
 
 
 # -----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ well as the order they were scored in.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -95,9 +95,11 @@ def whitened_error(D, Cd, Gd):
     return whitened_inner(D, D, Cd, Gd)
 
 
-def kron_points(W, s, init, C, G, norm, max_factors, cache=None):
+def kron_points(W, s, init, moments, norm, max_factors, cache=None):
     """[(cost, error, MatrixSpec)] of shape s with k = 1..K factors (K: max_factors, the shape's rank, and
-    fewer parameters than dense), errors of the actual factors on the damped criterion (module docstring)."""
+    fewer parameters than dense), errors of the actual factors on the damped criterion (module docstring).
+    moments: (C, G) of this matrix (either None)."""
+    C, G = moments
     o, i = W.shape
     K = min(max_factors, s.max_rank)
     while K > 0 and s.params(K) >= o * i:
@@ -126,20 +128,21 @@ def block_permutation(mlp, fam, shapes, moments, init):
     return perm
 
 
-def block_candidates(dense, b, names, moments, grads, curves, init, families, permute=False, max_factors=8,
-                     cache=None):
-    """{(b, name): [(cost, error, choice)]} of the Kronecker families for the matrices `names` of block b
-    (EMBED: the embedding) while the block's statistics are at hand. moments, grads: {name: C}, {name: G} or
-    None. curves: the block's low-rank curves, whose normalisers the Kronecker errors share."""
-    kron = [f for f in families if f.kind == "kron"]
+def block_candidates(dense, b, names, stats, init, request):
+    """{(b, name): [(cost, error, choice)]} of the request's Kronecker families (request: a planner.PlanRequest;
+    its families, permute and max_factors) for the matrices `names` of block b (EMBED: the embedding) while
+    the block's statistics are at hand. stats: a calib.Stats whose moments and grads are this block's
+    ({name: C}, {name: G}, or None) and whose curves (the low-rank curves, keyed (b, name)) give the
+    normalisers the Kronecker errors share."""
+    kron = [f for f in request.families if f.kind == "kron"]
     if not kron:
         return {}
     fam = dense.config.family
     down = set(fam.down)
     weights = {n: host(dense.matrix(b, n).weight) for n in names}
-    moments, grads = dict(moments or {}), dict(grads or {})
+    moments, grads = dict(stats.moments or {}), dict(stats.grads or {})
     mlp_names = [n for n, _ in fam.mlp_matrices if n in names]
-    if permute and b != EMBED and mlp_names:  # score the MLP in the order that suits the first Kronecker shape
+    if request.permute and b != EMBED and mlp_names:  # score the MLP in the order that suits the first Kronecker shape
         shapes = {n: kron_shape_of(kron[0], *weights[n].shape, n in down) for n in mlp_names}
         perm = block_permutation(dense.transformer.h[b].mlp, fam, shapes, moments, init)
         if perm is not None:
@@ -155,26 +158,29 @@ def block_candidates(dense, b, names, moments, grads, curves, init, families, pe
     for n in names:
         W = weights[n]
         o, i = W.shape
-        _, norm = curves[(b, n)]
+        _, norm = stats.curves[(b, n)]
         pts = []
         for f in kron:
             s = kron_shape_of(f, o, i, n in down)
             if s is not None:
-                pts += kron_points(W, s, init, moments.get(n), grads.get(n), max(norm, 1e-30), max_factors, cache)
+                pts += kron_points(W, s, init, (moments.get(n), grads.get(n)), max(norm, 1e-30),
+                                   request.max_factors, stats.cache)
         out[(b, n)] = pts
     return out
 
 
-def candidates(dense, moments, grads, mats, curves, init, families, permute=False, max_factors=8, cache=None):
-    """block_candidates of every matrix in `mats` (planner.matrices), from all-at-once statistics."""
+def candidates(dense, stats, mats, init, request):
+    """block_candidates of every matrix in `mats` (planner.matrices), from all-at-once statistics (a calib.Stats
+    keyed (layer, name), with the low-rank curves)."""
     by_block = {}
     for b, n, _, _ in mats:
         by_block.setdefault(b, []).append(n)
     out = {}
     for b, names in by_block.items():
-        m = {n: moments[(b, n)] for n in names} if moments is not None else None
-        g = {n: grads[(b, n)] for n in names} if grads is not None else None
-        out.update(block_candidates(dense, b, names, m, g, curves, init, families, permute, max_factors, cache))
+        m = {n: stats.moments[(b, n)] for n in names} if stats.moments is not None else None
+        g = {n: stats.grads[(b, n)] for n in names} if stats.grads is not None else None
+        block = replace(stats, moments=m, grads=g)
+        out.update(block_candidates(dense, b, names, block, init, request))
     return out
 
 
@@ -188,8 +194,9 @@ def family_of(choice):
 # -----------------------------------------------------------------------------
 # sums of a low-rank term and Kronecker terms: W ~ U V^T + sum_k A_k (x) B_k
 
-def sum_fit(W, s, k, r, init, C, G=None, rounds=3, cache=None):
-    """(W_hat, error) of the sum of a rank-r term and k Kronecker terms of shape s, fitted greedily on the
+def sum_fit(W, s, terms, init, moments, rounds=3, cache=None):
+    """(W_hat, error) of the sum of a rank-r term and k Kronecker terms of shape s (terms = (k, r); moments =
+    (C, G), G None without gradients), fitted greedily on the
     residual of the other (low rank first), `rounds` times, on the damped calibrated criterion (module
     docstring, unnormalised). The low-rank step is exact (truncated SVD of the whitened residual, the optimal
     rank-r term given the Kronecker part); the Kronecker step is init_factors' ('aware'/'fisher') on the
@@ -197,6 +204,7 @@ def sum_fit(W, s, k, r, init, C, G=None, rounds=3, cache=None):
     the Kronecker whitening is approximate (both factors hold part of a side's index) its terms can fit the
     residual badly; the scale then shrinks them (to zero at worst), so the sum is never worse than its
     rank-r term alone."""
+    (k, r), (C, G) = terms, moments
     W = W.detach().double()
     Cd = damped(C, init.damping) if C is not None else None
     Gd = damped(G, init.g_damping) if G is not None and init.needs_grads else None

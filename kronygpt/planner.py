@@ -13,11 +13,13 @@ import heapq
 import math
 import re
 import time
+from dataclasses import dataclass
 
 import torch
 
 from model import GPT
 
+from .calib import Stats
 from .errors import UserError
 from .factorize import fisher_error, init_factors, output_error, whitened_spectrum
 from .kronecker import KronShape, all_shapes, factored_macs, kron_shape, kron_sum
@@ -226,21 +228,148 @@ def allocate(curves, mats, budget, weights=None, multiple=1):
     return allocate_points(points, budget)
 
 
-def allocate_points(points, budget):
+MAX_CELLS = 400_000  # the exact allocator's budget grid: beyond this many cells it rounds costs up to coarser units
+DP_WORK = 3e9        # cell updates the dynamic programme may take (about 6 s on 2 cores) before the bound decides
+CERTIFIED = 1e-4     # a greedy allocation within this relative distance of the LP lower bound is kept as it is
+
+
+def allocate_points(points, budget, log=None):
     """One choice per matrix from its (cost, error, choice) points (any family: low-rank ranks, Kronecker factor
-    counts, dense), total cost within `budget`, summed error smallest. Each matrix's options are the lower convex
-    hull of its points; the allocator takes hull segments in order of error reduction per parameter. Optimality,
-    as far as it holds: the result is exactly optimal whenever the budget is a total this greedy reaches without
-    skipping a segment (every Lagrangian solution: for some price per parameter, each matrix at its best point);
-    otherwise a segment that did not fit is skipped and cheaper ones of other matrices fill the rest (`fill`),
-    within one segment of the optimum. Every matrix starts at its cheapest point.
-    Returns ({key: choice}, the cost used)."""
+    counts, dense), total cost within `budget`, summed error smallest: a multiple-choice knapsack.
+
+    The hull greedy (greedy_allocation) runs first; the LP relaxation's optimum (lp_bound) bounds every
+    allocation's error from below. The dynamic programme (exact_allocation: exact on the grid of the costs'
+    greatest common divisor, or within 0.1% of the budget on a coarser one) then runs whenever it is cheap
+    (under DP_WORK cell updates) or the greedy is not certified within CERTIFIED of the bound; the better of the
+    two is kept. So the result is optimal, or provably within 0.01% of the optimum. log: where a line saying
+    which held goes (None: nowhere). Returns ({key: choice}, the cost used)."""
+    cheapest = sum(min(p[0] for p in pts) for pts in points.values())
+    if cheapest > budget:
+        raise UserError(f"the budget leaves {budget:,} parameters for the factorised matrices, fewer than the "
+                        f"cheapest choice of each needs ({cheapest:,}); raise --target_params or factorise fewer matrices")
+    err = {k: {p[2]: p[1] for p in v} for k, v in points.items()}
+    total = lambda a: sum(err[k][c] for k, c in a[0].items())  # noqa: E731
+    greedy = greedy_allocation(points, budget)
+    bound, g = lp_bound(points, budget), total(greedy)
+    certified = g - bound <= CERTIFIED * max(abs(bound), 1e-30)
+    work = sum(len(frontier(v)) for v in points.values()) * (budget - cheapest) / max(grid_unit(points, budget), 1)
+    if certified and work > DP_WORK:
+        if log:
+            log(f"  allocation: greedy {g:.6g}, within {g - bound:.2g} of the LP lower bound {bound:.6g} (certified "
+                f"near-optimal; the exact programme would take {work:.1e} cell updates)")
+        return greedy
+    alloc, exact = exact_allocation(points, budget)
+    best = greedy if total(greedy) < total(alloc) else alloc
+    if log:
+        log(f"  allocation: {'exact' if exact else 'dynamic programme (costs rounded up)'} {total(alloc):.6g}, greedy "
+            f"{g:.6g}, LP lower bound {bound:.6g}")
+    return best
+
+
+def lp_bound(points, budget):
+    """The least summed error of the knapsack's LP relaxation (any fraction of a hull segment may be taken): hull
+    segments of all matrices in order of error reduction per parameter, the last that does not fit taken in part.
+    No allocation within the budget has a lower error."""
+    hulls = {k: hull(p) for k, p in points.items()}
+    err = sum(h[0][1] for h in hulls.values())
+    left = budget - sum(h[0][0] for h in hulls.values())
+    segments = sorted(((e0 - e1) / (c1 - c0), c1 - c0, e0 - e1) for h in hulls.values()
+                      for (c0, e0, _), (c1, e1, _) in zip(h, h[1:]))
+    for _, dc, de in reversed(segments):
+        if dc > left:
+            return err - de * left / dc
+        err, left = err - de, left - dc
+    return err
+
+
+def grid_unit(points, budget):
+    """The exact programme's cell: the greatest common divisor of the costs beyond each matrix's cheapest point,
+    or, where that needs more cells than max(MAX_CELLS, 1000 per matrix), the coarser cell that fills that many
+    (costs rounded up: the rounding then loses under 0.1% of the budget). Returns the cell's size."""
+    fronts = [frontier(v) for v in points.values()]
+    room = budget - sum(f[0][0] for f in fronts)
+    extras = [p[0] - f[0][0] for f in fronts for p in f[1:]]
+    unit = math.gcd(*extras) if extras else 1
+    limit = max(MAX_CELLS, 1000 * len(fronts))
+    return unit if room // unit <= limit else math.ceil(room / limit)
+
+
+def frontier(pts):
+    """The points no other point beats (cheaper or as cheap, and lower error), cheapest first."""
+    out = []
+    for p in sorted(pts, key=lambda p: (p[0], p[1])):
+        if not out or p[1] < out[-1][1]:
+            out.append(p)
+    return out
+
+
+def exact_allocation(points, budget):
+    """((choice per key, cost used), exact): the multiple-choice knapsack of allocate_points by dynamic programming.
+    Each matrix's cheapest point is taken as given; the rest of the budget is a grid of cells in which best[c] is
+    the least summed error of the matrices so far whose extra cost (beyond their cheapest points) fills c cells,
+    and each matrix's points extend it; the last matrix's best cell within the budget is traced back. exact: the
+    grid is the greatest common divisor of the costs, so no cost was rounded."""
+    keys = list(points)
+    fronts = {k: frontier(points[k]) for k in keys}
+    room = budget - sum(f[0][0] for f in fronts.values())
+    unit = grid_unit(points, budget)
+    extras = [p[0] - f[0][0] for f in fronts.values() for p in f[1:]]
+    exact = all(e % unit == 0 for e in extras)
+    cells = room // unit
+    best = torch.full((cells + 1,), math.inf, dtype=torch.float64)
+    best[0] = 0.0
+    picks = []
+    for k in keys:
+        f = fronts[k]
+        shift = [-(-(p[0] - f[0][0]) // unit) for p in f]  # cells, rounded up
+        best, pick = extend(best, shift, [p[1] for p in f])
+        picks.append((pick, shift))
+    c = int(torch.argmin(best))
+    choice, used = {}, 0
+    for k, (pick, shift) in zip(reversed(keys), reversed(picks)):
+        j = int(pick[c])
+        choice[k] = fronts[k][j][2]
+        used += fronts[k][j][0]
+        c -= shift[j]
+    return ({k: choice[k] for k in keys}, used), exact
+
+
+def extend(best, shift, err, chunk=32):
+    """(new, pick): new[c] = min over j of best[c - shift[j]] + err[j], and the j that attains it (the first),
+    for shifts in increasing order. Runs of equally spaced shifts (a matrix's ranks) are done as one strided
+    view of the padded array, `chunk` options at a time: one vectorised min instead of a Python loop."""
+    cells = best.shape[0] - 1
+    new = torch.full_like(best, math.inf)
+    pick = torch.zeros(cells + 1, dtype=torch.int32)
+    j = 0
+    while j < len(shift) and shift[j] <= cells:
+        step = shift[j + 1] - shift[j] if j + 1 < len(shift) else 1
+        end = j + 1
+        while end < min(len(shift), j + chunk) and shift[end] <= cells and shift[end] - shift[end - 1] == step:
+            end += 1
+        # options j..end-1 have shifts shift[j] + t*step: row t of the view is best shifted right by shift[j + t]
+        pad = shift[end - 1]
+        padded = torch.cat([torch.full((pad,), math.inf, dtype=best.dtype), best])
+        rows = end - j
+        view = padded.as_strided((rows, cells + 1), (step if rows > 1 else 1, 1), pad - shift[end - 1])
+        # view[t] = best shifted by shift[end - 1 - t]: reverse the errors to match
+        vals = view + torch.tensor(err[j:end][::-1], dtype=best.dtype)[:, None]
+        m, arg = vals.min(0)
+        better = m < new
+        new = torch.where(better, m, new)
+        pick = torch.where(better, (end - 1 - arg).to(torch.int32), pick)
+        j = end
+    return new, pick
+
+
+def greedy_allocation(points, budget):
+    """The hull greedy: each matrix's options are the lower convex hull of its points; hull segments are taken in
+    order of error reduction per parameter, a segment that does not fit is skipped and cheaper ones of other
+    matrices fill the rest (`fill`). Exactly optimal at every total it reaches without skipping a segment (every
+    Lagrangian solution), otherwise within one segment of the optimum. Returns ({key: choice}, the cost used)."""
     hulls = {k: hull(p) for k, p in points.items()}
     at = {k: 0 for k in hulls}
     used = sum(h[0][0] for h in hulls.values())
-    if used > budget:
-        raise UserError(f"the budget leaves {budget:,} parameters for the factorised matrices, fewer than the "
-                        f"cheapest choice of each needs ({used:,}); raise --target_params or factorise fewer matrices")
     heap = []
 
     def push(n, key):
@@ -299,6 +428,46 @@ def curve_error(curves, key, r):
 # -----------------------------------------------------------------------------
 # the policy: from what the user asked for to a Plan
 
+@dataclass(frozen=True)
+class PlanRequest:
+    """What plan a decomposition asks for, resolved once where the settings enter (kron_decomp's options,
+    DecompConfig.plan_request) and passed down whole:
+        plan                 a plan string, used as written
+        shape (+ factors)    one shape for every MLP matrix; with target, the factor count that meets it;
+                             'lowrank' with target and scope 'blocks'/'all': every matrix of the scope keeps the
+                             same fraction of its parameters (uniform ratio, as SVD-LLM, ASVD and FWSVD compress)
+        target               the plan nearest a parameter count: by count alone (Krony-PT's rank-preserving
+                             plans), or with calibration moments the candidate shapes' calibrated error
+                             (choose_uniform); with allocate, each matrix its own rank (or, with Kronecker
+                             families, factor count and shape) under the budget (allocated_plan)
+    layers: the blocks planned (None: all); scope: what --allocate (or a uniform ratio) may factorise (SCOPES)."""
+    plan: str = ""
+    shape: str = ""
+    factors: int = 1
+    target: str = ""
+    tolerance: float = 0.01
+    allocate: bool = False
+    scope: str = "mlp"
+    scalars: bool = False
+    candidates: int = 16         # uniform plans scored by calibrated error
+    score_blocks: int = 6        # the blocks they are scored on
+    rank_multiple: int = 1
+    families: tuple = (Family("lowrank"),)
+    max_factors: int = 8         # Kronecker families: factors per matrix at most
+    layers: tuple = None
+    permute: bool = False
+
+    @property
+    def mixed(self):
+        return any(f.kind == "kron" for f in self.families)
+
+    @property
+    def ratio(self):
+        """Whether this asks for a low-rank plan at one ratio over a scope wider than the MLPs."""
+        return bool(self.target) and self.shape.strip().lower() == "lowrank" and self.scope != "mlp" \
+            and not self.allocate
+
+
 def parse_count(text):
     """'81M', '81.9M', '81912576', '500k', or a model name ('distilgpt2') -> an integer."""
     sizes = {"distilgpt2": 81_912_576, "gpt2": 124_439_808}
@@ -323,64 +492,93 @@ def parse_shape(text, config):
     return kron_shape(config.mlp_hidden, config.n_embd, int(m.group(1)), int(m.group(2)))
 
 
-def choose_plan(dense, *, layers=None, plan="", shape="", factors=1, target="", tolerance=0.01, allocate=False,
-                scope="mlp", scalars=False, init=None, moments=None, grads=None, candidates=16, score_blocks=6,
-                cache=None, log=print, rank_multiple=1, curves=None, families=None, permute=False, kron_points=None,
-                max_factors=8):
-    """The Plan for a decomposition request, over the blocks `layers` (None: all):
-        plan                 a plan string, used as written
-        shape (+ factors)    one shape for every MLP matrix; with target, the factor count that meets it
-        target               the plan nearest a parameter count: by count alone (Krony-PT's rank-preserving
-                             plans), or with calibration moments the candidate shapes' calibrated error
-                             (choose_uniform); with allocate, each matrix its own rank (or, with Kronecker
-                             families, factor count and shape) under the budget (allocated_plan)
-    The reasoning is printed through `log`."""
-    config = dense.config
-    if plan:
-        p = Plan.parse(plan, config.layout())
+def choose_plan(dense, request, init=None, stats=None, log=print):
+    """The Plan for a PlanRequest over the blocks request.layers (None: all); the reasoning goes to `log`.
+    init: the InitSpec the factors will be built with; stats: the calibration Stats (None: uncalibrated)."""
+    config, r, stats = dense.config, request, stats or Stats()
+    layers = list(r.layers) if r.layers is not None else None
+    if r.plan:
+        p = Plan.parse(r.plan, config.layout())
         return p if layers is None else p.restrict([*layers, EMBED])
-    if not target:
-        if not shape:
+    if not r.target:
+        if not r.shape:
             raise UserError("give --shape m1xn1, --target_params N or --plan (see --list_shapes)")
-        return uniform_plan(config, parse_shape(shape, config), factors, layers)
-    target = parse_count(target)
-    if allocate:  # each matrix its own rank: the allocator spends the target itself
-        return allocated_plan(dense, target, layers, scope, init, moments, grads, scalars, cache, log, rank_multiple,
-                              curves, families, permute, kron_points, max_factors)
-    if families and any(f.kind == "kron" for f in families):
+        return uniform_plan(config, parse_shape(r.shape, config), r.factors, layers)
+    target = parse_count(r.target)
+    if r.allocate:  # each matrix its own rank: the allocator spends the target itself
+        return allocated_plan(dense, target, r, init, stats, log)
+    if r.mixed:
         raise UserError("--families chooses among families matrix by matrix, which only --allocate does; add --allocate")
-    if shape:  # a fixed shape whose factor count meets the target
-        s = parse_shape(shape, config)
-        factors, total = factors_for_target(config, s, target, scalars, layers)
-        if abs(total - target) / target > tolerance:
-            lo, hi = reachable(config, target, scalars, layers)
+    if r.ratio:
+        return ratio_plan(config, target, r, log)
+    if r.shape:  # a fixed shape whose factor count meets the target
+        s = parse_shape(r.shape, config)
+        factors, total = factors_for_target(config, s, target, r.scalars, layers)
+        if abs(total - target) / target > r.tolerance:
+            lo, hi = reachable(config, target, r.scalars, layers)
             raise UserError(f"--target_params {target:,}: the nearest total of {describe(s, factors)} plans is "
                             f"{total:,}; change the target (uniform plans reach {lo:,} to {hi:,}) or the shape")
         log(f"target {target:,}: {describe(s, factors)} -> {total:,} parameters ({100 * (total - target) / target:+.2f}%)")
     else:
-        factors, s = choose_uniform(dense, target, tolerance, layers, scalars, init, moments, grads, candidates,
-                                    score_blocks, cache, log)
+        factors, s = choose_uniform(dense, target, r, init, stats, log)
     return uniform_plan(config, s, factors, layers)
 
 
-def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, grads, candidates, score_blocks,
-                   cache=None, log=print):
+def ratio_plan(config, target, request, log=print):
+    """Every matrix of the request's scope low rank at the same fraction of its parameters (ranks rounded, then
+    single ranks added where they fit best), the largest total within the target: the uniform compression
+    ratio of SVD-LLM, ASVD and FWSVD."""
+    layers = list(request.layers) if request.layers is not None else None
+    mats = matrices(config, layers, request.scope)
+    base, _ = param_base(config, layers, request.scope)
+    budget = target - base
+    dense_total = sum(o * i for _, _, o, i in mats)
+    if not 0 < budget < dense_total:
+        raise UserError(f"--target_params {target:,} cannot be met by low rank over --scope {request.scope}: it "
+                        f"must lie between {base:,} and {base + dense_total:,}")
+
+    def ranks(ratio):
+        return {(b, n): max(1, min(min(o, i), int(ratio * o * i / (o + i)))) for b, n, o, i in mats}
+
+    def cost(rk):
+        return sum(rk[(b, n)] * (o + i) for b, n, o, i in mats)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(ranks(mid)) <= budget else (lo, mid)
+    rk, used = ranks(lo), cost(ranks(lo))
+    if used > budget:
+        raise UserError(f"--target_params {target:,} is below rank 1 of every matrix of --scope {request.scope}")
+    for b, n, o, i in sorted(mats, key=lambda m: (m[2] + m[3], m[0] if m[0] != EMBED else -1, m[1])):
+        if used + o + i <= budget and rk[(b, n)] < min(o, i):  # the rounding's leftover: one more rank each
+            rk[(b, n)] += 1
+            used += o + i
+    plan = Plan({k: MatrixSpec(KronShape(o, 1, 1, i), rk[k]) for k, (_, _, o, i) in
+                 zip(rk, mats)}, config.layout())
+    log(f"target {target:,}: every matrix of --scope {request.scope} low rank at {lo:.3f} of its parameters -> "
+        f"{base + used:,} parameters ({100 * (base + used - target) / target:+.2f}%)")
+    return plan
+
+
+def choose_uniform(dense, target, request, init, stats, log=print):
     """(factors, up shape) of the uniform plan for a target: by parameter count alone, or with moments by the
     calibrated error of the candidates within tolerance, scored on a few blocks."""
-    config = dense.config
-    lo, hi = reachable(config, target, scalars, layers)
+    config, r = dense.config, request
+    layers = list(r.layers) if r.layers is not None else None
+    lo, hi = reachable(config, target, r.scalars, layers)
     if not lo * 0.99 <= target <= hi:
         raise UserError(f"--target_params {target:,} cannot be reached: plans of this model range from {lo:,} "
                         f"(one factor of the smallest shape) to {hi:,} (dense) parameters")
-    cands = shape_candidates(config, target, scalars, layers)
-    near = [c for c in cands if abs(c[0] - target) / target <= tolerance]
+    cands = shape_candidates(config, target, r.scalars, layers)
+    near = [c for c in cands if abs(c[0] - target) / target <= r.tolerance]
     if not near:
         closest = sorted(cands, key=lambda c: abs(c[0] - target))[:3]
-        raise UserError(f"no plan lands within {tolerance:.1%} of --target_params {target:,}; the nearest "
+        raise UserError(f"no plan lands within {r.tolerance:.1%} of --target_params {target:,}; the nearest "
                         f"reachable totals are " + ", ".join(f"{t:,} ({describe(s, f)})" for t, f, s in closest))
-    if moments is None:  # by parameter count alone: Krony-PT's rank-preserving, few-factor plans
-        near = [c for c in plan_for_target(config, target, scalars, layers)
-                if abs(c[0] - target) / target <= tolerance] or near
+    if stats.moments is None:  # by parameter count alone: Krony-PT's rank-preserving, few-factor plans
+        near = [c for c in plan_for_target(config, target, r.scalars, layers)
+                if abs(c[0] - target) / target <= r.tolerance] or near
         total, f, s = near[0]
         log(f"target {target:,}: {describe(s, f)} -> {total:,} parameters ({100 * (total - target) / target:+.2f}%), "
             f"MLP MACs {mac_ratio(s, f):.2f}x dense")
@@ -388,13 +586,13 @@ def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, gra
         return f, s
     # score the fastest candidates and the low-rank member by calibrated output error on a subset of blocks
     near = [c for c in near if not (is_lowrank(c[2]) and c[2].n1 != 1)]  # low rank once: (out,1)x(1,in)
-    pool = [c for c in near if mac_ratio(c[2], c[1]) <= 1.0][:candidates]
+    pool = [c for c in near if mac_ratio(c[2], c[1]) <= 1.0][:r.candidates]
     pool += [c for c in near if is_lowrank(c[2]) and c not in pool]
-    blocks = scored_blocks(config.n_layer, layers, score_blocks)
+    blocks = scored_blocks(config.n_layer, layers, r.score_blocks)
     t0 = time.time()
-    scores = score_plans(dense, pool, moments, init, blocks, grads, cache)
+    scores = score_plans(dense, pool, stats.moments, init, blocks, stats.grads, stats.cache)
     order = sorted(range(len(pool)), key=lambda i: scores[i])
-    metric = "predicted loss increase" if grads else "output error"
+    metric = "predicted loss increase" if stats.grads else "output error"
     log(f"target {target:,}: {len(pool)} candidate plans scored by calibrated {metric} ({init.init}) on blocks "
         f"{blocks} in {time.time() - t0:.0f}s; best first:")
     log(f"  {'plan':<26} {'parameters':>12} {metric:>23} {'MACs':>6}")
@@ -405,35 +603,36 @@ def choose_uniform(dense, target, tolerance, layers, scalars, init, moments, gra
     return f, s
 
 
-def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=False, cache=None, log=print,
-                   multiple=1, curves=None, families=None, permute=False, kron_points=None, max_factors=8):
+def allocated_plan(dense, target, request, init, stats, log=print):
     """A per-matrix Plan whose total is at most `target`, from calibrated error curves: minimising the summed
-    squared relative output error, or with grads ('fisher') the summed predicted loss increase. scope says which
-    matrices may be factorised (MLPs; + attention; + the embedding). families (mixed.parse_families; default
-    low rank alone): what each matrix may become besides dense; with a Kronecker family every candidate is
-    scored on the same damped criterion (kronygpt/mixed.py) and one budget is spent across matrices and
-    families, and the log compares the mixed allocation with each family alone at the same budget.
-    With low rank alone and the MLP scope the uniform low-rank plan with the most parameters within the
-    allocation's total is scored on the same objective, and chosen if it scores lower (said so). curves: the
-    lowrank_curves already computed (streaming.streamed_curves computes them block by block, and kron_points
-    with them); then moments are not needed."""
-    config = dense.config
-    families = families or (Family("lowrank"),)
-    if scalars:
+    squared relative output error, or with grads ('fisher') the summed predicted loss increase. request.scope
+    says which matrices may be factorised (MLPs; + attention; + the embedding). request.families
+    (mixed.parse_families; default low rank alone): what each matrix may become besides dense; with a
+    Kronecker family every candidate is scored on the same damped criterion (kronygpt/mixed.py), one budget is
+    spent across matrices and families, and the log compares the mixed allocation with each family alone at the
+    same budget. With low rank alone and the MLP scope the uniform low-rank plan with the most parameters within
+    the allocation's total is scored on the same objective, and chosen if it scores lower (said so).
+    stats.curves: the lowrank_curves already computed (streaming.streamed_curves computes them block by block,
+    and stats.kron_points with them); then stats.moments are not needed."""
+    config, r = dense.config, request
+    layers = list(r.layers) if r.layers is not None else None
+    multiple, families = r.rank_multiple, r.families
+    if r.scalars:
         raise UserError("--allocate builds plans without per-factor scalars; drop --scalars")
-    mats = matrices(config, layers, scope)
-    base, _ = param_base(config, layers, scope)
+    mats = matrices(config, layers, r.scope)
+    base, _ = param_base(config, layers, r.scope)
     if target <= base:
         raise UserError(f"--target_params {target:,} is below the {base:,} parameters outside the matrices "
-                        f"--scope {scope} may factorise; raise it or widen --scope")
-    if moments is None and curves is None:
+                        f"--scope {r.scope} may factorise; raise it or widen --scope")
+    if stats.moments is None and stats.curves is None:
         raise UserError("--allocate chooses ranks by calibrated error: give --calib DATASET")
     t0 = time.time()
+    curves = stats.curves
     if curves is None:
-        curves = lowrank_curves(dense, moments, mats, init.damping, grads, init.g_damping, cache)
-    mixed = any(f.kind == "kron" for f in families)
-    if mixed and kron_points is None:
-        kron_points = candidates(dense, moments, grads, mats, curves, init, families, permute, max_factors, cache)
+        curves = lowrank_curves(dense, stats.moments, mats, init.damping, stats.grads, init.g_damping, stats.cache)
+    kron_points = stats.kron_points
+    if r.mixed and kron_points is None:
+        kron_points = candidates(dense, Stats(stats.moments, stats.grads, curves, cache=stats.cache), mats, init, r)
     lowrank = any(f.kind == "lowrank" for f in families)
 
     def points(kinds):
@@ -443,10 +642,10 @@ def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=F
 
     kinds = {f.kind for f in families}
     pts = points(kinds)
-    alloc, used = allocate_points(pts, target - base)
+    alloc, used = allocate_points(pts, target - base, log)
     err_of = {k: {p[2]: p[1] for p in v} for k, v in pts.items()}
     objective = sum(err_of[k][c] for k, c in alloc.items())
-    what = "predicted loss increase (damped)" if grads else "sum of squared output errors (damped)"
+    what = "predicted loss increase (damped)" if stats.grads else "sum of squared output errors (damped)"
     if multiple > 1 and lowrank:  # what the rounding costs, on the same objective and budget
         free_pts = {k: [p for p in v if not isinstance(p[2], int)] +
                     lowrank_points(curves[k], o, i) for (k, v), (_, _, o, i) in zip(pts.items(), mats)}
@@ -461,10 +660,10 @@ def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=F
         return choice if isinstance(choice, MatrixSpec) else MatrixSpec(KronShape(dims[key[1]][0], 1, 1, dims[key[1]][1]), choice)
 
     plan = Plan({k: spec(k, c) for k, c in alloc.items() if c != "dense"}, config.layout())
-    log(f"allocation over {scope}, families {','.join(f.text for f in families)} ({time.time() - t0:.0f}s): "
+    log(f"allocation over {r.scope}, families {','.join(f.text for f in families)} ({time.time() - t0:.0f}s): "
         f"{base + used:,} parameters (target {target:,}), {what} {objective:.4f} over {len(mats)} matrices; "
         f"plan: {plan.text}")
-    if mixed:
+    if r.mixed:
         counts = {}
         for c in alloc.values():
             counts[family_of(c)] = counts.get(family_of(c), 0) + 1
@@ -477,22 +676,22 @@ def allocated_plan(dense, target, layers, scope, init, moments, grads, scalars=F
                 continue
             e = {k: {p[2]: p[1] for p in v} for k, v in points({alone}).items()}
             log(f"  {alone} alone: {base + u:,} parameters, {what} {sum(e[k][c] for k, c in a.items()):.4f}")
-    if scope == "mlp" and not mixed:  # the uniform low-rank plans are in the search space: compare at equal parameters
+    if r.scope == "mlp" and not r.mixed:  # the uniform low-rank plans are in the search space: compare at equal parameters
         s = parse_shape("lowrank", config)
-        r = max(1, used // (len(mats) * s.params(1)))
-        while r > 1 and len(mats) * s.params(r) > used:
-            r -= 1
-        uni = sum(curve_error(curves, (b, n), r) ** 2 for b, n, _, _ in mats)
-        log(f"  uniform {describe(s, r)} ({base + len(mats) * s.params(r):,} parameters): {what} {uni:.4f}")
+        rank = max(1, used // (len(mats) * s.params(1)))
+        while rank > 1 and len(mats) * s.params(rank) > used:
+            rank -= 1
+        uni = sum(curve_error(curves, (b, n), rank) ** 2 for b, n, _, _ in mats)
+        log(f"  uniform {describe(s, rank)} ({base + len(mats) * s.params(rank):,} parameters): {what} {uni:.4f}")
         if uni < objective:
             log("  the uniform plan scores lower; keeping it")
-            return uniform_plan(config, s, r, layers)
+            return uniform_plan(config, s, rank, layers)
     rows = {}
     for b, n, _, _ in mats:
         c = alloc[(b, n)]
         e = err_of[(b, n)][c]
         label = c.text if isinstance(c, MatrixSpec) else c
-        rows.setdefault(b, []).append(f"{n} {label} ({'dloss' if grads else 'err'} {e if grads else e ** 0.5:.4f})")
+        rows.setdefault(b, []).append(f"{n} {label} ({'dloss' if stats.grads else 'err'} {e if stats.grads else e ** 0.5:.4f})")
     for b, parts in rows.items():
         log(f"  {'block ' + str(b) if b != EMBED else 'embedding':>9}: " + ", ".join(parts))
     return plan

@@ -12,8 +12,8 @@ with at most one block's statistics in memory:
        moments, which are then freed (streamed_curves); --target_params without --allocate scores its
        candidates on --score_blocks blocks, whose moments alone are kept;
     3. the decomposition: the dense model is decomposed in place, each block's moments collected just before
-       it is replaced (surgery.decompose_model with stream=True; --sequential feeds the compressed blocks'
-       outputs forward as before).
+       it is replaced (surgery.decompose_model with SurgeryOptions(stream=True); --sequential feeds the
+       compressed blocks' outputs forward as before).
 
 The calibration forward runs twice (steps 2 and 3): a forward pass over a few thousand tokens costs far less
 than holding every block's statistics. Peak memory: the model, one block's statistics, the calibration
@@ -23,21 +23,21 @@ tokens' hidden states and (fisher) the backward pass's activations.
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 
-from .calib import BlockRunner, collect_grads, collect_moments
+from .calib import BlockRunner, Stats, collect_grads, collect_moments
 from .factorize import WhiteningCache, whitened_spectrum
 from .mixed import block_candidates
 from .planner import choose_plan, matrices, scored_blocks
 from .plans import EMBED
-from .surgery import decompose_model, permutes
 
 
-def streamed_curves(dense, batches, mats, init, grads=None, log=print, families=None, permute=False, max_factors=8):
+def streamed_curves(dense, batches, mats, init, request, grads=None, log=print):
     """(curves, kron_points): lowrank_curves of the matrices `mats` (planner.matrices) computed block by block,
-    and with Kronecker families their candidates (mixed.block_candidates; empty otherwise): each block's input
-    moments are collected on the dense model's hidden states, turned into the block's spectra and candidates
-    and freed before the next block runs. Equal to lowrank_curves and mixed.candidates on collect_moments'
-    statistics."""
+    and with the request's Kronecker families their candidates (mixed.block_candidates; empty otherwise): each
+    block's input moments are collected on the dense model's hidden states, turned into the block's spectra and
+    candidates and freed before the next block runs. Equal to lowrank_curves and mixed.candidates on
+    collect_moments' statistics."""
     t0 = time.time()
     by_block = {}
     for b, name, _, _ in mats:
@@ -51,9 +51,8 @@ def streamed_curves(dense, batches, mats, init, grads=None, log=print, families=
         for name in names:
             curves[(b, name)] = whitened_spectrum(dense.matrix(b, name).weight, moments[name], (g or {}).get(name),
                                                   init.damping, init.g_damping, cache)
-        if families:
-            kron.update(block_candidates(dense, b, names, moments, g, curves, init, families, permute, max_factors,
-                                         cache))
+        if request.mixed:
+            kron.update(block_candidates(dense, b, names, Stats(moments, g, curves, cache=cache), init, request))
 
     for b in range(dense.config.n_layer):
         if b in by_block:
@@ -67,42 +66,38 @@ def streamed_curves(dense, batches, mats, init, grads=None, log=print, families=
     return curves, kron
 
 
-def stream_decompose(dense, batches, init, *, layers=None, fisher_tokens=0, fisher_labels="data", seed=0,
-                     sequential=False, permute=False, spill_dir=None, log=print, **request):
-    """(model, rows) as choose_plan(**request) then decompose_model would give on all-at-once statistics, in
-    one block's memory (the module docstring). `dense` is decomposed in place. request: choose_plan's keywords
-    (plan, shape, factors, target, tolerance, allocate, scope, scalars, candidates, score_blocks,
-    rank_multiple, families, max_factors). fisher_labels, seed: the output gradients' targets (calib.FISHER_LABELS) and
-    the seed of their draw. spill_dir: where the output-gradient moments are kept while they are used (a temporary
-    directory inside it, removed afterwards; default: the system's)."""
+@contextmanager
+def streamed_plan(dense, batches, init, request, calib=None, *, spill_dir=None, log=print):
+    """with streamed_plan(...) as (plan, stats): the Plan that planner.choose_plan(request) gives on all-at-once
+    statistics, chosen with at most one block's statistics in memory (the module docstring), and the Stats the
+    decomposition then needs (fisher's output-gradient moments, kept in files while the block is open):
+    surgery.decompose_model(dense, plan, init, stats, calib=batches, options=SurgeryOptions(stream=True)) inside
+    the block decomposes `dense` in place. calib: the CalibSettings whose fisher_tokens, fisher_labels and seed
+    say which output gradients to take (None or fisher_tokens 0: none). spill_dir: where the gradient moments
+    wait (a temporary directory inside it, removed on leaving; default: the system's)."""
     config = dense.config
-    all_layers = set(layers if layers is not None else range(config.n_layer))
+    layers = request.layers
+    fisher_tokens = calib.fisher_tokens if calib is not None else 0
     spill = tempfile.mkdtemp(prefix="kron_decomp_grads-", dir=spill_dir) if fisher_tokens else None
     try:
         grads = None
         if fisher_tokens:
             t = time.time()
-            grads = collect_grads(dense, batches, all_layers, fisher_tokens, spill=spill, labels=fisher_labels,
-                                  seed=seed)
+            grads = collect_grads(dense, batches, set(layers if layers is not None else range(config.n_layer)),
+                                  fisher_tokens, spill=spill, labels=calib.fisher_labels, seed=calib.seed)
             log(f"output gradients: {min(fisher_tokens, sum(x.numel() for x in batches)):,} tokens "
-                f"({fisher_labels} labels) in "
-                f"{time.time() - t:.0f}s (kept in {spill}, read back one block at a time)")
-        moments = curves = kron = None
-        if request.get("target") and request.get("allocate"):
-            mats = matrices(config, layers, request.get("scope", "mlp"))
-            curves, kron = streamed_curves(dense, batches, mats, init, grads, log, request.get("families"), permute,
-                                           request.get("max_factors", 8))
-        elif request.get("target") and not request.get("shape") and batches is not None:
-            scored = set(scored_blocks(config.n_layer, layers, request.get("score_blocks", 6)))
-            moments = collect_moments(dense, batches, scored)  # the scored blocks' statistics only
-        plan = choose_plan(dense, layers=layers, init=init, moments=moments, grads=grads, curves=curves, log=log,
-                           kron_points=kron, permute=permute, **request)
-        moments = curves = kron = None
-        if permute and request.get("families") and not permutes(plan, config):
-            log("--permute: the allocation gave no MLP matrix a Kronecker shape; nothing to reorder")
-            permute = False
-        return decompose_model(dense, plan, init, grads=grads, calib=batches, sequential=sequential,
-                               permute=permute, log=log, stream=True)
+                f"({calib.fisher_labels} labels) in {time.time() - t:.0f}s (kept in {spill}, read back one block "
+                f"at a time)")
+        stats = Stats(grads=grads)
+        if request.target and request.allocate:
+            mats = matrices(config, layers, request.scope)
+            stats.curves, stats.kron_points = streamed_curves(dense, batches, mats, init, request, grads, log)
+        elif request.target and not request.shape and batches is not None:
+            scored = set(scored_blocks(config.n_layer, layers, request.score_blocks))
+            stats.moments = collect_moments(dense, batches, scored)  # the scored blocks' statistics only
+        plan = choose_plan(dense, request, init, stats, log)
+        stats = None  # the curves and the scored blocks' moments go before the decomposition starts
+        yield plan, Stats(grads=grads)
     finally:
         if spill:
             shutil.rmtree(spill, ignore_errors=True)

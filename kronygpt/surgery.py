@@ -2,7 +2,7 @@
 Model surgery: a dense model's matrices swapped for Kronecker layers as a plan says, each initialised from its
 dense weights by the maths in factorize.py; and layer truncation, the equal-size baseline.
 
-    model, rows = decompose_model(dense, plan, InitSpec("aware"), moments=moments)   # a compressed copy
+    model, rows = decompose_model(dense, plan, InitSpec("aware"), Stats(moments))   # a compressed copy
     replace_block(model, layer, full_plan, InitSpec("vl_norm"))   # one more block (progressive replacement)
     small = truncate_blocks(dense, [0, 2, 4])                     # keep only some blocks
 
@@ -15,13 +15,13 @@ the predicted loss increase and whether the whitening was exact.
 
 import copy
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from model import GPT, GPTConfig
 
-from .calib import BlockRunner
+from .calib import BlockRunner, Stats
 from .errors import UserError
 from .factorize import WhiteningCache, balance, host, init_factors, output_error, whitening_is_exact
 from .kronecker import Factorized, KroneckerEmbedding, KroneckerLinear
@@ -80,11 +80,13 @@ def factorised_like(dense, spec, scalars, impl, A, B, scal):
     return layer
 
 
-def replace_matrices(model, layer, names, init, moments=None, grads=None, cache=None):
+def replace_matrices(model, layer, names, init, stats=None):
     """Swap the dense matrices `names` of block `layer` for Kronecker ones as model.config.plan says, initialised
-    from their weights (init: an InitSpec). moments, grads: {name: C}, {name: G} of this block. Returns one
-    report row per matrix."""
+    from their weights (init: an InitSpec). stats: a Stats whose moments and grads are this block's ({name: C},
+    {name: G}; either None). Returns one report row per matrix."""
     cfg, rows = model.config, []
+    stats = stats or Stats()
+    moments, grads, cache = stats.moments, stats.grads, stats.cache
     for name in names:
         dense = model.matrix(layer, name)
         if isinstance(dense, Factorized):
@@ -95,19 +97,22 @@ def replace_matrices(model, layer, names, init, moments=None, grads=None, cache=
         C, G = (moments or {}).get(name), (grads or {}).get(name)
         A, B, scal = init_factors(dense.weight, spec.shape, spec.factors, init, C, G, std, cache)
         kl = factorised_like(dense, spec, cfg.kron_scalars, cfg.kron_impl, A, B, scal)
-        exact = whitening_is_exact(spec.shape, init.init == "fisher") if init.needs_moments else None
+        exact = whitening_is_exact(spec.shape, init.init == "fisher") if init.whitens else None
         rows.append(report_row(layer, name, spec, dense.weight.detach(), kl.weight.detach(), C, G, exact))
         model.set_matrix(layer, name, kl)
     return rows
 
 
-def replace_embedding(model, init, C=None, g_diag=None, cache=None):
+def replace_embedding(model, init, stats=None):
     """Swap the dense token embedding (and the lm_head tied to it) for a KroneckerEmbedding as the plan says.
     C: the second moment of the lm_head's input (final hidden states), for 'aware' and 'fisher'; g_diag: the
     diagonal of the logits' loss-gradient second moment, which 'fisher' uses as the output weighting when the
     vocabulary index lives in A alone (m2 == 1, e.g. low rank; the full V x V moment is never formed);
-    otherwise 'fisher' weights the input side only. Returns the report row."""
+    otherwise 'fisher' weights the input side only. stats: Stats(moments=C, grads=g_diag, cache). Returns the
+    report row."""
     cfg = model.config
+    stats = stats or Stats()
+    C, g_diag, cache = stats.moments, stats.grads, stats.cache
     spec = cfg.plan.embed
     s, wte = spec.shape, model.transformer.wte
     if isinstance(wte, Factorized):
@@ -118,20 +123,23 @@ def replace_embedding(model, init, C=None, g_diag=None, cache=None):
         scale = (g_diag.double() + init.g_damping * g_diag.double().mean()).clamp_min(1e-30).sqrt()  # R = diag(scale)
         W = W * scale[:, None]
     as_aware = replace(init, init="aware") if init.init == "fisher" else init
-    A, B, scal = init_factors(W, s, spec.factors, as_aware, C=C, cache=cache)
+    A, B, scal = init_factors(W, s, spec.factors, as_aware, C=C, G=g_diag if init.init == "fwsvd" else None,
+                              cache=cache)
     if scale is not None:
         A, B = balance(A / scale.view(1, -1, 1), B)
     emb = factorised_like(wte, spec, cfg.kron_scalars, cfg.kron_impl, A, B, scal)
-    exact = whitening_is_exact(s, scale is not None) if init.needs_moments else None
+    exact = whitening_is_exact(s, scale is not None) if init.whitens else None
     G = g_diag if cfg.tie_embeddings else None  # the tied lm_head's share of the loss, diagonal G
     row = report_row(EMBED, "wte", spec, W0, emb.weight.detach(), C, G, exact)
     model.set_matrix(EMBED, "wte", emb)
     return row
 
 
-def permuted_block(model, layer, names, init, moments, grads, log=None):
+def permuted_block(model, layer, names, init, block_stats, log=None):
     """Reorder block `layer`'s MLP hidden units (function-preserving, permute.py) so that the planned shapes
-    lose less, and return (moments, grads, note) in the new order. Low-rank shapes have nothing to gain."""
+    lose less, and return (moments, grads, note) in the new order; block_stats: the block's (moments, grads).
+    Low-rank shapes have nothing to gain."""
+    moments, grads = block_stats
     cfg, fam = model.config, model.config.family
     specs = {n: cfg.plan.spec(layer, n) for n in names if n not in fam.attn_matrices}
     if not specs or all(s.lowrank for s in specs.values()):
@@ -152,35 +160,45 @@ def permutes(plan, config):
     return any(not s.lowrank for (b, n), s in plan.items() if b != EMBED and n not in attn)
 
 
-def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, sequential=False, permute=False,
-                    cache=None, log=None, stream=False):
+@dataclass(frozen=True)
+class SurgeryOptions:
+    """How decompose_model goes through the blocks (each off by default):
+        sequential  each block's moments come from the model whose earlier blocks (and the block's own earlier
+                    matrices) are already compressed, as GPTQ does (needs calib batches)
+        permute     reorder each MLP's hidden units first (permuted_block)
+        stream      decompose the dense model itself (no copy) and keep nothing of a block's statistics once it
+                    is done (its moments, grads and whitenings): memory holds the model and one block's
+                    statistics (streaming.py); grads may then be a SpilledMoments read one block at a time"""
+    sequential: bool = False
+    permute: bool = False
+    stream: bool = False
+
+
+def decompose_model(dense, plan, init, stats=None, *, calib=None, options=SurgeryOptions(), log=None):
     """A copy of `dense` (left unchanged) whose matrices follow `plan` (a Plan or a plan string), initialised
     as `init` (an InitSpec) says, and one report row per decomposed matrix.
     Calibration ('aware' and 'fisher' need it; with other inits it adds the calibrated errors to the report):
-    `moments` {(layer, name): C} collected on the dense model, or `calib`, token batches (B, T) to collect them
-    on as the decomposition proceeds. sequential (with calib): each block's moments come from the model whose
-    earlier blocks (and the block's own earlier matrices) are already compressed, as GPTQ does. grads:
-    {(layer, name): G} of the dense model ('fisher'). permute: reorder each MLP's hidden units first
-    (permuted_block). cache: a WhiteningCache shared with whoever computed these moments' whitenings before.
-    stream: decompose `dense` itself (no copy) and keep nothing of a block's statistics once it is done (its
-    moments, grads and whitenings), so memory holds the model and one block's statistics (streaming.py); grads
-    may then be a SpilledMoments read one block at a time. The factors are the same as without it."""
+    stats.moments {(layer, name): C} collected on the dense model, or `calib`, token batches (B, T) to collect
+    them on as the decomposition proceeds. stats.grads: {(layer, name): G} of the dense model ('fisher').
+    stats.cache: a WhiteningCache shared with whoever computed these moments' whitenings before. options: a
+    SurgeryOptions (sequential, permute, stream). The factors are the same with or without streaming."""
+    stats = stats or Stats()
+    moments, grads = stats.moments, stats.grads
     if dense.config.is_factorized:
         raise UserError("the model already has Kronecker matrices; pass the dense model it came from")
     init.check_stats(calib is not None or moments is not None, grads is not None)
-    if sequential and calib is None:
+    if options.sequential and calib is None:
         raise UserError("sequential calibration collects statistics as it goes: give calib batches")
     plan = as_plan(plan, dense.config)
-    fam = dense.config.family
-    if permute and not permutes(plan, dense.config):
+    if options.permute and not permutes(plan, dense.config):
         raise UserError("--permute reorders MLP hidden units, which changes nothing for low-rank matrices (and "
                         "this plan has no other MLP matrix); drop --permute")
-    if stream and moments is not None:
+    if options.stream and moments is not None:
         raise UserError("a streamed decomposition collects each block's moments as it goes: give calib, not moments")
     was_training = dense.training
-    model = (dense if stream else copy.deepcopy(dense)).eval()
+    model = (dense if options.stream else copy.deepcopy(dense)).eval()
     model.config = replace(dense.config, kron_plan=plan.text, kron_scalars=init.scalars)
-    fam, cache = model.config.family, WhiteningCache() if cache is None else cache
+    fam, cache = model.config.family, WhiteningCache() if stats.cache is None else stats.cache
     runner = BlockRunner(model, calib, next(model.parameters()).device) if calib is not None else None
     rows = []
     for layer in range(model.config.n_layer):
@@ -191,12 +209,12 @@ def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, 
                 runner.advance(layer)
             continue
         block = model.transformer.h[layer]
-        if runner is not None and sequential:  # each group on the inputs the already-compressed ones produce
+        if runner is not None and options.sequential:  # each group on the inputs the already-compressed ones produce
             for group in (fam.attn_matrices[:1], fam.attn_matrices[1:], fam.up, fam.down):
                 todo = [n for n in names if n in group]
                 if todo:
                     group_moments = runner.moments(layer, {n: block.matrix(n) for n in todo})
-                    rows += replace_matrices(model, layer, todo, init, group_moments, g, cache)
+                    rows += replace_matrices(model, layer, todo, init, Stats(group_moments, g, cache=cache))
             runner.advance(layer)
         else:
             if runner is not None:  # the dense block's inputs: moments first, then the dense block moves on
@@ -205,17 +223,18 @@ def decompose_model(dense, plan, init, *, moments=None, grads=None, calib=None, 
             else:
                 block_moments = {n: moments[(layer, n)] for n in names} if moments is not None else None
             note = {}
-            if permute:
-                block_moments, g, note = permuted_block(model, layer, names, init, block_moments, g, log)
-            rows += [{**r, **note} for r in replace_matrices(model, layer, names, init, block_moments, g, cache)]
+            if options.permute:
+                block_moments, g, note = permuted_block(model, layer, names, init, (block_moments, g), log)
+            rows += [{**r, **note} for r in replace_matrices(model, layer, names, init,
+                                                             Stats(block_moments, g, cache=cache))]
         if log and runner is not None:
             errs = [r["output_error"] for r in rows if r["layer"] == layer]
             log(f"block {layer}: {len(names)} matrices, mean output error {sum(errs) / len(errs):.4f}")
-        if stream:
+        if options.stream:
             cache.clear()
     if plan.embed is not None:
         C = runner.head_moment() if runner is not None else (moments or {}).get((EMBED, "wte"))
-        rows.append(replace_embedding(model, init, C, (grads or {}).get((EMBED, "wte")), cache))
+        rows.append(replace_embedding(model, init, Stats(C, (grads or {}).get((EMBED, "wte")), cache=cache)))
     return model.train(was_training), rows
 
 

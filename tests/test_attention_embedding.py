@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from kronygpt.calib import collect_moments
+from kronygpt.calib import Stats, collect_moments
 from kronygpt.checkpoint import load_model, save_checkpoint
 from conftest import REPO
 from kronygpt.factorize import InitSpec
@@ -86,7 +86,7 @@ def test_calibrated_decomposition_and_allocation_over_the_whole_model(tiny_llama
     plan = "; ".join(f"{b}: {', '.join(p)}" for b, p in plan_parts.items())
     if alloc[("embed", "wte")] != "dense":
         plan += f"; embed=lowrank*{alloc[('embed', 'wte')]}"
-    kron, rows = decompose_model(dense, plan, InitSpec("aware"), moments=moments)
+    kron, rows = decompose_model(dense, plan, InitSpec("aware"), Stats(moments))
     assert all("output_error" in r for r in rows)
     assert kron.param_counts()["total"] <= budget
 

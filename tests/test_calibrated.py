@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kronygpt.calib import HEAD, BlockRunner, collect_moments
+from kronygpt.calib import HEAD, BlockRunner, Stats, collect_moments
 from kronygpt.checkpoint import load_model
 from conftest import REPO
 from kronygpt.factorize import (InitSpec, TriangularInverse, aware_factors, balance, init_factors, output_error,
                                 whitening)
-from kronygpt.surgery import decompose_model
+from kronygpt.surgery import SurgeryOptions, decompose_model
 from kronygpt.kronecker import KronShape, kron_shape, kron_sum
 from kronygpt.hf_io import load_pretrained
 from model import GPT
@@ -233,8 +233,8 @@ def test_block_runner_reproduces_the_forward(tiny_llama_dir):
 def test_full_rank_aware_reproduces_the_model(tiny_llama_dir, sequential):
     dense = load_pretrained(tiny_llama_dir).eval()   # MLP 64 <-> 96
     batches = [torch.randint(0, 256, (2, 16)) for _ in range(2)]
-    kw = dict(calib=batches, sequential=True) if sequential else \
-        dict(moments=collect_moments(dense, batches, {0, 1}))
+    kw = dict(calib=batches, options=SurgeryOptions(sequential=True)) if sequential else \
+        dict(stats=Stats(collect_moments(dense, batches, {0, 1})))
     kron, rows = decompose_model(dense, "*: mlp=lowrank*64", InitSpec("aware", damping=0.0), **kw)
     assert all(r["output_error"] < 1e-6 and r["whitening"] == "exact" for r in rows)
     idx = torch.randint(0, 256, (2, 16))
@@ -444,7 +444,7 @@ def test_permuting_hidden_units_preserves_the_function(fixture, request):
 def test_full_rank_decomposition_with_permutation_reproduces_the_logits(tiny_gpt2_dir):
     dense = load_pretrained(tiny_gpt2_dir).eval()   # MLP 32 <-> 128
     s = kron_shape(128, 32, 16, 8)
-    kron, rows = decompose_model(dense, f"*: mlp=16x8*{s.max_rank}", InitSpec("vl"), permute=True)
+    kron, rows = decompose_model(dense, f"*: mlp=16x8*{s.max_rank}", InitSpec("vl"), options=SurgeryOptions(permute=True))
     assert all("permute_error_after" in r for r in rows)
     idx = torch.randint(0, 256, (2, 16))
     torch.testing.assert_close(kron(idx, all_logits=True)[0], dense(idx, all_logits=True)[0], atol=1e-4, rtol=0)

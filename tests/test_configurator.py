@@ -24,9 +24,10 @@ def test_overrides_and_types():
 
 def test_key_space_value_and_bare_flags():
     """--key value works like --key=value; a bool field alone is True; a bool may still take True/False."""
-    from kron_decomp import DecompConfig
+    from kronygpt.decompose import DecompConfig
     cfg = configure(DecompConfig(), ["--factors", "2", "--shape", "16x8", "--allocate", "--target_params", "81M",
-                                     "--scalars", "False", "--seed", "3", "--calib", "d", "--out", "x.pt", "--force"],
+                                     "--scalars", "False", "--seed", "3", "--calib", "d", "--out", "x.pt", "--force",
+                                     "--init", "aware"],
                     verbose=False)
     assert (cfg.factors, cfg.shape, cfg.allocate, cfg.target_params) == (2, "16x8", True, "81M")
     assert cfg.scalars is False and cfg.seed == 3 and cfg.force is True

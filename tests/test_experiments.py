@@ -306,3 +306,26 @@ def test_sums_study_runs_and_reuses_finished_blocks(tiny_llama_dir, tiny_data_di
     assert again.returncode == 0 and "done" not in again.stdout.replace("wrote", ""), again.stdout
     assert (tmp_path / "sums.md").read_text().split("## Compute")[0].split("\n", 9)[-1] == \
         report.split("## Compute")[0].split("\n", 9)[-1]
+
+
+def test_frontier_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """The frontier study end to end on a tiny Llama: the peers and this repo's rows at two sizes, the recovered
+    rows (sweep and training through train_distillation.py), the speed pass, the report and its plot; a second
+    run reuses every finished row."""
+    def frontier(*argv):
+        r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "frontier.py"), "--smoke",
+                            f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2",
+                            "--sweep_steps=1", "--lrs=1e-3", "--sizes=0.8,0.6", *argv], cwd=REPO,
+                           capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout
+    frontier("--recover", "--speed")
+    md = (tmp_path / "frontier.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    methods = {line.split(" | ")[0][2:] for line in rows}
+    assert {"dense", "svd", "svdllm", "asvd", "fwsvd", "layerdrop", "width", "width_obs", "alloc", "krony"} <= methods
+    assert any("recovered 2" in line for line in rows)
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "frontier_speed.json").read_text())["models"]
+    again = frontier("--recover")
+    assert "kron_decomp.py" not in again and "eval.py" not in again  # every row reused

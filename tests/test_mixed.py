@@ -4,13 +4,13 @@ build, Kronecker chosen where it is the better use of parameters, never worse th
 import pytest
 import torch
 
-from kronygpt.calib import calibration_batches, collect_moments
+from kronygpt.calib import Stats, calibration_batches, collect_moments
 from kronygpt.checkpoint import load_model
 from kronygpt.data_utils import open_dataset
 from kronygpt.errors import UserError
 from kronygpt.factorize import InitSpec
 from kronygpt.mixed import Family, candidates, damped, kron_shape_of, parse_families, whitened_error
-from kronygpt.planner import allocate_points, allocated_plan, lowrank_curves, matrices, param_base
+from kronygpt.planner import PlanRequest, allocate_points, allocated_plan, lowrank_curves, matrices, param_base
 from kronygpt.surgery import decompose_model
 
 INIT = InitSpec("aware", damping=1e-3)
@@ -51,7 +51,7 @@ def test_mixed_allocation_puts_kronecker_where_it_wins_and_beats_each_family_alo
     base, _ = param_base(dense.config, scope="mlp")
     curves = lowrank_curves(dense, moments, mats, INIT.damping)
     fams = parse_families("lowrank,kron:2x1")
-    kron = candidates(dense, moments, None, mats, curves, INIT, fams)
+    kron = candidates(dense, Stats(moments, curves=curves), mats, INIT, PlanRequest(families=fams))
     budget = sum(o * i for *_, o, i in mats) * 3 // 5  # room for one Kronecker factor in every matrix
 
     def run(kinds):
@@ -82,12 +82,12 @@ def test_each_candidates_error_is_that_of_the_factors_the_decomposition_builds(s
     base, _ = param_base(dense.config, scope="mlp")
     target = base + sum(o * i for *_, o, i in mats) * 3 // 5
     logs = []
-    plan = allocated_plan(dense, target, None, "mlp", INIT, moments, None, log=logs.append,
-                          families=parse_families("lowrank,kron:2x1"))
+    request = PlanRequest(scope="mlp", families=parse_families("lowrank,kron:2x1"))
+    plan = allocated_plan(dense, target, request, INIT, Stats(moments), log=logs.append)
     assert any("lowrank alone" in line for line in logs) and any("kron alone" in line for line in logs)
-    kron = candidates(dense, moments, None, matrices(dense.config, scope="mlp"),
-                      lowrank_curves(dense, moments, mats, INIT.damping), INIT, parse_families("kron:2x1"))
-    model, _ = decompose_model(dense, plan, INIT, moments=moments)
+    kron = candidates(dense, Stats(moments, curves=lowrank_curves(dense, moments, mats, INIT.damping)),
+                      matrices(dense.config, scope="mlp"), INIT, PlanRequest(families=parse_families("kron:2x1")))
+    model, _ = decompose_model(dense, plan, INIT, Stats(moments))
     checked = 0
     for (b, n), spec in plan.items():
         if spec.lowrank:
@@ -120,8 +120,8 @@ def test_permuting_for_the_kronecker_shape_lowers_its_candidates_error(tiny_llam
     moments = {(0, n): torch.eye(i, dtype=torch.float64) for _, n, _, i in mats}  # plain Frobenius errors
     curves = lowrank_curves(dense, moments, mats, INIT.damping)
     fams = parse_families("kron:2x1")
-    plain = candidates(dense, moments, None, mats, curves, INIT, fams, permute=False)
-    permuted = candidates(dense, moments, None, mats, curves, INIT, fams, permute=True)
+    plain = candidates(dense, Stats(moments, curves=curves), mats, INIT, PlanRequest(families=fams))
+    permuted = candidates(dense, Stats(moments, curves=curves), mats, INIT, PlanRequest(families=fams, permute=True))
     one = lambda pts: next(e for _, e, s in pts if s.factors == 1)  # noqa: E731
     for key in plain:
         assert one(plain[key]) > 0.1 and one(permuted[key]) < 1e-6, (key, one(plain[key]), one(permuted[key]))
@@ -136,7 +136,7 @@ def test_a_sum_of_low_rank_and_kronecker_terms_recovers_a_matrix_that_is_one():
     W = torch.kron(torch.randn(16, 32), torch.randn(3, 1)) + torch.randn(o, 3) @ torch.randn(3, i)
     X = torch.randn(400, i, dtype=torch.float64)
     C = X.t() @ X / 400
-    _, err = sum_fit(W, s, 1, 3, INIT, C, rounds=6)
+    _, err = sum_fit(W, s, (1, 3), INIT, (C, None), rounds=6)
     norm = whitened_error(W.double(), damped(C, INIT.damping), None)
     assert err / norm < 1e-3
     # low rank alone at the same parameter count (a rank of (16*32 + 3 + 3*80) / 80 = 9) is far worse
@@ -157,6 +157,6 @@ def test_a_sum_is_never_worse_than_its_low_rank_term_where_the_kronecker_whiteni
         W = torch.randn(o, i, dtype=torch.float64)
         Q, _ = torch.linalg.qr(torch.randn(i, i, dtype=torch.float64))
         C = Q @ torch.diag(torch.logspace(-4, 4, i, dtype=torch.float64)) @ Q.t()  # no Kronecker structure
-        _, err = sum_fit(W, s, 4, r, INIT, C)
+        _, err = sum_fit(W, s, (4, r), INIT, (C, None))
         sig = torch.linalg.svdvals(W @ torch.linalg.cholesky(damped(C, INIT.damping)))
         assert err <= sig[r:].pow(2).sum().item() * (1 + 1e-9), seed

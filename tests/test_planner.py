@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from kronygpt.planner import allocate, curve_error, options
+from kronygpt.planner import allocate, allocate_points, curve_error, greedy_allocation, lp_bound, options
 
 
 def random_case(seed, n=3):
@@ -57,15 +57,46 @@ def test_allocation_is_exactly_optimal_at_every_lagrangian_budget(seed):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_allocation_never_costs_more_than_its_budget_and_dense_counts_its_size(seed):
+def test_allocation_is_exactly_optimal_at_every_budget_and_never_costs_more_than_it(seed):
+    """The allocator solves the multiple-choice knapsack exactly (dynamic programming), not only at the totals the
+    hull greedy reaches: at every budget its error equals the exhaustive optimum, and dense counts its size."""
     mats, curves = random_case(seed, n=4)
     dims = {(b, n): (o, i) for b, n, o, i in mats}
     for budget in range(sum(o + i for _, _, o, i in mats), sum(o * i for _, _, o, i in mats) + 1, 7):
         alloc, used = allocate(curves, mats, budget)
         cost = sum(dims[k][0] * dims[k][1] if r == "dense" else r * sum(dims[k]) for k, r in alloc.items())
         assert cost == used <= budget and all(r == "dense" or r >= 1 for r in alloc.values())
-        assert objective(curves, alloc) <= exhaustive(mats, curves, budget) + \
-            max(e0 - e1 for h in (options(curves[k], *dims[k]) for k in dims) for (_, e0, _), (_, e1, _) in zip(h, h[1:]))
+        assert objective(curves, alloc) == pytest.approx(exhaustive(mats, curves, budget), abs=1e-12)
+
+
+def test_the_allocator_takes_the_dense_jump_the_greedy_skips():
+    """Two matrices, budget 10: the greedy buys A's cheap segment first and then cannot afford B's dense (error
+    10); the optimum leaves A low and makes B dense (error 2)."""
+    points = {"A": [(0, 2.0, "r0"), (1, 0.0, "dense")], "B": [(0, 10.0, "r0"), (10, 0.0, "dense")]}
+    assert greedy_allocation(points, 10)[0] == {"A": "dense", "B": "r0"}
+    assert allocate_points(points, 10) == ({"A": "r0", "B": "dense"}, 10)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_exact_allocation_equals_exhaustive_search_on_arbitrary_points(seed):
+    """Points of any family (not convex, not equally spaced, ties): the dynamic programme's total equals the best
+    of every combination, and the certified greedy is never below the LP bound."""
+    g = torch.Generator().manual_seed(seed)
+    points = {}
+    for k in range(4):
+        n = int(torch.randint(1, 5, (1,), generator=g))
+        points[k] = [(int(torch.randint(0, 20, (1,), generator=g)), float(torch.rand(1, generator=g)) * 10, f"{k}.{j}")
+                     for j in range(n)]
+    cheapest = sum(min(p[0] for p in v) for v in points.values())
+    budget = cheapest + int(torch.randint(0, 40, (1,), generator=g))
+    alloc, used = allocate_points(points, budget)
+    err = {k: {p[2]: p[1] for p in v} for k, v in points.items()}
+    cost = {k: {p[2]: p[0] for p in v} for k, v in points.items()}
+    best = min(sum(p[1] for p in combo) for combo in itertools.product(*points.values())
+               if sum(p[0] for p in combo) <= budget)
+    assert sum(err[k][c] for k, c in alloc.items()) == pytest.approx(best, abs=1e-12)
+    assert used == sum(cost[k][c] for k, c in alloc.items()) <= budget
+    assert lp_bound(points, budget) <= best + 1e-12
 
 
 def test_allocate_honours_an_ordinary_target(tmp_path, tiny_data_dir):

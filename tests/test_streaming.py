@@ -20,6 +20,9 @@ CASES = {  # what kron_decomp.py is asked: every way a plan is chosen, both fami
     "allocate_mixed_families_fisher_permute": ["--target_params", "60k", "--allocate", "--scope", "blocks", "--init",
                                                "fisher", "--families", "lowrank,kron:2x1,kron:1x2", "--permute"],
     "plan_vl_calibrated_report": ["--plan", "*: mlp=lowrank*5; 1: attn=lowrank*3", "--init", "vl"],
+    "random_scored_target": ["--target_params", "60k", "--init", "random", "--score_blocks", "1"],
+    "ratio_fwsvd_blocks": ["--target_params", "60k", "--shape", "lowrank", "--scope", "blocks", "--init", "fwsvd"],
+    "ratio_asvd_blocks": ["--target_params", "60k", "--shape", "lowrank", "--scope", "blocks", "--init", "asvd"],
 }
 
 
@@ -98,7 +101,8 @@ def test_decomposition_of_a_model_on_an_accelerator_keeps_the_statistics_where_t
     factors are those of the all-CPU run."""
     model_dir = tiny_gpt2_dir if case.startswith("plan") else tiny_llama_dir
     sd_cpu, rep_cpu = decompose(model_dir, tiny_data_dir, tmp_path / "cpu.pt", CASES[case], stream=False)
-    calibrate = kron_decomp.calibrate
+    import kronygpt.decompose as decompose_module
+    calibrate = decompose_module.calibrate
 
     def calibrate_then_move(dense, *a, **k):
         out = calibrate(dense, *a, **k)
@@ -107,7 +111,7 @@ def test_decomposition_of_a_model_on_an_accelerator_keeps_the_statistics_where_t
                 del module._parameters[name]
                 module.register_buffer(name, p.detach().as_subclass(Accelerated))
         return out
-    monkeypatch.setattr(kron_decomp, "calibrate", calibrate_then_move)
+    monkeypatch.setattr(decompose_module, "calibrate", calibrate_then_move)
     sd_acc, rep_acc = decompose(model_dir, tiny_data_dir, tmp_path / "acc.pt", CASES[case], stream=False)
     assert rep_acc["plan"] == rep_cpu["plan"] and sd_acc.keys() == sd_cpu.keys()
     for k in sd_cpu:
@@ -133,15 +137,15 @@ def test_a_bfloat16_calibration_forward_gives_statistics_close_to_float32(tiny_l
     """--calib_dtype bfloat16 (the GPU's default): the input and output-gradient moments of every matrix within
     a few percent of the float32 forward's, and not all equal to them (the forward did run in bfloat16; block 0's
     first input, a normalised embedding, has no bfloat16 op before it)."""
-    from kronygpt.calib import calibrate
+    from kronygpt.calib import CalibSettings, calibrate
     from kronygpt.data_utils import open_dataset
     from kronygpt.runtime import autocast
     dense = load_model(tiny_llama_dir).eval()
     stats = {}
     for dtype in ("float32", "bfloat16"):
         with autocast("cpu", dtype):
-            _, C, G = calibrate(dense, open_dataset(tiny_data_dir), "tiny", tokens=512, seq=32, seed=0,
-                                layers={0, 1}, fisher_tokens=256, log=lambda _: None)
+            settings = CalibSettings("tiny", tokens=512, seq=32, seed=0, fisher_tokens=256, dtype=dtype)
+            _, C, G = calibrate(dense, open_dataset(tiny_data_dir), settings, layers={0, 1}, log=lambda _: None)
         stats[dtype] = {**{("C", k): v for k, v in C.items()}, **{("G", k): v for k, v in G.items()}}
     assert stats["float32"].keys() == stats["bfloat16"].keys()
     rel = {}

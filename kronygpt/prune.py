@@ -1,0 +1,162 @@
+"""
+Structured pruning, the methods people use instead of factorising: whole blocks dropped by their measured
+importance (ShortGPT), and MLP hidden units removed with the down projection refitted (Minitron- and
+FLAP-style width pruning). Both leave plain dense matrices: a pruned model needs no new layer type, exports as a
+standard Hugging Face model and runs as fast as any dense model of its size.
+
+    influence = block_influence(dense, batches)        # ShortGPT's block influence, one number per block
+    keep = most_influential(influence, k)              # the k blocks to keep, in model order
+    small, rows = prune_width(dense, units, moments)   # every MLP keeps `units` hidden units
+
+Width pruning, per block. The MLP is y = W_down h(x) with h the hidden activation (GELU, or SwiGLU's
+silu(gate x) * up x): removing hidden unit i removes row i of every up matrix and column i of W_down. With
+C = E[h h^T] over the calibration tokens (the down matrix's input moment, which calibration already collects),
+keeping the units K and refitting W_down by least squares on the calibration activations,
+
+    W_K = W_down C[:, K] (C[K, K] + d I)^-1,     error = tr((W_down - W_K P_K) C (W_down - W_K P_K)^T),
+
+keeps the block's output as close as those units allow (SliceGPT- and ZipLM-style compensation, stronger than
+FLAP's bias correction). Which units to keep (criterion):
+    activation   Minitron's activation importance: the units with the largest activation scale (the root mean
+                 square sqrt(C_ii), read off the moment), then the least-squares refit
+    obs          optimal brain surgeon for whole units: remove, one at a time, the unit whose removal raises
+                 the refitted error least, ||w_i||^2 / [C^-1]_ii with w_i the current column of W_down, and
+                 update W_down and C^-1 as the removal's refit does (rank-one updates, exact least squares)
+"""
+
+import copy
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from model import GPT
+
+from .calib import BlockRunner
+from .errors import UserError
+
+WIDTH_CRITERIA = ("obs", "activation")
+
+
+# -----------------------------------------------------------------------------
+# depth: ShortGPT's block influence
+
+@torch.no_grad()
+def block_influence(model, batches):
+    """[BI_l] for every block: 1 - the mean cosine similarity between the block's input and output hidden states
+    over the calibration tokens (ShortGPT). A block that barely turns its input has a low influence."""
+    runner = BlockRunner(model, batches, next(model.parameters()).device)
+    out = []
+    for layer in range(model.config.n_layer):
+        before = runner.hidden
+        runner.advance(layer)
+        cos = [F.cosine_similarity(a.float(), b.float(), dim=-1).flatten() for a, b in zip(before, runner.hidden)]
+        out.append(1.0 - torch.cat(cos).double().mean().item())
+    return out
+
+
+def most_influential(influence, k):
+    """The indices of the k blocks of highest influence, in model order (ties: the earlier block)."""
+    if not 1 <= k <= len(influence):
+        raise UserError(f"cannot keep {k} of {len(influence)} blocks; keep between 1 and {len(influence)}")
+    order = sorted(range(len(influence)), key=lambda i: (-influence[i], i))
+    return sorted(order[:k])
+
+
+# -----------------------------------------------------------------------------
+# width: MLP hidden units kept, down projection refitted
+
+def refit_down(W, C, keep, damping):
+    """W_down restricted to the units `keep`, refitted by least squares on the moment C (module docstring), and
+    the relative output error sqrt(err / tr(W C W^T)) of the result. W: (out, h) float64, C: (h, h)."""
+    Cd = C + damping * C.diagonal().mean().clamp_min(0) * torch.eye(C.shape[0], dtype=C.dtype)
+    K = torch.as_tensor(keep)
+    W_K = torch.linalg.solve(Cd[K][:, K], (W @ Cd[:, K]).t()).t()
+    D = W.clone()
+    D[:, K] -= W_K
+    den = ((W @ C) * W).sum().item()
+    err = ((D @ C) * D).sum().item()
+    return W_K, math.sqrt(max(err, 0.0) / den) if den > 0 else 0.0
+
+
+def obs_keep(W, C, units, damping):
+    """The `units` hidden units optimal brain surgeon keeps (module docstring): removal by removal, the unit
+    whose removal with refit costs least."""
+    h = C.shape[0]
+    Cd = C + damping * C.diagonal().mean().clamp_min(0) * torch.eye(h, dtype=C.dtype)
+    Hinv = torch.linalg.inv(Cd)
+    Hinv = 0.5 * (Hinv + Hinv.t())
+    W = W.clone()
+    alive = torch.ones(h, dtype=torch.bool)
+    for _ in range(h - units):
+        d = Hinv.diagonal()
+        cost = torch.where(alive, W.pow(2).sum(0) / d.clamp_min(1e-300), torch.full_like(d, float("inf")))
+        j = int(cost.argmin())
+        W -= torch.outer(W[:, j], Hinv[j]) / Hinv[j, j]
+        Hinv -= torch.outer(Hinv[:, j], Hinv[j]) / Hinv[j, j]
+        alive[j] = False
+        W[:, j] = 0.0
+        Hinv[j, :] = 0.0
+        Hinv[:, j] = 0.0
+        Hinv[j, j] = 1.0  # a removed unit stays out: its cost is never the minimum again (alive masks it)
+    return alive.nonzero().flatten().tolist()
+
+
+def width_units(config, target, base_model):
+    """The number of hidden units per MLP whose model's total is nearest `target` parameters (every block alike)."""
+    def total(units):
+        with torch.device("meta"):
+            return GPT(replace(config, mlp_hidden=units, kron_plan="")).param_counts()["total"]
+    t0, t1 = total(1), total(2)
+    per_unit = t1 - t0
+    units = max(1, min(config.mlp_hidden, round(1 + (target - t0) / per_unit)))
+    if abs(total(units) - target) / target > 0.02:
+        raise UserError(f"--target_params {target:,} cannot be met by width pruning: MLP widths 1..{config.mlp_hidden} "
+                        f"give {t0:,} to {base_model:,} parameters")
+    return units
+
+
+def prune_width(dense, units, moments, criterion="obs", damping=1e-4, log=print):
+    """(model, rows): a copy of `dense` whose every MLP keeps `units` hidden units, chosen by `criterion`
+    (WIDTH_CRITERIA), with W_down refitted on the calibration moments {(layer, down name): C}; one report row per
+    block (units kept, relative output error of its MLP on the calibration activations).
+
+    Args:
+        dense: the dense model (left unchanged).
+        units: hidden units kept in every MLP (1..mlp_hidden).
+        moments: the down matrices' input moments, as calib.collect_moments gives them.
+        criterion: 'obs' or 'activation' (the module docstring).
+        damping: relative damping of C in the refit.
+        log: where each block's line goes.
+    """
+    config, fam = dense.config, dense.config.family
+    if criterion not in WIDTH_CRITERIA:
+        raise UserError(f"--width_criterion must be one of {', '.join(WIDTH_CRITERIA)}, got {criterion!r}")
+    if config.is_factorized:
+        raise UserError("width pruning keeps dense matrices: pass the dense model")
+    if not 1 <= units <= config.mlp_hidden:
+        raise UserError(f"--width {units} must be between 1 and the MLP width {config.mlp_hidden}")
+    (down,) = fam.down
+    small = GPT(replace(config, mlp_hidden=units))
+    sd = copy.copy(dense.state_dict())
+    rows = []
+    for b in range(config.n_layer):
+        W = dense.matrix(b, down).weight.detach().cpu().double()
+        C = moments[(b, down)].double()
+        keep = obs_keep(W, C, units, damping) if criterion == "obs" else \
+            sorted(torch.argsort(C.diagonal(), descending=True)[:units].tolist())
+        W_K, err = refit_down(W, C, keep, damping)
+        idx = torch.as_tensor(keep)
+        prefix = f"transformer.h.{b}.mlp."
+        for name in fam.up:
+            sd[prefix + name + ".weight"] = sd[prefix + name + ".weight"][idx]
+            if prefix + name + ".bias" in sd:
+                sd[prefix + name + ".bias"] = sd[prefix + name + ".bias"][idx]
+        sd[prefix + down + ".weight"] = W_K.to(sd[prefix + down + ".weight"].dtype)
+        rows.append(dict(layer=b, matrix="mlp", kind=f"width {units}", units=units, output_error=err,
+                         rel_error=err, norm_ratio=W_K.norm().item() / max(W.norm().item(), 1e-30)))
+        log(f"block {b}: kept {units} of {config.mlp_hidden} hidden units ({criterion}), MLP output error {err:.4f}")
+    small.load_state_dict(sd)
+    small.tokenizer_name = getattr(dense, "tokenizer_name", "gpt2")
+    return small.to(next(dense.parameters()).device).train(dense.training), rows
