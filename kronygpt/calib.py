@@ -22,6 +22,7 @@ from .checkpoint import atomic_save
 from .data_utils import batch_seed
 from .errors import UserError
 from .plans import EMBED
+from .progress import progress
 
 # the statistics of the embedding as a planned matrix, (EMBED, 'wte'): the input moment of the lm_head tied to it
 # and the diagonal of its output (the logits') gradient moment
@@ -226,7 +227,7 @@ def output_gradient_moments(model, batches, layers, spill=None, head_tokens=512,
     try:
         states, ropes, grads, targets = [], [], [], []
         with torch.no_grad():  # every block's input, per batch
-            for x in batches:
+            for x in progress(batches, "output gradients: forward", unit="batch"):
                 x = x.to(device)
                 h, rope = model.embed(x[:, :-1].contiguous())
                 seq = [h]
@@ -251,7 +252,8 @@ def output_gradient_moments(model, batches, layers, spill=None, head_tokens=512,
                     grads.append(torch.cat(g))
         finally:
             hooks.remove()
-        for layer in reversed(range(min(layers, default=0), n_layer)):
+        for layer in progress(list(reversed(range(min(layers, default=0), n_layer))), "output gradients: backward",
+                              unit="block"):
             block = model.transformer.h[layer]
             names = model.config.family.block_matrices if layer in layers else ()
             hooks = GradientHooks({(layer, n): block.matrix(n) for n in names}, store)
@@ -285,7 +287,7 @@ def collect_moments(dense, batches, layers):
     lm_head's input under HEAD (one pass)."""
     runner = BlockRunner(dense, batches, next(dense.parameters()).device)
     out = {}
-    for b in range(dense.config.n_layer):
+    for b in progress(range(dense.config.n_layer), "calibration: input moments", unit="block"):
         if b in layers:
             block = dense.transformer.h[b]
             names = dense.config.family.block_matrices

@@ -331,13 +331,13 @@ def factorise(cfg, dense, layers, log=print):
     if cfg.stream:  # the same factors in one block's memory (kronygpt/streaming.py)
         with streamed_plan(dense, batches, init, request, cfg.calib_settings(dense.config.block_size),
                            spill_dir=cfg.spill_dir or None, log=plan_log) as (plan, streamed):
-            options = checked_permute(options, plan, dense, log)
+            options = checked_permute(options, plan, dense, log) if cfg.allocate else options
             torch.manual_seed(cfg.seed)
             model, rows = decompose_model(dense, plan, init, streamed, calib=batches, options=options, log=log)
     else:
         stats.cache = WhiteningCache()
         plan = choose_plan(dense, request, init, stats, plan_log)
-        options = checked_permute(options, plan, dense, log)
+        options = checked_permute(options, plan, dense, log) if cfg.allocate else options
         torch.manual_seed(cfg.seed)
         if cfg.sequential:  # each block's moments anew from the compressed blocks before it
             stats.moments = None
@@ -361,8 +361,9 @@ def pruned_width(cfg, dense, log=print):
 
 
 def checked_permute(options, plan, dense, log):
-    """The options without permute when the plan gives no MLP matrix a Kronecker shape (an allocation may
-    choose low rank everywhere): nothing to reorder, said once."""
+    """The options without permute when the allocated plan gives no MLP matrix a Kronecker shape (an allocation
+    may choose low rank everywhere): nothing to reorder, said once. (A plan asked for as such is checked by
+    decompose_model, which refuses --permute with nothing to reorder.)"""
     if options.permute and not permutes(plan, dense.config):
         log("--permute: the allocation gave no MLP matrix a Kronecker shape; nothing to reorder")
         return SurgeryOptions(sequential=options.sequential, permute=False, stream=options.stream)

@@ -6,11 +6,13 @@ one-block-at-a-time replacement (the replacement itself is surgery.replace_block
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .progress import Bar
 
 
 # -----------------------------------------------------------------------------
@@ -178,9 +180,21 @@ def unit_mse(module, fn, X, Y, device, batch=4096):
     return total / Y.numel()
 
 
-def fit_mlp(module, X, Y, steps, lr, batch, device, seed=0, fn=None):
-    """Adam on the module's parameters to minimise ||fn(X) - Y||^2 (fn defaults to the module) over random
-    minibatches of `batch` tokens (whole sequences for (sequences, T, n_embd) inputs); restores its mode."""
+@dataclass(frozen=True)
+class FitSettings:
+    """How each unit is fitted: Adam steps, peak learning rate (cosine to 0 within the unit), tokens per step,
+    and the device the fit runs on."""
+    steps: int = 200
+    lr: float = 1e-3
+    batch: int = 1024
+    device: object = "cpu"
+
+
+def fit_mlp(module, acts, fit, seed=0, fn=None, bar=None):
+    """Adam on the module's parameters to minimise ||fn(X) - Y||^2 (fn defaults to the module; acts = (X, Y))
+    over random minibatches of fit.batch tokens (whole sequences for (sequences, T, n_embd) inputs), as
+    `fit` (FitSettings) says; restores its mode. bar: a progress.Bar told of every step."""
+    (X, Y), steps, lr, batch, device = acts, fit.steps, fit.lr, fit.batch, fit.device
     fn = fn or module
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
@@ -196,18 +210,23 @@ def fit_mlp(module, X, Y, steps, lr, batch, device, seed=0, fn=None):
         for group in opt.param_groups:  # cosine decay within the layer's budget
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         opt.step()
+        if bar is not None:
+            bar.update()
     return module.train(was_training)
 
 
-def fit_layers(student, fit_acts, heldout_acts, layers, steps, lr, batch, device, log=print, stop=None):
+def fit_layers(student, acts, layers, fit, log=print, stop=None):
     """Fit each listed block's factorised unit (fit_units: its MLP, or the whole block when attention is
     factorised) to the dense unit's outputs on the teacher's own inputs. Returns rows {layer, unit,
     mse_before, mse_after, kept} measured on held-out activations. A unit whose held-out error the fit
     raised gets its starting weights back (kept='start', mse_after = mse_before): fitting never leaves a
     layer worse than its decomposition. A factorised embedding is not fitted here: end-to-end training
     adapts it. stop: a function asked after each layer; when it says True, the rows fitted so far are returned
-    (an interrupted fit; each layer's fit is seeded by its index, so resuming gives the same result)."""
+    (an interrupted fit; each layer's fit is seeded by its index, so resuming gives the same result).
+    acts: (fit activations, held-out activations), each indexed by layer (TeacherActivations); fit: FitSettings."""
+    (fit_acts, heldout_acts), device = acts, fit.device
     rows, units = [], fit_units(student, layers)
+    bar = Bar(len(layers) * fit.steps, "layer-wise fitting", unit="step")
     for i in layers:
         if stop is not None and stop():
             break
@@ -215,7 +234,7 @@ def fit_layers(student, fit_acts, heldout_acts, layers, steps, lr, batch, device
         Xh, Yh = heldout_acts[i]
         before = unit_mse(module, fn, Xh, Yh, device)
         start = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        fit_mlp(module, *fit_acts[i], steps, lr, batch, device, seed=i, fn=fn)
+        fit_mlp(module, fit_acts[i], fit, seed=i, fn=fn, bar=bar)
         fitted = unit_mse(module, fn, Xh, Yh, device)
         kept = "fitted" if fitted <= before else "start"
         if kept == "start":
@@ -224,6 +243,7 @@ def fit_layers(student, fit_acts, heldout_acts, layers, steps, lr, batch, device
         rows.append(dict(layer=i, unit=units[i], mse_before=before, mse_after=after, mse_fitted=fitted, kept=kept))
         log(f"layer {i}: {'MLP' if units[i] == 'mlp' else 'block'} output MSE on held-out activations "
             f"{before:.6f} -> {fitted:.6f}" + ("" if kept == "fitted" else "; worse, so the start is kept"))
+    bar.close()
     return rows
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .data_utils import REPO, TokenData, check_data_fits, dataset_dir, dataset_name
 from .errors import UserError
+from .progress import progress
 from .tokenizer import get_tokenizer
 from .trainer import evaluate
 
@@ -211,7 +212,7 @@ def general_row(model, teacher, datasets, facts, block_size, eval_tokens, batch_
     """One model's row of the general suite (see the module docstring)."""
     row = {}
     T = min(block_size, model.config.block_size)
-    for col, name in datasets.items():
+    for col, name in progress(list(datasets.items()), "general suite", unit="set"):
         data = TokenData(dataset_dir(name))
         check_data_fits(data, model, name)
         windows_xy = data.val_windows(T, eval_tokens)

@@ -17,6 +17,7 @@ import torch
 from .errors import CheckpointError
 from .families import family_of_hf
 from .kronecker import Factorized
+from .progress import phase
 from model import GPT, GPTConfig, rotary_table
 
 GPT2_HUB = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
@@ -117,7 +118,8 @@ def load_hf_model(name_or_dir):
         d, f = resolve_gguf(name_or_dir)
         if not os.path.isfile(os.path.join(d, f)):
             raise CheckpointError(f"GGUF file {os.path.join(d, f)} does not exist")
-        return AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+        with phase(f"loading {name_or_dir} (dequantising its GGUF)", expected=25):
+            return AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
     if os.path.isdir(name_or_dir) and not os.path.isfile(os.path.join(name_or_dir, "config.json")):
         raise CheckpointError(f"{name_or_dir} is a directory without config.json, not a Hugging Face model")
     return AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=torch.float32).eval()

@@ -25,6 +25,7 @@ from .factorize import fisher_error, init_factors, output_error, whitened_spectr
 from .kronecker import KronShape, all_shapes, factored_macs, kron_shape, kron_sum
 from .mixed import Family, candidates, family_of
 from .plans import EMBED, MatrixSpec, Plan, format_blocks
+from .progress import progress
 
 
 # -----------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2
     comparable across matrices. cache: a WhiteningCache shared with decompose_model, which then reuses the
     whitening of every moment."""
     out = {}
-    for b, name, _, _ in mats:
+    for b, name, _, _ in progress(mats, "spectra", unit="matrix"):
         C = moments[(b, name)] if moments is not None else None  # no calibration: the Frobenius error
         G = grads[(b, name)] if grads is not None else None
         out[(b, name)] = whitened_spectrum(dense.matrix(b, name).weight, C, G, damping, g_damping, cache)

@@ -35,6 +35,7 @@ from model import GPT
 
 from .calib import BlockRunner
 from .errors import UserError
+from .progress import progress
 
 WIDTH_CRITERIA = ("obs", "activation")
 
@@ -48,7 +49,7 @@ def block_influence(model, batches):
     over the calibration tokens (ShortGPT). A block that barely turns its input has a low influence."""
     runner = BlockRunner(model, batches, next(model.parameters()).device)
     out = []
-    for layer in range(model.config.n_layer):
+    for layer in progress(range(model.config.n_layer), "block influence", unit="block"):
         before = runner.hidden
         runner.advance(layer)
         cos = [F.cosine_similarity(a.float(), b.float(), dim=-1).flatten() for a, b in zip(before, runner.hidden)]
@@ -141,7 +142,7 @@ def prune_width(dense, units, moments, criterion="obs", damping=1e-4, log=print)
     small = GPT(replace(config, mlp_hidden=units))
     sd = copy.copy(dense.state_dict())
     rows = []
-    for b in range(config.n_layer):
+    for b in progress(range(config.n_layer), f"width pruning ({criterion})", unit="block"):
         W = dense.matrix(b, down).weight.detach().cpu().double()
         C = moments[(b, down)].double()
         keep = obs_keep(W, C, units, damping) if criterion == "obs" else \

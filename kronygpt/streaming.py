@@ -30,6 +30,7 @@ from .factorize import WhiteningCache, whitened_spectrum
 from .mixed import block_candidates
 from .planner import choose_plan, matrices, scored_blocks
 from .plans import EMBED
+from .progress import progress
 
 
 def streamed_curves(dense, batches, mats, init, request, grads=None, log=print):
@@ -54,7 +55,7 @@ def streamed_curves(dense, batches, mats, init, request, grads=None, log=print):
         if request.mixed:
             kron.update(block_candidates(dense, b, names, Stats(moments, g, curves, cache=cache), init, request))
 
-    for b in range(dense.config.n_layer):
+    for b in progress(range(dense.config.n_layer), "spectra, block by block", unit="block"):
         if b in by_block:
             block = dense.transformer.h[b]
             spectra(b, by_block[b], runner.moments(b, {n: block.matrix(n) for n in by_block[b]}))

@@ -27,6 +27,7 @@ from .factorize import WhiteningCache, balance, host, init_factors, output_error
 from .kronecker import Factorized, KroneckerEmbedding, KroneckerLinear
 from .permute import find_permutation, permute_mlp, permute_moments, unit_features
 from .plans import EMBED, Plan
+from .progress import progress
 
 
 def as_plan(plan, config):
@@ -201,7 +202,7 @@ def decompose_model(dense, plan, init, stats=None, *, calib=None, options=Surger
     fam, cache = model.config.family, WhiteningCache() if stats.cache is None else stats.cache
     runner = BlockRunner(model, calib, next(model.parameters()).device) if calib is not None else None
     rows = []
-    for layer in range(model.config.n_layer):
+    for layer in progress(range(model.config.n_layer), "decomposition", unit="block"):
         names = [n for n in fam.block_matrices if plan.spec(layer, n) is not None]
         g = {n: grads[(layer, n)] for n in names} if grads is not None else None
         if not names:

@@ -62,7 +62,9 @@ class TrainConfig:
                                     # 'a:0.5,b:0.5' (each sequence from one of them; validation on the first)
     gradient_accumulation_steps: int = 1  # micro-steps per iteration, summed over all DDP ranks
     batch_size: int = 8             # sequences per micro-step per rank
-    block_size: int = 256           # tokens per sequence
+    block_size: int = 256           # tokens per training sequence (not the model's context, which a loaded model keeps)
+    crop_context: bool = False      # a loaded model's context cut to block_size for good (GPT-2's learned positions
+                                    # beyond it dropped; the export then says block_size)
     # -- model, for init_from='scratch' (other inits take the architecture of what they load)
     n_layer: int = 4
     n_head: int = 4
@@ -266,7 +268,11 @@ def init_model(cfg, rt):
     check_data_fits(data, model, cfg.dataset)
     if cfg.init_from != "scratch":
         adopt_architecture(cfg, model)
-    model.crop_block_size(cfg.block_size)
+    if cfg.block_size > model.config.block_size:
+        raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context {model.config.block_size}; lower "
+                          f"block_size")
+    if cfg.crop_context:  # otherwise the windows are shorter than the context, which the model keeps
+        model.crop_block_size(cfg.block_size)
     return model.to(rt.device).train(), ckpt, getattr(model, "tokenizer_name", data.meta["tokenizer"])
 
 

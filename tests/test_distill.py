@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import train_distillation
+from kronygpt.errors import ConfigError
 from kronygpt.checkpoint import load_checkpoint
 from conftest import REPO
-from kronygpt.distill import TeacherActivations, fit_layers, hidden_mse, make_distill_loss
+from kronygpt.distill import FitSettings, TeacherActivations, fit_layers, hidden_mse, make_distill_loss
 from kronygpt.factorize import InitSpec
 from kronygpt.surgery import decompose_model
 from kronygpt.kronecker import kron_shape
@@ -71,7 +72,7 @@ def test_relative_hidden_loss_trains_and_bad_names_are_refused(tiny_gpt2_dir, ti
                                  "--eval_interval=2", "--hidden_weight=1", "--hidden_loss=relative"))
     first = records(tmp_path / "rel", "train")[0]
     assert 0 < first["hidden_mse"] < 1  # a fraction of the teacher's norm, not an absolute MSE
-    with pytest.raises(train_distillation.ConfigError, match="hidden_loss must be one of mse, relative"):
+    with pytest.raises(ConfigError, match="hidden_loss must be one of mse, relative"):
         train_distillation.main(args(tiny_gpt2_dir, tiny_data_dir, tmp_path / "bad", "--hidden_loss=cos"))
 
 
@@ -120,7 +121,7 @@ def test_teacher_activations_one_layer_at_a_time_equal_a_whole_forward(fixture, 
 
 def test_layerwise_fitting_lowers_every_layer_mse(tiny_gpt2_dir):
     student, fit, held, layers = fitting_setup(tiny_gpt2_dir, "random")
-    rows = fit_layers(student, fit, held, layers, steps=60, lr=1e-2, batch=256, device="cpu", log=lambda s: None)
+    rows = fit_layers(student, (fit, held), layers, FitSettings(steps=60, lr=1e-2, batch=256), log=lambda s: None)
     # from a random start, 60 steps take block 0 to 0.66x and block 1 to 0.34x of the starting error (the seed
     # decides how far; the bar is that every layer gains clearly)
     assert len(rows) == 2 and all(r["mse_after"] < 0.75 * r["mse_before"] for r in rows)
@@ -129,7 +130,7 @@ def test_layerwise_fitting_lowers_every_layer_mse(tiny_gpt2_dir):
 def test_layerwise_fit_that_raises_the_heldout_error_keeps_the_start(tiny_gpt2_dir):
     student, fit, held, layers = fitting_setup(tiny_gpt2_dir, "vl")
     start = {k: v.clone() for k, v in student.state_dict().items()}
-    rows = fit_layers(student, fit, held, layers, steps=20, lr=10.0, batch=256, device="cpu", log=lambda s: None)
+    rows = fit_layers(student, (fit, held), layers, FitSettings(steps=20, lr=10.0, batch=256), log=lambda s: None)
     # lr 10 throws Adam far off: every fit is worse on held-out tokens, so every layer keeps its start
     assert all(r["mse_fitted"] > r["mse_before"] and r["kept"] == "start" for r in rows)
     assert all(r["mse_after"] == r["mse_before"] for r in rows)

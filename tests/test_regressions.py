@@ -9,7 +9,7 @@ import train_distillation
 from kronygpt import trainer
 from conftest import REPO  # noqa: F401  (the repo on the path, as every test module)
 from kronygpt.factorize import InitSpec, init_factors, van_loan
-from kronygpt.distill import fit_mlp
+from kronygpt.distill import FitSettings, fit_mlp
 from kronygpt.kronecker import KronShape, kron_sum
 from model import GPT, GPTConfig
 from kronygpt.runtime import resolve_dtype, setup_runtime
@@ -33,7 +33,8 @@ def test_2_vl_norm_of_a_zero_matrix_is_zero_not_nan():
 def test_3_student_from_the_teacher_has_the_dropout_and_trains_in_train_mode(tiny_gpt2_dir, tiny_data_dir, tmp_path,
                                                                               monkeypatch):
     modes = []
-    real = train_distillation.make_distill_loss
+    import kronygpt.distiller as distiller
+    real = distiller.make_distill_loss
 
     def spy(*a, **k):
         loss_fn = real(*a, **k)
@@ -42,7 +43,7 @@ def test_3_student_from_the_teacher_has_the_dropout_and_trains_in_train_mode(tin
             modes.append((model.training, [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]))
             return loss_fn(model, x, y, it)
         return wrapped
-    monkeypatch.setattr(train_distillation, "make_distill_loss", spy)
+    monkeypatch.setattr(distiller, "make_distill_loss", spy)
     train_distillation.main([f"--teacher={tiny_gpt2_dir}", f"--dataset={tiny_data_dir}", f"--out_dir={tmp_path}",
                              *TINY, "--kron_plan=*: mlp=16x8*1", "--max_iters=3", "--eval_interval=1",
                              "--dropout=0.1"])
@@ -106,7 +107,7 @@ def test_7_scratch_kronecker_residual_projections_get_the_scaled_init():
 def test_8_fit_mlp_restores_the_mode_and_auto_teacher_dtype_respects_bf16_support(monkeypatch):
     mlp = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5)).eval()
     X = torch.randn(64, 4)
-    fit_mlp(mlp, X, X, steps=2, lr=1e-3, batch=16, device="cpu")
+    fit_mlp(mlp, (X, X), FitSettings(steps=2, lr=1e-3, batch=16))
     assert not mlp.training
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_dtype("auto", "cuda") == "float16"
@@ -116,7 +117,7 @@ def test_8_fit_mlp_restores_the_mode_and_auto_teacher_dtype_respects_bf16_suppor
 def test_9_export_reads_no_training_record_from_a_gguf_file(tmp_path):
     # export.py --init_from model.gguf unpickled the GGUF as a checkpoint and failed after loading the model
     from kronygpt.checkpoint import FORMAT
-    from export import checkpoint_extra
+    from kronygpt.exporting import checkpoint_extra
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF not a pickle")
     assert checkpoint_extra(str(gguf)) == {}
