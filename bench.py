@@ -119,12 +119,16 @@ def bench_layers(args, ctx):
     cols = {"auto": "kron", "measured": "meas.", "materialized": "kron(x)", "fused_right": "f.right",
             "fused_left": "f.left"}
     cols = {k: v for k, v in cols.items() if k in results[0]["fwd_ms"]}
-    head = lambda kind: "".join(f" {v + ' ' + kind:>11}" for v in cols.values())
+    def head(kind):
+        return "".join(f" {v + ' ' + kind:>11}" for v in cols.values())
+
     print(f"{'matrix':<7} {'factors':<22} {'auto impl':<13} {'measured fwd/f+b':<25} {'dense fwd':>9}{head('fwd')} "
           f"{'dense f+b':>9}{head('f+b')}")
     for r in results:
         f, b = r["fwd_ms"], r["fb_ms"]
-        ratios = lambda t: "".join(f" {t[k] / t['dense']:>11.2f}" for k in cols)
+
+        def ratios(t):
+            return "".join(f" {t[k] / t['dense']:>11.2f}" for k in cols)
         print(f"{r['matrix']:<7} {r['shape'] + ' x' + str(r['factors']):<22} {r['impl']:<13} {r['measured']:<25} "
               f"{f['dense']:>8.2f}m{ratios(f)} {b['dense']:>8.2f}m{ratios(b)}")
     print("kron = factored (cost-model order), meas. = kron_impl 'measured' (the order timed fastest, named in "
@@ -147,7 +151,8 @@ def bench_mlp(args, d, h, shape, r, tokens):
     if args.compile:
         mlps = {k: torch.compile(v) for k, v in mlps.items()}
     tf = round_robin({k: (lambda m=m: m(x)) for k, m in mlps.items()}, args.rounds, args.device)
-    tb = round_robin({k: (lambda m=m: m(x).float().sum().backward()) for k, m in mlps.items()}, args.rounds, args.device)
+    tb = round_robin({k: (lambda m=m: m(x).float().sum().backward()) for k, m in mlps.items()}, args.rounds,
+                     args.device)
     mem = {k: saved_bytes(lambda m=m: m(x).float().sum()) / 2 ** 20 for k, m in mlps.items()}
     return dict(matrix="MLP", shape=str(kron_shape(h, d, *shape)), factors=r, impl="-", measured="-", saved_mib=mem,
                 fwd_ms={k: v * 1e3 for k, v in tf.items()}, fb_ms={k: v * 1e3 for k, v in tb.items()})
@@ -156,7 +161,8 @@ def bench_mlp(args, d, h, shape, r, tokens):
 def print_row(r, dense, gen_batches, note=""):
     gen_cols = "".join(f" {r['gen_tok_s'][b]:>14,.1f} {r['gen_tok_s'][b] / dense['gen_tok_s'][b]:>6.2f}"
                        for b in gen_batches)
-    print(f"{r['name']:<28} {r['params']:>12,} {r['train_tok_s']:>12,.0f} {r['train_tok_s'] / dense['train_tok_s']:>6.2f} "
+    print(f"{r['name']:<28} {r['params']:>12,} {r['train_tok_s']:>12,.0f} "
+          f"{r['train_tok_s'] / dense['train_tok_s']:>6.2f} "
           f"{r['prefill_tok_s']:>14,.0f} {r['prefill_tok_s'] / dense['prefill_tok_s']:>6.2f}{gen_cols} "
           f"{r['flops_per_token'] / dense['flops_per_token']:>9.2f} {r['saved_gib']:>8.2f} "
           f"{'-' if r['train_peak_gib'] is None else format(r['train_peak_gib'], '.2f'):>9} {r['seconds']:>7.0f}"
@@ -325,7 +331,7 @@ def bench_models(args, ctx, on_row=None):
                 t_gen = round_robin(generate, max(2, args.rounds // 2), args.device, warmup=1)
         except Exception as e:  # noqa: BLE001 (any failure of torch.compile / CUDA graphs)
             print(f"{name}: generation failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-        def train_forward():
+        def train_forward(fwd_model=fwd_model):
             with ctx:
                 return fwd_model(x, x)[1]
         act = saved_bytes(train_forward) / 2 ** 30
@@ -361,9 +367,9 @@ class BenchConfig:
     rounds: int = 0                 # timed rounds, the median reported (0: CPU 5, CUDA 20, smoke 2)
     threads: int = 0                # CPU threads (0 = torch's default)
     variants: str = ""              # models: indices of the family's variants (the dense row 0 always runs), e.g. 1,4
-    plans_from: str = ""            # models: kron_decomp reports/checkpoints (NAME=PATH to name a row) whose plans, depth
-                                    # and MLP width are rows too (comma-separated)
-    dense_from: str = ""            # models: take the dense row from this earlier --json of the same settings, not rerun
+    plans_from: str = ""            # models: kron_decomp reports/checkpoints (NAME=PATH to name a row) whose plans,
+                                    # depth and MLP width are rows too (comma-separated)
+    dense_from: str = ""            # models: the dense row from this earlier --json of the same settings, not rerun
     base_from: str = ""             # models: the dense row is this model's shape (checkpoint, HF dir), not --family's
     kron_impl: str = "auto"         # models: contraction order of Kronecker layers ('measured': timed per shape)
     workloads: str = "train,prefill,generate"  # models: which to time (fewer compile faster on a GPU; the rest nan)
@@ -378,7 +384,8 @@ class BenchConfig:
             raise UserError(f"--family must be one of {', '.join(VARIANTS)}, got {self.family!r}")
         for name in ("batch_size", "seq_len", "layer_tokens", "rounds", "threads"):
             if getattr(self, name) < 0:
-                raise UserError(f"--{name} must be at least 1 (or 0 for the device's default), got {getattr(self, name)}")
+                raise UserError(f"--{name} must be at least 1 (or 0 for the device's default), got "
+                                f"{getattr(self, name)}")
         from kronygpt.kronecker import IMPLS
         if self.kron_impl not in IMPLS:
             raise UserError(f"--kron_impl must be one of {', '.join(IMPLS)}, got {self.kron_impl!r}")

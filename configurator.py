@@ -175,9 +175,10 @@ def as_dict(cfg):
 
 
 def run_cli(main):
-    """Run main(). A user error (errors.UserError: bad config, missing file, impossible shape) prints one
-    line and exits with status 2; a run stopped by a signal exits with 128 + the signal after saving; a
-    Ctrl-C anywhere else exits with 130 and one line. Any other exception is a bug and keeps its traceback.
+    """Run main(). A user error (errors.UserError: bad config, missing file, impossible shape) or a file system
+    error (OSError: a full disk, a read-only folder) prints one line and exits with status 2; a run stopped by a
+    signal exits with 128 + the signal after saving; a Ctrl-C anywhere else exits with 130 and one line. Any
+    other exception is a bug and keeps its traceback.
     KRONY_DEBUG=1 shows the traceback of user errors too."""
     try:
         return main()
@@ -189,6 +190,13 @@ def run_cli(main):
     except Stopped as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:  # the disk, not the program: a full disk, a read-only or missing folder, a lost file
+        if os.environ.get("KRONY_DEBUG"):
+            traceback.print_exc()
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}; free disk space, check the path and its permissions, and run the "
+              f"same command again (finished work is kept)", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C); nothing more was written", file=sys.stderr)
         sys.exit(130)

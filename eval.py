@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 
 from configurator import configure, run_cli
-from kronygpt.checkpoint import check_output_file, load_model
+from kronygpt.checkpoint import check_output_file, load_model, refuse_clashes
 from kronygpt.data_utils import TokenData, check_data_fits, dataset_dir
 from kronygpt.errors import UserError
 from kronygpt.evaluation import (FACTS, SUITE_COLUMNS, general_row, load_facts, load_text, markdown_table, stream_loss,
@@ -94,6 +94,8 @@ def benchmark_row(model, texts, args, rt):
 
 def main():
     args = configure(EvalConfig(), sys.argv[1:], verbose=False, doc=__doc__)
+    refuse_clashes([("--json", args.json), ("--md", args.md)],
+                   [("--models", m) for m in args.models.split(",") if m] + [("--teacher", args.teacher)])
     for path in (args.json, args.md):
         if path:
             check_output_file(path, args.force)
@@ -115,7 +117,8 @@ def main():
             T = min(args.block_size, model.config.block_size)
             row["val_loss"] = evaluate(model, data.val_windows(T, args.eval_tokens), rt, args.batch_size)
         if suite:
-            row.update(general_row(model, teacher, suite, facts, args.block_size, args.eval_tokens, args.batch_size, rt))
+            row.update(general_row(model, teacher, suite, facts, args.block_size, args.eval_tokens, args.batch_size,
+                                   rt))
         row.update(benchmark_row(model, texts, args, rt))
         rows.append(row)
         print(f"evaluated {spec}", file=sys.stderr, flush=True)
@@ -133,7 +136,8 @@ def report(rows, names, suite, args):
     if suite:
         lines += [f"general suite: fixed validation sets of {args.eval_tokens:,} tokens in {args.block_size}-token "
                   f"windows ({', '.join(f'{c}: {n}' for c, n in suite.items())}); teacher {args.teacher}; fact probe "
-                  + (f"{len(load_facts(args.facts))} items" if args.facts else "left out"), "", markdown_table(rows), ""]
+                  + (f"{len(load_facts(args.facts))} items" if args.facts else "left out"), "",
+                  markdown_table(rows), ""]
     cols = (["val_loss"] if args.data else []) + names
     if cols:
         if names:

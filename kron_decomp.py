@@ -26,10 +26,12 @@ in kronygpt/plans.py). The maths of every --init is in kronygpt/factorize.py; 'a
 (--force overwrites both).
 """
 
+import os
 import sys
 
 from configurator import configure, run_cli
-from kronygpt.checkpoint import check_output_file
+from kronygpt.checkpoint import check_output_file, refuse_clashes
+from kronygpt.claims import Claim
 from kronygpt.decompose import DecompConfig, decompose, load_dense, print_table, save
 from kronygpt.planner import list_shapes
 from kronygpt.runtime import return_large_frees_to_os
@@ -52,10 +54,14 @@ def main(argv=None):
     if cfg.list_shapes:
         dense, layers = load_dense(cfg)
         return print_shapes(dense.config, layers)
+    report_path = os.path.splitext(cfg.out)[0] + ".json"
+    refuse_clashes([("--out", cfg.out), ("its report", report_path), ("--calib_cache", cfg.calib_cache)],
+                   [("--model", cfg.model)])
     out, report_path = check_output_file(cfg.out, cfg.force, cfg.model, report=True)
-    result = decompose(cfg)
-    print_table(result.rows)
-    save(result, out, report_path)
+    with Claim(out + ".lock", f"--out {out}"):  # a second kron_decomp to the same --out is refused meanwhile
+        result = decompose(cfg)
+        print_table(result.rows)
+        save(result, out, report_path)
     print(f"wrote {out} and {report_path} in {result.report['seconds']:.1f}s")
 
 

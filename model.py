@@ -5,7 +5,8 @@ One GPT class covers two families, chosen by GPTConfig.arch (as litgpt does):
   'gpt2'  : LayerNorm, learned positions, GELU MLP (c_fc, c_proj), fused qkv (Hugging Face names kept)
   'llama' : RMSNorm, rotary positions, SwiGLU MLP (gate_proj, up_proj, down_proj), grouped-query attention
 Any matrix can be dense or Kronecker, as the config's plan says (kronygpt/plans.py), so progressive
-replacement and per-matrix allocations mix the two. Loading Hugging Face checkpoints lives in hf_io.py (and checkpoint.load_model).
+replacement and per-matrix allocations mix the two. Loading Hugging Face checkpoints lives in hf_io.py (and
+checkpoint.load_model).
 """
 
 import math
@@ -70,7 +71,8 @@ class GPTConfig:
         block.mlp) and the attention's ('attn.c_attn', the fused q/k/v, and 'attn.c_proj')."""
         f, q, kv = self.family, self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         return {"attn.c_attn": (q + 2 * kv, self.n_embd), "attn.c_proj": (self.n_embd, q),
-                **{n: (self.mlp_hidden, self.n_embd) for n in f.up}, **{n: (self.n_embd, self.mlp_hidden) for n in f.down}}
+                **{n: (self.mlp_hidden, self.n_embd) for n in f.up}, **{n: (self.n_embd,
+                                                                            self.mlp_hidden) for n in f.down}}
 
     def layout(self):
         """What a plan is resolved against; the embedding may be factorised only when the lm_head is tied to it
@@ -431,7 +433,7 @@ class GPT(nn.Module):
         return self.transformer.wte if layer == EMBED else self.transformer.h[layer].matrix(name)
 
     def set_matrix(self, layer, name, module):
-        """Put `module` in place of a factorisable matrix; the embedding's replacement serves as the tied lm_head too."""
+        """Put `module` in place of a factorisable matrix; the embedding's replacement is the tied lm_head too."""
         if layer != EMBED:
             return self.transformer.h[layer].set_matrix(name, module)
         self.transformer.wte = module

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from configurator import configure, run_cli
-from kronygpt.checkpoint import check_output_file
+from kronygpt.checkpoint import check_output_file, refuse_clashes
 from kronygpt.errors import UserError
 
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # what plot_runs writes (matplotlib's Agg backend)
@@ -106,6 +106,7 @@ def main():
     labels = cfg.labels.split(",") if cfg.labels else None
     if labels and len(labels) != len(runs):
         raise UserError(f"--labels has {len(labels)} entries for {len(runs)} runs; give one per run")
+    refuse_clashes([("--out", cfg.out)], [("a run's log", os.path.join(r, "log.jsonl")) for r in runs])
     out = check_output_file(cfg.out, cfg.force)
     fmt = os.path.splitext(out)[1][1:].lower()
     if fmt not in FORMATS:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kronygpt.checkpoint import check_output_file, load_model
+from kronygpt.checkpoint import check_output_file, load_model, refuse_clashes
 from configurator import configure, run_cli
 from kronygpt.errors import ConfigError
 from kronygpt.runtime import DTYPES, autocast, resolve_device, resolve_dtype
@@ -78,6 +78,7 @@ def prompts(cfg):
 def main():
     cfg = configure(SampleConfig(), sys.argv[1:], verbose=False, doc=__doc__)
     if cfg.json:
+        refuse_clashes([("--json", cfg.json)], [("--init_from", cfg.init_from)])
         check_output_file(cfg.json, cfg.force)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)

@@ -39,7 +39,8 @@ def rows_for(d, h, demo):
              ("lowrank fisher allocate", ["--target_params", "SAME", "--init", "fisher", "--allocate"]),
              ("planner aware", ["--target_params", "SAME", "--init", "aware"])]
     # the allocator free to spend the same budget on attention (and the embedding) too
-    rows += [(f"fisher allocate {scope}", ["--target_params", "SAME", "--init", "fisher", "--allocate", "--scope", scope])
+    rows += [(f"fisher allocate {scope}", ["--target_params", "SAME", "--init", "fisher", "--allocate", "--scope",
+                                           scope])
              for scope in ("blocks", "all")]
     return rows
 

@@ -75,7 +75,8 @@ class Flagship:
         self.args = args
         self.ex = Experiment(f"{self.NAME}_gpu" if args.gpu else self.NAME, args)
         self.model = args.model if not os.path.exists(args.model) else os.path.abspath(args.model)
-        self.given_lr = parse_given_lr(args.given_lr, self.ROWS)  # a malformed --given_lr stops here, before any row runs
+        self.given_lr = parse_given_lr(args.given_lr,
+                                       self.ROWS)  # a malformed --given_lr stops here, before any row runs
         if args.smoke:
             self.scale = [*self.ex.base, f"--eval_datasets={args.eval_data}"]
             self.lw = ["--layerwise_tokens=512", "--layerwise_steps=5"]
@@ -260,7 +261,8 @@ class Flagship:
             prep = self.prep_seconds(key)
             trained = key != "dense_zeroshot"
             fit = self.fit_record(key)
-            at_start = f"{fit['val_loss_before']:.4f} -> fitted {fit['val_loss_after']:.4f}" if fit else e[0]["val_loss"]
+            at_start = (f"{fit['val_loss_before']:.4f} -> fitted {fit['val_loss_after']:.4f}" if fit
+                        else e[0]["val_loss"])
             rows.append((key, f"{info['lr']:g}" if "lr" in info else "-", start["params"]["total"], e[-1]["tokens"],
                          f"{e[-1]['train_seconds'] + prep:,.0f}" + (f" (fit {prep:.0f})" if prep else ""),
                          median_tok_s(run) if trained else "-", at_start, e[-1]["val_loss"],

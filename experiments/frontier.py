@@ -107,7 +107,8 @@ class Frontier:
             outside, n_layer = total - dense.config.n_layer * per_block, dense.config.n_layer
             keep = {size: max(1, min(n_layer, round((size * total - outside) / per_block))) for size in SIZES}
             with open(path, "w") as f:
-                json.dump(dict(dense=total, blocks=keep, sizes={str(s): outside + k * per_block for s, k in keep.items()}), f)
+                json.dump(dict(dense=total, blocks=keep, sizes={str(s): outside + k * per_block for s,
+                                                                k in keep.items()}), f)
             self.ex.keep(self.ex.out, path)
         with open(path) as f:
             return json.load(f)
@@ -258,7 +259,8 @@ class Frontier:
         header = ["method", "size", "stage", "parameters", "Shakespeare", "Milton", "Python reference",
                   "teacher-sample loss", "KL(teacher‖student)", "facts acc", "facts acc_norm", "decomposition s",
                   "fit s", "train x dense", "prefill x dense"]
-        table = [("dense", "1.0", "-", rows["dense"]["params"], *[dense.get(c, "-") for c in SUITE], "-", "-", "1.00", "1.00")]
+        table = [("dense", "1.0", "-", rows["dense"]["params"], *[dense.get(c, "-") for c in SUITE], "-", "-", "1.00",
+                  "1.00")]
         order = {m: i for i, m in enumerate(METHODS)}
         for key, r in sorted(rows.items(), key=lambda kv: (-kv[1]["size"], kv[1]["stage"] != "zero-shot",
                                                            order.get(kv[1]["method"], 99))):
@@ -274,7 +276,8 @@ class Frontier:
         intro = ("SmolLM2-135M-Instruct (the GGUF shipped on PyPI) compressed to the parameter counts of keeping "
                  f"26, 22, 19 and 15 of its 30 blocks; {dense_note(self.dense_params())}. Every column is eval.py "
                  "--suite general on 16,384-token fixed sets in 256-token windows (facts: 117 items, lm-eval's "
-                 "multiple_choice scoring). Lower is better except the fact probe. Calibration for every method: 65,536 "
+                 "multiple_choice scoring). Lower is better except the fact probe. Calibration for every method: "
+                 "65,536 "
                  "tokens, half Shakespeare and half teacher text; one seed.")
         md = self.ex.report("The quality-size frontier: SmolLM2-135M against the methods people use instead", intro,
                             header, table, [], [], notes=findings(rows, dense))
@@ -333,7 +336,8 @@ def findings(rows, dense):
                 for m in (m for m in OURS if m in here):
                     checks = []
                     for col, allowed in ((c, a) for c, a in target.items() if c in dense):
-                        miss = (dense[col] - here[m][col] if col == "facts_acc" else here[m][col] - dense[col]) - allowed
+                        lost = dense[col] - here[m][col] if col == "facts_acc" else here[m][col] - dense[col]
+                        miss = lost - allowed
                         checks.append(f"{col} {'met' if miss <= 0 else f'missed by {miss:.3f}'}")
                     lines.append(f"  - target for `{m}`: " + ", ".join(checks))
     return "\n".join(lines)

@@ -35,7 +35,8 @@ def main():
     ex.report(f"Initialisations, ({h},{d // 2})x(1,2), {args.steps} steps",
               f"Dense teacher: {start_record(ex.run_dir('dense'))['params']['total']:,} parameters, "
               f"validation loss {dense:.4f}. 'rel. error' is the mean ||W - W_hat|| / ||W|| over the MLP matrices.",
-              ["init", "parameters", "rel. error", "val loss after decomposition", f"val loss after {args.steps} steps"],
+              ["init", "parameters", "rel. error", "val loss after decomposition",
+               f"val loss after {args.steps} steps"],
               rows, runs, list(INITS), hline=(dense, "dense teacher"))
 
 

@@ -169,7 +169,8 @@ NOTES = """
   alone): 4.0 min and 2.45 GiB (1.82x), where the 2026-12-03 build took 6.1 min and 3.17 GiB (2.35x).
 - Growth, streamed (the table; the 135M row predates those commits):
   from the 135M to the 362M to the 1,558M (GPT-2 XL) and 1,711M (SmolLM2) shapes, peak memory 1.55 -> 2.45 ->
-  8.98 / 10.58 GiB, that is 3.1x -> 1.82x -> 1.55x / 1.66x the fp32 model as the fixed ~0.35 GiB of the Python process and one block's statistics
+  8.98 / 10.58 GiB, that is 3.1x -> 1.82x -> 1.55x / 1.66x the fp32 model as the fixed ~0.35 GiB of the Python
+  process and one block's statistics
   shrink against the weights (SmolLM2-1.7B's block holds 8192-wide moments, 0.5 GiB each in float64). Wall time
   1.5 -> 4.0 -> 28.9 / 32.8 min: the widest moments' float64 work grows with the cube of the width. All at once,
   the 135M shape alone took 8.32 GiB (16.6x).
@@ -202,7 +203,8 @@ def write_report(done, args):
             ok = r["rc"] == 0
             lines.append(f"| {name} | {r['params'] / 1e6:,.0f}M | {r['fp32_gib']:.2f} | {mode} | "
                          f"{r['seconds'] / 60:.1f} min | {r['peak_gib']:.2f} | {r['peak_gib'] / r['fp32_gib']:.2f}x | "
-                         + (f"{r['params_after'] / 1e6:,.1f}M" if ok else f"failed (rc {r['rc']})") + f" | {r['date']} |")
+                         + (f"{r['params_after'] / 1e6:,.1f}M" if ok else f"failed (rc {r['rc']})")
+                         + f" | {r['date']} |")
     lines += ["", "Commands (one per row):", "", "```"]
     lines += [r["command"] for r in done.values()]
     lines += ["```", NOTES]

@@ -328,7 +328,8 @@ def load_calib_cache(path, key, force=False):
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"--calib_cache {path} could not be read ({type(e).__name__}); delete it to recollect") from None
+        raise UserError(f"--calib_cache {path} could not be read ({type(e).__name__}); delete it to "
+                        f"recollect") from None
     if not isinstance(stored, dict) or stored.get("key") != key:
         if not force:
             raise UserError(f"--calib_cache {path} holds the statistics of another model, dataset or setting; "

@@ -12,6 +12,7 @@ crash mid-write leaves the previous checkpoint intact. Loads use weights_only=Tr
 """
 
 import os
+from dataclasses import dataclass
 import random
 
 import torch
@@ -89,18 +90,35 @@ def atomic_save(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        raise CheckpointError(f"could not write {path} ({e.strerror or e}); the previous file, if any, is intact. "
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its stream writer
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
+        raise CheckpointError(f"could not write {path} ({reason}); the previous file, if any, is intact. "
                               f"Free disk space or choose another path") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def save_checkpoint(path, model, tokenizer="gpt2", optimizer=None, iter_num=0, best_val_loss=None,
-                    config=None, rng=None, extra=None, state=None, optimizer_state=None):
-    """rng: RNG states to store (the trainer passes one per rank), or None for none. state, optimizer_state:
-    the model's and optimizer's state dicts when they are not the objects' own (a sharded run gathers them)."""
+@dataclass
+class TrainingState:
+    """What a training checkpoint holds besides the model: the optimizer (or its gathered state dict), the
+    iteration, the best validation loss, the run's config, the RNG states (one per rank), and the model's state
+    dict when it is not the module's own (a sharded run gathers it)."""
+    optimizer: object = None
+    iter_num: int = 0
+    best_val_loss: float = None
+    config: dict = None
+    rng: object = None
+    state: dict = None
+    optimizer_state: dict = None
+
+
+def save_checkpoint(path, model, tokenizer="gpt2", extra=None, training=None):
+    """Write `model` (with its tokenizer spec and an `extra` record) to `path` atomically; training: a
+    TrainingState for a checkpoint a run resumes from (None: a model alone)."""
+    t = training or TrainingState()
+    optimizer, iter_num, best_val_loss, config, rng = t.optimizer, t.iter_num, t.best_val_loss, t.config, t.rng
+    state, optimizer_state = t.state, t.optimizer_state
     model = unwrap(model)
     ckpt = {
         "format": FORMAT,
@@ -161,6 +179,23 @@ def model_from_checkpoint(ckpt, **overrides):
 def same_file(a, b):
     """Whether two paths name the same file or directory (real paths: symlinks resolved)."""
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_clashes(outputs, inputs=()):
+    """One sentence, before any work, when a path a command writes is also one it reads or another it writes:
+    outputs and inputs are (option, path) pairs ('' paths are absent). With or without --force: --force
+    replaces an old output, never an input or a sibling output of the same run."""
+    def same(a, b):
+        return os.path.realpath(a) == os.path.realpath(b) or (os.path.exists(a) and os.path.exists(b)
+                                                              and os.path.samefile(a, b))
+    outputs = [(o, p) for o, p in outputs if p]
+    for i, (opt, path) in enumerate(outputs):
+        for other, other_path in outputs[i + 1:]:
+            if same(path, other_path):
+                raise UserError(f"{opt} and {other} are the same file ({path}); give each its own path")
+        for other, src in inputs:
+            if src and (same(path, src) or same(path, resolve_checkpoint_path(str(src)))):
+                raise UserError(f"{opt} {path} is also {other}, which this command reads; choose another path")
 
 
 def check_output_file(path, force, *inputs, report=False):

@@ -3,12 +3,14 @@ Token datasets: writing them (the data/*/prepare.py scripts) and reading them (t
 
 A prepared dataset is a directory with train.bin and val.bin (uint16 token ids) and meta.json
 ({"tokenizer": spec, "vocab_size": n, ...}): metadata in a format that cannot run code. Datasets prepared
-before meta.json existed have a meta.pkl, read with an unpickler that admits only plain data. Batches are drawn from a generator seeded by
+before meta.json existed have a meta.pkl, read with an unpickler that admits only plain data. Batches are drawn
+from a generator seeded by
 (seed, iteration, micro-step, rank), so the data position of a run is just its iteration number and a
 resumed run sees exactly the batches an uninterrupted one would. Validation uses a fixed set: the
 first `eval_tokens` tokens of val.bin cut into block_size windows, the same for every run.
 """
 
+import argparse
 import glob
 import importlib.util
 import io
@@ -19,7 +21,8 @@ import pickle
 import numpy as np
 import torch
 
-from .errors import UserError
+from .claims import Claim
+from .errors import ConfigError, UserError
 from .tokenizer import get_tokenizer, same_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root (this file is in kronygpt/)
@@ -27,6 +30,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo r
 
 # -----------------------------------------------------------------------------
 # writing
+
+class PrepareParser(argparse.ArgumentParser):
+    """The prepare scripts' option parser: a mistake (an unknown option, a missing value) is one sentence and exit
+    status 2 through run_cli, like every other command's, not argparse's usage block."""
+
+    def __init__(self, doc):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see --help)")
+
 
 def write_tokens(ids, path, vocab_size):
     assert vocab_size < 2 ** 16, f"vocab_size {vocab_size} does not fit in uint16"
@@ -68,6 +82,9 @@ class DatasetWriter:
                             f"--out_dir or pass --force to replace it")
         self.out_dir, self.created = out_dir, not os.path.exists(out_dir)
         self.temps, self.done = {}, False
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        os.makedirs(parent, exist_ok=True)
+        self.claim = Claim(os.path.abspath(out_dir).rstrip("/") + ".lock", f"--out_dir {out_dir}")
 
     def __enter__(self):
         return self
@@ -83,16 +100,25 @@ class DatasetWriter:
         return write_tokens(ids, self.path(split), vocab_size)
 
     def commit(self, tokenizer, vocab_size, **extra):
+        """Put the dataset in place: the token files first, then meta.json, the manifest, which records each
+        split's token count. A dataset stopped between the renames is caught when read (a split whose size is
+        not the manifest's is refused), never trained on as a mix of old and new files."""
         tmp = self.path("meta")[:-len(".bin")] + ".json"
         del self.temps["meta.bin"]
+        counts = {name[:-len(".bin")]: os.path.getsize(path) // 2 for name, path in self.temps.items()}
+        for path in self.temps.values():  # the tokens on disk before the manifest says they are there
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
         with open(tmp, "w") as f:
-            json.dump(dict(tokenizer=tokenizer, vocab_size=vocab_size, **extra), f, indent=1)
-        self.temps["meta.json"] = tmp
+            json.dump(dict(tokenizer=tokenizer, vocab_size=vocab_size, tokens=counts, **extra), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
         for name in DATASET_FILES:  # what the old dataset had and the new one does not
-            if name not in self.temps and os.path.exists(os.path.join(self.out_dir, name)):
+            if name not in self.temps and name != "meta.json" and os.path.exists(os.path.join(self.out_dir, name)):
                 os.remove(os.path.join(self.out_dir, name))
-        for name, tmp in self.temps.items():
-            os.replace(tmp, os.path.join(self.out_dir, name))
+        for name, path in self.temps.items():
+            os.replace(path, os.path.join(self.out_dir, name))
+        os.replace(tmp, os.path.join(self.out_dir, "meta.json"))
         self.done = True
 
     def __exit__(self, *exc):
@@ -101,6 +127,7 @@ class DatasetWriter:
                 os.remove(tmp)
         if not self.done and self.created and os.path.isdir(self.out_dir) and not os.listdir(self.out_dir):
             os.rmdir(self.out_dir)
+        self.claim.release()
         return False
 
 
@@ -198,7 +225,27 @@ def read_meta(data_dir):
                         f"prepare the data again") from None
     if not isinstance(meta, dict) or "vocab_size" not in meta or "tokenizer" not in meta:
         raise UserError(f"{path} lacks 'tokenizer' and 'vocab_size'; prepare the data again")
+    check_meta(meta, path)
     return meta
+
+
+def check_meta(meta, path):
+    """The schema of dataset metadata, checked once where it is read: a vocabulary size that is a whole number of
+    uint16 ids, a tokenizer that is a name or a character vocabulary, per-split token counts that are counts."""
+    v = meta["vocab_size"]
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 2 ** 16:
+        raise UserError(f"{path}: vocab_size must be a whole number from 1 to 65536 (uint16 ids), got {v!r}; "
+                        f"prepare the data again")
+    tok = meta["tokenizer"]
+    ok = tok is None or (isinstance(tok, str) and tok.strip() != "") or (
+        isinstance(tok, dict) and tok.get("kind") == "char" and isinstance(tok.get("chars"), str))
+    if not ok:
+        raise UserError(f"{path}: tokenizer must be a tokenizer name, a Hugging Face directory or a character "
+                        f"vocabulary, got {str(tok)[:60]!r}; prepare the data again")
+    counts = meta.get("tokens", {})
+    if not isinstance(counts, dict) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                               for n in counts.values()):
+        raise UserError(f"{path}: 'tokens' must map each split to its token count; prepare the data again")
 
 
 class TokenData:
@@ -228,6 +275,10 @@ class TokenData:
         if size % 2:
             raise UserError(f"{path} has an odd number of bytes ({size}), so it is not uint16 token ids; "
                             f"prepare the data again with a data/*/prepare.py script")
+        expected = self.meta.get("tokens", {}).get(split) if hasattr(self, "meta") else None
+        if expected is not None and size // 2 != expected:
+            raise UserError(f"{path} has {size // 2:,} tokens where meta.json records {expected:,}: the dataset is "
+                            f"incomplete or mixed with another (a prepare that stopped midway); prepare it again")
         # a fresh memmap each call avoids numpy's memmap leak (nanoGPT issue #2)
         data = np.memmap(path, dtype=np.uint16, mode="r")
         if split not in self.checked and len(data):
@@ -259,7 +310,8 @@ class TokenData:
         data = self.tokens("val")
         n = min(eval_tokens, len(data) - 1) // block_size
         if n < 1:
-            raise UserError(f"{self.data_dir}/val.bin has {len(data)} tokens, too few for one {block_size}-token window")
+            raise UserError(f"{self.data_dir}/val.bin has {len(data)} tokens, too few for one {block_size}-token "
+                            f"window")
         arr = torch.from_numpy(data[:n * block_size + 1].astype(np.int64))
         return arr[:-1].view(n, block_size), arr[1:].view(n, block_size)
 

@@ -78,7 +78,7 @@ class DecompConfig:
                                     # 'model' (drawn from the dense model's predictions: keep what it predicts)
     calib_cache: str = ""           # a file keeping the statistics for the next run (keyed by model and data content)
     sequential: bool = False        # calibrate each block on the already-compressed blocks (GPTQ-style)
-    stream: bool = False            # one block's statistics in memory at a time, the model decomposed in place (big models)
+    stream: bool = False            # one block's statistics in memory at a time, decomposed in place (big models)
     spill_dir: str = ""             # --stream with fisher: where the gradient moments wait (default: the system's temp)
     permute: bool = False           # reorder each MLP's hidden units first (kronygpt/permute.py)
     plan_candidates: int = 16       # --target_params with --calib: candidate shapes scored
@@ -287,7 +287,8 @@ def blocks_for_target(dense, target):
     per_block = sum(p.numel() for p in dense.transformer.h[0].parameters())
     count = round((target - (total - dense.config.n_layer * per_block)) / per_block)
     if not 1 <= count <= dense.config.n_layer:
-        raise UserError(f"--target_params {target:,} cannot be met by dropping blocks: keeping 1..{dense.config.n_layer} "
+        raise UserError(f"--target_params {target:,} cannot be met by dropping blocks: keeping "
+                        f"1..{dense.config.n_layer} "
                         f"blocks gives {total - (dense.config.n_layer - 1) * per_block:,} to {total:,} parameters")
     return count
 

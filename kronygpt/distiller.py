@@ -18,7 +18,6 @@ train.py's machinery (DDP, learning-rate groups, freezing, checkpoints, logging)
 
 import copy
 import os
-import sys
 import time
 from dataclasses import dataclass, replace
 
@@ -205,7 +204,8 @@ def resume_fitting(path, student, key):
     try:
         student.load_state_dict(saved["student"])
     except (RuntimeError, KeyError):
-        raise UserError(f"{path} holds an interrupted fit of another student; delete it to fit from the start") from None
+        raise UserError(f"{path} holds an interrupted fit of another student; delete it to fit from the "
+                        f"start") from None
     print(f"resuming layer-wise fitting from {path}: {len(saved['rows'])} layers already fitted")
     return saved["val_loss_before"], list(saved["rows"])
 
@@ -216,7 +216,8 @@ def fit_key(cfg, teacher, student):
     from .calib import content_hash
     settings = {k: getattr(cfg, k) for k in ("layerwise_tokens", "layerwise_steps", "layerwise_lr", "layerwise_batch",
                                              "fit_dataset", "dataset", "block_size", "batch_size", "seed")}
-    return dict(student=content_hash(student.state_dict().values()), teacher=content_hash(teacher.state_dict().values()),
+    return dict(student=content_hash(student.state_dict().values()),
+                teacher=content_hash(teacher.state_dict().values()),
                 settings=repr(sorted(settings.items())))
 
 
@@ -231,7 +232,8 @@ def load_teacher(cfg, rt):
     if teacher.config.is_factorized:
         raise UserError(f"the teacher {cfg.teacher} has Kronecker matrices; distil from the dense model")
     if teacher.config.block_size < cfg.block_size:
-        raise UserError(f"block_size {cfg.block_size} is longer than the teacher's context {teacher.config.block_size}; "
+        raise UserError(f"block_size {cfg.block_size} is longer than the teacher's context "
+                        f"{teacher.config.block_size}; "
                         f"lower block_size")
     return teacher.eval().requires_grad_(False)
 

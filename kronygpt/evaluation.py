@@ -17,7 +17,6 @@ The general suite (general_suite), one row per model, every model against the sa
 """
 
 import json
-import math
 import os
 
 import torch
@@ -139,7 +138,8 @@ def suite_datasets(teacher_name, tokenizer, given=""):
             how = {"teacher": f"data/teacher/prepare.py --model {teacher_name}"}.get(col, f"data/{col}/prepare.py")
             raise UserError(f"the suite's {col} set {name} is not prepared; run: python {how} --tokenizer="
                             f"{tokenizer} (or point --suite_data {col}=DATASET elsewhere)"
-                            if col != "teacher" else f"the suite's teacher set {name} is not prepared; run: python {how}")
+                            if col != "teacher" else
+                            f"the suite's teacher set {name} is not prepared; run: python {how}")
     return out
 
 

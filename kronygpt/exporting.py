@@ -73,7 +73,8 @@ def check_out_dir(out, force, source):
         raise UserError(f"--out {out} is not empty; choose another directory or pass --force to replace the export "
                         f"there")
     if not os.path.isfile(os.path.join(out, "kronygpt_export.json")):
-        raise UserError(f"--out {out} holds files that are not an export of this repo ({', '.join(sorted(os.listdir(out))[:4])}"
+        raise UserError(f"--out {out} holds files that are not an export of this repo "
+                        f"({', '.join(sorted(os.listdir(out))[:4])}"
                         f"...); --force replaces only a previous export: choose another directory")
 
 

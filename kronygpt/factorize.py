@@ -380,6 +380,9 @@ def init_factors(W, s, factors, spec, C=None, G=None, random_std=0.02, cache=Non
                 scal = torch.full((factors,), alpha, dtype=W.dtype)
             else:
                 A, B = A * math.sqrt(alpha), B * math.sqrt(alpha)
+    elif init == "fisher" and G is not None and G.dim() == 1:
+        spec.check_stats(C is not None, True)
+        A, B = diagonal_output_factors(W, s, factors, spec, (C, G), cache)
     elif init in ("aware", "fisher"):
         spec.check_stats(C is not None, G is not None or init == "aware")
         G = G if init == "fisher" else None
@@ -411,6 +414,22 @@ def init_factors(W, s, factors, spec, C=None, G=None, random_std=0.02, cache=Non
             raise UserError(f"the {init} initialisation of a {tuple(W.shape)} matrix with shape {s} gave non-finite "
                             f"factors (check --prune_eps and the model's weights); nothing was written")
     return A, B, scal
+
+
+def diagonal_output_factors(W, s, factors, spec, moments, cache=None):
+    """fisher's factors when the output moment is only a diagonal g (the logits' of a tied embedding: the V x V
+    square would not fit): with the output index in A alone (m2 == 1, low rank among them) the rows are weighted
+    by sqrt(g + damping), the input side whitened as aware does, and the weighting undone in A; otherwise (the
+    output index split between the factors, which a diagonal weighting cannot follow factor by factor) the input
+    side alone. moments = (C, g). Returns (A, B) rebalanced."""
+    C, g = moments
+    if s.m2 == 1:
+        g = g.double()
+        scale = (g + spec.g_damping * g.mean()).clamp_min(1e-30).sqrt()
+        A, B, _ = aware_factors(W * scale[:, None], s, factors, C, spec.damping, cache)
+        return balance(A / scale.view(1, -1, 1), B)
+    A, B, _ = aware_factors(W, s, factors, C, spec.damping, cache)
+    return balance(A, B)
 
 
 def scaled_svd_factors(W, s, factors, init, moment):

@@ -76,7 +76,8 @@ def llama_from_hf(hf):
         raise CheckpointError("Llama models with attention_bias != mlp_bias are not supported")
     return dict(arch="llama", block_size=hf.max_position_embeddings, vocab_size=hf.vocab_size,
                 n_layer=hf.num_hidden_layers, n_head=hf.num_attention_heads, n_kv_head=hf.num_key_value_heads,
-                n_embd=hf.hidden_size, head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
+                n_embd=hf.hidden_size, head_dim=getattr(hf, "head_dim",
+                                                        None) or hf.hidden_size // hf.num_attention_heads,
                 mlp_hidden=hf.intermediate_size, bias=bool(getattr(hf, "mlp_bias", False)), activation="silu",
                 norm_eps=hf.rms_norm_eps, rope_theta=float(rope.get("rope_theta", getattr(hf, "rope_theta", 1e4))),
                 tie_embeddings=bool(hf.tie_word_embeddings))
@@ -86,7 +87,8 @@ def llama_to_hf(config, special):
     from transformers import LlamaConfig
     return LlamaConfig(**special, vocab_size=config.vocab_size, hidden_size=config.n_embd,
                        intermediate_size=config.mlp_hidden, num_hidden_layers=config.n_layer,
-                       num_attention_heads=config.n_head, num_key_value_heads=config.n_kv_head, head_dim=config.head_dim,
+                       num_attention_heads=config.n_head, num_key_value_heads=config.n_kv_head,
+                       head_dim=config.head_dim,
                        max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps,
                        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
                        attention_bias=config.bias, mlp_bias=config.bias, tie_word_embeddings=config.tie_embeddings)

@@ -78,10 +78,12 @@ def _block(n, cap):
     return max(16, min(cap, triton.next_power_of_2(n)))
 
 
-def strided_gemm(P, Q, O, M, N, K, inner, p, q, o):
-    """O[r, c] = sum_t P[r, t] Q[t, c] for r < M, c < N, t < K, written into O in place.
-    inner = (R1, K1, C1): the inner sizes splitting r, t and c into pairs; p = (r0, r1, t0, t1), q = (t0, t1, c0,
-    c1), o = (r0, r1, c0, c1): each operand's element strides for the outer and inner part of its two indices."""
+def strided_gemm(P, Q, O, size, inner, strides):
+    """O[r, c] = sum_t P[r, t] Q[t, c] for r < M, c < N, t < K (size = (M, N, K)), written into O in place.
+    inner = (R1, K1, C1): the inner sizes splitting r, t and c into pairs; strides = (p, q, o) with p = (r0, r1, t0,
+    t1), q = (t0, t1, c0, c1), o = (r0, r1, c0, c1): each operand's element strides for the outer and inner part of
+    its two indices."""
+    (M, N, K), (p, q, o) = size, strides
     BM, BN, BK = _block(M, 64), _block(N, 64), _block(K, 32)
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
     _strided_gemm_kernel[grid](P, Q, O, M, N, K, *inner, *p, *q, *o, IEEE=P.dtype == torch.float32,
@@ -104,7 +106,8 @@ class _FusedRight(torch.autograd.Function):
         T = x.view(N * n1, n2) @ B.view(r * m2, n2).t()   # [(n, j), (k, q)]
         Y = x.new_empty(N, m1 * m2)
         t, a, y = (n1 * r * m2, 1, m2, r * m2), (m1 * n1, 1, n1, 0), (m1 * m2, 1, m2, 0)  # T[(n,q),(k,j)], A[(k,j),i]
-        strided_gemm(T, A, Y, N * m2, m1, r * n1, (m2, n1, 1), t, a, y)
+        strided_gemm(T, A, Y, (N * m2, m1, r * n1), (m2, n1, 1),
+                     (t, a, y))
         ctx.save_for_backward(x, A, B, T)
         return Y
 
@@ -116,11 +119,11 @@ class _FusedRight(torch.autograd.Function):
         N = x.shape[0]
         dY = dY.contiguous()
         dT = torch.empty_like(T)  # dT[n, j, k, q] = sum_i dY[n, i, q] A[k, i, j]
-        strided_gemm(dY, A, dT, N * m2, r * n1, m1, (m2, 1, n1),
-                     (m1 * m2, 1, m2, 0), (n1, 0, m1 * n1, 1), (n1 * r * m2, 1, m2, r * m2))
+        strided_gemm(dY, A, dT, (N * m2, r * n1, m1), (m2, 1, n1),
+                     ((m1 * m2, 1, m2, 0), (n1, 0, m1 * n1, 1), (n1 * r * m2, 1, m2, r * m2)))
         dA = torch.empty_like(A)  # dA[k, i, j] = sum_{n, q} dY[n, i, q] T[n, j, k, q]
-        strided_gemm(dY, T, dA, m1, r * n1, N * m2, (1, m2, n1),
-                     (m2, 0, m1 * m2, 1), (n1 * r * m2, 1, m2, r * m2), (n1, 0, m1 * n1, 1))
+        strided_gemm(dY, T, dA, (m1, r * n1, N * m2), (1, m2, n1),
+                     ((m2, 0, m1 * m2, 1), (n1 * r * m2, 1, m2, r * m2), (n1, 0, m1 * n1, 1)))
         dT2 = dT.view(N * n1, r * m2)
         dx = (dT2 @ B.view(r * m2, n2)).view(N, n1 * n2)
         dB = (dT2.t() @ x.view(N * n1, n2)).view(r, m2, n2)
@@ -137,8 +140,8 @@ class _FusedLeft(torch.autograd.Function):
         _, m2, n2 = B.shape
         N = x.shape[0]
         U = x.new_empty(N * m1, r * n2)
-        strided_gemm(x, A, U, N * n2, r * m1, n1, (n2, 1, m1),
-                     (n1 * n2, 1, n2, 0), (1, 0, m1 * n1, n1), (m1 * r * n2, 1, n2, r * n2))
+        strided_gemm(x, A, U, (N * n2, r * m1, n1), (n2, 1, m1),
+                     ((n1 * n2, 1, n2, 0), (1, 0, m1 * n1, n1), (m1 * r * n2, 1, n2, r * n2)))
         Bs = B.transpose(1, 2).reshape(r * n2, m2)
         ctx.save_for_backward(x, A, Bs, U)
         return (U @ Bs).view(N, m1 * m2)
@@ -153,11 +156,11 @@ class _FusedLeft(torch.autograd.Function):
         dU = dY2 @ Bs.t()                                   # [(n, i), (k, l)]
         dB = (U.t() @ dY2).view(r, n2, m2).transpose(1, 2).contiguous()
         dx = torch.empty_like(x)  # dX[n, j, l] = sum_{k, i} A[k, i, j] dU[n, i, k, l]
-        strided_gemm(dU, A, dx, N * n2, n1, r * m1, (n2, m1, 1),
-                     (m1 * r * n2, 1, n2, r * n2), (m1 * n1, n1, 1, 0), (n1 * n2, 1, n2, 0))
+        strided_gemm(dU, A, dx, (N * n2, n1, r * m1), (n2, m1, 1),
+                     ((m1 * r * n2, 1, n2, r * n2), (m1 * n1, n1, 1, 0), (n1 * n2, 1, n2, 0)))
         dA = torch.empty_like(A)  # dA[k, i, j] = sum_{n, l} dU[n, i, k, l] X[n, j, l]
-        strided_gemm(dU, x, dA, r * m1, n1, N * n2, (m1, n2, 1),
-                     (n2, r * n2, m1 * r * n2, 1), (n1 * n2, 1, n2, 0), (m1 * n1, n1, 1, 0))
+        strided_gemm(dU, x, dA, (r * m1, n1, N * n2), (m1, n2, 1),
+                     ((n2, r * n2, m1 * r * n2, 1), (n1 * n2, 1, n2, 0), (m1 * n1, n1, 1, 0)))
         return dx, dA, dB
 
 

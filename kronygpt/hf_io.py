@@ -280,7 +280,8 @@ def write_generation_config(out_dir, special):
 # factored export: a Hugging Face directory that keeps the factors
 
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
-REMOTE_MODULES = ("errors", "families", "fused", "kronecker", "plans", "model")  # model.py and the library modules it uses
+REMOTE_MODULES = ("errors", "families", "fused", "kronecker", "plans",
+                  "model")  # model.py and the library modules it uses
 REMOTE_DIR = os.path.join(PACKAGE, "hf_remote")
 FACTORED_TYPE = "kronygpt"
 
@@ -289,7 +290,8 @@ def remote_source(name):
     """The source of one of this repo's modules as shipped in an export, where every module lies flat beside
     the wrapper: its imports of the others made relative (nothing else changes, so the exported model runs
     exactly this repo's code). model.py is at the repo root, the others in this package."""
-    path = os.path.join(os.path.dirname(PACKAGE), "model.py") if name == "model" else os.path.join(PACKAGE, f"{name}.py")
+    path = (os.path.join(os.path.dirname(PACKAGE), "model.py") if name == "model"
+            else os.path.join(PACKAGE, f"{name}.py"))
     with open(path) as f:
         lines = f.read().splitlines(keepends=True)
     pattern = re.compile(rf"^from (?:kronygpt)?\.?({'|'.join(REMOTE_MODULES)}) import ")

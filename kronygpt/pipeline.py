@@ -7,9 +7,11 @@ is its command; every stage is the library code of the commands a user would oth
     data         data/<name>/                the calibration, recovery and evaluation    data/*/prepare.py
                                              sets, prepared where missing
     decompose    decomposed.pt, .json        calibrate, plan, factorise (decompose.py)   kron_decomp.py
-    fit          fit/fitted.pt               every block fitted to the dense one         train_distillation.py --mode=layerwise
+    fit          fit/fitted.pt               every block fitted to the dense one         train_distillation.py
+                                                                                         --mode=layerwise
     recover      recover/last.pt             logit distillation on the same mixture      train_distillation.py
-    baseline     baseline.pt                 layer drop to the same size (ShortGPT)      kron_decomp.py --keep_blocks importance
+    baseline     baseline.pt                 layer drop to the same size (ShortGPT)      kron_decomp.py
+                                                                                         --keep_blocks importance
     evaluate     eval.json                   the general suite of every model            eval.py --suite general
     export       hf/                         a Hugging Face directory                    export.py
     report       report.md, loss.png         the table, the loss curve, greedy answers   -
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import load_model, save_checkpoint
+from .claims import Claim
 from .data_utils import REPO, dataset_name, prepare_command
 from .decompose import DecompConfig, decompose, save
 from .distiller import DistillConfig, distil
@@ -76,7 +79,8 @@ class CompressConfig:
     batch_size: int = 4             # recovery: sequences per step
     block_size: int = 256           # recovery and evaluation windows (the model keeps its own context)
     eval_tokens: int = 16384        # tokens of each evaluation set
-    suite_data: str = ""            # evaluation sets other than the defaults, e.g. 'milton=my_milton,pydoc=' ('' drops one)
+    suite_data: str = ""            # evaluation sets other than the defaults, e.g. 'milton=my_milton,pydoc='
+                                    # (an empty name drops that set)
     facts: bool = True              # the 117-item fact probe in the evaluation
     baseline: bool = True           # also evaluate layer drop to the same size (the equal-size baseline people use)
     format: str = "factored"        # the export: 'factored' (small and fast; trust_remote_code) or 'dense'
@@ -175,7 +179,8 @@ class Compression:
         for item in filter(None, self.cfg.suite_data.split(",")):
             col, eq, name = item.partition("=")
             if not eq or col not in suite:
-                raise UserError(f"--suite_data item {item!r} must be COLUMN=DATASET with COLUMN one of {', '.join(suite)}")
+                raise UserError(f"--suite_data item {item!r} must be COLUMN=DATASET with COLUMN one of "
+                                f"{', '.join(suite)}")
             suite[col] = name
         return train, {role: name for role, name in suite.items() if name and self.ensure(name, required=False)}
 
@@ -217,7 +222,8 @@ class Compression:
         c = self.cfg
         dc = DecompConfig()
         with_options(dc, " ".join(f"--{k}={v}" for k, v in pairs(METHODS[method])), "method")
-        dc.model, dc.out, dc.force, dc.target_params, dc.calib = self.path("dense.pt"), path, True, str(self.target()), train
+        dc.model, dc.out, dc.force = self.path("dense.pt"), path, True
+        dc.target_params, dc.calib = str(self.target()), train
         dc.calib_tokens, dc.fisher_tokens, dc.seed = c.calib_tokens, c.fisher_tokens, c.seed
         dc.calib_seq = c.block_size
         dc.device = "cuda" if c.device.startswith("cuda") else "cpu"
@@ -225,7 +231,8 @@ class Compression:
         dc.validate()
         result = decompose(dc, log=self.log)
         save(result, path, self.path(f"{out_name}.json"))
-        self.log(f"{out_name}: {result.report['params_after']['total']:,} parameters in {result.report['seconds']:.0f}s")
+        self.log(f"{out_name}: {result.report['params_after']['total']:,} parameters in "
+                 f"{result.report['seconds']:.0f}s")
         return path
 
     def distil_stage(self, init, out_dir, train, extra, options=""):
@@ -266,7 +273,7 @@ class Compression:
         resume = os.path.isfile(os.path.join(run, "last.pt"))
         extra = dict(mode="e2e", alpha=0.0, beta=1.0, temperature=1.0, max_iters=c.steps, lr_decay_iters=c.steps,
                      learning_rate=c.learning_rate, new_learning_rate=5 * c.learning_rate, min_lr=c.learning_rate / 10,
-                     warmup_iters=max(1, min(10, c.steps // 10)), eval_interval=max(1, c.steps // 6),
+                     warmup_iters=max(1, min(10, c.steps // 10)), eval_interval=max(1, c.steps // 4),
                      weight_decay=0.1, grad_clip=1.0, force=not resume)
         self.distil_stage("resume" if resume else start, run, train, extra, c.recover_options)
         return os.path.join(run, "last.pt")
@@ -319,8 +326,12 @@ class Compression:
     # -- the run
 
     def run(self):
-        c, t0 = self.cfg, time.time()
         os.makedirs(self.out, exist_ok=True)
+        with Claim(os.path.join(self.out, ".compress.lock"), f"--out {self.out}"):  # one compress run per folder
+            return self.stages()
+
+    def stages(self):
+        c, t0 = self.cfg, time.time()
         self.dense()
         train, sets = self.datasets()
         self.log(f"data: training on {train}; evaluating on {', '.join(sets.values()) or 'nothing'}")
@@ -341,14 +352,20 @@ class Compression:
 
     def report(self, rows, answers, hf):
         """report.md: what ran, the suite's table, the recovery's loss curve, each model's greedy answer."""
-        from plot import plot_runs, read_log
+        from plot import plot_runs
         c, lines = self.cfg, []
         run = self.path("recover")
         if os.path.isfile(os.path.join(run, "log.jsonl")):
             plot_runs([run], self.path("loss.png"), ["recovery"], "val_loss", "tokens", "recovery: validation loss")
         dec = json.load(open(self.path("decomposed.json")))
+        kinds = {}
+        for r in dec.get("matrices", []):
+            kind = "low rank" if r["kind"].startswith("low rank") else "width-pruned MLPs" \
+                if r["kind"].startswith("width") else "Kronecker"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        made = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "no matrix factorised"
         lines += [f"# {c.model} compressed to {dec['params_after']['total']:,} parameters", "",
-                  f"Method `{c.method}`; plan `{dec.get('plan') or 'dense'}`; size {c.size} of "
+                  f"Method `{c.method}` ({made}; the full plan is in decomposed.json); size {c.size} of "
                   f"{dec['params_before']['total']:,}. Calibration {c.calib_tokens:,} tokens, recovery {c.steps} "
                   f"steps of {c.batch_size} x {c.block_size} tokens (logit distillation from the dense model).", ""]
         if rows:

@@ -181,7 +181,7 @@ def lowrank_curves(dense, moments, mats, damping=0.0, grads=None, g_damping=1e-2
     comparable across matrices. cache: a WhiteningCache shared with decompose_model, which then reuses the
     whitening of every moment."""
     out = {}
-    for b, name, _, _ in progress(mats, "spectra", unit="matrix"):
+    for b, name, _, _ in progress(mats, "spectra", unit="matrices"):
         C = moments[(b, name)] if moments is not None else None  # no calibration: the Frobenius error
         G = grads[(b, name)] if grads is not None else None
         out[(b, name)] = whitened_spectrum(dense.matrix(b, name).weight, C, G, damping, g_damping, cache)
@@ -247,7 +247,8 @@ def allocate_points(points, budget, log=None):
     cheapest = sum(min(p[0] for p in pts) for pts in points.values())
     if cheapest > budget:
         raise UserError(f"the budget leaves {budget:,} parameters for the factorised matrices, fewer than the "
-                        f"cheapest choice of each needs ({cheapest:,}); raise --target_params or factorise fewer matrices")
+                        f"cheapest choice of each needs ({cheapest:,}); raise --target_params or factorise fewer "
+                        f"matrices")
     err = {k: {p[2]: p[1] for p in v} for k, v in points.items()}
     total = lambda a: sum(err[k][c] for k, c in a[0].items())  # noqa: E731
     greedy = greedy_allocation(points, budget)
@@ -509,7 +510,8 @@ def choose_plan(dense, request, init=None, stats=None, log=print):
     if r.allocate:  # each matrix its own rank: the allocator spends the target itself
         return allocated_plan(dense, target, r, init, stats, log)
     if r.mixed:
-        raise UserError("--families chooses among families matrix by matrix, which only --allocate does; add --allocate")
+        raise UserError("--families chooses among families matrix by matrix, which only --allocate does; add "
+                        "--allocate")
     if r.ratio:
         return ratio_plan(config, target, r, log)
     if r.shape:  # a fixed shape whose factor count meets the target
@@ -519,7 +521,8 @@ def choose_plan(dense, request, init=None, stats=None, log=print):
             lo, hi = reachable(config, target, r.scalars, layers)
             raise UserError(f"--target_params {target:,}: the nearest total of {describe(s, factors)} plans is "
                             f"{total:,}; change the target (uniform plans reach {lo:,} to {hi:,}) or the shape")
-        log(f"target {target:,}: {describe(s, factors)} -> {total:,} parameters ({100 * (total - target) / target:+.2f}%)")
+        log(f"target {target:,}: {describe(s, factors)} -> {total:,} parameters "
+            f"({100 * (total - target) / target:+.2f}%)")
     else:
         factors, s = choose_uniform(dense, target, r, init, stats, log)
     return uniform_plan(config, s, factors, layers)
@@ -658,7 +661,9 @@ def allocated_plan(dense, target, request, init, stats, log=print):
     dims = {**config.matrix_dims(), "wte": (config.vocab_size, config.n_embd)}
 
     def spec(key, choice):
-        return choice if isinstance(choice, MatrixSpec) else MatrixSpec(KronShape(dims[key[1]][0], 1, 1, dims[key[1]][1]), choice)
+        if isinstance(choice, MatrixSpec):
+            return choice
+        return MatrixSpec(KronShape(dims[key[1]][0], 1, 1, dims[key[1]][1]), choice)
 
     plan = Plan({k: spec(k, c) for k, c in alloc.items() if c != "dense"}, config.layout())
     log(f"allocation over {r.scope}, families {','.join(f.text for f in families)} ({time.time() - t0:.0f}s): "
@@ -677,7 +682,7 @@ def allocated_plan(dense, target, request, init, stats, log=print):
                 continue
             e = {k: {p[2]: p[1] for p in v} for k, v in points({alone}).items()}
             log(f"  {alone} alone: {base + u:,} parameters, {what} {sum(e[k][c] for k, c in a.items()):.4f}")
-    if r.scope == "mlp" and not r.mixed:  # the uniform low-rank plans are in the search space: compare at equal parameters
+    if r.scope == "mlp" and not r.mixed:  # uniform low-rank plans are in the search space: compare at equal size
         s = parse_shape("lowrank", config)
         rank = max(1, used // (len(mats) * s.params(1)))
         while rank > 1 and len(mats) * s.params(rank) > used:
@@ -692,7 +697,8 @@ def allocated_plan(dense, target, request, init, stats, log=print):
         c = alloc[(b, n)]
         e = err_of[(b, n)][c]
         label = c.text if isinstance(c, MatrixSpec) else c
-        rows.setdefault(b, []).append(f"{n} {label} ({'dloss' if stats.grads else 'err'} {e if stats.grads else e ** 0.5:.4f})")
+        rows.setdefault(b, []).append(f"{n} {label} ({'dloss' if stats.grads else 'err'} "
+                                      f"{e if stats.grads else e ** 0.5:.4f})")
     for b, parts in rows.items():
         log(f"  {'block ' + str(b) if b != EMBED else 'embedding':>9}: " + ", ".join(parts))
     return plan

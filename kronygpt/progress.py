@@ -46,7 +46,7 @@ class Bar:
         if self.bar is not None:
             self.bar.close()
         else:
-            print(f"{self.desc}: {self.n} {self.unit}{'s' if self.n != 1 else ''} in {time.time() - self.t0:.0f}s",
+            print(f"{self.desc}: {self.n} {plural(self.unit, self.n)} in {time.time() - self.t0:.0f}s",
                   file=sys.stderr, flush=True)
 
 
@@ -62,7 +62,12 @@ def progress(iterable, desc, total=None, unit="it"):
     for item in iterable:
         yield item
         n += 1
-    print(f"{desc}: {n} {unit}{'s' if n != 1 else ''} in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    print(f"{desc}: {n} {plural(unit, n)} in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+
+
+def plural(unit, n):
+    """'block' -> 'blocks'; a unit already plural ('matrices') or a count of one stays as it is."""
+    return unit if n == 1 or unit.endswith("s") else unit + "s"
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from model import GPT, GPTConfig
 
 from .calib import BlockRunner, Stats
 from .errors import UserError
-from .factorize import WhiteningCache, balance, host, init_factors, output_error, whitening_is_exact
+from .factorize import WhiteningCache, host, init_factors, output_error, whitening_is_exact
 from .kronecker import Factorized, KroneckerEmbedding, KroneckerLinear
 from .permute import find_permutation, permute_mlp, permute_moments, unit_features
 from .plans import EMBED, Plan
@@ -118,18 +118,13 @@ def replace_embedding(model, init, stats=None):
     s, wte = spec.shape, model.transformer.wte
     if isinstance(wte, Factorized):
         raise UserError("the embedding is already factorised; pass the dense model")
-    W = W0 = host(wte.weight)
-    scale = None
-    if init.init == "fisher" and g_diag is not None and s.m2 == 1:
-        scale = (g_diag.double() + init.g_damping * g_diag.double().mean()).clamp_min(1e-30).sqrt()  # R = diag(scale)
-        W = W * scale[:, None]
-    as_aware = replace(init, init="aware") if init.init == "fisher" else init
-    A, B, scal = init_factors(W, s, spec.factors, as_aware, C=C, G=g_diag if init.init == "fwsvd" else None,
-                              cache=cache)
-    if scale is not None:
-        A, B = balance(A / scale.view(1, -1, 1), B)
+    W0 = host(wte.weight)
+    as_aware = replace(init, init="aware") if init.init == "fisher" and g_diag is None else init
+    # fisher with the logits' diagonal: factorize.diagonal_output_factors, as the allocator scored it
+    A, B, scal = init_factors(W0, s, spec.factors, as_aware, C=C, G=g_diag if init.needs_grads else None, cache=cache)
     emb = factorised_like(wte, spec, cfg.kron_scalars, cfg.kron_impl, A, B, scal)
-    exact = whitening_is_exact(s, scale is not None) if init.whitens else None
+    weighted = init.init == "fisher" and g_diag is not None and s.m2 == 1
+    exact = whitening_is_exact(s, weighted) if init.whitens else None
     G = g_diag if cfg.tie_embeddings else None  # the tied lm_head's share of the loss, diagonal G
     row = report_row(EMBED, "wte", spec, W0, emb.weight.detach(), C, G, exact)
     model.set_matrix(EMBED, "wte", emb)

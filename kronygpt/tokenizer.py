@@ -140,15 +140,40 @@ def hf_tokenizer_of(spec):
     return auto_tokenizer(spec)
 
 
+def config_token_ids(spec):
+    """{bos_token_id, eos_token_id, pad_token_id} a Hugging Face model directory's own configs record
+    (generation_config.json over config.json), for a source that has no tokenizer files; {} otherwise."""
+    ids = {}
+    if not isinstance(spec, str) or not os.path.isdir(spec):
+        return ids
+    for name in ("config.json", "generation_config.json"):
+        path = os.path.join(spec, name)
+        try:
+            with open(path) as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            continue
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = config.get(key) if isinstance(config, dict) else None
+            if isinstance(value, list) and value:
+                value = value[0]  # generation configs may list several stop tokens: the first is the model's own
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                ids[key] = value
+    if "eos_token_id" in ids:
+        ids.setdefault("pad_token_id", ids["eos_token_id"])
+    return ids
+
+
 def special_token_ids(spec):
     """{bos_token_id, eos_token_id, pad_token_id} of a tokenizer spec, for an exported model's configs (pad falls
-    back to eos, as generate would); {} when there is no Hugging Face tokenizer."""
+    back to eos, as generate would); from the source directory's own configs when it has no tokenizer files; {}
+    when there is neither."""
     try:
         tok = hf_tokenizer_of(spec)
-    except Exception:  # no tokenizer files (a random test model): no special tokens to carry
-        return {}
+    except Exception:  # no tokenizer files (a random test model): the ids its configs record, if any
+        return config_token_ids(spec)
     if tok is None:
-        return {}
+        return config_token_ids(spec)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     ids["pad_token_id"] = ids["pad_token_id"] if ids["pad_token_id"] is not None else ids["eos_token_id"]
     return {k: v for k, v in ids.items() if v is not None}
@@ -157,7 +182,9 @@ def special_token_ids(spec):
 def save_hf_tokenizer(spec, out_dir):
     """Write a Hugging Face tokenizer for `spec` into out_dir (for an exported model); returns whether one
     was written (character-level vocabularies have no Hugging Face equivalent). tokenizer_config.json names the
-    tokenizer's class, so AutoTokenizer loads it without the model's config (no remote-code prompt)."""
+    tokenizer's class. transformers 5 reads the model's config.json for any AutoTokenizer call, and a factored
+    export's config names its code: load the tokenizer with trust_remote_code=False, or transformers asks whether to
+    run that code (the model card and the README say so)."""
     tok = hf_tokenizer_of(spec)
     if tok is None:
         return False

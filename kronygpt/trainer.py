@@ -28,8 +28,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import (load_checkpoint, load_model, model_from_checkpoint, resolve_checkpoint_path, rng_state, same_file,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (load_checkpoint, load_model, model_from_checkpoint, resolve_checkpoint_path, rng_state,
+                         same_file,
+                         save_checkpoint, set_rng_state, TrainingState)
+from .claims import Claim
 from configurator import as_dict
 from .data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir, open_dataset
 from .errors import CheckpointError, ConfigError, Stopped, UserError
@@ -79,7 +81,8 @@ class TrainConfig:
     max_iters: int = 1000
     learning_rate: float = 6e-4     # peak learning rate of the 'pretrained' group
     new_learning_rate: float = -1.0 # peak learning rate of the 'new' group (Kronecker factors); <0: learning_rate
-    min_lr: float = 6e-5            # the cosine ends at min_lr / learning_rate of each group's peak
+    min_lr: float = -1.0            # the cosine ends at min_lr / learning_rate of each group's peak; <0: a tenth of
+                                    # learning_rate (6e-5 for the default 6e-4)
     weight_decay: float = 0.1       # 'pretrained' group (2-D+ tensors only; biases and norms never decay)
     new_weight_decay: float = -1.0  # 'new' group; <0: weight_decay
     beta1: float = 0.9
@@ -111,6 +114,8 @@ class TrainConfig:
                      "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.min_lr < 0 and math.isfinite(self.min_lr):
+            self.min_lr = self.learning_rate / 10  # resolved once: the run's config records the rate it used
         for name in ("max_iters", "warmup_iters", "lr_decay_iters", "max_seconds", "learning_rate", "min_lr",
                      "weight_decay", "grad_clip"):
             value = getattr(self, name)
@@ -173,38 +178,13 @@ def set_aside_log(out_dir):
     return f"log.{n}.jsonl"
 
 
-class RunLock:
+class RunLock(Claim):
     """out_dir/.lock holds the pid of the process writing there: a second run into the same out_dir is refused
     while that process lives; a lock left by a dead process (a SIGKILL) is taken over. Released on exit."""
 
     def __init__(self, out_dir):
-        self.path = os.path.join(out_dir, ".lock")
         os.makedirs(out_dir, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pid = self.holder()
-                if pid is not None and pid != os.getpid() and alive(pid):
-                    raise ConfigError(f"out_dir {out_dir} is in use by another run (pid {pid}); wait for it, stop "
-                                      f"it, or choose another out_dir") from None
-                os.remove(self.path)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return
-        raise ConfigError(f"could not take the lock {self.path}; another run is starting there")
-
-    def holder(self):
-        try:
-            with open(self.path) as f:
-                return int(f.read().strip() or -1)
-        except (OSError, ValueError):
-            return None
-
-    def release(self):
-        if self.holder() == os.getpid():
-            os.remove(self.path)
+        super().__init__(os.path.join(out_dir, ".lock"), f"out_dir {out_dir}")
 
 
 @contextmanager
@@ -215,6 +195,9 @@ def run_directory(cfg, rt):
         yield
         return
     held = run_files(cfg.out_dir)
+    if cfg.eval_only and (held or os.path.isfile(os.path.join(cfg.out_dir, "log.jsonl"))):
+        raise ConfigError(f"out_dir {cfg.out_dir} holds a run, whose log an evaluation would write into (its curve "
+                          f"would then be wrong); give --eval_only another out_dir")
     if cfg.init_from != "resume" and not cfg.eval_only and held and not cfg.force:
         raise ConfigError(f"out_dir {cfg.out_dir} already holds a run ({', '.join(held)}); continue it with "
                           f"--init_from=resume, choose another out_dir, or pass --force to start over there")
@@ -230,16 +213,6 @@ def run_directory(cfg, rt):
         yield
     finally:
         lock.release()
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -----------------------------------------------------------------------------
@@ -276,7 +249,8 @@ def init_model(cfg, rt):
     return model.to(rt.device).train(), ckpt, getattr(model, "tokenizer_name", data.meta["tokenizer"])
 
 
-ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "kron_plan", "kron_scalars")  # what scratch models are built from
+ARCHITECTURE = ("n_layer", "n_head", "n_embd", "bias", "kron_plan",
+                "kron_scalars")  # what scratch models are built from
 
 
 def adopt_architecture(cfg, model):
@@ -450,6 +424,10 @@ def start_run(cfg, model, rt, tokenizer, ckpt=None, start_seconds=0.0):
                         val_tokens=run.val[1].numel()),
                    line=f"tokens per iteration {run.tokens_per_iter:,} | parameters {counts['total']:,} "
                         f"({counts['tying']}) | validation set {run.val[1].numel():,} tokens | git {git_hash()}")
+    if rt.master and cfg.decay_lr and 0 < cfg.max_iters <= cfg.warmup_iters and not cfg.eval_only:
+        print(f"note: warmup_iters {cfg.warmup_iters} >= max_iters {cfg.max_iters}: the learning rate rises to "
+              f"{cfg.max_iters / (cfg.warmup_iters + 1):.0%} of its peak and never decays; lower --warmup_iters "
+              f"(e.g. {max(1, cfg.max_iters // 10)})", flush=True)
     if ckpt is not None:
         if cfg.fsdp:
             load_optimizer(model, run.optimizer, ckpt["optimizer"])
@@ -482,11 +460,11 @@ def save(run, name, val_loss):
     if run.cfg.fsdp:  # every rank helps gather the full state; rank 0 writes it
         state, optimizer_state = full_state(run.raw, run.optimizer)
     if run.rt.master:
-        save_checkpoint(os.path.join(run.cfg.out_dir, name), run.raw, tokenizer=run.tokenizer,
-                        optimizer=run.optimizer, iter_num=run.iter_num, best_val_loss=run.best_val, config=run.config,
-                        rng=rngs, extra=dict(train_seconds=run.train_seconds, val_loss=val_loss,
-                                             scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None),
-                        state=state, optimizer_state=optimizer_state)
+        training = TrainingState(optimizer=run.optimizer, iter_num=run.iter_num, best_val_loss=run.best_val,
+                                 config=run.config, rng=rngs, state=state, optimizer_state=optimizer_state)
+        save_checkpoint(os.path.join(run.cfg.out_dir, name), run.raw, tokenizer=run.tokenizer, training=training,
+                        extra=dict(train_seconds=run.train_seconds, val_loss=val_loss,
+                                   scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None))
 
 
 def link_best(out_dir):
@@ -618,7 +596,8 @@ def optimisation_step(run, loss_fn):
 def check_stop(run):
     """A signal (on any rank) saves last.pt and raises Stopped; max_seconds ends training at the next eval."""
     cfg = run.cfg
-    flags = torch.tensor([float(run.stop.signum or 0), float(cfg.max_seconds > 0 and run.train_seconds >= cfg.max_seconds)])
+    flags = torch.tensor([float(run.stop.signum or 0),
+                          float(cfg.max_seconds > 0 and run.train_seconds >= cfg.max_seconds)])
     if run.rt.ddp:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     signum, over_budget = int(flags[0].item()), bool(flags[1].item())

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks, in parts that each fit one device call (at most 10 minutes), run as
-#   bash scripts/gpu_check.sh PART        PART: tests | bench | smollm2 | gpt2 | layers | decomp | flagship | all
+#   bash scripts/gpu_check.sh PART        PART: window | tests | bench | smollm2 | gpt2 | layers | decomp | flagship | all
+# window    (first: ~5 min of eager rows, then compiled rows as the budget allows; call it again for the rest)
+#                     the speed plan of scripts/gpu_window.py: dense SmolLM2, this repo's 0.8x and 0.6x, width
+#                     pruning, GPT-2 and its 81M Kronecker model, eager then compiled; every row its own JSON,
+#                     inductor's cache in $OUT/inductor (carry it back and forth), the remaining plan printed
 # tests     (~1 min)  GPU-only tests, the fused kernels, the Kronecker layer tests ($TESTS: other files)
 # bench     (~5 min)  layer and model speed in bf16: eager (layers, GPT-2 models, SmolLM2 models), then
 #                     torch.compile'd GPT-2 models (dense, the 81M Kronecker and the 82M low-rank variants)
@@ -30,6 +34,9 @@ export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1 TRANSFORMERS_VERB
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/gpu_check.log"; }
 run() { log "$*"; "$@" 2>&1 | tee -a "$OUT/gpu_check.log"; }
 
+if [[ $PART == window ]]; then
+  run $PY scripts/gpu_window.py --out "$OUT" --budget "${BUDGET:-540}" ${WINDOW_ROWS:+--rows "$WINDOW_ROWS"}
+fi
 if [[ $PART == tests || $PART == all ]]; then
   run nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   run $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.is_bf16_supported())"

@@ -18,7 +18,6 @@ from kronygpt.factorize import (InitSpec, TriangularInverse, aware_factors, bala
 from kronygpt.surgery import SurgeryOptions, decompose_model
 from kronygpt.kronecker import KronShape, kron_shape, kron_sum
 from kronygpt.hf_io import load_pretrained
-from model import GPT
 from kronygpt.planner import allocate, lowrank_curves, matrices, curve_error
 
 SHAPES = [KronShape(12, 1, 1, 8),   # low rank: (out,1)x(1,in)
@@ -370,7 +369,8 @@ def test_fisher_low_rank_minimises_the_predicted_loss_increase():
     W = torch.randn(12, 8, dtype=torch.float64)
     C, G = random_cov(8, 8), random_cov(12, 9)
     for r in range(1, 8):
-        errs = {init: fisher_error(W, kron_sum(*init_factors(W, s, r, InitSpec(init, damping=0.0, g_damping=0.0), C=C, G=G)[:2]), C, G)
+        errs = {init: fisher_error(W, kron_sum(*init_factors(W, s, r, InitSpec(init, damping=0.0, g_damping=0.0), C=C,
+                                                             G=G)[:2]), C, G)
                 for init in ("fisher", "aware", "vl")}
         assert errs["fisher"] <= min(errs.values()) + 1e-12
 
@@ -444,7 +444,8 @@ def test_permuting_hidden_units_preserves_the_function(fixture, request):
 def test_full_rank_decomposition_with_permutation_reproduces_the_logits(tiny_gpt2_dir):
     dense = load_pretrained(tiny_gpt2_dir).eval()   # MLP 32 <-> 128
     s = kron_shape(128, 32, 16, 8)
-    kron, rows = decompose_model(dense, f"*: mlp=16x8*{s.max_rank}", InitSpec("vl"), options=SurgeryOptions(permute=True))
+    kron, rows = decompose_model(dense, f"*: mlp=16x8*{s.max_rank}", InitSpec("vl"),
+                                 options=SurgeryOptions(permute=True))
     assert all("permute_error_after" in r for r in rows)
     idx = torch.randint(0, 256, (2, 16))
     torch.testing.assert_close(kron(idx, all_logits=True)[0], dense(idx, all_logits=True)[0], atol=1e-4, rtol=0)
@@ -505,5 +506,6 @@ def test_report_errors_in_float32_equal_the_float64_definitions():
     assert got["output_error"] == pytest.approx(output_error(W, W_hat, C), rel=1e-5)
     assert got["fisher_error"] == pytest.approx(fisher_error(W, W_hat, C, G), rel=1e-5)
     g_diag = G.diagonal().clone()
-    assert calibrated_errors(W, W_hat, C, g_diag)["fisher_error"] == pytest.approx(fisher_error(W, W_hat, C, g_diag), rel=1e-5)
+    expected = fisher_error(W, W_hat, C, g_diag)
+    assert calibrated_errors(W, W_hat, C, g_diag)["fisher_error"] == pytest.approx(expected, rel=1e-5)
     assert "fisher_error" not in calibrated_errors(W, W_hat, C)

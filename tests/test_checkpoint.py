@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from kronygpt.checkpoint import load_checkpoint, load_model, save_checkpoint
+from kronygpt.checkpoint import TrainingState, load_checkpoint, load_model, save_checkpoint
 from kronygpt.errors import CheckpointError
 from model import GPT, GPTConfig
 
@@ -17,7 +17,7 @@ def test_round_trip(tmp_path, kron):
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY, **kron)).eval()
     opt = torch.optim.AdamW(model.parameters())
-    path = save_checkpoint(tmp_path / "m.pt", model, optimizer=opt, iter_num=7, config={"a": 1})
+    path = save_checkpoint(tmp_path / "m.pt", model, training=TrainingState(optimizer=opt, iter_num=7, config={"a": 1}))
     ckpt = load_checkpoint(path)
     assert ckpt["iter_num"] == 7 and ckpt["model_args"]["kron_plan"] == GPTConfig(**TINY, **kron).kron_plan
     loaded = load_model(str(path)).eval()
@@ -52,13 +52,13 @@ def test_foreign_and_missing_files(tmp_path):
 
 
 def test_failed_write_keeps_previous(tmp_path, monkeypatch):
-    path = save_checkpoint(tmp_path / "m.pt", GPT(GPTConfig(**TINY)), iter_num=1)
+    path = save_checkpoint(tmp_path / "m.pt", GPT(GPTConfig(**TINY)), training=TrainingState(iter_num=1))
 
     def boom(*a, **k):
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(CheckpointError, match="could not write"):  # one sentence, not a traceback
-        save_checkpoint(path, GPT(GPTConfig(**TINY)), iter_num=2)
+        save_checkpoint(path, GPT(GPTConfig(**TINY)), training=TrainingState(iter_num=2))
     monkeypatch.undo()
     assert load_checkpoint(path)["iter_num"] == 1
     assert os.listdir(tmp_path) == ["m.pt"]  # no temp file left behind

@@ -15,8 +15,9 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow  # ~120 subprocesses: minutes (make test-all, and CI, run them)
 from kronygpt.data_utils import write_meta, write_tokens
+
+pytestmark = pytest.mark.slow  # ~120 subprocesses: minutes (make test-all, and CI, run them)
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2", "--eval_tokens=256",
         "--log_interval=1", "--warmup_iters=1"]

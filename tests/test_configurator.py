@@ -73,8 +73,15 @@ def test_config_file_unknown_key(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "*.py"))))
 def test_every_config_file_loads(path):
-    if os.path.basename(path).startswith("distill"):
-        from train_distillation import DistillConfig as Config
+    """Every settings file is read by its command's config: distill*.py by train_distillation.py, compress*.py by
+    compress.py, decomp*.py by kron_decomp.py, the rest by train.py."""
+    name = os.path.basename(path)
+    if name.startswith("distill"):
+        from kronygpt.distiller import DistillConfig as Config
+    elif name.startswith("compress"):
+        from kronygpt.pipeline import CompressConfig as Config
+    elif name.startswith("decomp"):
+        from kronygpt.decompose import DecompConfig as Config
     else:
         Config = TrainConfig
     configure(Config(), [path], verbose=False)

@@ -31,7 +31,8 @@ def test_train_step_bf16_fused_adamw(tiny_data_dir, tmp_path):
 
 def test_compiled_kron_model_matches_eager():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, block_size=64, kron_plan="*: mlp=128x64*2")).cuda().eval()
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, block_size=64,
+                          kron_plan="*: mlp=128x64*2")).cuda().eval()
     idx = torch.randint(0, 512, (4, 64), device="cuda")
     with torch.no_grad():
         eager, _ = model(idx, all_logits=True)

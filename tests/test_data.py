@@ -104,7 +104,8 @@ def test_an_experiment_stops_in_one_sentence_on_missing_data_and_on_a_failed_com
     from common import Experiment
     ex = Experiment("x", argparse.Namespace(smoke=True, out=str(tmp_path), data="unused", teacher="unused"))
     with pytest.raises(SystemExit, match=r"prepared datasets no_such_corpus, milton_no-tok; prepare them first: "
-                                         r"a data/\*/prepare.py script; python data/milton/prepare.py --tokenizer=no-tok"):
+                                         r"a data/\*/prepare.py script; "
+                                         r"python data/milton/prepare.py --tokenizer=no-tok"):
         ex.require("no_such_corpus", "milton_no-tok", "no_such_corpus")
     # a command that fails reports its own error line, not a traceback of subprocess.CalledProcessError
     with pytest.raises(SystemExit, match=r"eval.py stopped \(exit 2\): error: .*no_such_corpus.*"

@@ -18,7 +18,7 @@ from kronygpt.factorize import InitSpec
 from kronygpt.surgery import decompose_model
 from kronygpt.kronecker import kron_shape
 from kronygpt.hf_io import load_pretrained
-from model import GPT, GPTConfig
+from model import GPTConfig
 
 TINY = ["--block_size=32", "--batch_size=4", "--eval_tokens=1024", "--log_interval=1", "--warmup_iters=2",
         "--learning_rate=3e-3", "--min_lr=3e-4", "--kron_plan=*: mlp=16x8*1"]

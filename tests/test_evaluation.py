@@ -13,7 +13,7 @@ import torch
 from conftest import REPO
 from kronygpt.data_utils import Mixture, TokenData, write_meta, write_tokens
 from kronygpt.errors import UserError
-from kronygpt.evaluation import fact_probe, general_row, load_facts, teacher_agreement
+from kronygpt.evaluation import fact_probe, load_facts, teacher_agreement
 from kronygpt.factorize import InitSpec
 from kronygpt.hf_io import load_pretrained
 from kronygpt.runtime import setup_runtime
@@ -114,7 +114,8 @@ def test_a_mixture_draws_each_sequence_from_one_component_deterministically(tmp_
 
 def read_prompts(path):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("teacher_prepare", os.path.join(REPO, "data", "teacher", "prepare.py"))
+    spec = importlib.util.spec_from_file_location("teacher_prepare",
+                                                  os.path.join(REPO, "data", "teacher", "prepare.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.read_prompts(path)
@@ -229,3 +230,17 @@ def test_eval_py_with_a_start_token_agrees_with_lm_eval_rolling_perplexity(small
     name = f"file:{tmp_path / 'doc.jsonl'}"
     ours = math.log(row[name]) * row[f"{name}_tokens"]
     assert ours == pytest.approx(theirs, rel=1e-4)
+
+
+def test_the_fact_probe_ships_as_an_lm_eval_task_over_its_own_items():
+    """data/facts/krony_facts.yaml: a multiple_choice task on the local items, its templates naming their fields,
+    the choices joined to the context with no delimiter (each starts with its own space), acc and acc_norm."""
+    import yaml
+    task = yaml.safe_load(open(os.path.join(REPO, "data", "facts", "krony_facts.yaml")))
+    assert task["output_type"] == "multiple_choice" and task["target_delimiter"] == ""
+    path = os.path.join(REPO, task["dataset_kwargs"]["data_files"][task["test_split"]])
+    items = [json.loads(line) for line in open(path)]
+    fields = {t.strip("{} ") for t in (task["doc_to_text"], task["doc_to_choice"], task["doc_to_target"])}
+    assert fields <= set(items[0]) and len(items) == 117
+    assert all(c.startswith(" ") for item in items for c in item["choices"])
+    assert {m["metric"] for m in task["metric_list"]} == {"acc", "acc_norm"}

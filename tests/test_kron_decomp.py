@@ -57,7 +57,8 @@ def test_vl_norm_keeps_the_norm(tiny_gpt2_dir, scalars):
 @pytest.mark.parametrize("keep,eps", [("even", 0.0), ("odd", 0.0), ("even", 0.1)])
 def test_prune_keeps_even_or_odd_features(tiny_gpt2_dir, keep, eps):
     dense = load_pretrained(tiny_gpt2_dir)
-    kron, _ = decompose_model(dense, "*: mlp=128x16*1", InitSpec("prune", prune_keep=keep, prune_eps=eps))  # (128,16)x(1,2)
+    kron, _ = decompose_model(dense, "*: mlp=128x16*1", InitSpec("prune", prune_keep=keep,
+                                                                 prune_eps=eps))  # (128,16)x(1,2)
     k = 0 if keep == "even" else 1
     for i in range(2):
         W_fc = dense.transformer.h[i].mlp.c_fc.weight.detach()
@@ -79,7 +80,8 @@ def test_prune_with_every_offset_is_exact():
 
 def test_random_init_scale():
     torch.manual_seed(0)
-    A, B, _ = init_factors(torch.zeros(3072, 768), kron_shape(3072, 768, 64, 32), 2, InitSpec("random"), random_std=0.02)
+    A, B, _ = init_factors(torch.zeros(3072, 768), kron_shape(3072, 768, 64, 32), 2, InitSpec("random"),
+                           random_std=0.02)
     assert kron_sum(A, B).std().item() == pytest.approx(0.02, rel=0.15)
 
 

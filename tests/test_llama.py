@@ -11,7 +11,6 @@ from kronygpt.surgery import decompose_model
 from kronygpt.planner import list_shapes, plan_for_target
 from kronygpt.kronecker import kron_shape
 from kronygpt.hf_io import load_pretrained
-from model import GPT
 
 
 @pytest.mark.parametrize("tie,n_kv", [(True, 2), (False, 4), (False, 1)])

@@ -20,6 +20,8 @@ CASES = {  # what kron_decomp.py is asked: every way a plan is chosen, both fami
     "allocate_mixed_families_fisher_permute": ["--target_params", "60k", "--allocate", "--scope", "blocks", "--init",
                                                "fisher", "--families", "lowrank,kron:2x1,kron:1x2", "--permute"],
     "plan_vl_calibrated_report": ["--plan", "*: mlp=lowrank*5; 1: attn=lowrank*3", "--init", "vl"],
+    "allocate_all_mixed_fisher": ["--target_params", "60k", "--allocate", "--scope", "all", "--init", "fisher",
+                                  "--families", "lowrank,kron:2x1"],
     "random_scored_target": ["--target_params", "60k", "--init", "random", "--score_blocks", "1"],
     "ratio_fwsvd_blocks": ["--target_params", "60k", "--shape", "lowrank", "--scope", "blocks", "--init", "fwsvd"],
     "ratio_asvd_blocks": ["--target_params", "60k", "--shape", "lowrank", "--scope", "blocks", "--init", "asvd"],
@@ -65,7 +67,8 @@ def test_stream_refuses_a_calibration_cache(tiny_llama_dir, tiny_data_dir, tmp_p
     from kronygpt.errors import ConfigError
     with pytest.raises((SystemExit, ConfigError)):
         kron_decomp.main(["--model", tiny_llama_dir, "--calib", tiny_data_dir, "--shape", "lowrank", "--init",
-                          "aware", "--stream", "--calib_cache", str(tmp_path / "c.pt"), "--out", str(tmp_path / "k.pt")])
+                          "aware", "--stream", "--calib_cache", str(tmp_path / "c.pt"),
+                          "--out", str(tmp_path / "k.pt")])
     assert not (tmp_path / "k.pt").exists()
 
 

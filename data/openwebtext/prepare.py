@@ -7,7 +7,6 @@ seed 2357), documents separated by the end-of-text token. Needs ~54 GB of disk f
     python data/openwebtext/prepare.py --files docs.jsonl --text_field=text  # local JSON lines
 """
 
-import argparse
 import glob
 import os
 import sys
@@ -18,7 +17,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
 from kronygpt.errors import UserError  # noqa: E402
-from kronygpt.data_utils import DatasetWriter, load_tokenizer  # noqa: E402
+from kronygpt.data_utils import DatasetWriter, PrepareParser, load_tokenizer  # noqa: E402
 
 
 def load(args):
@@ -49,7 +48,7 @@ def load(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = PrepareParser(__doc__)
     p.add_argument("--dataset", default="openwebtext", help="hub dataset name")
     p.add_argument("--files", nargs="*", help="local .txt (one document each) or .jsonl files instead")
     p.add_argument("--text_field", default="text", help="JSON field holding the text")

@@ -7,18 +7,17 @@ Evaluation only: the whole corpus is val.bin, never trained on. The topics are j
     python data/pydoc/prepare.py                              # GPT-2 BPE -> data/pydoc/
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from kronygpt.data_utils import REPO, DatasetWriter, dataset_name, load_tokenizer  # noqa: E402
+from kronygpt.data_utils import REPO, DatasetWriter, PrepareParser, dataset_name, load_tokenizer  # noqa: E402
 
 
 def main():
     from pydoc_data.topics import topics
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = PrepareParser(__doc__)
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a Hugging Face name/dir, or 'smollm2-135m'")
     p.add_argument("--out_dir", default=None, help="default: data/pydoc[_<tokenizer>]")
     p.add_argument("--force", action="store_true", help="replace a dataset already in --out_dir")

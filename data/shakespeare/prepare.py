@@ -7,7 +7,6 @@ The works are joined in file-name order, separated by the end-of-text token; the
     python data/shakespeare/prepare.py --tokenizer=smollm2-135m   # -> data/shakespeare_smollm2-135m/
 """
 
-import argparse
 import os
 import sys
 
@@ -15,11 +14,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from kronygpt.data_utils import REPO, DatasetWriter, dataset_name, load_tokenizer, shakespeare_files, split_point  # noqa: E402
+from kronygpt.data_utils import (REPO, DatasetWriter, PrepareParser, dataset_name, load_tokenizer,  # noqa: E402
+                                 shakespeare_files, split_point)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = PrepareParser(__doc__)
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2', a Hugging Face name/dir, or 'smollm2-135m'")
     p.add_argument("--out_dir", default=None, help="default: data/shakespeare[_<tokenizer>]")
     p.add_argument("--val_fraction", type=float, default=0.1)

@@ -3,7 +3,8 @@ Shakespeare, character level: the same 42 works and split as data/shakespeare, o
 meta.json holds the character vocabulary; sample.py and checkpoints use it to decode. --force replaces an
 existing copy.
 
-    python data/shakespeare_char/prepare.py
+    python data/shakespeare_char/prepare.py                       # -> data/shakespeare_char/
+    python data/shakespeare_char/prepare.py --out_dir=/some/dir   # anywhere else
 """
 
 import os
@@ -13,12 +14,16 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
-from kronygpt.data_utils import DatasetWriter, shakespeare_files, split_point  # noqa: E402
+from kronygpt.data_utils import DatasetWriter, PrepareParser, shakespeare_files, split_point  # noqa: E402
 
 
 def main():
-    out_dir = os.path.dirname(os.path.abspath(__file__))
-    writer = DatasetWriter(out_dir, force="--force" in sys.argv[1:])
+    p = PrepareParser(__doc__)
+    p.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)), help="default: data/shakespeare_char")
+    p.add_argument("--force", action="store_true", help="replace a dataset already in --out_dir")
+    args = p.parse_args()
+    out_dir = args.out_dir
+    writer = DatasetWriter(out_dir, force=args.force)
     texts = []
     for path in tqdm(shakespeare_files(), desc="reading"):
         with open(path, encoding="utf-8") as f:

@@ -19,7 +19,6 @@ minutes on 2 CPU cores) ships as teacher_smollm2-135m.tgz beside this file, so t
 any machine, is measured on the same held-out samples: `tar -xzf data/teacher/teacher_smollm2-135m.tgz -C data`.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -31,8 +30,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configurator import run_cli  # noqa: E402
+from kronygpt.calib import content_hash  # noqa: E402
 from kronygpt.checkpoint import load_model  # noqa: E402
-from kronygpt.data_utils import REPO, DatasetWriter, batch_seed  # noqa: E402
+from kronygpt.data_utils import REPO, DatasetWriter, PrepareParser, batch_seed  # noqa: E402
 from kronygpt.errors import UserError  # noqa: E402
 from kronygpt.runtime import resolve_device  # noqa: E402
 from kronygpt.tokenizer import get_tokenizer  # noqa: E402
@@ -75,7 +75,7 @@ def sample_batch(model, prompt, args, seed, device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = PrepareParser(__doc__)
     p.add_argument("--model", default="smollm2-135m", help="the model to sample from (anything load_model takes)")
     p.add_argument("--tokens", type=int, default=400_000, help="train tokens (at least)")
     p.add_argument("--val_tokens", type=int, default=32_768, help="val tokens (at least)")
@@ -110,10 +110,15 @@ def main():
                         f"context of {model.config.block_size}; lower --sample_len")
     partial = out_dir.rstrip("/") + ".partial"
     settings = {k: getattr(args, k) for k in SETTINGS}
+    # keyed by the model's contents, not its path: a file replaced by another model never continues this corpus
+    settings["model_weights"] = content_hash(model.state_dict().values())
     progress = resume_progress(partial, settings, args.force)
     for split, want in (("val", args.val_tokens), ("train", args.tokens)):
         path = os.path.join(partial, f"{split}.bin")
         done, have = progress[split], progress[f"{split}_tokens"]
+        if os.path.exists(path) and os.path.getsize(path) < 2 * have:  # an append lost after its record: the split
+            print(f"{path} is shorter than its progress record; sampling {split} again from its start")  # restarts
+            done, have = 0, 0
         with open(path, "ab") as f:  # a batch written after the last progress record is dropped: it comes again
             f.truncate(2 * have)
         bar = tqdm(total=want, initial=min(have, want), desc=f"sampling {split} from {args.model}", unit="tok")
@@ -123,6 +128,8 @@ def main():
             ids = np.array([t for d in docs for t in d + [tok.eot]], dtype=np.uint16)
             with open(path, "ab") as f:
                 f.write(ids.tobytes())
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the progress record says it is done
             done, have = done + 1, have + len(ids)
             progress[split], progress[f"{split}_tokens"] = done, have
             save_progress(partial, progress)
@@ -131,8 +138,10 @@ def main():
     with writer:
         for split in ("train", "val"):
             writer.write(split, np.fromfile(os.path.join(partial, f"{split}.bin"), dtype=np.uint16), tok.n_vocab)
-        writer.commit(model.tokenizer_name, tok.n_vocab, source=f"sampled from {args.model}", **settings,
-                      batches={s: progress[s] for s in ("val", "train")}, note="val uses held-out prompts (every fifth stem) and its own seeds")
+        writer.commit(model.tokenizer_name, tok.n_vocab, source=f"sampled from {args.model}",
+                      **{k: v for k, v in settings.items() if k != "model_weights"},
+                      batches={s: progress[s] for s in ("val", "train")},
+                      note="val uses held-out prompts (every fifth stem) and its own seeds")
     shutil.rmtree(partial)
     sizes = {s: os.path.getsize(os.path.join(out_dir, f"{s}.bin")) // 2 for s in ("train", "val")}
     print(f"{out_dir}: train {sizes['train']:,} tokens, val {sizes['val']:,} tokens, vocab {tok.n_vocab:,}")
