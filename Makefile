@@ -1,6 +1,6 @@
 # make test     : create .venv if needed, run the fast test suite (CPU, a few minutes)
 # make test-all : the fast suite and the slow end-to-end tests (experiments, torchrun, the real SmolLM2)
-# make demo     : create .venv if needed, compress SmolLM2-135M to 0.8x with compress.py (CPU, about 12 min)
+# make demo     : create .venv if needed, compress SmolLM2-135M to 0.8x with compress.py (CPU, about 10 min)
 # make demo-tiny: the character-level tutorial: train a 3.2M GPT on Shakespeare, decompose it, recover (CPU, ~10 min)
 PYTHON ?= python3
 VENV := .venv

@@ -15,8 +15,7 @@ command with --init_from=resume. Errors you can fix exit with 2 and one line say
 import sys
 
 from configurator import configure, run_cli
-from kronygpt.runtime import setup_runtime, teardown
-from kronygpt.trainer import TrainConfig, init_model, run_directory, train
+from kronygpt.trainer import TrainConfig, init_model, launch, train
 
 
 def lm_loss(model, x, y, iter_num):
@@ -27,12 +26,7 @@ def lm_loss(model, x, y, iter_num):
 
 def main(argv=None):
     cfg = configure(TrainConfig(), sys.argv[1:] if argv is None else argv)
-    rt = setup_runtime(cfg.device, cfg.dtype)
-    try:
-        with run_directory(cfg, rt):  # locked while the run writes; --force clears an old run first
-            return run(cfg, rt)
-    finally:
-        teardown(rt)  # after run() returned: its model is out of scope
+    return launch(cfg, run)
 
 
 def run(cfg, rt):

@@ -23,18 +23,11 @@ import sys
 
 from configurator import configure, run_cli
 from kronygpt.distiller import DistillConfig, distil
-from kronygpt.runtime import setup_runtime, teardown
-from kronygpt.trainer import run_directory
+from kronygpt.trainer import launch
 
 
 def main(argv=None):
-    cfg = configure(DistillConfig(), sys.argv[1:] if argv is None else argv)
-    rt = setup_runtime(cfg.device, cfg.dtype)
-    try:
-        with run_directory(cfg, rt):  # locked while the run writes; --force clears an old run first
-            return distil(cfg, rt)
-    finally:
-        teardown(rt)
+    return launch(configure(DistillConfig(), sys.argv[1:] if argv is None else argv), distil)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ Rows (c_fc / gate+up shape; down takes the opposite):
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Experiment, parser, read_log, teacher_dims  # noqa: E402
+from common import Experiment, parser, read_log, teacher_dims
 
 
 def rows_for(d, h, demo):

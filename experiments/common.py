@@ -24,7 +24,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from kronygpt.data_utils import prepare_command  # noqa: E402
-from plot import plot_runs, read_log  # noqa: E402
+from kronygpt.plots import plot_runs, read_log  # noqa: E402
 
 RESULTS = os.path.join(REPO, "results")
 FULL = ["--dataset=shakespeare_char", "--block_size=128", "--batch_size=32", "--eval_tokens=65536",

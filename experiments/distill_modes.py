@@ -7,11 +7,8 @@ count, so a cosine schedule would not end in the same place).
     python experiments/distill_modes.py       # ~10 minutes on a 2-core CPU
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Experiment, evals, parser, teacher_dims  # noqa: E402
+from common import Experiment, evals, parser, teacher_dims
 
 
 def main():

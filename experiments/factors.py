@@ -6,11 +6,8 @@ then --steps iterations each. Reports losses and training speed.
     python experiments/factors.py             # ~5 minutes on a 2-core CPU
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Experiment, evals, median_tok_s, parser, start_record, teacher_dims  # noqa: E402
+from common import Experiment, evals, median_tok_s, parser, start_record, teacher_dims
 
 
 def main():

@@ -25,13 +25,10 @@ fact probe). Resumable: finished rows and runs are reused (calibration statistic
 
 import os
 import re
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibrated import forget_row, run_row, setup  # noqa: E402
-from common import fmt, median_tok_s, parser  # noqa: E402
-from flagship import evals, finished  # noqa: E402
-from general import SUITE, General  # noqa: E402
+from calibrated import forget_row, run_row, setup
+from common import evals, finished, fmt, median_tok_s, parser
+from general import SUITE, General
 
 TARGET = "81.5M"
 SMOKE_FAMILIES = {"kron:3x1": "kron:2x1", "lowrank,kron:3x1": "lowrank,kron:2x1",

@@ -35,13 +35,11 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, Experiment, fmt, median_tok_s, parser, read_log  # noqa: E402
+from common import REPO, Experiment, Recovery, evals, finished, fmt, median_tok_s, parser, plot_runs, read_log
 
 PROMPTS = ["The capital of France is", "The largest planet in the solar system is",
            "Water freezes at a temperature of", "William Shakespeare was born in"]
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "pipeline", "pipeline_blocks", "today", "truncate", "svd")
-LADDER = ["1e-5", "3e-5", "1e-4", "3e-4", "1e-3", "3e-3", "1e-2"]  # learning rates the sweep may extend to
 
 
 def parse_given_lr(text, rows=ALL_ROWS):
@@ -56,16 +54,6 @@ def parse_given_lr(text, rows=ALL_ROWS):
         if key not in rows or not sep:
             raise SystemExit(f"--given_lr item {item!r} names no row; rows: {', '.join(rows)}")
     return given
-
-
-def evals(run):
-    if not os.path.isfile(os.path.join(run, "log.jsonl")):
-        return []
-    return [r for r in read_log(run) if r["type"] == "eval"]
-
-
-def finished(run, steps):
-    return any(r["iter"] == steps for r in evals(run))
 
 
 class Flagship:
@@ -160,47 +148,20 @@ class Flagship:
 
     # -- training
 
-    def train(self, init, steps, lr, out_dir, interval, script="train.py", extra=()):
-        """`script` (train.py, or train_distillation.py with its options in `extra`) from `init`, or from
-        out_dir/last.pt when an earlier attempt was interrupted."""
-        if not finished(out_dir, steps):
-            self._train(init, steps, lr, out_dir, interval, script, extra)
-        self.ex.keep(out_dir)  # its log, so that a fresh clone reuses the finished run
+    @property
+    def recovery(self):
+        """The shared row loop (common.Recovery) on this study's scale options, as they are now."""
+        return Recovery(self.ex, self.scale, self.args.sweep_steps, self.args.lrs)
 
-    def _train(self, init, steps, lr, out_dir, interval, script, extra):
-        resume = os.path.isfile(os.path.join(out_dir, "last.pt"))
-        log = os.path.join(out_dir, "log.jsonl")
-        if not resume and os.path.isfile(log):
-            os.remove(log)  # a fresh log for a run that never reached its first checkpoint
-        self.ex.run(script, *self.scale, *extra, f"--init_from={'resume' if resume else init}", f"--out_dir={out_dir}",
-                    f"--max_iters={steps}", f"--lr_decay_iters={max(1, steps)}", f"--eval_interval={interval}",
-                    f"--learning_rate={lr:g}", f"--new_learning_rate={5 * lr:g}", f"--min_lr={lr / 10:g}")
+    def train(self, init, steps, lr, out_dir, interval, script="train.py", extra=()):
+        """`script` (train.py, or train_distillation.py with its options in `extra`) from `init`, resumed from
+        out_dir/last.pt after an interruption (common.Recovery)."""
+        self.recovery.train(init, steps, lr, out_dir, interval, script, extra)
 
     def sweep(self, key, init, script="train.py", extra=()):
-        """The learning rate with the lowest validation loss after --sweep_steps. The sweep starts with --lrs;
-        while the best rate is at an end of the rates tried, the next rate of LADDER beyond it is tried too
-        (the same rule for every row, so no row is held back by the grid)."""
-        results = {}
-
-        def run(lr):
-            out = os.path.join(self.ex.out, key, f"sweep_{lr}")
-            self.train(init, self.args.sweep_steps, float(lr), out, interval=self.args.sweep_steps, script=script,
-                       extra=extra)
-            results[lr] = evals(out)[-1]["val_loss"]
-            self.ex.keep(out)  # each finished sweep run, so that another machine resumes the sweep where it stopped
-
-        for lr in self.args.lrs.split(","):
-            run(lr)
-        while True:
-            tried = sorted(results, key=float)
-            best = min(results, key=results.get)
-            i = LADDER.index(best) if best in LADDER else -1
-            step = -1 if best == tried[0] else 1 if best == tried[-1] else 0
-            if i < 0 or step == 0 or not 0 <= i + step < len(LADDER) or LADDER[i + step] in results:
-                break
-            run(LADDER[i + step])
-        print(f"{key}: sweep {results} -> lr {best}", flush=True)
-        return float(best), {lr: results[lr] for lr in sorted(results, key=float)}
+        """The learning rate with the lowest validation loss after --sweep_steps (common.Recovery.sweep: --lrs,
+        extended along the ladder while the best rate is at an end of the rates tried)."""
+        return self.recovery.sweep(key, init, script, extra)
 
     def row_done(self, key):
         """Whether the row has finished here or on an earlier machine (its records restored from the state)."""
@@ -281,7 +242,6 @@ class Flagship:
         md = ex.report(f"SmolLM2-135M at <= 81.5M: {a.steps} steps against equal-size baselines", intro, header, rows,
                        runs, labels, x="tokens", hline=(dense["val_loss"], "dense zero-shot"))
         if milton_key and runs:
-            from plot import plot_runs
             plot_runs(runs, os.path.join(ex.report_dir, f"{ex.name}_milton.png"), labels, milton_key, "tokens",
                       "Milton (never trained on)", (dense[milton_key], "dense zero-shot"))
         with open(md, "a") as f:

@@ -6,11 +6,8 @@ only the Kronecker factors trained throughout.
     python experiments/freezing.py            # ~5 minutes on a 2-core CPU
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Experiment, evals, parser, teacher_dims  # noqa: E402
+from common import Experiment, evals, parser, teacher_dims
 
 
 def main():

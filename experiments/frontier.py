@@ -42,10 +42,8 @@ and run the same command again to go on. The report is rewritten after every row
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Experiment, Recovery, evals, finished, fmt, parser  # noqa: E402
+from common import Experiment, Recovery, evals, finished, fmt, parser
 
 SIZES = (0.9, 0.8, 0.7, 0.6)
 RATIO = ["--shape", "lowrank", "--scope", "blocks"]
@@ -144,7 +142,7 @@ class Frontier:
         log = os.path.join(self.ex.out, key_of(method, size), "fit", "log.jsonl")
         if method != "krony" or not os.path.isfile(log):
             return 0.0
-        from plot import read_log
+        from kronygpt.plots import read_log
         return next((r["seconds"] for r in read_log(os.path.dirname(log)) if r["type"] == "layerwise"), 0.0)
 
     # -- rows

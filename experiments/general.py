@@ -67,9 +67,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, fmt, median_tok_s, parser, read_log  # noqa: E402
-from flagship import Flagship, evals, finished  # noqa: E402
+from common import REPO, evals, finished, fmt, median_tok_s, parser, plot_runs, read_log
+from flagship import Flagship
 
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
             "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot",
@@ -268,7 +267,6 @@ class General(Flagship):
         md = ex.report(f"General ability after {a.steps} recovery steps", intro, header, rows, runs, labels,
                        x="tokens", notes=reading(suites, starts) + ("" if a.smoke or a.gpu else FINDINGS))
         if runs:
-            from plot import plot_runs
             for name, corpus in self.curves().items():
                 plot_runs(runs, os.path.join(ex.report_dir, f"general_{name}.png"), labels,
                           f"val_loss_{os.path.basename(corpus.rstrip('/'))}", "tokens", f"{name} (validation)")

@@ -6,11 +6,8 @@ Reports the validation loss right after decomposition and after training.
     python experiments/inits.py               # ~5 minutes on a 2-core CPU (plus the teacher if missing)
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Experiment, evals, parser, start_record, teacher_dims  # noqa: E402
+from common import Experiment, evals, parser, start_record, teacher_dims
 
 INITS = ("vl", "vl_norm", "prune", "random")
 

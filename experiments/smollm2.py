@@ -16,13 +16,11 @@ Target: the ~80M model below the dense model's zero-shot loss within 300 steps.
 
 import os
 import shutil
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Experiment, evals, median_tok_s, parser, read_log, start_record  # noqa: E402
+from common import Experiment, evals, median_tok_s, parser, read_log, start_record
 
-from kronygpt.errors import UserError  # noqa: E402
-from model import GPTConfig  # noqa: E402
+from kronygpt.errors import UserError
+from model import GPTConfig
 
 
 def kron_shape_of(args):

@@ -23,12 +23,11 @@ is better; the last column is the best Kronecker or sum error over the low-rank 
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402, F401 (puts the repo on the import path: the one place that does)
 from kronygpt.calib import CalibSettings, calibrate  # noqa: E402
 from kronygpt.checkpoint import load_model  # noqa: E402
 from kronygpt.data_utils import open_dataset  # noqa: E402

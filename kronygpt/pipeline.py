@@ -42,9 +42,10 @@ from .errors import ConfigError, UserError
 from .evaluation import FACTS, general_row, load_facts, markdown_table
 from .exporting import export_model
 from .planner import parse_count
-from .runtime import setup_runtime, teardown
+from .plots import plot_runs
+from .runtime import setup_runtime
 from .tokenizer import get_tokenizer
-from .trainer import run_directory
+from .trainer import launch
 
 # kron_decomp options of each method (the frontier study's names); 'krony' is 'alloc' plus block-wise fitting
 METHODS = {
@@ -246,12 +247,7 @@ class Compression:
             setattr(dc, k, v)
         with_options(dc, options, "options")
         dc.validate()
-        rt = setup_runtime(dc.device, dc.dtype)
-        try:
-            with run_directory(dc, rt):
-                distil(dc, rt)
-        finally:
-            teardown(rt)
+        launch(dc, distil)
 
     def fit(self, decomposed, train):
         """Every factorised block fitted to the dense one on the teacher's activations (fit/fitted.pt)."""
@@ -352,7 +348,6 @@ class Compression:
 
     def report(self, rows, answers, hf):
         """report.md: what ran, the suite's table, the recovery's loss curve, each model's greedy answer."""
-        from plot import plot_runs
         c, lines = self.cfg, []
         run = self.path("recover")
         if os.path.isfile(os.path.join(run, "log.jsonl")):

@@ -28,9 +28,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import (load_checkpoint, load_model, model_from_checkpoint, resolve_checkpoint_path, rng_state,
-                         same_file,
-                         save_checkpoint, set_rng_state, TrainingState)
+from .checkpoint import (TrainingState, load_checkpoint, load_model, model_from_checkpoint, resolve_checkpoint_path,
+                         rng_state, same_file, save_checkpoint, set_rng_state)
 from .claims import Claim
 from configurator import as_dict
 from .data_utils import REPO, TokenData, batch_seed, check_data_fits, dataset_dir, open_dataset
@@ -40,6 +39,7 @@ from .sharding import all_sum, full, full_state, is_sharded, load_optimizer, loc
 from model import GPT, GPTConfig
 from .optim import (apply_settings, group_stats, is_frozen, lr_multiplier, make_optimizer, parse_freeze_schedule,
                     rebuild_optimizer, set_frozen)
+from .runtime import setup_runtime, teardown
 
 
 @dataclass
@@ -185,6 +185,18 @@ class RunLock(Claim):
     def __init__(self, out_dir):
         os.makedirs(out_dir, exist_ok=True)
         super().__init__(os.path.join(out_dir, ".lock"), f"out_dir {out_dir}")
+
+
+def launch(cfg, fn):
+    """fn(cfg, rt) as one run: the Runtime set up (DDP under torchrun), out_dir held for the length of the run
+    (run_directory), the process group left after fn has returned. What train.py, train_distillation.py and
+    compress.py's stages share."""
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    try:
+        with run_directory(cfg, rt):  # locked while the run writes; --force clears an old run first
+            return fn(cfg, rt)
+    finally:
+        teardown(rt)  # after fn returned: its model is out of scope
 
 
 @contextmanager

@@ -83,5 +83,4 @@ def test_export_cli_writes_gpt2_tokenizer(tiny_gpt2_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     from transformers import AutoTokenizer
     assert AutoTokenizer.from_pretrained(tmp_path / "hf")("Hello world")["input_ids"] == [15496, 995]
-    diff = float(r.stdout.strip().split()[-1])
-    assert diff < 1e-4
+    assert r.stdout.strip().endswith("PASS"), r.stdout[-500:]
