@@ -26,7 +26,6 @@ in kronygpt/plans.py). The maths of every --init is in kronygpt/factorize.py; 'a
 (--force overwrites both).
 """
 
-import os
 import sys
 
 from configurator import configure, run_cli
@@ -54,10 +53,9 @@ def main(argv=None):
     if cfg.list_shapes:
         dense, layers = load_dense(cfg)
         return print_shapes(dense.config, layers)
-    report_path = os.path.splitext(cfg.out)[0] + ".json"
-    refuse_clashes([("--out", cfg.out), ("its report", report_path), ("--calib_cache", cfg.calib_cache)],
-                   [("--model", cfg.model)])
     out, report_path = check_output_file(cfg.out, cfg.force, cfg.model, report=True)
+    refuse_clashes([("--out", out), ("its report", report_path), ("--calib_cache", cfg.calib_cache)],
+                   [("--model", cfg.model)])
     with Claim(out + ".lock", f"--out {out}"):  # a second kron_decomp to the same --out is refused meanwhile
         result = decompose(cfg)
         print_table(result.rows)

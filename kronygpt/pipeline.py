@@ -19,9 +19,10 @@ is its command; every stage is the library code of the commands a user would oth
 A stage whose output exists is skipped, so a stopped run (Ctrl-C, SIGTERM, a lost machine) continues where it
 stopped: the fit and the recovery resume inside themselves too, from their own progress files.
 
-The default method is this repo's best at every size of the frontier study (results/frontier.md): fisher with the
-teacher's own labels, every matrix of the blocks its own rank under the budget, each block fitted to the dense
-one, then distilled on half Shakespeare and half teacher text. --method takes the study's other methods too.
+The default method, krony, is this repo's pipeline: fisher with the teacher's own labels, every matrix of the blocks
+its own rank under the budget (the exact allocator), each block fitted to the dense one, then distilled on half
+Shakespeare and half teacher text. The frontier study (results/frontier.md) measures it against the methods people
+use instead at every size; --method takes those methods too.
 """
 
 import json
@@ -242,7 +243,7 @@ class Compression:
         c = self.cfg
         dc = DistillConfig(out_dir=out_dir, init_from=init, teacher=self.path("dense.pt"), dataset=train,
                            batch_size=c.batch_size, block_size=c.block_size, eval_tokens=min(c.eval_tokens, 16384),
-                           device=c.device, seed=c.seed, log_interval=5)
+                           device=c.device, seed=c.seed, log_interval=1)  # a line a step: never long silent
         for k, v in extra.items():
             setattr(dc, k, v)
         with_options(dc, options, "options")

@@ -298,8 +298,8 @@ def results(ws, tiny_data_dir):
     before = snapshot(ws)
     todo = cases(ws, tiny_data_dir)
     # every case its own new run directory: two cases at a time into one out_dir would meet its lock instead
-    todo = {name: ([str(a).replace("new_run", f"new_run_{i}").replace("new_distil", f"new_distil_{i}") for a in argv],
-                   msg)
+    todo = {name: ([str(a).replace("new_run", f"new_run_{i}").replace("new_distil", f"new_distil_{i}")
+                    .replace(f"{os.sep}n.pt", f"{os.sep}n_{i}.pt") for a in argv], msg)
             for i, (name, (argv, msg)) in enumerate(todo.items())}
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run, *argv) for name, (argv, _) in todo.items()}

@@ -157,7 +157,7 @@ def test_teacher_text_is_resumable_and_held_out(small_gpt2, tmp_path):
     partial.mkdir()
     (partial / "val.bin").write_bytes(val + b"\x01\x02\x03")
     settings = {k: meta[k] for k in ("model", "sample_len", "batch_size", "temperature", "top_k", "seed",
-                                     "unconditional", "prompts")}
+                                     "unconditional", "prompts", "model_weights")}
     (partial / "progress.json").write_text(json.dumps(dict(settings=settings, val=meta["batches"]["val"], train=0,
                                                            val_tokens=len(val) // 2, train_tokens=0)))
     r = subprocess.run([*cmd, "--out_dir", str(tmp_path / "b")], capture_output=True, text=True, cwd=REPO)

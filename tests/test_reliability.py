@@ -14,6 +14,8 @@ import torch
 from conftest import REPO
 from kronygpt.errors import UserError
 
+pytestmark = pytest.mark.slow  # ~30 subprocesses of the real commands: a few minutes (make test-all, and CI, run them)
+
 
 def run(*argv, timeout=300):
     return subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, capture_output=True, text=True,

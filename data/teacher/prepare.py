@@ -139,7 +139,7 @@ def main():
         for split in ("train", "val"):
             writer.write(split, np.fromfile(os.path.join(partial, f"{split}.bin"), dtype=np.uint16), tok.n_vocab)
         writer.commit(model.tokenizer_name, tok.n_vocab, source=f"sampled from {args.model}",
-                      **{k: v for k, v in settings.items() if k != "model_weights"},
+                      **settings,  # model_weights: which weights sampled the corpus, not only their path
                       batches={s: progress[s] for s in ("val", "train")},
                       note="val uses held-out prompts (every fifth stem) and its own seeds")
     shutil.rmtree(partial)
