@@ -123,11 +123,12 @@ class Frontier:
         if method == "krony":
             decomp, report = self.start("alloc", size)
             path = os.path.join(d, "model.pt")
-            if not os.path.isfile(path):
-                fit = os.path.join(d, "fit")
+            fit = os.path.join(d, "fit")
+            if not os.path.isfile(path) and not os.path.isfile(os.path.join(fit, "fitted.pt")):  # a fit done is kept
                 self.ex.run("train_distillation.py", *self.scale, "--mode=layerwise", f"--teacher={self.model}",
                             f"--init_from={decomp}", "--max_iters=0", f"--out_dir={fit}", "--force",
                             f"--fit_dataset={self.mix()}", *self.fit)
+            if not os.path.isfile(path):
                 os.replace(os.path.join(fit, "fitted.pt"), path)
             return path, report
         path, report = os.path.join(d, "model.pt"), os.path.join(d, "model.json")
