@@ -19,6 +19,7 @@ None takes any literal. A command may also take positional words (plot.py's runs
 import ast
 import difflib
 import inspect
+import math
 import os
 import re
 import sys
@@ -27,6 +28,9 @@ import types
 from dataclasses import fields
 
 from kronygpt.errors import ConfigError, Stopped, UserError
+
+
+INT_LIMIT = 2 ** 62  # room for the offsets a run adds to a seed (rank, step) inside a signed 64-bit integer
 
 
 def coerce(name, value, default, source):
@@ -38,9 +42,13 @@ def coerce(name, value, default, source):
             return value
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(default) and not math.isfinite(float(value)):  # nan/inf would poison a run silently
+                raise ConfigError(f"{source}: {name} must be a finite number, got {value!r}")
             return float(value)
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT_LIMIT:  # seeds, counts and steps go to torch and numpy as 64-bit integers
+                raise ConfigError(f"{source}: {name} {value} is out of range; give a whole number below 2**62")
             return value
     elif isinstance(default, tuple):
         if isinstance(value, (tuple, list)):

@@ -10,6 +10,7 @@ checkpoint.load_model).
 """
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -47,6 +48,10 @@ class GPTConfig:
     kron_impl: str = "auto"       # 'auto' (cost model), 'measured' (timed per shape), 'right', 'left', 'materialized'
 
     def __post_init__(self):
+        for f in fields(self):  # a checkpoint's model_args are data: "12" or 1e999 never reach a layer size
+            if not is_a(getattr(self, f.name), f.type):
+                raise ConfigError(f"model config {f.name} must be {WHAT[f.type]}, got {getattr(self, f.name)!r} (from "
+                                  f"a checkpoint's model_args: the file was edited or damaged; write it again)")
         self.family = family(self.arch)  # raises for an unknown arch
         for name in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
             if getattr(self, name) < 1:
@@ -103,6 +108,18 @@ class GPTConfig:
             d["kron_plan"] = f"*: mlp={shape[0]}x{shape[1]}*{factors}"
         config = cls(**d)
         return config if layers is None else replace(config, kron_plan=config.plan.restrict(layers).text)
+
+
+WHAT = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string"}
+
+
+def is_a(value, kind):
+    """Whether a config value is of its field's type (a bool is not a number; a float is finite)."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, numbers.Real) and math.isfinite(value)
+    return isinstance(value, numbers.Integral if kind is int else kind)  # numpy ints (GGUF metadata) count
 
 
 def block_linear(config, spec, in_features, out_features):

@@ -11,9 +11,10 @@ Writes go to a temporary file in the same directory, are fsynced, then renamed o
 crash mid-write leaves the previous checkpoint intact. Loads use weights_only=True.
 """
 
+import json
 import os
-from dataclasses import dataclass
 import random
+from dataclasses import dataclass
 
 import torch
 
@@ -75,9 +76,20 @@ def remove_stale_temps(path):
 def atomic_save(obj, path):
     """torch.save to a temporary file beside `path`, fsync, then rename over `path`. A failed write (a full
     disk, say) leaves the previous file and no temporary file, and raises a CheckpointError."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_json(path, obj):
+    """json.dump `obj` to `path` as atomic_save writes a checkpoint: whole or not at all."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1, default=str), binary=False)
+
+
+def atomic_write(path, write, binary=True):
+    """write(file) into a temporary file beside `path`, fsync, then rename over `path` (CheckpointError on
+    failure, the previous file intact)."""
     d = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise CheckpointError(f"cannot write the checkpoint {path}: it is a directory")
+        raise CheckpointError(f"cannot write {path}: it is a directory")
     try:
         os.makedirs(d, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -85,8 +97,8 @@ def atomic_save(obj, path):
     remove_stale_temps(path)
     tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -159,13 +171,32 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
+def check_shapes(config, weights):
+    """model_args that do not describe the stored weights (n_layer 200000 would allocate ~40 GB before
+    load_state_dict could say so) are refused first: the blocks are counted, then the model is built on the meta
+    device (no memory) and every tensor's shape compared."""
+    blocks = {k.split(".")[2] for k in weights if isinstance(k, str) and k.startswith("transformer.h.")}
+    if config.n_layer != len(blocks):
+        raise CheckpointError(f"the checkpoint's model_args say {config.n_layer} blocks but its weights hold "
+                              f"{len(blocks)}; it is damaged or was edited: write it again")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    wrong = [k for k, shape in expected.items() if k in weights and tuple(getattr(weights[k], "shape", ())) != shape]
+    if wrong:
+        raise CheckpointError(f"the checkpoint's weights do not fit its model_args ({wrong[0]}: "
+                              f"{tuple(weights[wrong[0]].shape)} stored, {expected[wrong[0]]} described); it is "
+                              f"damaged or was edited: write it again")
+
+
 def model_from_checkpoint(ckpt, **overrides):
     if not isinstance(ckpt.get("model_args"), dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError("the checkpoint lacks its model_args or its weights; it was not written by this "
                               "repo's save_checkpoint: write it again")
     args = dict(ckpt["model_args"])
     args.update(overrides)
-    model = GPT(GPTConfig.from_dict(args))
+    config = GPTConfig.from_dict(args)
+    check_shapes(config, ckpt["model"])
+    model = GPT(config)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:  # missing or unexpected tensors, or wrong shapes

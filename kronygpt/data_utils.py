@@ -285,7 +285,7 @@ class TokenData:
             top = int(data[:1 << 20].max())  # the first million ids: enough to catch another dtype or tokenizer
             if top >= self.meta["vocab_size"]:
                 raise UserError(f"{path} holds token id {top}, beyond the vocabulary of {self.meta['vocab_size']} in "
-                                f"meta.pkl; the file was written with another tokenizer or dtype: prepare it again")
+                                f"meta.json; the file was written with another tokenizer or dtype: prepare it again")
             self.checked.add(split)
         return data
 
@@ -302,6 +302,17 @@ class TokenData:
         ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=g).tolist()
         x = torch.from_numpy(np.stack([data[i:i + block_size].astype(np.int64) for i in ix]))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size].astype(np.int64) for i in ix]))
+        return self.in_vocab(split, x, y)
+
+    def in_vocab(self, split, x, y):
+        """(x, y), once every id is known to be below the vocabulary: the start of the file is scanned when it is
+        opened, every batch here (a damaged middle would otherwise be an index error deep in the model, or a
+        device-side assert on a GPU)."""
+        top = int(torch.maximum(x.max(), y.max()))
+        if top >= self.meta["vocab_size"]:
+            raise UserError(f"{self.data_dir}/{split}.bin holds token id {top}, beyond the vocabulary of "
+                            f"{self.meta['vocab_size']} in meta.json; the file is damaged or was written with "
+                            f"another tokenizer: prepare it again")
         return x, y
 
     def val_windows(self, block_size, eval_tokens):
@@ -313,7 +324,7 @@ class TokenData:
             raise UserError(f"{self.data_dir}/val.bin has {len(data)} tokens, too few for one {block_size}-token "
                             f"window")
         arr = torch.from_numpy(data[:n * block_size + 1].astype(np.int64))
-        return arr[:-1].view(n, block_size), arr[1:].view(n, block_size)
+        return self.in_vocab("val", arr[:-1].view(n, block_size), arr[1:].view(n, block_size))
 
 
 class Mixture:

@@ -16,7 +16,7 @@ What decompose does, in order (each step in the module that owns it):
     4. report: every matrix's errors and the totals.
 """
 
-import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .calib import FISHER_LABELS, CalibSettings, Stats, calibrate, calibration_batches
-from .checkpoint import load_model, save_checkpoint
+from .checkpoint import atomic_json, load_model, save_checkpoint
 from .data_utils import check_data_fits, open_dataset
 from .errors import ConfigError, UserError
 from .factorize import INITS, InitSpec, WhiteningCache
@@ -433,12 +433,15 @@ def decompose(cfg: DecompConfig, dense=None, log=print) -> Decomposition:
 
 
 def save(result, out, report_path):
-    """Write the decomposition's checkpoint (its report's summary inside) and then the full JSON report."""
+    """Write the decomposition's checkpoint (its report's summary inside) and then the full JSON report, each
+    atomically; an old report goes first, so a report beside a checkpoint is always that checkpoint's (scripts
+    that resume, such as experiments/frontier.py, take the report as the mark of a finished decomposition)."""
     report = result.report
+    if os.path.lexists(report_path):
+        os.remove(report_path)
     save_checkpoint(out, result.model, tokenizer=result.tokenizer,
                     extra=dict(decomposition={k: v for k, v in report.items() if k not in ("matrices", "model_args")}))
-    with open(report_path, "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    atomic_json(report_path, report)
 
 
 def print_table(rows, out=sys.stdout):

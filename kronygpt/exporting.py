@@ -11,6 +11,7 @@ import os
 import shutil
 
 from .checkpoint import load_checkpoint, resolve_checkpoint_path, same_file
+from .claims import alive
 from .errors import UserError
 from .hf_io import export_factored, export_hf
 from .progress import phase
@@ -65,6 +66,7 @@ def check_out_dir(out, force, source):
     replaced whole. A directory holding anything else (a training run, another model) is never written into."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file; give a directory for the Hugging Face model")
+    recover_interrupted(out)
     if os.path.exists(source) and same_file(source, out):
         raise UserError(f"--out {out} is the model being exported; choose another directory")
     if not os.path.isdir(out) or not os.listdir(out):
@@ -76,6 +78,26 @@ def check_out_dir(out, force, source):
         raise UserError(f"--out {out} holds files that are not an export of this repo "
                         f"({', '.join(sorted(os.listdir(out))[:4])}"
                         f"...); --force replaces only a previous export: choose another directory")
+
+
+def recover_interrupted(out):
+    """Undo what a killed export left beside `out`: a previous export set aside as out.old<pid> (killed between
+    replace_dir's two renames, so `out` is missing) is put back; staging folders out.tmp<pid> and set-aside
+    exports of processes that are gone are removed."""
+    parent, base = os.path.split(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        return
+    for name in sorted(os.listdir(parent)):
+        suffix = name[len(base) + 1:] if name.startswith(base + ".") else ""
+        kind, pid = suffix[:3], suffix[3:]
+        if kind not in ("old", "tmp") or not pid.isdigit() or alive(int(pid)):
+            continue
+        path = os.path.join(parent, name)
+        if kind == "old" and not os.path.exists(out):
+            os.replace(path, out)
+            print(f"note: {out} was set aside by an export that was stopped; put it back")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def replace_dir(staged, out):

@@ -19,6 +19,7 @@ records the measurements behind its threshold).
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -137,9 +138,8 @@ class OrderTimer:
 
     def __init__(self, path=None, repeats=5):
         self.path, self.repeats, self.choices, self.timings = path, repeats, {}, {}
-        if path and os.path.isfile(path):
-            with open(path) as f:
-                self.choices = {k: v for k, v in json.load(f).items() if v in ORDERS}
+        if path and os.path.exists(path):
+            self.choices = read_orders(path)
 
     @staticmethod
     def key(s, r, bucket, device, dtype, backward):
@@ -191,11 +191,31 @@ class OrderTimer:
     def save(self):
         if not self.path:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.choices, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(self.choices, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError as e:  # a cache of timings: a run never fails for it, it stops saving (and says so once)
+            print(f"warning: cannot write $KRONYGPT_ORDERS {self.path} ({e.strerror or e}); the orders measured "
+                  f"now are kept for this run only", file=sys.stderr)
+            self.path = None
+
+
+def read_orders(path):
+    """The saved {key: order} of $KRONYGPT_ORDERS, or {} with a warning when it is not such a file: a cache of
+    timings is measured again, never a reason for every command (even --help) to fail at import."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return {k: v for k, v in data.items() if isinstance(v, str) and v in ORDERS}
+    except (OSError, ValueError, RecursionError) as e:
+        print(f"warning: $KRONYGPT_ORDERS {path} is not a saved order file ({e}); measuring the orders again and "
+              f"replacing it", file=sys.stderr)
+        return {}
 
 
 TIMER = OrderTimer(os.environ.get("KRONYGPT_ORDERS") or None)

@@ -20,6 +20,9 @@ from .sharding import local
 # -----------------------------------------------------------------------------
 # schedules
 
+MAX_PHASES = 1_000_000
+
+
 def parse_freeze_schedule(text):
     """'freeze:100,release:50*3' -> [('freeze', 100), ('release', 50)] * 3."""
     if not text.strip():
@@ -32,9 +35,15 @@ def parse_freeze_schedule(text):
             if kind.strip() not in ("freeze", "release") or int(n) < 0:
                 raise ValueError
             phases.append((kind.strip(), int(n)))
-        return phases * (int(reps) if reps.strip() else 1)
+        times = int(reps) if reps.strip() else 1
+        if times < 1:
+            raise ValueError
     except ValueError:
         raise ConfigError(f"freeze_schedule {text!r} is not like 'freeze:100,release:100*3'") from None
+    if len(phases) * times > MAX_PHASES:  # the list is built: '*1000000000' would fill the memory first
+        raise ConfigError(f"freeze_schedule {text!r} has {len(phases) * times:,} phases, more than the "
+                          f"{MAX_PHASES:,} allowed; repeat it fewer times (phases past the last step never run)")
+    return phases * times
 
 
 def is_frozen(schedule, it):

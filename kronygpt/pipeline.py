@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import load_model, save_checkpoint
+from .checkpoint import atomic_json, load_model, save_checkpoint
 from .claims import Claim
 from .data_utils import REPO, dataset_name, prepare_command
 from .decompose import DecompConfig, decompose, save
@@ -400,12 +400,6 @@ def finished(run, steps):
         return False
     with open(path) as f:
         return any(r.get("type") == "eval" and r.get("iter") == steps for r in map(json.loads, f))
-
-
-def atomic_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def compress(cfg: CompressConfig, log=print):
