@@ -275,14 +275,19 @@ def load_model(init_from, device="cpu", **overrides):
     path = resolve_checkpoint_path(str(init_from))
     if os.path.isfile(path) and not path.endswith(".gguf"):
         model = model_from_checkpoint(load_checkpoint(path), **overrides)
-    elif is_factored_dir(path):
-        model = load_factored(path, **overrides)
-    elif is_pretrained_name(path):
+    elif is_factored_dir(path) or is_pretrained_name(path):
+        load = load_factored if is_factored_dir(path) else load_pretrained
         try:
-            model = load_pretrained(path, **overrides)
+            model = load(path, **overrides)
+        except UserError:
+            raise
         except OSError as e:
             raise CheckpointError(f"could not load {path!r} as a Hugging Face model (no local directory of "
                                   f"that name and the hub is unreachable?): {str(e).splitlines()[0][:200]}") from None
+        except Exception as e:  # safetensors', gguf's and transformers' parsers raise their own types
+            detail = (str(e).splitlines() or [""])[0][:160]
+            raise CheckpointError(f"could not read the model {path} (a truncated or damaged file?): "
+                                  f"{type(e).__name__}{': ' + detail if detail else ''}") from None
     else:
         raise CheckpointError(f"init_from={init_from!r} is neither an existing checkpoint file or directory "
                               f"nor a known model name; pass a .pt checkpoint, a Hugging Face directory, or "

@@ -5,6 +5,7 @@ success. A lock whose process is gone (a SIGKILL) or that is empty (a full disk)
 """
 
 import os
+import shutil
 
 from .errors import UserError
 
@@ -75,3 +76,15 @@ class Claim:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def remove_dead_temps(parent, prefix):
+    """Remove the folders `parent/<prefix><pid>-...` whose process is gone (a SIGKILL skips every cleanup)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split("-", 1)[0]
+        if name.startswith(prefix) and pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)

@@ -20,12 +20,14 @@ than holding every block's statistics. Peak memory: the model, one block's stati
 tokens' hidden states and (fisher) the backward pass's activations.
 """
 
+import os
 import shutil
 import tempfile
 import time
 from contextlib import contextmanager
 
 from .calib import BlockRunner, Stats, collect_grads, collect_moments
+from .claims import remove_dead_temps
 from .factorize import WhiteningCache, whitened_spectrum
 from .mixed import block_candidates
 from .planner import choose_plan, matrices, scored_blocks
@@ -67,6 +69,9 @@ def streamed_curves(dense, batches, mats, init, request, grads=None, log=print):
     return curves, kron
 
 
+SPILL = "kron_decomp_grads-"  # + pid + '-' + random: a spill folder names the process that owns it
+
+
 @contextmanager
 def streamed_plan(dense, batches, init, request, calib=None, *, spill_dir=None, log=print):
     """with streamed_plan(...) as (plan, stats): the Plan that planner.choose_plan(request) gives on all-at-once
@@ -79,7 +84,10 @@ def streamed_plan(dense, batches, init, request, calib=None, *, spill_dir=None, 
     config = dense.config
     layers = request.layers
     fisher_tokens = calib.fisher_tokens if calib is not None else 0
-    spill = tempfile.mkdtemp(prefix="kron_decomp_grads-", dir=spill_dir) if fisher_tokens else None
+    spill = None
+    if fisher_tokens:
+        remove_dead_temps(spill_dir or tempfile.gettempdir(), SPILL)  # left by runs that were killed
+        spill = tempfile.mkdtemp(prefix=f"{SPILL}{os.getpid()}-", dir=spill_dir)
     try:
         grads = None
         if fisher_tokens:

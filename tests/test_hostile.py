@@ -124,3 +124,28 @@ def test_a_report_beside_a_checkpoint_is_always_its_own(tmp_path, monkeypatch):
 
 def make_llama_gpt(tmp_path):
     return load_model(save_hf(make_llama(tie=True, n_kv_head=2), tmp_path / "hf_src"))
+
+
+def test_a_truncated_factored_export_is_one_sentence(tmp_path):
+    from kronygpt.exporting import export_model
+    out = str(tmp_path / "fac")
+    export_model(make_llama_gpt(tmp_path), out, "factored")
+    assert load_model(out).config.n_layer >= 1
+    path = os.path.join(out, "model.safetensors")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(UserError, match="truncated or damaged"):
+        load_model(out)
+
+
+def test_spill_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    from kronygpt.claims import remove_dead_temps
+    from kronygpt.streaming import SPILL
+    dead, live = tmp_path / f"{SPILL}{2 ** 22 + 12345}-abc", tmp_path / f"{SPILL}{os.getpid()}-xyz"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "g.pt").write_bytes(b"0")
+    other = tmp_path / "kron_decomp_grads-notapid"
+    other.mkdir()
+    remove_dead_temps(str(tmp_path), SPILL)
+    assert not dead.exists() and live.exists() and other.exists()
