@@ -22,7 +22,7 @@ Rows (c_fc / gate+up shape; down takes the opposite):
 import json
 import os
 
-from common import Experiment, parser, read_log, teacher_dims
+from common import parser, run_row, setup, teacher_dims
 
 
 def rows_for(d, h, demo):
@@ -41,66 +41,6 @@ def rows_for(d, h, demo):
                                            scope])
              for scope in ("blocks", "all")]
     return rows
-
-
-def setup(args, name):
-    """(Experiment, model, data, scale, calib, lw, dense val loss) shared by every row of a calibrated study."""
-    ex = Experiment(name, args)
-    if getattr(args, "demo", False) or args.smoke:
-        model = args.model if args.smoke and os.path.isdir(args.model) else ex.teacher()  # smoke: a model dir given
-        data = args.data if args.smoke else "shakespeare_char"
-        block, evt, calib_seq = (32, 1024, 32) if args.smoke else (128, 65536, 128)
-    else:
-        model, data, block, evt, calib_seq = args.model, args.data or "shakespeare_smollm2-135m", 256, 16384, 256
-    scale = [f"--dataset={data}", f"--block_size={block}", f"--eval_tokens={evt}", "--batch_size=4"]
-    calib = [f"--calib={data}", f"--calib_seq={calib_seq}", f"--calib_cache={os.path.join(ex.out, 'calib.pt')}"] + \
-        (["--calib_tokens=256", "--fisher_tokens=128", "--tolerance=0.05"] if args.smoke else [])
-    lw = ["--layerwise_tokens=512", "--layerwise_steps=3"] if args.smoke else \
-        [f"--layerwise_tokens={args.layerwise_tokens}", f"--layerwise_steps={args.layerwise_steps}",
-         "--layerwise_batch=1024"]
-    dense_run = ex.run_dir("dense")
-    if not os.path.isfile(os.path.join(dense_run, "log.jsonl")):
-        ex.run("train.py", *scale, f"--init_from={model}", f"--out_dir={dense_run}", "--eval_only=True")
-    ex.keep(dense_run)
-    dense = [r for r in read_log(dense_run) if r["type"] == "eval"][0]["val_loss"]
-    return ex, model, data, scale, calib, lw, dense
-
-
-def run_row(ex, model, key, argv, scale, calib, lw, same_fit=None):
-    """Decompose (kron_decomp.py) and fit layer-wise (train_distillation.py --mode=layerwise) one row, reusing
-    whatever finished before. same_fit(report): the fit record of an earlier row that decomposed to the same
-    checkpoint, reused instead of fitting it again (or None). Returns (kron_decomp's report, the fit's record)."""
-    slug = key.replace(" ", "_")
-    ckpt, fit_dir = os.path.join(ex.out, f"{slug}.pt"), ex.run_dir(f"fit_{slug}")
-    report = os.path.splitext(ckpt)[0] + ".json"
-    if not os.path.isfile(report):  # kron_decomp writes its report last: without it the row is unfinished
-        if os.path.isfile(ckpt):
-            os.remove(ckpt)
-        ex.run("kron_decomp.py", "--model", model, "--out", ckpt, *argv, *calib)
-    rep = json.load(open(report))
-    reused = same_fit(rep) if same_fit else None
-    if reused is not None:
-        ex.keep(fit_dir, report)
-        return rep, reused
-    log = os.path.join(fit_dir, "log.jsonl")
-    fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"] if os.path.isfile(log) else []
-    if not fit:
-        if os.path.isfile(log):
-            os.remove(log)
-        ex.run("train_distillation.py", *scale, "--mode=layerwise", f"--teacher={model}", f"--init_from={ckpt}",
-               "--max_iters=0", f"--out_dir={fit_dir}", *lw)
-        fit = [r for r in read_log(fit_dir) if r["type"] == "layerwise"]
-    ex.keep(fit_dir, report)  # the row's records, for a fresh clone (its checkpoints are not kept)
-    return json.load(open(report)), fit[0]
-
-
-def forget_row(ex, key):
-    """Remove a row's decomposition report and fit log, so that run_row decomposes and fits it again (their
-    records were restored on a machine that lacks the checkpoints a later step needs)."""
-    slug = key.replace(" ", "_")
-    for path in (os.path.join(ex.out, f"{slug}.json"), os.path.join(ex.run_dir(f"fit_{slug}"), "log.jsonl")):
-        if os.path.isfile(path):
-            os.remove(path)
 
 
 def main():

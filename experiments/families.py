@@ -26,8 +26,7 @@ fact probe). Resumable: finished rows and runs are reused (calibration statistic
 import os
 import re
 
-from calibrated import forget_row, run_row, setup
-from common import evals, finished, fmt, median_tok_s, parser
+from common import evals, finished, fmt, forget_row, median_tok_s, parser, run_row, setup
 from general import SUITE, General
 
 TARGET = "81.5M"
