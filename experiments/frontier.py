@@ -277,7 +277,10 @@ class Frontier:
                  "--suite general on 16,384-token fixed sets in 256-token windows (facts: 117 items, lm-eval's "
                  "multiple_choice scoring). Lower is better except the fact probe. Calibration for every method: "
                  "65,536 "
-                 "tokens, half Shakespeare and half teacher text; one seed.")
+                 "tokens, half Shakespeare and half teacher text; one seed. Rows are made by `python "
+                 "experiments/frontier.py` (every size and method, one row at a time, finished rows reused; "
+                 "--sizes and --methods choose the order) and the file is rewritten after each; decomposition and "
+                 "fit seconds were taken beside other jobs on the 2 cores, so they are upper bounds.")
         md = self.ex.report("The quality-size frontier: SmolLM2-135M against the methods people use instead", intro,
                             header, table, [], [], notes=findings(rows, dense))
         self.plot(rows, dense)
