@@ -332,7 +332,9 @@ def findings(rows, dense):
                 verdict = ("ours best" if ours == best else "tie" if gap is not None and gap <= 0.01 else
                            f"{best} wins by {gap:.3f}" if gap is not None else f"{best} best")
                 parts.append(f"{col} {fmt(here[best][col])} ({verdict})")
-            lines.append(f"- **{size}x {stage}**: " + "; ".join(parts) + ".")
+            peers = sorted(m for m in here if m not in OURS)
+            lines.append(f"- **{size}x {stage}**: " + "; ".join(parts) + "." +
+                         (f" Peers measured: {', '.join(peers)}." if peers else " No peer measured yet."))
             target = TARGETS.get((size, stage))
             if target:
                 for m in (m for m in OURS if m in here):
