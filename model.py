@@ -133,6 +133,18 @@ def block_linear(config, spec, in_features, out_features):
 # -----------------------------------------------------------------------------
 # layers
 
+@dataclass
+class Padding:
+    """How a batch of uneven rows sits in the attention (GPT.trunk's padding): keep, (B, S) 1 for real tokens and 0
+    for padding over the cached and the new positions (S = cache.pos + T; a static cache's max_len); slots, (T,)
+    the static cache slots the tokens are written to, where they differ from the positions (left padding; default
+    positions[0]); mask, a (B, 1, T, S) bool attention mask (True: attend) that replaces the one built from keep
+    (transformers' 4-D masks)."""
+    keep: torch.Tensor = None
+    slots: torch.Tensor = None
+    mask: torch.Tensor = None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -495,15 +507,13 @@ class GPT(nn.Module):
             rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])  # (T, hs) or (B, 1, T, hs)
         return self.transformer.drop(x), rope
 
-    def trunk(self, idx, cache=None, hidden=None, keep=None, positions=None, attentions=None, embeddings=False,
-              slots=None, mask=None):
+    def trunk(self, idx, cache=None, hidden=None, positions=None, attentions=None, embeddings=False, padding=None):
         """The final hidden states (B, T, C), after ln_f, of tokens idx (B, T). cache: a KVCache (or anything with its
         update/pos); hidden: a list that receives each block's output (and first the embedding's, with embeddings);
-        keep: (B, S) 1 for real tokens, 0 for padding, over the cached and the new positions (S = cache.pos + T; a
-        static cache's max_len); positions: (B, T) each token's position (a left-padded row starts at 0);
-        attentions: a list for each layer's attention weights; slots: (T,) the static cache slots the tokens are
-        written to, where they differ from the positions (left padding; default positions[0]); mask: a (B, 1, T, S)
-        bool attention mask (True: attend) that replaces the one built from keep (transformers' 4-D masks)."""
+        positions: (B, T) each token's position (a left-padded row starts at 0); attentions: a list for each layer's
+        attention weights; padding: a Padding (which cached and new positions are real tokens, and where a static
+        cache writes them), for batches of uneven rows."""
+        keep, slots, mask = (padding.keep, padding.slots, padding.mask) if padding is not None else (None,) * 3
         T = idx.size(1)
         if getattr(cache, "static", False):  # fixed shapes: tensors, never Python ints, say where this step writes
             if positions is None:

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_kronygpt import KronyGPTConfig
 from .errors import UserError
-from .model import GPT, GPTConfig, rotary_table
+from .model import GPT, GPTConfig, Padding, rotary_table
 
 
 class CacheView:
@@ -76,9 +76,11 @@ class KronyGPTPreTrainedModel(PreTrainedModel):
     def get_input_embeddings(self):
         return self.gpt.transformer.wte
 
-    def trunk(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None,
-              output_hidden_states=None, output_attentions=None, inputs_embeds=None, past_key_values=None, **kwargs):
-        """(final hidden states, cache, hidden states, attentions) of the GPT's blocks, the Hugging Face way."""
+    def trunk(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None, **kwargs):
+        """(final hidden states, cache, hidden states, attentions) of the GPT's blocks, the Hugging Face way; kwargs:
+        transformers' output_hidden_states, output_attentions, inputs_embeds (refused), past_key_values."""
+        output_hidden_states, output_attentions, inputs_embeds, past_key_values = (
+            kwargs.get(k) for k in ("output_hidden_states", "output_attentions", "inputs_embeds", "past_key_values"))
         if inputs_embeds is not None:
             raise ValueError("KronyGPT takes input_ids, not inputs_embeds (its embedding may be factorised)")
         cache = cache if cache is not None else past_key_values
@@ -113,8 +115,8 @@ class KronyGPTPreTrainedModel(PreTrainedModel):
         hidden = [] if output_hidden_states else None
         attentions = [] if output_attentions else None
         try:
-            x = self.gpt.trunk(input_ids, view, hidden, keep, position_ids, attentions,
-                               embeddings=bool(hidden is not None), slots=slots, mask=mask)
+            x = self.gpt.trunk(input_ids, view, hidden, position_ids, attentions, embeddings=hidden is not None,
+                               padding=Padding(keep, slots, mask))
         except UserError as e:  # an input longer than the context, say
             raise ValueError(str(e)) from None
         if hidden is not None:
