@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .claims import remove_dead_temps
 from .errors import CheckpointError, UserError  # noqa: F401 (CheckpointError is imported from here)
 from .hf_io import is_factored_dir, is_pretrained_name, load_factored, load_pretrained
 from model import GPT, GPTConfig
@@ -60,17 +61,7 @@ def set_rng_state(state):
 
 def remove_stale_temps(path):
     """Delete temporary files of earlier writes of `path` whose process is gone (a SIGKILL mid-write)."""
-    d, base = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
-    prefix = f".{base}.tmp"
-    for name in os.listdir(d):
-        pid = name[len(prefix):]
-        if name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                os.remove(os.path.join(d, name))
-            except PermissionError:
-                pass  # alive, someone else's
+    remove_dead_temps(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
 
 
 def atomic_save(obj, path):

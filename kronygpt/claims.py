@@ -79,7 +79,8 @@ class Claim:
 
 
 def remove_dead_temps(parent, prefix):
-    """Remove the folders `parent/<prefix><pid>-...` whose process is gone (a SIGKILL skips every cleanup)."""
+    """Remove the files and folders `parent/<prefix><pid>` (or `<prefix><pid>-...`) whose process is gone: a
+    SIGKILL skips every cleanup. A live process's own (this one's included) are kept."""
     try:
         names = os.listdir(parent)
     except OSError:
@@ -87,4 +88,11 @@ def remove_dead_temps(parent, prefix):
     for name in names:
         pid = name[len(prefix):].split("-", 1)[0]
         if name.startswith(prefix) and pid.isdigit() and not alive(int(pid)):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            path = os.path.join(parent, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass

@@ -11,7 +11,7 @@ import os
 import shutil
 
 from .checkpoint import load_checkpoint, resolve_checkpoint_path, same_file
-from .claims import alive
+from .claims import alive, remove_dead_temps
 from .errors import UserError
 from .hf_io import export_factored, export_hf
 from .progress import phase
@@ -87,17 +87,15 @@ def recover_interrupted(out):
     parent, base = os.path.split(os.path.abspath(out))
     if not os.path.isdir(parent):
         return
-    for name in sorted(os.listdir(parent)):
-        suffix = name[len(base) + 1:] if name.startswith(base + ".") else ""
-        kind, pid = suffix[:3], suffix[3:]
-        if kind not in ("old", "tmp") or not pid.isdigit() or alive(int(pid)):
-            continue
-        path = os.path.join(parent, name)
-        if kind == "old" and not os.path.exists(out):
-            os.replace(path, out)
-            print(f"note: {out} was set aside by an export that was stopped; put it back")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+    if not os.path.exists(out):
+        for name in sorted(os.listdir(parent)):
+            pid = name[len(base) + 4:]
+            if name.startswith(base + ".old") and pid.isdigit() and not alive(int(pid)):
+                os.replace(os.path.join(parent, name), out)
+                print(f"note: {out} was set aside by an export that was stopped; put it back")
+                break
+    for kind in ("old", "tmp"):
+        remove_dead_temps(parent, f"{base}.{kind}")
 
 
 def replace_dir(staged, out):
