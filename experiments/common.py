@@ -27,6 +27,7 @@ from kronygpt.data_utils import prepare_command  # noqa: E402
 from kronygpt.plots import plot_runs, read_log  # noqa: E402
 
 RESULTS = os.path.join(REPO, "results")
+SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
 FULL = ["--dataset=shakespeare_char", "--block_size=128", "--batch_size=32", "--eval_tokens=65536",
         "--eval_interval=50", "--log_interval=25", "--learning_rate=1e-3", "--new_learning_rate=2e-3",
         "--min_lr=1e-4", "--warmup_iters=20"]
@@ -291,6 +292,152 @@ def forget_row(ex, key):
     for path in (os.path.join(ex.out, f"{slug}.json"), os.path.join(ex.run_dir(f"fit_{slug}"), "log.jsonl")):
         if os.path.isfile(path):
             os.remove(path)
+
+
+# -----------------------------------------------------------------------------
+# a recovery study: compressed starts trained with equal tuning effort (flagship.py, general.py, families.py)
+
+PROMPTS = ["The capital of France is", "The largest planet in the solar system is",
+           "Water freezes at a temperature of", "William Shakespeare was born in"]
+
+
+def parse_given_lr(text, rows):
+    """--given_lr as {row: rate}: rows trained at a stated rate instead of their own sweep."""
+    given = {}
+    for item in filter(None, text.split(",")):
+        key, sep, lr = item.partition("=")
+        try:
+            given[key] = float(lr)
+        except ValueError:
+            raise SystemExit(f"--given_lr item {item!r} is not ROW=RATE; write e.g. pipeline_blocks=3e-5") from None
+        if key not in rows or not sep:
+            raise SystemExit(f"--given_lr item {item!r} names no row; rows: {', '.join(rows)}")
+    return given
+
+
+
+class Study:
+    """What the recovery studies share: their scale (CPU or --gpu, --smoke), the flagship's budget (today's plan),
+    the row loop's training and sweep (Recovery), completions, the general suite and the fit records. A study
+    sets NAME and ROWS and writes its own starts, rows and report."""
+    NAME, ROWS = "study", ()
+
+    def __init__(self, args):
+        self.args = args
+        self.ex = Experiment(f"{self.NAME}_gpu" if args.gpu else self.NAME, args)
+        self.model = args.model if not os.path.exists(args.model) else os.path.abspath(args.model)
+        self.given_lr = parse_given_lr(args.given_lr,
+                                       self.ROWS)  # a malformed --given_lr stops here, before any row runs
+        if args.smoke:
+            self.scale = [*self.ex.base, f"--eval_datasets={args.eval_data}"]
+            self.lw = ["--layerwise_tokens=512", "--layerwise_steps=5"]
+            self.calib = ["--calib_tokens=256", "--calib_seq=32", "--fisher_tokens=128"]
+        else:
+            block, batch, evt = (1024, 16, 131072) if args.gpu else (256, 4, 16384)
+            self.scale = [f"--dataset={args.data}", f"--eval_datasets={args.eval_data}", f"--block_size={block}",
+                          f"--batch_size={batch}", f"--eval_tokens={evt}", "--log_interval=5", "--warmup_iters=10",
+                          "--weight_decay=0.1", "--grad_clip=1.0"] + (["--device=cuda"] if args.gpu else [])
+            self.lw = ["--layerwise_tokens=16384", "--layerwise_steps=150", "--layerwise_batch=1024"]
+            self.calib = ["--calib_tokens=16384", f"--calib_seq={block}", "--fisher_tokens=4096"]
+
+    # -- the budget
+
+    def today(self):
+        """The flagship's first plan (vl_norm, one (mlp_hidden/3, n_embd) x (3, 1) factor per MLP matrix),
+        decomposed once: its parameter count is the budget the studies hold every compressed row to."""
+        path, report = (os.path.join(self.ex.out, "today", f"start.{ext}") for ext in ("pt", "json"))
+        if os.path.isfile(path) and os.path.isfile(report):
+            return path
+        for leftover in (path, report):  # one without the other (an interrupted decomposition, or logs restored
+            if os.path.isfile(leftover):  # without their checkpoint): kron_decomp redoes both
+                os.remove(leftover)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.ex.run("kron_decomp.py", "--model", self.model, "--out", path, "--factors", "1",
+                    "--shape", self.shape_today(), "--init", "vl_norm")
+        return path
+
+    def dims(self):
+        run = os.path.join(self.ex.out, "dense_zeroshot", "run")
+        return next(r for r in read_log(run) if r["type"] == "start")["model_args"]
+
+    def shape_today(self):
+        d = self.dims()
+        return f"{d['mlp_hidden'] // 3}x{d['n_embd']}"
+
+    def target(self):
+        """The parameter count of today's plan (the budget every compressed row is held to)."""
+        rep = os.path.join(self.ex.out, "today", "start.json")
+        if not os.path.isfile(rep):
+            self.today()
+        with open(rep) as f:
+            return json.load(f)["params_after"]["total"]
+
+    # -- training and measuring
+
+    @property
+    def recovery(self):
+        """The shared row loop (common.Recovery) on this study's scale options, as they are now."""
+        return Recovery(self.ex, self.scale, self.args.sweep_steps, self.args.lrs)
+
+    def train(self, init, steps, lr, out_dir, interval, script="train.py", extra=()):
+        """`script` (train.py, or train_distillation.py with its options in `extra`) from `init`, resumed from
+        out_dir/last.pt after an interruption (common.Recovery)."""
+        self.recovery.train(init, steps, lr, out_dir, interval, script, extra)
+
+    def sweep(self, key, init, script="train.py", extra=()):
+        """The learning rate with the lowest validation loss after --sweep_steps (common.Recovery.sweep: --lrs,
+        extended along the ladder while the best rate is at an end of the rates tried)."""
+        return self.recovery.sweep(key, init, script, extra)
+
+    def row_done(self, key):
+        """Whether the row has finished here or on an earlier machine (its records restored from the state)."""
+        run = os.path.join(self.ex.out, key, "run")
+        steps = 0 if key.endswith("_zeroshot") else self.args.steps
+        return os.path.isfile(os.path.join(self.ex.out, key, "row.json")) and finished(run, steps)
+
+    def completions(self, key, path):
+        if self.args.smoke:  # the tiny random models have no tokenizer of their own
+            return {}
+        out = os.path.join(self.ex.out, key, "completions.json")
+        if not os.path.isfile(out):
+            self.ex.run("sample.py", f"--init_from={path}", "--temperature=0", "--num_samples=1",
+                        f"--max_new_tokens={self.args.complete_tokens}", "--prompts_json=" + json.dumps(PROMPTS),
+                        f"--json={out}")
+        with open(out) as f:
+            return json.load(f)
+
+    def suite(self, key, model):
+        out = os.path.join(self.ex.out, key, "suite.json")
+        if not os.path.isfile(out):
+            a = self.args
+            given = f"shakespeare={a.data},milton={a.milton},pydoc={a.pydoc},teacher={a.teacher_data}"
+            self.ex.run("eval.py", "--suite", "general", "--teacher", self.model, "--models", model,
+                        f"--suite_data={given}", f"--eval_tokens={self.eval_tokens()}", "--block_size",
+                        str(self.block()), "--json", out, "--force", *(["--facts="] if a.smoke else []))
+        with open(out) as f:
+            return json.load(f)["rows"][0]
+
+    def eval_tokens(self):
+        return 1024 if self.args.smoke else 131072 if self.args.gpu else 16384
+
+    def block(self):
+        return 32 if self.args.smoke else 1024 if self.args.gpu else 256
+
+    def fit_record(self, key):
+        """The layer-wise fitting record of a row that has one (the pipelines), else None."""
+        fit = os.path.join(self.ex.out, key, "fit")
+        rec = [r for r in read_log(fit) if r["type"] == "layerwise"] if os.path.isfile(os.path.join(fit, "log.jsonl")) \
+            else []
+        return rec[0] if rec else None
+
+    def prep_seconds(self, key):
+        """Layer-wise fitting time of a pipeline row (it counts as training time)."""
+        rec = self.fit_record(key)
+        return rec.get("seconds", 0.0) if rec else 0.0
+
+    def scale_note(self):
+        return ("One GPU, 16 x 1024 tokens per step." if self.args.gpu else
+                "CPU, reduced scale: 4 x 256 tokens per step, 16,384 validation tokens per corpus.")
 
 
 class Recovery:

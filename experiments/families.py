@@ -26,8 +26,7 @@ fact probe). Resumable: finished rows and runs are reused (calibration statistic
 import os
 import re
 
-from common import evals, finished, fmt, forget_row, median_tok_s, parser, run_row, setup
-from general import SUITE, General
+from common import SUITE, Study, evals, finished, fmt, forget_row, median_tok_s, parser, run_row, setup
 
 TARGET = "81.5M"
 SMOKE_FAMILIES = {"kron:3x1": "kron:2x1", "lowrank,kron:3x1": "lowrank,kron:2x1",
@@ -120,7 +119,7 @@ def main():
         write(ex, args, target, lw, dense, table, trained, recovery.dense_suite())
 
 
-class Recovery(General):
+class Recovery(Study):
     """The flagship's recovery of a fitted start (learning-rate sweep, then --steps of training on the row's
     data, Milton, the Python reference and teacher samples evaluated as it goes) and the general suite after it;
     the general study's machinery on this study's runs (out-experiments/families/train_<row>/)."""

@@ -35,55 +35,25 @@ import json
 import os
 import sys
 
-from common import REPO, Experiment, Recovery, evals, finished, fmt, median_tok_s, parser, plot_runs, read_log
+from common import PROMPTS, REPO, Study, evals, finished, fmt, median_tok_s, parser, plot_runs, read_log
 
-PROMPTS = ["The capital of France is", "The largest planet in the solar system is",
-           "Water freezes at a temperature of", "William Shakespeare was born in"]
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "pipeline", "pipeline_blocks", "today", "truncate", "svd")
 
 
-def parse_given_lr(text, rows=ALL_ROWS):
-    """--given_lr as {row: rate}: rows trained at a stated rate instead of their own sweep."""
-    given = {}
-    for item in filter(None, text.split(",")):
-        key, sep, lr = item.partition("=")
-        try:
-            given[key] = float(lr)
-        except ValueError:
-            raise SystemExit(f"--given_lr item {item!r} is not ROW=RATE; write e.g. pipeline_blocks=3e-5") from None
-        if key not in rows or not sep:
-            raise SystemExit(f"--given_lr item {item!r} names no row; rows: {', '.join(rows)}")
-    return given
-
-
-class Flagship:
+class Flagship(Study):
     NAME, ROWS = "flagship", ALL_ROWS
-
-    def __init__(self, args):
-        self.args = args
-        self.ex = Experiment(f"{self.NAME}_gpu" if args.gpu else self.NAME, args)
-        self.model = args.model if not os.path.exists(args.model) else os.path.abspath(args.model)
-        self.given_lr = parse_given_lr(args.given_lr,
-                                       self.ROWS)  # a malformed --given_lr stops here, before any row runs
-        if args.smoke:
-            self.scale = [*self.ex.base, f"--eval_datasets={args.eval_data}"]
-            self.lw = ["--layerwise_tokens=512", "--layerwise_steps=5"]
-            self.calib = ["--calib_tokens=256", "--calib_seq=32", "--fisher_tokens=128"]
-        else:
-            block, batch, evt = (1024, 16, 131072) if args.gpu else (256, 4, 16384)
-            self.scale = [f"--dataset={args.data}", f"--eval_datasets={args.eval_data}", f"--block_size={block}",
-                          f"--batch_size={batch}", f"--eval_tokens={evt}", "--log_interval=5", "--warmup_iters=10",
-                          "--weight_decay=0.1", "--grad_clip=1.0"] + (["--device=cuda"] if args.gpu else [])
-            self.lw = ["--layerwise_tokens=16384", "--layerwise_steps=150", "--layerwise_batch=1024"]
-            self.calib = ["--calib_tokens=16384", f"--calib_seq={block}", "--fisher_tokens=4096"]
 
     # -- starting points: a checkpoint (or hub name) each row trains from
 
     def start(self, key):
         ex, a = self.ex, self.args
+        if key == "today":
+            return self.today()
+        if key in ("dense_zeroshot", "dense_ft"):
+            return self.model
         path = os.path.join(ex.out, key, "start.pt")
         report = os.path.join(ex.out, key, "start.json")
-        decomposed = key in ("today", "svd")  # written by kron_decomp, whose report comes last
+        decomposed = key == "svd"  # written by kron_decomp, whose report comes last
         if os.path.isfile(path) and (not decomposed or os.path.isfile(report)):
             return path
         if decomposed:  # one without the other (an interrupted decomposition, or logs restored without
@@ -91,12 +61,7 @@ class Flagship:
                 if os.path.isfile(leftover):
                     os.remove(leftover)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if key in ("dense_zeroshot", "dense_ft"):
-            return self.model
-        if key == "today":
-            ex.run("kron_decomp.py", "--model", self.model, "--out", path, "--factors", "1",
-                   "--shape", self.shape_today(), "--init", "vl_norm")
-        elif key == "svd":
+        if key == "svd":
             ex.run("kron_decomp.py", "--model", self.model, "--out", path, "--init", "vl", "--shape", "lowrank",
                    "--target_params", str(self.target()))
         elif key == "truncate":
@@ -130,44 +95,7 @@ class Flagship:
         os.link(best[1], path)
         return path
 
-    def dims(self):
-        run = os.path.join(self.ex.out, "dense_zeroshot", "run")
-        return next(r for r in read_log(run) if r["type"] == "start")["model_args"]
-
-    def shape_today(self):
-        d = self.dims()
-        return f"{d['mlp_hidden'] // 3}x{d['n_embd']}"
-
-    def target(self):
-        """The parameter count of today's plan (the budget every compressed row is held to)."""
-        rep = os.path.join(self.ex.out, "today", "start.json")
-        if not os.path.isfile(rep):
-            self.start("today")
-        with open(rep) as f:
-            return json.load(f)["params_after"]["total"]
-
-    # -- training
-
-    @property
-    def recovery(self):
-        """The shared row loop (common.Recovery) on this study's scale options, as they are now."""
-        return Recovery(self.ex, self.scale, self.args.sweep_steps, self.args.lrs)
-
-    def train(self, init, steps, lr, out_dir, interval, script="train.py", extra=()):
-        """`script` (train.py, or train_distillation.py with its options in `extra`) from `init`, resumed from
-        out_dir/last.pt after an interruption (common.Recovery)."""
-        self.recovery.train(init, steps, lr, out_dir, interval, script, extra)
-
-    def sweep(self, key, init, script="train.py", extra=()):
-        """The learning rate with the lowest validation loss after --sweep_steps (common.Recovery.sweep: --lrs,
-        extended along the ladder while the best rate is at an end of the rates tried)."""
-        return self.recovery.sweep(key, init, script, extra)
-
-    def row_done(self, key):
-        """Whether the row has finished here or on an earlier machine (its records restored from the state)."""
-        run = os.path.join(self.ex.out, key, "run")
-        steps = 0 if key.endswith("_zeroshot") else self.args.steps
-        return os.path.isfile(os.path.join(self.ex.out, key, "row.json")) and finished(run, steps)
+    # -- rows
 
     def run_row(self, key):
         if self.row_done(key):
@@ -186,17 +114,6 @@ class Flagship:
         with open(os.path.join(self.ex.out, key, "row.json"), "w") as f:
             json.dump(info, f, indent=1)
         self.ex.keep(os.path.join(self.ex.out, key))
-
-    def completions(self, key, path):
-        if self.args.smoke:  # the tiny random models have no tokenizer of their own
-            return {}
-        out = os.path.join(self.ex.out, key, "completions.json")
-        if not os.path.isfile(out):
-            self.ex.run("sample.py", f"--init_from={path}", "--temperature=0", "--num_samples=1",
-                        f"--max_new_tokens={self.args.complete_tokens}", "--prompts_json=" + json.dumps(PROMPTS),
-                        f"--json={out}")
-        with open(out) as f:
-            return json.load(f)
 
     # -- the report
 
@@ -256,23 +173,6 @@ class Flagship:
                     commands = "".join(line for line in lines if line.startswith("$ "))
             f.write("\n## Commands\n\n```\n" + commands.replace(sys.executable, "python").replace(REPO + "/", "")
                     + "```\n")
-
-    def fit_record(self, key):
-        """The layer-wise fitting record of a row that has one (the pipelines), else None."""
-        fit = os.path.join(self.ex.out, key, "fit")
-        rec = [r for r in read_log(fit) if r["type"] == "layerwise"] if os.path.isfile(os.path.join(fit, "log.jsonl")) \
-            else []
-        return rec[0] if rec else None
-
-    def prep_seconds(self, key):
-        """Layer-wise fitting time of a pipeline row (it counts as training time)."""
-        rec = self.fit_record(key)
-        return rec.get("seconds", 0.0) if rec else 0.0
-
-    def scale_note(self):
-        return ("One GPU, 16 x 1024 tokens per step." if self.args.gpu else
-                "CPU, reduced scale: 4 x 256 tokens per step, 16,384 validation tokens per corpus.")
-
 
 def main():
     p = parser(__doc__, steps=300)

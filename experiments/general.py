@@ -67,8 +67,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from common import REPO, evals, finished, fmt, median_tok_s, parser, plot_runs, read_log
-from flagship import Flagship
+from common import REPO, SUITE, Study, evals, finished, fmt, median_tok_s, parser, plot_runs, read_log
 
 ALL_ROWS = ("dense_zeroshot", "dense_ft", "ce_shakespeare", "kd_shakespeare", "kd_teacher", "kd_mix", "kd_mix_tcal",
             "start_zeroshot", "tcal_zeroshot", "kd_mix_ttcal", "ttcal_zeroshot", "kd_mix_bcal", "bcal_zeroshot",
@@ -102,7 +101,6 @@ STARTS = {"tcal": Start("mix"), "ttcal": Start("teacher"), "bcal": Start("mix", 
 TOKEN_OPTIONS = ("--calib_tokens", "--fisher_tokens", "--layerwise_tokens")
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
 HIDDEN = ["--hidden_weight=10", "--hidden_loss=relative"]  # the *_hid rows: block outputs distilled as well
-SUITE = ("shakespeare", "milton", "pydoc", "teacher_loss", "teacher_kl", "facts_acc", "facts_acc_norm")
 
 
 def scaled(options, times):
@@ -114,7 +112,7 @@ def scaled(options, times):
     return out
 
 
-class General(Flagship):
+class General(Study):
     NAME, ROWS = "general", ALL_ROWS
 
     # -- what each row trains on, and from where
@@ -137,8 +135,8 @@ class General(Flagship):
         return f"{self.args.data}:0.4,{self.args.teacher_data}:0.3,{self.args.technical_data}:0.3"
 
     def start(self, key):
-        if key == "today":  # the flagship's plan, whose parameter count is the budget (Flagship.target)
-            return super().start(key)
+        if key == "today":  # the flagship's plan, whose parameter count is the budget (Study.target)
+            return self.today()
         if key in ("dense_zeroshot", "dense_ft"):
             return self.model
         calib = CALIBRATED_ON.get(key)
@@ -200,23 +198,6 @@ class General(Flagship):
         with open(os.path.join(self.ex.out, key, "row.json"), "w") as f:
             json.dump(info, f, indent=1)
         self.ex.keep(os.path.join(self.ex.out, key))
-
-    def suite(self, key, model):
-        out = os.path.join(self.ex.out, key, "suite.json")
-        if not os.path.isfile(out):
-            a = self.args
-            given = f"shakespeare={a.data},milton={a.milton},pydoc={a.pydoc},teacher={a.teacher_data}"
-            self.ex.run("eval.py", "--suite", "general", "--teacher", self.model, "--models", model,
-                        f"--suite_data={given}", f"--eval_tokens={self.eval_tokens()}", "--block_size",
-                        str(self.block()), "--json", out, "--force", *(["--facts="] if a.smoke else []))
-        with open(out) as f:
-            return json.load(f)["rows"][0]
-
-    def eval_tokens(self):
-        return 1024 if self.args.smoke else 131072 if self.args.gpu else 16384
-
-    def block(self):
-        return 32 if self.args.smoke else 1024 if self.args.gpu else 256
 
     # -- the report
 

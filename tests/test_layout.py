@@ -55,3 +55,23 @@ def test_no_library_function_takes_more_than_eight_parameters():
                 if n > 8:
                     too_many.append(f"{os.path.basename(path)}:{node.lineno} {node.name} ({n})")
     assert not too_many, too_many
+
+
+def test_experiments_share_through_common_only():
+    """An experiment imports the library, model.py and experiments/common.py, never another experiment or a
+    command; only common.py puts the repo on the import path."""
+    experiments = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, "experiments",
+                                                                                             "*.py"))}
+    commands = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, "*.py"))} - {"model"}
+    wrong, paths = [], []
+    for name in sorted(experiments):
+        source = open(os.path.join(REPO, "experiments", name + ".py")).read()
+        if "sys.path.insert" in source and name != "common":
+            paths.append(name)
+        for node in ast.walk(ast.parse(source)):
+            found = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            wrong += [f"{name} imports {m}" for m in found
+                      if m.split(".")[0] in (experiments | commands) - {"common"}]
+    assert not wrong, wrong
+    assert not paths, f"experiments setting the import path themselves: {paths}"
