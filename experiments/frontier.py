@@ -22,6 +22,7 @@ gradients where a method uses them; the statistics are collected once and shared
              under the budget (the exact allocator), no fitting
   krony      this repo's pipeline: alloc, then every block fitted to the dense block on the calibration text
              (train_distillation.py --mode=layerwise, 65,536 tokens, 150 steps a block)
+  width_fit  width, then every narrowed MLP fitted to the dense one the same way (compress.py --method width_fit)
 
 Rows: every method at every size without recovery ('zero-shot'), and the dense teacher. --recover: the three
 methods with the lowest mean zero-shot loss at 0.8x and 0.6x (and krony if it is not among them), each recovered
@@ -57,8 +58,10 @@ METHODS = {
     "width_obs": ["--width", "auto", "--width_criterion", "obs"],
     "alloc": ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks"],
     "krony": None,  # alloc, fitted
+    "width_fit": None,  # width, fitted
 }
-OURS = ("alloc", "krony")
+FITTED = {"krony": "alloc", "width_fit": "width"}  # the fitted methods and the decomposition each fits
+OURS = ("alloc", "krony", "width_fit")  # compress.py's methods beyond the peers
 LOSSES = ("shakespeare", "milton", "pydoc", "teacher_loss")
 SUITE = (*LOSSES, "teacher_kl", "facts_acc", "facts_acc_norm")
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]
@@ -120,8 +123,8 @@ class Frontier:
         """The zero-shot model of `method` at `size` (decomposed, fitted for krony), and its decomposition report."""
         d = os.path.join(self.ex.out, key_of(method, size))
         os.makedirs(d, exist_ok=True)
-        if method == "krony":
-            decomp, report = self.start("alloc", size)
+        if method in FITTED:
+            decomp, report = self.start(FITTED[method], size)
             path = os.path.join(d, "model.pt")
             fit = os.path.join(d, "fit")
             if not os.path.isfile(path) and not os.path.isfile(os.path.join(fit, "fitted.pt")):  # a fit done is kept
@@ -141,7 +144,7 @@ class Frontier:
 
     def fit_seconds(self, method, size):
         log = os.path.join(self.ex.out, key_of(method, size), "fit", "log.jsonl")
-        if method != "krony" or not os.path.isfile(log):
+        if method not in FITTED or not os.path.isfile(log):
             return 0.0
         from kronygpt.plots import read_log
         return next((r["seconds"] for r in read_log(os.path.dirname(log)) if r["type"] == "layerwise"), 0.0)
@@ -231,7 +234,7 @@ class Frontier:
         """CPU training and prefill tokens/s of every zero-shot model and the dense one (bench.py, random weights of
         each model's shape)."""
         out = os.path.join(self.ex.report_dir, "frontier_speed.json")
-        rows = {k: r for k, r in self.rows().items() if r["stage"] == "zero-shot" and r["method"] != "krony"}
+        rows = {k: r for k, r in self.rows().items() if r["stage"] == "zero-shot" and r["method"] not in FITTED}
         paths = ",".join(f"{k}={os.path.join(self.ex.out, k, 'model.json')}" for k in sorted(rows)
                          if os.path.isfile(os.path.join(self.ex.out, k, "model.json")))
         self.ex.run("bench.py", "--mode", "models", "--family", "smollm2", "--variants", "0", "--plans_from", paths,
@@ -266,7 +269,8 @@ class Frontier:
             if key == "dense":
                 continue
             s = r["suite"]
-            sp = speed.get(key, ("-", "-"))
+            sp = speed.get(key_of(FITTED.get(r["method"], r["method"]), r["size"]) if r["stage"] == "zero-shot"
+                           else key, ("-", "-"))  # a fitted model has its decomposition's shape
             stage = r["stage"] + (f" {r['steps']} (lr {r['lr']:g})" if r["stage"] != "zero-shot" else "")
             table.append((r["method"], f"{r['size']:.1f}", stage, r["params"], *[s.get(c, "-") for c in SUITE],
                           f"{r.get('decomp_seconds', 0):.0f}" if "decomp_seconds" in r else "-",

@@ -79,6 +79,17 @@ def make_distill_loss(teacher, alpha, beta, temperature, hidden_weight, teacher_
 # -----------------------------------------------------------------------------
 # layer-wise fitting
 
+def changed_layers(student, teacher):
+    """The blocks layer-wise fitting works on: those with factorised matrices, and every block when the student's
+    MLPs are narrower than the teacher's (width pruning: each narrowed MLP fitted to the dense one). None when the
+    depths differ (dropped blocks have no dense twin to fit to)."""
+    if student.config.n_layer != teacher.config.n_layer:
+        return []
+    if student.config.mlp_hidden != teacher.config.mlp_hidden:
+        return list(range(student.config.n_layer))
+    return list(student.config.plan.layers)
+
+
 def fit_units(model, layers):
     """{layer: 'mlp' or 'block'}: what layer-wise fitting fits in each listed block of the student. A block
     whose only factorised matrices are in its MLP fits the MLP (token by token); one with factorised

@@ -25,8 +25,8 @@ import torch
 
 from .checkpoint import atomic_save, load_model, save_checkpoint
 from .data_utils import batch_seed, check_data_fits, open_dataset
-from .distill import (HIDDEN_LOSSES, FitSettings, TeacherActivations, fit_layers, fit_units, make_distill_loss,
-                      progressive_order)
+from .distill import (HIDDEN_LOSSES, FitSettings, TeacherActivations, changed_layers, fit_layers, fit_units,
+                      make_distill_loss, progressive_order)
 from .errors import ConfigError, Stopped, UserError
 from .factorize import INITS, InitSpec
 from .plans import Plan
@@ -269,7 +269,7 @@ def fit_student(cfg, teacher, student, rt, tokenizer):
     key = fit_key(cfg, teacher, student)
     before, rows = resume_fitting(progress_path, student, key)
     before = evaluate(student, val, rt, cfg.batch_size) if before is None else before
-    todo = [i for i in student.config.plan.layers if i not in {r["layer"] for r in rows}]
+    todo = [i for i in changed_layers(student, teacher) if i not in {r["layer"] for r in rows}]
     stop = StopSignal()
     try:
         rows += fit_layers(student, fit_data, todo, cfg.fit_settings(rt.device),
@@ -302,9 +302,9 @@ def distil(cfg: DistillConfig, rt):
     student, ckpt, tokenizer = build_student(cfg, teacher, rt)
     student.to(rt.device)
     check_setup(cfg, teacher, student, ckpt)
-    if cfg.mode == "layerwise" and ckpt is None and not student.config.plan.layers:
-        raise UserError("mode='layerwise' fits the student's factorised blocks, and this student has none; "
-                        "start from a decomposed checkpoint (kron_decomp.py) or use mode='e2e'")
+    if cfg.mode == "layerwise" and ckpt is None and not changed_layers(student, teacher):
+        raise UserError("mode='layerwise' fits the student's factorised or narrowed blocks, and this student has "
+                        "none; start from a decomposed checkpoint (kron_decomp.py) or use mode='e2e'")
     check_data_fits(open_dataset(cfg.dataset), teacher, cfg.dataset)  # the teacher reads the student's tokens
     fit_seconds = fit_student(cfg, teacher, student, rt, tokenizer) if cfg.mode == "layerwise" and ckpt is None else 0.0
     progressive_fit = None

@@ -48,15 +48,20 @@ from .runtime import setup_runtime
 from .tokenizer import get_tokenizer
 from .trainer import launch
 
-# kron_decomp options of each method (the frontier study's names); 'krony' is 'alloc' plus block-wise fitting
+# kron_decomp options of each method (the frontier study's names); 'krony' is 'alloc' plus block-wise fitting,
+# 'width_fit' is 'width' plus block-wise fitting (FITTED)
+ALLOC = ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks"]
+WIDTH = ["--width", "auto", "--width_criterion", "activation"]
 METHODS = {
-    "krony": ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks"],
-    "alloc": ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks"],
+    "krony": ALLOC,
+    "width_fit": WIDTH,
+    "alloc": ALLOC,
     "svdllm": ["--shape", "lowrank", "--scope", "blocks", "--init", "aware"],
     "width_obs": ["--width", "auto", "--width_criterion", "obs"],
-    "width": ["--width", "auto", "--width_criterion", "activation"],
+    "width": WIDTH,
     "layerdrop": ["--keep_blocks", "importance"],
 }
+FITTED = ("krony", "width_fit")  # the methods whose decomposition is then fitted block by block
 PROMPT = "The capital of France is"
 
 
@@ -66,8 +71,9 @@ class CompressConfig:
                                     # checkpoint
     size: str = "0.8"               # the compressed model's size: a fraction of the parameters (0.8) or a count (108M)
     out: str = ""                   # the run's folder: every stage's output, report.md and the export hf/
-    method: str = "krony"           # krony (this repo's pipeline), alloc (the same without fitting), or a peer:
-                                    # svdllm, width_obs, width, layerdrop (results/frontier.md)
+    method: str = "krony"           # krony (this repo's pipeline: allocated low rank, fitted), width_fit (narrower
+                                    # MLPs, fitted), alloc (krony without fitting), or a peer: svdllm, width_obs,
+                                    # width, layerdrop (results/frontier.md)
     data: str = "auto"              # calibration, fitting and recovery text: a prepared dataset or mixture, or 'auto':
                                     # Shakespeare and the model's shipped teacher text, half each (Shakespeare alone
                                     # when none is shipped for its tokenizer)
@@ -251,7 +257,7 @@ class Compression:
         launch(dc, distil)
 
     def fit(self, decomposed, train):
-        """Every factorised block fitted to the dense one on the teacher's activations (fit/fitted.pt)."""
+        """Every factorised or narrowed block fitted to the dense one on the teacher's activations (fit/fitted.pt)."""
         path = self.path("fit", "fitted.pt")
         if not os.path.isfile(path):
             c = self.cfg
@@ -333,7 +339,7 @@ class Compression:
         train, sets = self.datasets()
         self.log(f"data: training on {train}; evaluating on {', '.join(sets.values()) or 'nothing'}")
         decomposed = self.decompose(train, c.method, "decomposed")
-        zero_shot = self.fit(decomposed, train) if c.method == "krony" else decomposed
+        zero_shot = self.fit(decomposed, train) if c.method in FITTED else decomposed
         final = self.recover(zero_shot, train)
         models = [("dense", self.path("dense.pt")), ("compressed, zero-shot", zero_shot)]
         if final != zero_shot:

@@ -93,3 +93,23 @@ def test_compress_end_to_end_and_a_stop_at_any_stage_changes_nothing(tiny_llama_
         for k, v in weights.items():
             torch.testing.assert_close(weights_again[k], v, rtol=0, atol=1e-6, msg=k)
     assert seen - {0}, "no run was stopped: the delays are longer than the whole pipeline"
+
+
+def test_width_fit_narrows_every_mlp_and_fits_it(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """--method width_fit: MLPs narrowed to the size (no factorised matrix anywhere), then every block fitted to the
+    dense one; the fitted model is the zero-shot row, smaller than the dense one."""
+    from kronygpt.checkpoint import load_model
+    from kronygpt.pipeline import compress
+    cfg = CompressConfig(model=tiny_llama_dir, size="0.8", out=str(tmp_path), method="width_fit", data=tiny_data_dir,
+                         suite_data=f"shakespeare={tiny_data_dir},milton=,pydoc=,teacher=", facts=False,
+                         calib_tokens=512, fisher_tokens=256, fit_tokens=512, fit_steps=3, steps=0, baseline=False,
+                         block_size=32, eval_tokens=512, device="cpu")
+    cfg.validate()
+    _, rows, _, _ = compress(cfg, log=lambda s: None)
+    fitted = load_model(str(tmp_path / "fit" / "fitted.pt"))
+    dense = load_model(str(tmp_path / "dense.pt"))
+    assert not fitted.config.plan.layers and fitted.config.mlp_hidden < dense.config.mlp_hidden
+    fit = [json.loads(line) for line in open(tmp_path / "fit" / "log.jsonl")]
+    assert len(next(r for r in fit if r["type"] == "layerwise")["layers"]) == dense.config.n_layer
+    by_name = {r["model"]: r for r in rows}
+    assert by_name["compressed, zero-shot"]["params"] < 0.85 * by_name["dense"]["params"]

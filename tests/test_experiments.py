@@ -233,7 +233,7 @@ def test_general_study_starts_calibrated_on_other_text(row, tiny_llama_dir, tiny
     assert ("--fisher_labels=model" in decomp) == (name in ("bmcal", "bxcal")), decomp
     assert f"--calib={data} " in decomp + " ", decomp
     assert f"--fit_dataset={data} " in fit + " ", fit
-    # the smoke scale's counts (flagship.Flagship: 256 calibration, 128 gradient and 512 fitting tokens), scaled
+    # the smoke scale's counts (common.Study: 256 calibration, 128 gradient and 512 fitting tokens), scaled
     for option, tokens, command in (("calib_tokens", 256, decomp), ("fisher_tokens", 128, decomp),
                                     ("layerwise_tokens", 512, fit)):
         assert f"--{option}={tokens * times} " in command + " ", command
@@ -324,7 +324,8 @@ def test_frontier_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     md = (tmp_path / "frontier.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     methods = {line.split(" | ")[0][2:] for line in rows}
-    assert {"dense", "svd", "svdllm", "asvd", "fwsvd", "layerdrop", "width", "width_obs", "alloc", "krony"} <= methods
+    assert {"dense", "svd", "svdllm", "asvd", "fwsvd", "layerdrop", "width", "width_obs", "alloc", "krony",
+            "width_fit"} <= methods
     assert any("recovered 2" in line for line in rows)
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     assert json.loads((tmp_path / "frontier_speed.json").read_text())["models"]

@@ -188,3 +188,24 @@ def test_the_certified_greedy_is_within_its_bound_of_the_optimum(monkeypatch):
     assert "certified" in logs[0] or "exact" in logs[0]
     if "certified" in logs[0]:
         assert total <= bound * (1 + CERTIFIED)
+
+
+def test_a_width_pruned_model_is_fitted_block_by_block(tmp_path, tiny_llama_dir, tiny_data_dir):
+    """Layer-wise fitting takes a width-pruned student: every narrowed MLP is fitted to the dense one (no layer has
+    a factorised matrix, yet each is fitted), and a fit never leaves a block worse on held-out activations."""
+    import train_distillation
+    from kronygpt.distill import changed_layers
+    dense = load_model(tiny_llama_dir)
+    small, _ = decompose(tmp_path, tiny_llama_dir, "--width", "8", "--calib", tiny_data_dir, *CALIB)
+    assert changed_layers(small, dense) == list(range(dense.config.n_layer)) and not small.config.plan.layers
+    train_distillation.main([f"--teacher={tiny_llama_dir}", f"--init_from={tmp_path / 'k.pt'}",
+                             f"--dataset={tiny_data_dir}", f"--out_dir={tmp_path / 'fit'}", "--mode=layerwise",
+                             "--max_iters=0", "--block_size=32", "--batch_size=4", "--eval_tokens=1024",
+                             "--layerwise_tokens=2048", "--layerwise_steps=30", "--layerwise_lr=3e-3"])
+    rec = [json.loads(line) for line in open(tmp_path / "fit" / "log.jsonl")]
+    layers = next(r for r in rec if r["type"] == "layerwise")["layers"]
+    assert [r["layer"] for r in layers] == list(range(dense.config.n_layer))
+    assert all(r["unit"] == "mlp" and r["mse_after"] <= r["mse_before"] for r in layers)
+    assert any(r["kept"] == "fitted" and r["mse_after"] < r["mse_before"] for r in layers)
+    fitted = load_model(str(tmp_path / "fit" / "fitted.pt"))
+    assert fitted.config.mlp_hidden == 8 and fitted.param_counts()["total"] == small.param_counts()["total"]
