@@ -219,7 +219,8 @@ def build(base, kron, args):
     return model
 
 
-SHAPE_ARGS = ("kron_plan", "n_layer", "mlp_hidden")  # what a compressed model changes of its family's shape
+# what a compressed model changes of its family's shape
+SHAPE_ARGS = ("kron_plan", "n_layer", "mlp_hidden", "mlp_widths")
 
 
 def plan_variants(paths):

@@ -37,6 +37,8 @@ class GPTConfig:
     n_kv_head: int = 0            # key/value heads (grouped-query attention); 0 means n_head
     head_dim: int = 0             # 0 means n_embd // n_head
     mlp_hidden: int = 0           # MLP width; 0 means 4 * n_embd
+    mlp_widths: str = ""          # per-block MLP widths, e.g. "1024,896,..." (width pruning, --width allocate); ''
+                                  # = mlp_hidden in every block
     activation: str = "gelu_tanh" # GPT-2's 'gelu_new' is the tanh approximation; 'gelu' is exact
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0   # llama only
@@ -62,6 +64,7 @@ class GPTConfig:
                               f"choose n_head dividing n_embd (or set head_dim)")
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
+        self.widths = parse_widths(self.mlp_widths, self.n_layer)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.n_head % self.n_kv_head:
@@ -70,6 +73,14 @@ class GPTConfig:
             raise ConfigError(f"kron_impl must be one of {', '.join(IMPLS)}, got {self.kron_impl!r}")
         self.plan = Plan.parse(self.kron_plan, self.layout())  # layers ask it for their spec; nothing re-parses
         self.kron_plan = self.plan.text
+        mlp = set(self.family.up) | set(self.family.down)
+        if self.widths and any(n in mlp for i in self.plan.layers for n in self.plan.layer_specs(i)):
+            raise ConfigError("a model with per-block MLP widths (mlp_widths) keeps its MLPs dense: factorise the "
+                              "MLPs of the full-width model instead, or only its attention")
+
+    def block_width(self, layer):
+        """The MLP width of block `layer`: its entry of mlp_widths, else mlp_hidden."""
+        return self.widths[layer] if self.widths else self.mlp_hidden
 
     def matrix_dims(self):
         """{name: (out, in)} of every matrix of a block a plan may factorise: the MLP's (named as in
@@ -111,6 +122,20 @@ class GPTConfig:
 
 
 WHAT = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string"}
+
+
+def parse_widths(text, n_layer):
+    """mlp_widths as a tuple of n_layer positive widths, () for ''."""
+    if not text:
+        return ()
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ConfigError(f"mlp_widths must be whole numbers separated by commas, got {text!r}") from None
+    if len(widths) != n_layer or min(widths) < 1:
+        raise ConfigError(f"mlp_widths must give one width of at least 1 for each of the {n_layer} blocks, got "
+                          f"{text!r}")
+    return widths
 
 
 def is_a(value, kind):
@@ -303,8 +328,9 @@ class MLP(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
         spec = config.plan.layer_specs(layer)
-        self.c_fc = block_linear(config, spec.get("c_fc"), config.n_embd, config.mlp_hidden)
-        self.c_proj = block_linear(config, spec.get("c_proj"), config.mlp_hidden, config.n_embd)
+        width = config.block_width(layer)
+        self.c_fc = block_linear(config, spec.get("c_fc"), config.n_embd, width)
+        self.c_proj = block_linear(config, spec.get("c_proj"), width, config.n_embd)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
         self.dropout = nn.Dropout(config.dropout)
 
@@ -318,9 +344,10 @@ class SwiGLU(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
         spec = config.plan.layer_specs(layer)
-        self.gate_proj = block_linear(config, spec.get("gate_proj"), config.n_embd, config.mlp_hidden)
-        self.up_proj = block_linear(config, spec.get("up_proj"), config.n_embd, config.mlp_hidden)
-        self.down_proj = block_linear(config, spec.get("down_proj"), config.mlp_hidden, config.n_embd)
+        width = config.block_width(layer)
+        self.gate_proj = block_linear(config, spec.get("gate_proj"), config.n_embd, width)
+        self.up_proj = block_linear(config, spec.get("up_proj"), config.n_embd, width)
+        self.down_proj = block_linear(config, spec.get("down_proj"), width, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):

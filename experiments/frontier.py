@@ -23,6 +23,9 @@ gradients where a method uses them; the statistics are collected once and shared
   krony      this repo's pipeline: alloc, then every block fitted to the dense block on the calibration text
              (train_distillation.py --mode=layerwise, 65,536 tokens, 150 steps a block)
   width_fit  width, then every narrowed MLP fitted to the dense one the same way (compress.py --method width_fit)
+  width_alloc      width pruning with each block its own width (--width allocate): the widths of least predicted
+                   loss increase (fisher, the teacher's labels) under the budget, exact knapsack; activation order
+  width_alloc_fit  width_alloc, then fitted like krony (compress.py --method width_alloc_fit)
 
 Rows: every method at every size without recovery ('zero-shot'), and the dense teacher. --recover: the three
 methods with the lowest mean zero-shot loss at 0.8x and 0.6x (and krony if it is not among them), each recovered
@@ -57,11 +60,14 @@ METHODS = {
     "width": ["--width", "auto", "--width_criterion", "activation"],
     "width_obs": ["--width", "auto", "--width_criterion", "obs"],
     "alloc": ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks"],
+    "width_alloc": ["--width", "allocate", "--width_criterion", "activation", "--fisher_labels", "model"],
     "krony": None,  # alloc, fitted
     "width_fit": None,  # width, fitted
+    "width_alloc_fit": None,  # width_alloc, fitted
 }
-FITTED = {"krony": "alloc", "width_fit": "width"}  # the fitted methods and the decomposition each fits
-OURS = ("alloc", "krony", "width_fit")  # compress.py's methods beyond the peers
+# the fitted methods and the decomposition each fits
+FITTED = {"krony": "alloc", "width_fit": "width", "width_alloc_fit": "width_alloc"}
+OURS = ("alloc", "krony", "width_fit", "width_alloc", "width_alloc_fit")  # compress.py's methods beyond the peers
 LOSSES = ("shakespeare", "milton", "pydoc", "teacher_loss")
 SUITE = (*LOSSES, "teacher_kl", "facts_acc", "facts_acc_norm")
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]

@@ -31,7 +31,7 @@ from .factorize import INITS, InitSpec, WhiteningCache
 from .mixed import Family, parse_families
 from .planner import SCOPES, PlanRequest, choose_plan, parse_count, spread_blocks
 from .plans import parse_blocks
-from .prune import WIDTH_CRITERIA, block_influence, most_influential, prune_width, width_units
+from .prune import WIDTH_CRITERIA, allocate_widths, block_influence, most_influential, prune_width, width_units
 from .runtime import autocast, resolve_device
 from .streaming import streamed_plan
 from .surgery import SurgeryOptions, decompose_model, permutes, truncate_blocks
@@ -59,7 +59,8 @@ class DecompConfig:
                                     # importance (ShortGPT, needs --calib): 'importance:K', or 'importance' (K from
                                     # --target_params)
     width: str = ""                 # width pruning instead of factorising (needs --calib): hidden units kept in every
-                                    # MLP, or 'auto' (from --target_params); the down projection is refitted
+                                    # MLP, 'auto' (the one width --target_params gives) or 'allocate' (each block its
+                                    # own width under --target_params, least predicted loss); W_down is refitted
     width_criterion: str = "obs"    # --width: which units stay: 'obs' (least refitted error) or 'activation'
     list_shapes: bool = False       # print every valid shape with its parameter counts and exit
     # -- initialisation (kronygpt/factorize.py)
@@ -145,10 +146,12 @@ class DecompConfig:
             raise ConfigError("--keep_blocks alone truncates without decomposing: drop --calib, --sequential and "
                               "--permute, or give a plan to decompose to")
         if self.width:
-            if self.width != "auto" and not (self.width.isdigit() and int(self.width) >= 1):
-                raise ConfigError(f"--width must be a number of hidden units or 'auto', got {self.width!r}")
-            if self.width == "auto" and not self.target_params:
-                raise ConfigError("--width auto takes the width from --target_params: give it, or a number of units")
+            if self.width not in ("auto", "allocate") and not (self.width.isdigit() and int(self.width) >= 1):
+                raise ConfigError(f"--width must be a number of hidden units, 'auto' or 'allocate', got "
+                                  f"{self.width!r}")
+            if self.width in ("auto", "allocate") and not self.target_params:
+                raise ConfigError(f"--width {self.width} takes the size from --target_params: give it, or a number "
+                                  f"of units")
             if self.shape or self.plan or self.allocate or self.keep_blocks:
                 raise ConfigError("--width prunes MLP hidden units instead of factorising: drop --shape, --plan, "
                                   "--allocate and --keep_blocks")
@@ -208,8 +211,9 @@ class DecompConfig:
 
     def calib_settings(self, block_size):
         """The CalibSettings of these settings for a model of this context length."""
+        grads = self.init_spec().needs_grads or self.width == "allocate"  # fisher's factors, or the width allocation
         return CalibSettings(name=self.calib, tokens=self.calib_tokens, seq=min(self.calib_seq, block_size),
-                             seed=self.seed, fisher_tokens=self.fisher_tokens if self.init_spec().needs_grads else 0,
+                             seed=self.seed, fisher_tokens=self.fisher_tokens if grads else 0,
                              fisher_labels=self.fisher_labels, cache_path=self.calib_cache, force=self.force,
                              dtype=self.calib_dtype)
 
@@ -349,14 +353,22 @@ def factorise(cfg, dense, layers, log=print):
 
 
 def pruned_width(cfg, dense, log=print):
-    """(model, rows) of --width: every MLP narrowed to the same number of hidden units, its down projection
-    refitted on the calibration moments (prune.prune_width)."""
-    units = width_units(dense.config, parse_count(cfg.target_params), dense.param_counts()["total"]) \
-        if cfg.width == "auto" else int(cfg.width)
+    """(model, rows) of --width: every MLP narrowed to the same number of hidden units, or with 'allocate' each to
+    its own (prune.allocate_widths: least predicted loss increase, with fisher's output gradients when
+    --fisher_tokens collects them), its down projection refitted on the calibration moments (prune.prune_width)."""
     batches, stats = calibration(cfg, dense, None, log)
     t = time.time()
+    if cfg.width == "allocate":
+        grid = max(1, dense.config.mlp_hidden // 24)
+        units, err = allocate_widths(dense, stats.moments, stats.grads, parse_count(cfg.target_params), grid, log)
+        log(f"width allocation ({grid}-unit steps, {'fisher' if stats.grads else 'output error'}): widths "
+            f"{','.join(map(str, units))}, predicted loss increase {err:.4f}")
+    else:
+        units = width_units(dense.config, parse_count(cfg.target_params), dense.param_counts()["total"]) \
+            if cfg.width == "auto" else int(cfg.width)
     model, rows = prune_width(dense, units, stats.moments, cfg.width_criterion, cfg.damping, log)
-    log(f"width pruning: {dense.config.mlp_hidden} -> {units} hidden units per MLP ({cfg.width_criterion}) in "
+    kept = f"{units}" if isinstance(units, int) else f"{min(units)}-{max(units)} (mean {sum(units) / len(units):.0f})"
+    log(f"width pruning: {dense.config.mlp_hidden} -> {kept} hidden units per MLP ({cfg.width_criterion}) in "
         f"{time.time() - t:.0f}s")
     return model, rows
 

@@ -83,11 +83,11 @@ def changed_layers(student, teacher):
     """The blocks layer-wise fitting works on: those with factorised matrices, and every block when the student's
     MLPs are narrower than the teacher's (width pruning: each narrowed MLP fitted to the dense one). None when the
     depths differ (dropped blocks have no dense twin to fit to)."""
-    if student.config.n_layer != teacher.config.n_layer:
+    s, t = student.config, teacher.config
+    if s.n_layer != t.n_layer:
         return []
-    if student.config.mlp_hidden != teacher.config.mlp_hidden:
-        return list(range(student.config.n_layer))
-    return list(student.config.plan.layers)
+    plan = set(s.plan.layers)
+    return [i for i in range(s.n_layer) if i in plan or s.block_width(i) != t.block_width(i)]
 
 
 def fit_units(model, layers):

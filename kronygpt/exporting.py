@@ -38,7 +38,8 @@ def model_card(model, source, extra):
              "                     cache_implementation='static')",
              "```", "",
              "| | |", "|---|---|",
-             f"| architecture | {cfg.arch}, {cfg.n_layer} blocks, width {cfg.n_embd}, MLP {cfg.mlp_hidden}, "
+             f"| architecture | {cfg.arch}, {cfg.n_layer} blocks, width {cfg.n_embd}, MLP "
+             f"{cfg.mlp_widths.replace(',', ', ') if cfg.widths else cfg.mlp_hidden}, "
              f"vocabulary {cfg.vocab_size}, context {cfg.block_size} |",
              f"| parameters | {counts['total']:,} ({counts['tying']}); factors {counts['kronecker_factors']:,} |",
              f"| plan | `{plan}` |", f"| exported from | `{source}` |"]
@@ -113,7 +114,10 @@ def export_model(model, out, fmt="auto", dtype="float32", source=""):
     """Write `model` to the directory `out` (checked with check_out_dir first) as fmt 'factored', 'dense' or
     'auto' (factored for a factorised model) in `dtype`; source: what it was exported from (its checkpoint's
     training record goes into the model card). Returns (format, whether a tokenizer was written)."""
-    fmt = fmt if fmt != "auto" else ("factored" if model.config.is_factorized else "dense")
+    fmt = fmt if fmt != "auto" else ("factored" if model.config.is_factorized or model.config.widths else "dense")
+    if fmt == "dense" and model.config.widths:
+        raise UserError("this model's blocks have MLPs of different widths, which a standard Hugging Face config "
+                        "cannot describe (one intermediate_size); export it with --format factored")
     extra = checkpoint_extra(source) if source else {}
     staged = f"{out.rstrip('/')}.tmp{os.getpid()}"
     try:

@@ -52,16 +52,19 @@ from .trainer import launch
 # 'width_fit' is 'width' plus block-wise fitting (FITTED)
 ALLOC = ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks"]
 WIDTH = ["--width", "auto", "--width_criterion", "activation"]
+WIDTHS = ["--width", "allocate", "--width_criterion", "activation", "--fisher_labels", "model"]
 METHODS = {
     "krony": ALLOC,
     "width_fit": WIDTH,
+    "width_alloc_fit": WIDTHS,
     "alloc": ALLOC,
+    "width_alloc": WIDTHS,
     "svdllm": ["--shape", "lowrank", "--scope", "blocks", "--init", "aware"],
     "width_obs": ["--width", "auto", "--width_criterion", "obs"],
     "width": WIDTH,
     "layerdrop": ["--keep_blocks", "importance"],
 }
-FITTED = ("krony", "width_fit")  # the methods whose decomposition is then fitted block by block
+FITTED = ("krony", "width_fit", "width_alloc_fit")  # the methods whose decomposition is then fitted block by block
 PROMPT = "The capital of France is"
 
 
@@ -72,7 +75,8 @@ class CompressConfig:
     size: str = "0.8"               # the compressed model's size: a fraction of the parameters (0.8) or a count (108M)
     out: str = ""                   # the run's folder: every stage's output, report.md and the export hf/
     method: str = "krony"           # krony (this repo's pipeline: allocated low rank, fitted), width_fit (narrower
-                                    # MLPs, fitted), alloc (krony without fitting), or a peer: svdllm, width_obs,
+                                    # MLPs, fitted), width_alloc_fit (each block's MLP its own width, fitted), alloc
+                                    # and width_alloc (the same without fitting), or a peer: svdllm, width_obs,
                                     # width, layerdrop (results/frontier.md)
     data: str = "auto"              # calibration, fitting and recovery text: a prepared dataset or mixture, or 'auto':
                                     # Shakespeare and the model's shipped teacher text, half each (Shakespeare alone

@@ -118,6 +118,59 @@ def width_units(config, target, base_model):
     return units
 
 
+def unit_params(config):
+    """Parameters of one MLP hidden unit: its row of every up matrix (and bias), its column of the down matrix."""
+    return len(config.family.up) * (config.n_embd + config.bias) + len(config.family.down) * config.n_embd
+
+
+def width_curve(W, C, G=None, damping=1e-4, grid=64):
+    """[(units, predicted loss increase)] of one MLP narrowed to each multiple of `grid` hidden units (and its
+    full width), keeping the units of largest activation scale (Minitron's order) with W_down refitted, so every
+    point is a narrower prefix of that order. The error is the K-FAC loss increase tr(G D C D^T) / 2 of the
+    change D of W_down (fisher_error's units; G None: the identity, the plain output error).
+
+    All points come from one Cholesky factor: with the units in that order, C = L L^T and Y = L^-1 (W C)^T, the
+    refit to the first k units leaves D C D^T = W C W^T - Y[:k]^T Y[:k] (the leading block of L^-1 is the inverse
+    of L's leading block), so the error at every k is a cumulative sum of y_j^T G y_j. C is damped as in the refit.
+    W: (out, h) float64, C: (h, h), G: (out, out) or None."""
+    h = C.shape[0]
+    Cd = C + damping * C.diagonal().mean().clamp_min(0) * torch.eye(h, dtype=C.dtype)
+    order = torch.argsort(C.diagonal(), descending=True)
+    L = torch.linalg.cholesky(Cd[order][:, order])
+    Y = torch.linalg.solve_triangular(L, (W @ Cd)[:, order].t(), upper=False)   # (h, out)
+    GY = Y if G is None else Y @ G.double()
+    gain = (GY * Y).sum(1)                                                       # y_j^T G y_j
+    WG = W if G is None else G.double() @ W
+    full = ((WG @ Cd) * W).sum()
+    left = full - torch.cumsum(gain, 0)                                          # error with the first k+1 units
+    ks = sorted(set(range(grid, h, grid)) | {h})
+    return [(k, 0.5 * max(left[k - 1].item(), 0.0)) for k in ks], order
+
+
+def allocate_widths(dense, moments, grads, target, grid=64, log=print):
+    """(per-block widths, predicted loss increase): how many hidden units each MLP keeps so that the model has at
+    most `target` parameters and the summed predicted loss increase (width_curve, with the down matrices' output
+    gradient moments when given) is least; the exact multiple-choice knapsack of planner.allocate_points."""
+    from .planner import allocate_points
+    config = dense.config
+    (down,) = config.family.down
+    per_unit = unit_params(config)
+    fixed = dense.param_counts()["total"] - config.n_layer * config.mlp_hidden * per_unit
+    points = {}
+    for b in progress(range(config.n_layer), "width curves", unit="block"):
+        W = dense.matrix(b, down).weight.detach().cpu().double()
+        G = grads.get((b, down)) if grads else None
+        curve, _ = width_curve(W, moments[(b, down)].double(), G, grid=grid)
+        points[b] = [(k * per_unit, err, k) for k, err in curve]
+    budget = target - fixed
+    if budget < config.n_layer * grid * per_unit:
+        raise UserError(f"--target_params {target:,} leaves {max(budget, 0):,} parameters for the MLPs, fewer than "
+                        f"{grid} hidden units in each block need; raise --target_params")
+    choice, _ = allocate_points(points, budget, log=log)
+    err = sum(next(e for _, e, k in points[b] if k == choice[b]) for b in points)
+    return [choice[b] for b in range(config.n_layer)], err
+
+
 def prune_width(dense, units, moments, criterion="obs", damping=1e-4, log=print):
     """(model, rows): a copy of `dense` whose every MLP keeps `units` hidden units, chosen by `criterion`
     (WIDTH_CRITERIA), with W_down refitted on the calibration moments {(layer, down name): C}; one report row per
@@ -125,7 +178,7 @@ def prune_width(dense, units, moments, criterion="obs", damping=1e-4, log=print)
 
     Args:
         dense: the dense model (left unchanged).
-        units: hidden units kept in every MLP (1..mlp_hidden).
+        units: hidden units kept in every MLP (1..mlp_hidden), or a list of one per block (mlp_widths).
         moments: the down matrices' input moments, as calib.collect_moments gives them.
         criterion: 'obs' or 'activation' (the module docstring).
         damping: relative damping of C in the refit.
@@ -134,17 +187,21 @@ def prune_width(dense, units, moments, criterion="obs", damping=1e-4, log=print)
     config, fam = dense.config, dense.config.family
     if criterion not in WIDTH_CRITERIA:
         raise UserError(f"--width_criterion must be one of {', '.join(WIDTH_CRITERIA)}, got {criterion!r}")
-    if config.is_factorized:
-        raise UserError("width pruning keeps dense matrices: pass the dense model")
-    if not 1 <= units <= config.mlp_hidden:
-        raise UserError(f"--width {units} must be between 1 and the MLP width {config.mlp_hidden}")
+    if config.is_factorized or config.widths:
+        raise UserError("width pruning keeps dense matrices of one width: pass the dense model")
+    widths = [units] * config.n_layer if isinstance(units, int) else list(units)
+    if len(widths) != config.n_layer or not all(1 <= u <= config.mlp_hidden for u in widths):
+        raise UserError(f"--width {units} must be between 1 and the MLP width {config.mlp_hidden} (one per block)")
+    uniform = len(set(widths)) == 1
+    small = GPT(replace(config, mlp_hidden=widths[0]) if uniform else
+                replace(config, mlp_widths=",".join(map(str, widths))))
     (down,) = fam.down
-    small = GPT(replace(config, mlp_hidden=units))
     sd = copy.copy(dense.state_dict())
     rows = []
     for b in progress(range(config.n_layer), f"width pruning ({criterion})", unit="block"):
         W = dense.matrix(b, down).weight.detach().cpu().double()
         C = moments[(b, down)].double()
+        units = widths[b]
         keep = obs_keep(W, C, units, damping) if criterion == "obs" else \
             sorted(torch.argsort(C.diagonal(), descending=True)[:units].tolist())
         W_K, err = refit_down(W, C, keep, damping)

@@ -209,3 +209,67 @@ def test_a_width_pruned_model_is_fitted_block_by_block(tmp_path, tiny_llama_dir,
     assert any(r["kept"] == "fitted" and r["mse_after"] < r["mse_before"] for r in layers)
     fitted = load_model(str(tmp_path / "fit" / "fitted.pt"))
     assert fitted.config.mlp_hidden == 8 and fitted.param_counts()["total"] == small.param_counts()["total"]
+
+
+def test_width_curve_is_the_refit_error_at_every_width():
+    """width_curve's errors from one Cholesky factor equal refitting W_down to each prefix of the activation order
+    and measuring tr(G D C D^T) / 2 directly; the error falls as units are kept and is zero at full width."""
+    from kronygpt.prune import width_curve
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2000, 48, generator=g, dtype=torch.float64) * 3 * torch.rand(48, generator=g, dtype=torch.float64)
+    C, W = X.T @ X / 2000, torch.randn(12, 48, generator=g, dtype=torch.float64)
+    A = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    G = A @ A.T / 12
+    curve, order = width_curve(W, C, G, damping=1e-4, grid=8)
+    assert [k for k, _ in curve] == [8, 16, 24, 32, 40, 48]
+    Cd = C + 1e-4 * C.diagonal().mean() * torch.eye(48, dtype=torch.float64)
+    for k, err in curve:
+        keep = sorted(order[:k].tolist())
+        W_K, _ = refit_down(W, C, keep, 1e-4)
+        D = W.clone()
+        D[:, keep] -= W_K
+        assert err == pytest.approx(0.5 * ((G @ D @ Cd) * D).sum().item(), rel=1e-9, abs=1e-9)
+    errs = [e for _, e in curve]
+    assert all(a > b for a, b in zip(errs, errs[1:])) and errs[-1] == pytest.approx(0, abs=1e-9)
+
+
+def test_allocated_widths_follow_the_predicted_loss_and_meet_the_target(tiny_llama_dir, tiny_data_dir, tmp_path):
+    """--width allocate: each block its own width, the total within one grid step of the target; a block whose
+    output gradients are made 100x larger keeps more units than it did (its errors cost more loss). The model
+    saves, reloads and exports (factored) like any other; the dense export, whose config has one MLP width,
+    refuses it with a sentence."""
+    from kronygpt.errors import UserError
+    from kronygpt.exporting import export_model
+    from kronygpt.prune import allocate_widths, unit_params
+    dense = load_model(tiny_llama_dir)
+    total = dense.param_counts()["total"]
+    target = int(total * 0.8)
+    small, report = decompose(tmp_path, tiny_llama_dir, "--width", "allocate", "--target_params", str(target),
+                              "--calib", tiny_data_dir, "--width_criterion", "activation", *CALIB)
+    got = small.param_counts()["total"]
+    grid = max(1, dense.config.mlp_hidden // 24)
+    assert target - grid * unit_params(dense.config) <= got <= target, (got, target)
+    assert small.config.widths and report["model_args"]["mlp_widths"] == small.config.mlp_widths
+    assert [b.mlp.down_proj.in_features for b in small.transformer.h] == list(small.config.widths)
+    again = load_model(str(tmp_path / "k.pt"))
+    idx = torch.randint(0, dense.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(again(idx)[0], small(idx)[0])
+    with pytest.raises(UserError, match="--format factored"):
+        export_model(small, str(tmp_path / "hf_dense"), fmt="dense")
+    assert export_model(small, str(tmp_path / "hf"), fmt="auto")[0] == "factored"
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, small.eval()(idx, all_logits=True)[0], rtol=1e-4, atol=1e-4)
+    # the allocation itself: scale one block's gradient moment and that block keeps more units
+    from kronygpt.calib import calibrate, CalibSettings
+    from kronygpt.data_utils import open_dataset
+    _, moments, grads = calibrate(dense, open_dataset(tiny_data_dir), CalibSettings(
+        name=tiny_data_dir, tokens=512, seq=32, fisher_tokens=256), layers=set(range(dense.config.n_layer)))
+    widths, _ = allocate_widths(dense, moments, grads, target, grid, log=None)
+    (down,) = dense.config.family.down
+    low = min(range(len(widths)), key=lambda b: widths[b])
+    louder = {**grads, (low, down): grads[(low, down)] * 100}
+    widths_louder, _ = allocate_widths(dense, moments, louder, target, grid, log=None)
+    assert widths_louder[low] > widths[low], (widths, widths_louder)
