@@ -74,9 +74,10 @@ class GPTConfig:
         self.plan = Plan.parse(self.kron_plan, self.layout())  # layers ask it for their spec; nothing re-parses
         self.kron_plan = self.plan.text
         mlp = set(self.family.up) | set(self.family.down)
-        if self.widths and any(n in mlp for i in self.plan.layers for n in self.plan.layer_specs(i)):
-            raise ConfigError("a model with per-block MLP widths (mlp_widths) keeps its MLPs dense: factorise the "
-                              "MLPs of the full-width model instead, or only its attention")
+        if any(self.block_width(i) != self.mlp_hidden and mlp & set(self.plan.layer_specs(i))
+               for i in self.plan.layers):
+            raise ConfigError("a narrowed MLP (mlp_widths below mlp_hidden) stays dense: the plan may factorise the "
+                              "MLPs of full-width blocks only (and any attention)")
 
     def block_width(self, layer):
         """The MLP width of block `layer`: its entry of mlp_widths, else mlp_hidden."""

@@ -31,6 +31,7 @@ from .factorize import INITS, InitSpec, WhiteningCache
 from .mixed import Family, parse_families
 from .planner import SCOPES, PlanRequest, choose_plan, parse_count, spread_blocks
 from .plans import parse_blocks
+from .widths import width_plan
 from .prune import WIDTH_CRITERIA, allocate_widths, block_influence, most_influential, prune_width, width_units
 from .runtime import autocast, resolve_device
 from .streaming import streamed_plan
@@ -172,6 +173,10 @@ class DecompConfig:
         if families != (Family("lowrank"),) and not self.allocate:
             raise ConfigError(f"--families {self.families} chooses matrix by matrix, which --allocate does; add "
                               f"--allocate (with --target_params)")
+        if Family("width") in families and (self.stream or self.sequential or self.permute or
+                                            any(f.kind == "kron" for f in families)):
+            raise ConfigError("--families width is allocated on the dense model's statistics beside low rank: drop "
+                              "--stream, --sequential, --permute and the Kronecker families")
         if self.kron_factors < 1:
             raise ConfigError(f"--kron_factors must be at least 1, got {self.kron_factors}")
         if self.permute and self.allocate and all(f.kind == "lowrank" for f in families):
@@ -339,6 +344,14 @@ def factorise(cfg, dense, layers, log=print):
             options = checked_permute(options, plan, dense, log) if cfg.allocate else options
             torch.manual_seed(cfg.seed)
             model, rows = decompose_model(dense, plan, init, streamed, calib=batches, options=options, log=log)
+    elif Family("width") in request.families:  # narrowed MLPs beside low rank (kronygpt/widths.py)
+        stats.cache = WhiteningCache()
+        plan, widths = width_plan(dense, parse_count(cfg.target_params), request, init, stats, plan_log)
+        torch.manual_seed(cfg.seed)
+        narrowed, rows = prune_width(dense, widths, stats.moments, cfg.width_criterion, cfg.damping, log) \
+            if min(widths) < dense.config.mlp_hidden else (dense, [])
+        model, more = decompose_model(narrowed, plan, init, stats, options=options, log=log)
+        rows += more
     else:
         stats.cache = WhiteningCache()
         plan = choose_plan(dense, request, init, stats, plan_log)

@@ -39,12 +39,12 @@ from .plans import EMBED, MatrixSpec
 
 @dataclass(frozen=True)
 class Family:
-    kind: str            # 'lowrank' or 'kron'
+    kind: str            # 'lowrank', 'width' (a block's MLP narrowed: kronygpt/widths.py) or 'kron'
     b: tuple = None      # kron: (m2, n2) of the up matrices' small factor
 
     @property
     def text(self):
-        return self.kind if self.kind == "lowrank" else f"kron:{self.b[0]}x{self.b[1]}"
+        return f"kron:{self.b[0]}x{self.b[1]}" if self.kind == "kron" else self.kind
 
 
 def parse_families(text):
@@ -52,13 +52,13 @@ def parse_families(text):
     out = []
     for part in filter(None, (p.strip() for p in str(text).split(","))):
         m = re.fullmatch(r"kron:(\d+)x(\d+)", part)
-        if part == "lowrank":
-            out.append(Family("lowrank"))
+        if part in ("lowrank", "width"):
+            out.append(Family(part))
         elif m and int(m.group(1)) * int(m.group(2)) > 1:
             out.append(Family("kron", (int(m.group(1)), int(m.group(2)))))
         else:
-            raise UserError(f"--families item {part!r} must be 'lowrank' or 'kron:M2xN2' (the small factor of the up "
-                            f"matrices, e.g. kron:3x1; not 1x1)")
+            raise UserError(f"--families item {part!r} must be 'lowrank', 'width' (a narrower MLP) or 'kron:M2xN2' "
+                            f"(the small factor of the up matrices, e.g. kron:3x1; not 1x1)")
     if not out:
         raise UserError("--families is empty; give e.g. 'lowrank' or 'lowrank,kron:3x1'")
     if len(set(out)) < len(out):

@@ -202,6 +202,10 @@ def prune_width(dense, units, moments, criterion="obs", damping=1e-4, log=print)
         W = dense.matrix(b, down).weight.detach().cpu().double()
         C = moments[(b, down)].double()
         units = widths[b]
+        if units == config.mlp_hidden:  # a block kept at full width is copied as it is
+            rows.append(dict(layer=b, matrix="mlp", kind="dense", units=units, output_error=0.0, rel_error=0.0,
+                             norm_ratio=1.0))
+            continue
         keep = obs_keep(W, C, units, damping) if criterion == "obs" else \
             sorted(torch.argsort(C.diagonal(), descending=True)[:units].tolist())
         W_K, err = refit_down(W, C, keep, damping)

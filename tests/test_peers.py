@@ -3,6 +3,7 @@
 ShortGPT's layer drop (--keep_blocks importance) and Minitron-style width pruning (--width)."""
 
 import json
+import re
 import math
 
 import pytest
@@ -273,3 +274,54 @@ def test_allocated_widths_follow_the_predicted_loss_and_meet_the_target(tiny_lla
     louder = {**grads, (low, down): grads[(low, down)] * 100}
     widths_louder, _ = allocate_widths(dense, moments, louder, target, grid, log=None)
     assert widths_louder[low] > widths[low], (widths, widths_louder)
+
+
+def test_combine_is_the_pareto_frontier_of_every_sum():
+    from kronygpt.widths import combine
+    a = [(1, 5.0, "a1"), (2, 3.0, "a2"), (4, 0.0, "a4")]
+    b = [(1, 4.0, "b1"), (3, 1.0, "b3")]
+    front = combine([a, b])
+    every = [(ca + cb, ea + eb, (x, y)) for ca, ea, x in a for cb, eb, y in b]
+    best = {}
+    for c, e, _ in every:
+        best[c] = min(best.get(c, float("inf")), e)
+    assert [c for c, _, _ in front] == sorted(c for c in best if best[c] < min(
+        [best[d] for d in best if d < c], default=float("inf")))
+    for c, e, (x, y) in front:
+        assert e == best[c] and (c, e, (x, y)) in every
+
+
+@pytest.mark.parametrize("families", ["lowrank,width", "width"])
+def test_width_family_allocates_narrowed_mlps_beside_low_rank(families, tmp_path, tiny_llama_dir, tiny_data_dir):
+    """--allocate --families lowrank,width: one budget over narrowed MLPs and low-rank matrices; the model meets
+    the target, a narrowed block's MLP is dense and narrower, a factorised matrix sits only in a full-width block,
+    and its predicted objective is no worse than low rank alone or width alone at the same budget (both are in its
+    search space)."""
+    dense = load_model(tiny_llama_dir)
+    target = int(dense.param_counts()["total"] * 0.75)
+    args = ["--target_params", str(target), "--calib", tiny_data_dir, "--allocate", "--scope", "blocks",
+            "--init", "fisher", "--width_criterion", "activation", *CALIB]
+    model, report = decompose(tmp_path, tiny_llama_dir, *args, "--families", families)
+    got = model.param_counts()["total"]
+    assert abs(got - target) <= 0.02 * target and got <= target + 3 * dense.config.n_embd, (got, target)
+    h = dense.config.mlp_hidden
+    widths = model.config.widths or (model.config.mlp_hidden,) * dense.config.n_layer
+    for b, block in enumerate(model.transformer.h):
+        assert block.mlp.down_proj.in_features == widths[b]
+        specs = model.config.plan.layer_specs(b)
+        if widths[b] < h:
+            assert not {"gate_proj", "up_proj", "down_proj"} & set(specs)
+    if families == "width":  # narrower or dense: no factorised matrix anywhere
+        assert not model.config.plan.layers and min(widths) < h
+    else:
+        lines = report["planning"]
+        mixed = float(re.search(r"predicted loss increase \(damped\) ([0-9.e-]+);", next(
+            line for line in lines if line.startswith("allocation over"))).group(1))
+        alone = [float(re.search(r"\(damped\) ([0-9.e-]+)$", line).group(1)) for line in lines
+                 if " alone: " in line]
+        assert len(alone) == 2 and all(mixed <= a * (1 + 1e-9) for a in alone), lines
+    idx = torch.randint(0, dense.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.isfinite(model(idx, all_logits=True)[0]).all()
+    again = load_model(str(tmp_path / "k.pt"))
+    assert again.config.mlp_widths == model.config.mlp_widths and again.config.kron_plan == model.config.kron_plan
