@@ -26,6 +26,9 @@ gradients where a method uses them; the statistics are collected once and shared
   width_alloc      width pruning with each block its own width (--width allocate): the widths of least predicted
                    loss increase (fisher, the teacher's labels) under the budget, exact knapsack; activation order
   width_alloc_fit  width_alloc, then fitted like krony (compress.py --method width_alloc_fit)
+  lowrank_width    one allocation over both families (--allocate --families lowrank,width): each block's MLP narrowed
+                   or kept at full width with low-rank (or dense) matrices, attention low rank or dense
+  lowrank_width_fit  lowrank_width, then fitted like krony (compress.py --method lowrank_width_fit)
 
 Rows: every method at every size without recovery ('zero-shot'), and the dense teacher. --recover: the three
 methods with the lowest mean zero-shot loss at 0.8x and 0.6x (and krony if it is not among them), each recovered
@@ -61,13 +64,18 @@ METHODS = {
     "width_obs": ["--width", "auto", "--width_criterion", "obs"],
     "alloc": ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks"],
     "width_alloc": ["--width", "allocate", "--width_criterion", "activation", "--fisher_labels", "model"],
+    "lowrank_width": ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks", "--families",
+                      "lowrank,width", "--width_criterion", "activation"],
     "krony": None,  # alloc, fitted
     "width_fit": None,  # width, fitted
     "width_alloc_fit": None,  # width_alloc, fitted
+    "lowrank_width_fit": None,  # lowrank_width, fitted
 }
 # the fitted methods and the decomposition each fits
-FITTED = {"krony": "alloc", "width_fit": "width", "width_alloc_fit": "width_alloc"}
-OURS = ("alloc", "krony", "width_fit", "width_alloc", "width_alloc_fit")  # compress.py's methods beyond the peers
+FITTED = {"krony": "alloc", "width_fit": "width", "width_alloc_fit": "width_alloc",
+          "lowrank_width_fit": "lowrank_width"}
+OURS = ("alloc", "krony", "width_fit", "width_alloc", "width_alloc_fit", "lowrank_width",
+        "lowrank_width_fit")  # compress.py's methods beyond the peers
 LOSSES = ("shakespeare", "milton", "pydoc", "teacher_loss")
 SUITE = (*LOSSES, "teacher_kl", "facts_acc", "facts_acc_norm")
 KD = ["--mode=e2e", "--alpha=0", "--beta=1", "--temperature=1"]

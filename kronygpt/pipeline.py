@@ -53,18 +53,22 @@ from .trainer import launch
 ALLOC = ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks"]
 WIDTH = ["--width", "auto", "--width_criterion", "activation"]
 WIDTHS = ["--width", "allocate", "--width_criterion", "activation", "--fisher_labels", "model"]
+MIXED = [*ALLOC, "--families", "lowrank,width", "--width_criterion", "activation"]
 METHODS = {
     "krony": ALLOC,
+    "lowrank_width_fit": MIXED,
     "width_fit": WIDTH,
     "width_alloc_fit": WIDTHS,
     "alloc": ALLOC,
     "width_alloc": WIDTHS,
+    "lowrank_width": MIXED,
     "svdllm": ["--shape", "lowrank", "--scope", "blocks", "--init", "aware"],
     "width_obs": ["--width", "auto", "--width_criterion", "obs"],
     "width": WIDTH,
     "layerdrop": ["--keep_blocks", "importance"],
 }
-FITTED = ("krony", "width_fit", "width_alloc_fit")  # the methods whose decomposition is then fitted block by block
+# the methods whose decomposition is then fitted block by block
+FITTED = ("krony", "width_fit", "width_alloc_fit", "lowrank_width_fit")
 PROMPT = "The capital of France is"
 
 
@@ -74,10 +78,11 @@ class CompressConfig:
                                     # checkpoint
     size: str = "0.8"               # the compressed model's size: a fraction of the parameters (0.8) or a count (108M)
     out: str = ""                   # the run's folder: every stage's output, report.md and the export hf/
-    method: str = "krony"           # krony (this repo's pipeline: allocated low rank, fitted), width_fit (narrower
-                                    # MLPs, fitted), width_alloc_fit (each block's MLP its own width, fitted), alloc
-                                    # and width_alloc (the same without fitting), or a peer: svdllm, width_obs,
-                                    # width, layerdrop (results/frontier.md)
+    method: str = "krony"           # krony (allocated low rank, fitted), lowrank_width_fit (one allocation over low
+                                    # rank and narrowed MLPs, fitted), width_fit (narrower MLPs, fitted),
+                                    # width_alloc_fit (each block's MLP its own width, fitted); alloc, lowrank_width,
+                                    # width_alloc: the same without fitting; or a peer: svdllm, width_obs, width,
+                                    # layerdrop (results/frontier.md)
     data: str = "auto"              # calibration, fitting and recovery text: a prepared dataset or mixture, or 'auto':
                                     # Shakespeare and the model's shipped teacher text, half each (Shakespeare alone
                                     # when none is shipped for its tokenizer)

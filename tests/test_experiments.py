@@ -325,7 +325,7 @@ def test_frontier_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     methods = {line.split(" | ")[0][2:] for line in rows}
     assert {"dense", "svd", "svdllm", "asvd", "fwsvd", "layerdrop", "width", "width_obs", "alloc", "krony",
-            "width_fit", "width_alloc", "width_alloc_fit"} <= methods
+            "width_fit", "width_alloc", "width_alloc_fit", "lowrank_width", "lowrank_width_fit"} <= methods
     assert any("recovered 2" in line for line in rows)
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     assert json.loads((tmp_path / "frontier_speed.json").read_text())["models"]
