@@ -3,5 +3,5 @@
 model = "smollm2-135m"
 size = "0.8"
 out = "out-compress/smollm2-108M"
-method = "krony"
+method = "lowrank_width_fit"
 steps = 300

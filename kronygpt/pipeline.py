@@ -19,10 +19,12 @@ is its command; every stage is the library code of the commands a user would oth
 A stage whose output exists is skipped, so a stopped run (Ctrl-C, SIGTERM, a lost machine) continues where it
 stopped: the fit and the recovery resume inside themselves too, from their own progress files.
 
-The default method, krony, is this repo's pipeline: fisher with the teacher's own labels, every matrix of the blocks
-its own rank under the budget (the exact allocator), each block fitted to the dense one, then distilled on half
-Shakespeare and half teacher text. The frontier study (results/frontier.md) measures it against the methods people
-use instead at every size; --method takes those methods too.
+The default method, lowrank_width_fit, is this repo's pipeline: one exact allocation of the budget over every block
+matrix, each dense or low rank (fisher, with the teacher's own labels) and each block's MLP alternatively narrowed
+(its units of largest activation kept, W_down refitted), all scored by the predicted loss increase; then each block
+fitted to the dense one, then distilled on half Shakespeare and half teacher text. krony is the same with low rank
+alone. The frontier study (results/frontier.md) measures them against the methods people use instead at every
+size; --method takes those methods too.
 """
 
 import json
@@ -69,6 +71,8 @@ METHODS = {
 }
 # the methods whose decomposition is then fitted block by block
 FITTED = ("krony", "width_fit", "width_alloc_fit", "lowrank_width_fit")
+# the methods that give blocks MLPs of different widths (exported factored: a Hugging Face config has one)
+PER_BLOCK_WIDTHS = ("width_alloc", "width_alloc_fit", "lowrank_width", "lowrank_width_fit")
 PROMPT = "The capital of France is"
 
 
@@ -78,8 +82,8 @@ class CompressConfig:
                                     # checkpoint
     size: str = "0.8"               # the compressed model's size: a fraction of the parameters (0.8) or a count (108M)
     out: str = ""                   # the run's folder: every stage's output, report.md and the export hf/
-    method: str = "krony"           # krony (allocated low rank, fitted), lowrank_width_fit (one allocation over low
-                                    # rank and narrowed MLPs, fitted), width_fit (narrower MLPs, fitted),
+    method: str = "lowrank_width_fit"  # one allocation over low rank and narrowed MLPs, fitted; krony (allocated low
+                                    # rank alone, fitted), width_fit (narrower MLPs, fitted),
                                     # width_alloc_fit (each block's MLP its own width, fitted); alloc, lowrank_width,
                                     # width_alloc: the same without fitting; or a peer: svdllm, width_obs, width,
                                     # layerdrop (results/frontier.md)
@@ -115,6 +119,9 @@ class CompressConfig:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.format not in ("factored", "dense"):
             raise ConfigError(f"--format must be factored or dense, got {self.format!r}")
+        if self.format == "dense" and self.method in PER_BLOCK_WIDTHS:
+            raise ConfigError(f"--method {self.method} gives each block's MLP its own width, which a standard "
+                              f"Hugging Face config cannot describe; use --format factored (or --method krony)")
         for name in ("calib_tokens", "fisher_tokens", "fit_tokens", "batch_size", "block_size", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")

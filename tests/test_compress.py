@@ -25,7 +25,8 @@ def test_sizes_read_as_fractions_or_counts():
 
 @pytest.mark.parametrize("field,value,match", [("method", "magic", "--method must be one of"),
                                                ("size", "2", "--size"), ("out", "", "--out DIRECTORY"),
-                                               ("steps", -1, "--steps must be >= 0")])
+                                               ("steps", -1, "--steps must be >= 0"),
+                                               ("format", "dense", "--format factored")])
 def test_bad_settings_are_refused_before_any_work(field, value, match):
     cfg = CompressConfig(out="x")
     setattr(cfg, field, value)

@@ -310,14 +310,14 @@ def test_sums_study_runs_and_reuses_finished_blocks(tiny_llama_dir, tiny_data_di
 
 
 def test_frontier_smoke(tiny_llama_dir, tiny_data_dir, tmp_path):
-    """The frontier study end to end on a tiny Llama: the peers and this repo's rows at two sizes, the recovered
+    """The frontier study end to end on a tiny Llama: the peers and this repo's rows at one size, the recovered
     rows (sweep and training through train_distillation.py), the speed pass, the report and its plot; a second
     run reuses every finished row."""
     def frontier(*argv):
         r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "frontier.py"), "--smoke",
                             f"--model={tiny_llama_dir}", f"--data={tiny_data_dir}", f"--out={tmp_path}", "--steps=2",
-                            "--sweep_steps=1", "--lrs=1e-3", "--sizes=0.8,0.6", *argv], cwd=REPO,
-                           capture_output=True, text=True, timeout=1200)
+                            "--sweep_steps=1", "--lrs=1e-3", "--sizes=0.6", *argv], cwd=REPO,
+                           capture_output=True, text=True, timeout=2400)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         return r.stdout
     frontier("--recover", "--speed")
