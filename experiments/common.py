@@ -340,6 +340,17 @@ class Study:
             self.lw = ["--layerwise_tokens=16384", "--layerwise_steps=150", "--layerwise_batch=1024"]
             self.calib = ["--calib_tokens=16384", f"--calib_seq={block}", "--fisher_tokens=4096"]
 
+    def run_rows(self, rows):
+        """Every row of the comma-separated `rows` in order (the dense zero-shot row first: the bar, and the model's
+        dimensions), the report rewritten after each; an unknown name stops before any runs."""
+        keys = ["dense_zeroshot"] + [k for k in rows.split(",") if k != "dense_zeroshot"]
+        unknown = [k for k in keys if k not in self.ROWS]
+        if unknown:
+            raise SystemExit(f"unknown rows {unknown}; rows: {', '.join(self.ROWS)}")
+        for key in keys:
+            self.run_row(key)
+            self.report()
+
     # -- the budget
 
     def today(self):

@@ -193,11 +193,7 @@ def main():
     if not args.report_only:
         if not args.smoke:
             fs.ex.require(args.data, *args.eval_data.split(","))
-        for key in ["dense_zeroshot"] + [k for k in args.rows.split(",") if k != "dense_zeroshot"]:
-            if key not in ALL_ROWS:
-                raise SystemExit(f"unknown row {key!r}; rows: {', '.join(ALL_ROWS)}")
-            fs.run_row(key)
-            fs.report()
+        fs.run_rows(args.rows)
     fs.report()
 
 

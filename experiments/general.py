@@ -450,11 +450,7 @@ def main():
                         for k in args.rows.split(","))  # the rows that need the technical teacher text
             study.ex.require(args.data, args.milton, args.pydoc, args.teacher_data,
                              *([args.technical_data] if broad else []))
-        for key in ["dense_zeroshot"] + [k for k in args.rows.split(",") if k != "dense_zeroshot"]:
-            if key not in ALL_ROWS:
-                raise SystemExit(f"unknown row {key!r}; rows: {', '.join(ALL_ROWS)}")
-            study.run_row(key)
-            study.report()
+        study.run_rows(args.rows)
     study.report()
 
 
