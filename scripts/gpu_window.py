@@ -10,9 +10,10 @@ started when its expected seconds exceed the time left (--budget).
 
 Rows (bf16, 16 x 1024 tokens; train = forward + backward + fused AdamW, prefill, greedy generation at batch 1
 and 16; every ratio to the dense row of its family measured first in the same call or an earlier one):
-  1. eager (seconds each): dense SmolLM2-135M; this repo's 0.8x and 0.6x (the frontier's allocated low rank, ranks
-     in multiples of 32 so that blocks share GEMM shapes); width pruning at 0.8x and 0.6x (a narrower dense MLP);
-     dense GPT-2 124M and its 81M Kronecker model (768,768)x(4,1)
+  1. eager (seconds each): dense SmolLM2-135M; compress.py's default at 0.6x and 0.8x (lowrank_width: low-rank
+     attention and narrowed dense MLPs, ranks in multiples of 32 so that blocks share GEMM shapes); the allocated
+     low rank alone at 0.6x and 0.8x; width pruning at 0.8x and 0.6x (a narrower dense MLP); dense GPT-2 124M and
+     its 81M Kronecker model (768,768)x(4,1)
   2. compiled, the same rows: regional compilation (--compile_blocks: each distinct block compiled once, the
      decoding step compiled whole) with inductor's cache in <out>/inductor, which the next call brings back so that
      it does not compile again. Expected seconds (EXPECTED) come from compile times measured on the CPU
@@ -32,12 +33,14 @@ PLANS = os.path.join(REPO, "results", "plans")
 SMOLLM2 = ["--family", "smollm2"]
 GPT2 = ["--family", "gpt2"]
 # name: (family, the row's own bench options; '' = the family's dense row)
-ROWS = {  # in order of importance: the issue's targets first (0.6x, 0.8x, GPT-2's 81M), width pruning after
+ROWS = {  # in order of importance: compress.py's default at 0.6x and 0.8x, GPT-2's 81M, then low rank alone and width
     "smollm2_dense": (SMOLLM2, []),
-    "smollm2_060": (SMOLLM2, ["--plans_from", f"smollm2_060={PLANS}/smollm2_0.6_r32.json"]),
-    "smollm2_080": (SMOLLM2, ["--plans_from", f"smollm2_080={PLANS}/smollm2_0.8_r32.json"]),
+    "smollm2_mix060": (SMOLLM2, ["--plans_from", f"smollm2_mix060={PLANS}/smollm2_0.6_lowrank_width_r32.json"]),
+    "smollm2_mix080": (SMOLLM2, ["--plans_from", f"smollm2_mix080={PLANS}/smollm2_0.8_lowrank_width_r32.json"]),
     "gpt2_dense": (GPT2, []),
     "gpt2_krony81": (GPT2, ["--variants", "0,1"]),
+    "smollm2_060": (SMOLLM2, ["--plans_from", f"smollm2_060={PLANS}/smollm2_0.6_r32.json"]),
+    "smollm2_080": (SMOLLM2, ["--plans_from", f"smollm2_080={PLANS}/smollm2_0.8_r32.json"]),
     "smollm2_width060": (SMOLLM2, ["--plans_from", f"smollm2_width060={PLANS}/smollm2_0.6_width.json"]),
     "smollm2_width080": (SMOLLM2, ["--plans_from", f"smollm2_width080={PLANS}/smollm2_0.8_width.json"]),
 }

@@ -341,8 +341,8 @@ def test_gpu_window_plan_smoke(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     eager = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert len(eager) == 7 and not any("compiled" in n for n in eager), eager
-    assert "remaining plan: smollm2_dense (compiled), smollm2_060 (compiled)" in r.stdout
+    assert len(eager) == 9 and not any("compiled" in n for n in eager), eager
+    assert "remaining plan: smollm2_dense (compiled), smollm2_mix060 (compiled)" in r.stdout
     again = subprocess.run([sys.executable, script, "--smoke", "--out", str(tmp_path), "--budget", "3"], cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "== smollm2_dense\n" not in again.stdout  # finished rows skipped
