@@ -347,7 +347,7 @@ def findings(rows, dense):
                 best = min(here, key=lambda m: sign * here[m][col])
                 ours = min((m for m in OURS if m in here), key=lambda m: sign * here[m][col], default=None)
                 gap = sign * (here[ours][col] - here[best][col]) if ours else None
-                verdict = ("ours best" if ours == best else "tie" if gap is not None and gap <= 0.01 else
+                verdict = (f"ours best: {ours}" if ours == best else "tie" if gap is not None and gap <= 0.01 else
                            f"{best} wins by {gap:.3f}" if gap is not None else f"{best} best")
                 parts.append(f"{col} {fmt(here[best][col])} ({verdict})")
             peers = sorted(m for m in here if m not in OURS)
