@@ -354,7 +354,8 @@ STORY = """
   column (the best peer per column: width 4.200 / 4.934 / 3.830, width_obs 4.436 on teacher text, layer drop 73.5%
   facts), and of fitted `krony` on Python and facts (it trails it by 0.040 on Shakespeare and 0.036 on Milton; the
   fitted `lowrank_width_fit` row at 0.8x is not measured yet).
-- **Not measured yet**: at 0.9x and 0.7x all but lowrank_width, width_alloc, alloc and width; `lowrank_width_fit` at 0.8x, the 0.6x rows of
+- **Not measured yet**: at 0.9x and 0.7x all but lowrank_width, width_alloc, alloc and width;
+  `lowrank_width_fit` at 0.8x, the 0.6x rows of
   width_obs, SVD, ASVD and FWSVD, the recovered and long rows, the speed columns (`--speed`, alone on the machine).
 """
 
