@@ -31,11 +31,11 @@ from .factorize import INITS, InitSpec, WhiteningCache
 from .mixed import Family, parse_families
 from .planner import SCOPES, PlanRequest, choose_plan, parse_count, spread_blocks
 from .plans import parse_blocks
-from .widths import width_plan
 from .prune import WIDTH_CRITERIA, allocate_widths, block_influence, most_influential, prune_width, width_units
 from .runtime import autocast, resolve_device
 from .streaming import streamed_plan
 from .surgery import SurgeryOptions, decompose_model, permutes, truncate_blocks
+from .widths import width_plan
 
 
 @dataclass

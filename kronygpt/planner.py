@@ -420,6 +420,11 @@ def fill(chosen, points, left):
         chosen[k] = points[k][j]
 
 
+def chosen_error(points, choice):
+    """The summed error of an allocation: each key's chosen option's error, from its (cost, error, choice) points."""
+    return sum({c: e for _, e, c in points[key]}[ch] for key, ch in choice.items())
+
+
 def curve_error(curves, key, r):
     """The error of rank r on a lowrank_curves curve: relative output error, or (Fisher curves) the square
     root of the predicted loss increase, so that curve_error**2 is what `allocate` sums."""
@@ -648,14 +653,13 @@ def allocated_plan(dense, target, request, init, stats, log=print):
     pts = points(kinds)
     alloc, used = allocate_points(pts, target - base, log)
     err_of = {k: {p[2]: p[1] for p in v} for k, v in pts.items()}
-    objective = sum(err_of[k][c] for k, c in alloc.items())
+    objective = chosen_error(pts, alloc)
     what = "predicted loss increase (damped)" if stats.grads else "sum of squared output errors (damped)"
     if multiple > 1 and lowrank:  # what the rounding costs, on the same objective and budget
         free_pts = {k: [p for p in v if not isinstance(p[2], int)] +
                     lowrank_points(curves[k], o, i) for (k, v), (_, _, o, i) in zip(pts.items(), mats)}
         free, _ = allocate_points(free_pts, target - base)
-        free_err = {k: {p[2]: p[1] for p in v} for k, v in free_pts.items()}
-        unrounded = sum(free_err[k][c] for k, c in free.items())
+        unrounded = chosen_error(free_pts, free)
         log(f"ranks in multiples of {multiple}: objective {objective:.4f} against {unrounded:.4f} with any rank "
             f"({100 * (objective - unrounded) / max(unrounded, 1e-30):+.2f}%)")
     dims = {**config.matrix_dims(), "wte": (config.vocab_size, config.n_embd)}
@@ -675,13 +679,13 @@ def allocated_plan(dense, target, request, init, stats, log=print):
             counts[family_of(c)] = counts.get(family_of(c), 0) + 1
         log("  matrices by family: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         for alone in sorted(kinds):  # each family alone, same budget and objective
+            only = points({alone})
             try:
-                a, u = allocate_points(points({alone}), target - base)
+                a, u = allocate_points(only, target - base)
             except UserError:
                 log(f"  {alone} alone cannot meet the budget")
                 continue
-            e = {k: {p[2]: p[1] for p in v} for k, v in points({alone}).items()}
-            log(f"  {alone} alone: {base + u:,} parameters, {what} {sum(e[k][c] for k, c in a.items()):.4f}")
+            log(f"  {alone} alone: {base + u:,} parameters, {what} {chosen_error(only, a):.4f}")
     if r.scope == "mlp" and not r.mixed:  # uniform low-rank plans are in the search space: compare at equal size
         s = parse_shape("lowrank", config)
         rank = max(1, used // (len(mats) * s.params(1)))

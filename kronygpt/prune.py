@@ -151,7 +151,7 @@ def allocate_widths(dense, moments, grads, target, grid=64, log=print):
     """(per-block widths, predicted loss increase): how many hidden units each MLP keeps so that the model has at
     most `target` parameters and the summed predicted loss increase (width_curve, with the down matrices' output
     gradient moments when given) is least; the exact multiple-choice knapsack of planner.allocate_points."""
-    from .planner import allocate_points
+    from .planner import allocate_points, chosen_error
     config = dense.config
     (down,) = config.family.down
     per_unit = unit_params(config)
@@ -167,8 +167,7 @@ def allocate_widths(dense, moments, grads, target, grid=64, log=print):
         raise UserError(f"--target_params {target:,} leaves {max(budget, 0):,} parameters for the MLPs, fewer than "
                         f"{grid} hidden units in each block need; raise --target_params")
     choice, _ = allocate_points(points, budget, log=log)
-    err = sum(next(e for _, e, k in points[b] if k == choice[b]) for b in points)
-    return [choice[b] for b in range(config.n_layer)], err
+    return [choice[b] for b in range(config.n_layer)], chosen_error(points, choice)
 
 
 def prune_width(dense, units, moments, criterion="obs", damping=1e-4, log=print):

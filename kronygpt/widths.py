@@ -61,7 +61,7 @@ def width_plan(dense, target, request, init, stats, log=print):
     """(Plan of the factorised matrices, per-block MLP widths) under `target` parameters, least summed error
     (module docstring). request: the PlanRequest (scope 'mlp' or 'blocks', rank_multiple, layers); init: the
     InitSpec (its damping); stats: calibration Stats with the input moments (and grads for fisher units)."""
-    from .planner import allocate_points, lowrank_curves, lowrank_points, matrices, param_base
+    from .planner import allocate_points, chosen_error, lowrank_curves, lowrank_points, matrices, param_base
     config, r = dense.config, request
     if stats.moments is None:
         raise UserError("--families width narrows MLPs on calibrated moments: give --calib DATASET")
@@ -84,13 +84,14 @@ def width_plan(dense, target, request, init, stats, log=print):
     mlp = [n for n, _ in config.family.mlp_matrices]
     grid = max(1, config.mlp_hidden // 24)
     points = {k: v for k, v in own.items() if k[1] not in mlp}
+    full = {}  # each block's MLP at full width: the Pareto frontier of its matrices' own options
     for b in progress(layers, "width options", unit="block"):
         # width units are priced by their weights alone (the budget here counts weights; a GPT-2 MLP's up
         # biases shrink with it too, a few hundred parameters the final count includes)
-        points[(b, "mlp")] = combine([own[(b, n)] for n in mlp]) + \
-            width_points(dense, stats, b, grid, init.damping, init.g_damping)
+        full[b] = combine([own[(b, n)] for n in mlp])
+        points[(b, "mlp")] = full[b] + width_points(dense, stats, b, grid, init.damping, init.g_damping)
     choice, used = allocate_points(points, target - base, log)
-    err = objective(points, choice)
+    err = chosen_error(points, choice)
     widths, specs = [config.mlp_hidden] * config.n_layer, {}
     dims = config.matrix_dims()
     for (b, n), ch in choice.items():
@@ -109,17 +110,12 @@ def width_plan(dense, target, request, init, stats, log=print):
         f"({', '.join(f'{b}: {widths[b]}' for b in narrowed) or 'none'}); plan: {plan.text or 'dense'}")
     if lowrank:  # each family alone at the same budget and objective (both are inside the search space above)
         for alone, pts in (("low rank", {k: v for k, v in points.items() if k[1] != "mlp"} |
-                            {(b, "mlp"): combine([own[(b, n)] for n in mlp]) for b in layers}),
+                            {(b, "mlp"): full[b] for b in layers}),
                            ("width", {k: [v[-1]] if k[1] != "mlp" else [p for p in v if p[2][0] == "width"] +
-                                      [combine([own[(k[0], n)] for n in mlp])[-1]] for k, v in points.items()})):
+                                      [full[k[0]][-1]] for k, v in points.items()})):
             try:
                 a, u = allocate_points(pts, target - base)
-                log(f"  {alone} alone: {base + u:,} parameters, {what} {objective(pts, a):.6g}")
+                log(f"  {alone} alone: {base + u:,} parameters, {what} {chosen_error(pts, a):.6g}")
             except UserError:
                 log(f"  {alone} alone cannot meet the budget")
     return plan, widths
-
-
-def objective(points, choice):
-    """The summed error of one choice per group."""
-    return sum(next(e for _, e, k in points[key] if k == ch) for key, ch in choice.items())
