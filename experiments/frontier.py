@@ -51,21 +51,16 @@ import json
 import os
 
 from common import Experiment, Recovery, evals, finished, fmt, parser
+from kronygpt.pipeline import METHODS as PIPELINE  # compress.py's methods: the same options, written once
 
 SIZES = (0.9, 0.8, 0.7, 0.6)
 RATIO = ["--shape", "lowrank", "--scope", "blocks"]
-METHODS = {
+METHODS = {  # kron_decomp.py options of each zero-shot method, in the report's order (None: a fitted method)
     "svd": [*RATIO, "--init", "vl"],
-    "svdllm": [*RATIO, "--init", "aware"],
+    "svdllm": PIPELINE["svdllm"],
     "asvd": [*RATIO, "--init", "asvd"],
     "fwsvd": [*RATIO, "--init", "fwsvd", "--fisher_labels", "data"],
-    "layerdrop": ["--keep_blocks", "importance"],
-    "width": ["--width", "auto", "--width_criterion", "activation"],
-    "width_obs": ["--width", "auto", "--width_criterion", "obs"],
-    "alloc": ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks"],
-    "width_alloc": ["--width", "allocate", "--width_criterion", "activation", "--fisher_labels", "model"],
-    "lowrank_width": ["--init", "fisher", "--fisher_labels", "model", "--allocate", "--scope", "blocks", "--families",
-                      "lowrank,width", "--width_criterion", "activation"],
+    **{m: PIPELINE[m] for m in ("layerdrop", "width", "width_obs", "alloc", "width_alloc", "lowrank_width")},
     "krony": None,  # alloc, fitted
     "width_fit": None,  # width, fitted
     "width_alloc_fit": None,  # width_alloc, fitted
@@ -354,9 +349,9 @@ STORY = """
   column (the best peer per column: width 4.200 / 4.934 / 3.830, width_obs 4.436 on teacher text, layer drop 73.5%
   facts), and of fitted `krony` on Python and facts (it trails it by 0.040 on Shakespeare and 0.036 on Milton; the
   fitted `lowrank_width_fit` row at 0.8x is not measured yet).
-- **Not measured yet**: at 0.9x and 0.7x all but lowrank_width, width_alloc, alloc and width;
-  `lowrank_width_fit` at 0.8x, the 0.6x rows of
-  width_obs, SVD, ASVD and FWSVD, the recovered and long rows, the speed columns (`--speed`, alone on the machine).
+- **Not measured yet**: at 0.9x and 0.7x every method but lowrank_width, width_alloc, alloc and width;
+  `lowrank_width_fit` at 0.8x; the 0.6x rows of width_obs, SVD, ASVD and FWSVD; the recovered and long rows; the
+  speed columns (`--speed`, alone on the machine).
 """
 
 
